@@ -1,0 +1,252 @@
+"""Attention-layer shapes: one frozen dataclass, its validation, and real-model presets.
+
+`AttentionShape` describes one attention layer (plus the layer count for
+whole-model figures). It is validated before any tensor exists: every
+impossible value raises `ShapeError` naming the field.
+
+Field meaning per family (see MLA.md):
+- GQA family (mha/mqa/gqa): `head_dim` is D, `num_kv_heads` is G.
+- MLA: `head_dim` is qk_nope_head_dim d_n, `rope_head_dim` d_r, `v_head_dim` d_v,
+  `q_lora_rank` d_q (0 = no query compression), `kv_lora_rank` d_c.
+- lowrank-kv: `kv_lora_rank` is the per-head latent width (< head_dim).
+- linformer: `kv_lora_rank` is the projected sequence length k.
+`kv_lora_rank` is thus "the latent rank" of every latent variant, the axis the
+latent-rank suite sweeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPES: dict[str, int] = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_ALIASES: dict[str, str] = {
+    "fp64": "float64",
+    "double": "float64",
+    "fp32": "float32",
+    "float": "float32",
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "half": "float16",
+}
+
+
+class ShapeError(ValueError):
+    """An impossible shape or case; `field` names the offending field."""
+
+    def __init__(self, field_name: str, message: str):
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+def canonical_dtype(name: str) -> str:
+    """'bf16' -> 'bfloat16'; raises ShapeError for unknown names."""
+    name = DTYPE_ALIASES.get(str(name).lower(), str(name).lower())
+    if name not in DTYPES:
+        raise ShapeError("dtype", f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+    return name
+
+
+def dtype_bytes(name: str) -> int:
+    return DTYPES[canonical_dtype(name)]
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """The shape of one attention layer; frozen so it can be part of a results key."""
+
+    hidden_size: int
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None  # None = num_heads (MHA)
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    rope_head_dim: int = 0
+    v_head_dim: int = 0  # 0 = head_dim
+    rope_theta: float = 10000.0
+    # YaRN (DeepSeek); factor 1.0 means no context extension.
+    rope_scaling_factor: float = 1.0
+    rope_mscale_all_dim: float = 0.0
+    rope_original_max_position: int = 4096
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
+    num_layers: int = 1
+    dtype: str = "bfloat16"
+    rms_norm_eps: float = 1e-6
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        validate_shape(self)
+
+    # Derived values: properties, never stored state.
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def value_dim(self) -> int:
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def qk_head_dim(self) -> int:
+        """MLA d_qk = d_n + d_r."""
+        return self.head_dim + self.rope_head_dim
+
+    @property
+    def yarn_mscale(self) -> float:
+        """DeepSeek's yarn_get_mscale(factor, mscale_all_dim)."""
+        if self.rope_scaling_factor <= 1.0 or self.rope_mscale_all_dim == 0.0:
+            return 1.0
+        return 0.1 * self.rope_mscale_all_dim * math.log(self.rope_scaling_factor) + 1.0
+
+    @property
+    def mla_softmax_scale(self) -> float:
+        """tau = d_qk^-0.5 * mscale^2: the same scale on every MLA path."""
+        return self.qk_head_dim**-0.5 * self.yarn_mscale**2
+
+    @property
+    def element_bytes(self) -> int:
+        return DTYPES[self.dtype]
+
+    def replace(self, **overrides: Any) -> AttentionShape:
+        """A copy with some fields changed, validated again."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ShapeError(sorted(unknown)[0], "unknown shape field")
+        if "dtype" in overrides:
+            overrides["dtype"] = canonical_dtype(overrides["dtype"])
+        return dataclasses.replace(self, **overrides)
+
+
+def _positive(shape: AttentionShape, *names: str) -> None:
+    for n in names:
+        v = getattr(shape, n)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ShapeError(n, f"must be a positive integer, got {v!r}")
+
+
+def _non_negative(shape: AttentionShape, *names: str) -> None:
+    for n in names:
+        v = getattr(shape, n)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ShapeError(n, f"must be a non-negative integer, got {v!r}")
+
+
+def validate_shape(shape: AttentionShape) -> None:
+    """Checks that hold for every variant; variant-specific checks live in `validate_for_variant`."""
+    _positive(shape, "hidden_size", "num_heads", "head_dim", "num_layers", "rope_original_max_position")
+    _non_negative(shape, "q_lora_rank", "kv_lora_rank", "rope_head_dim", "v_head_dim")
+    if shape.num_kv_heads is not None:
+        _positive(shape, "num_kv_heads")
+        if shape.num_heads % shape.num_kv_heads != 0:
+            raise ShapeError(
+                "num_kv_heads",
+                f"num_heads ({shape.num_heads}) must be divisible by num_kv_heads ({shape.num_kv_heads})",
+            )
+    if shape.rope_head_dim % 2:
+        raise ShapeError("rope_head_dim", f"must be even (RoPE rotates pairs), got {shape.rope_head_dim}")
+    if shape.rope_theta <= 0:
+        raise ShapeError("rope_theta", f"must be positive, got {shape.rope_theta}")
+    if shape.rope_scaling_factor < 1.0:
+        raise ShapeError("rope_scaling_factor", f"must be >= 1.0, got {shape.rope_scaling_factor}")
+    if shape.dtype not in DTYPES:
+        raise ShapeError("dtype", f"unknown dtype {shape.dtype!r} (choose from {', '.join(DTYPES)})")
+    if not shape.rms_norm_eps > 0:
+        raise ShapeError("rms_norm_eps", f"must be positive, got {shape.rms_norm_eps}")
+
+
+GQA_FAMILY = ("mha", "mqa", "gqa")
+MLA_VARIANTS = ("mla-expanded", "mla-latent", "mla-absorbed")
+VARIANTS = GQA_FAMILY + MLA_VARIANTS + ("lowrank-kv", "linformer")
+
+
+def shape_for_variant(variant: str, shape: AttentionShape) -> AttentionShape:
+    """The shape a variant actually runs: mha forces G = H, mqa G = 1.
+
+    Raises ShapeError if the shape cannot serve the variant.
+    """
+    if variant not in VARIANTS:
+        raise ShapeError("variant", f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
+    if variant == "mha":
+        shape = shape.replace(num_kv_heads=shape.num_heads)
+    elif variant == "mqa":
+        shape = shape.replace(num_kv_heads=1)
+    elif variant == "gqa" and shape.num_kv_heads is None:
+        shape = shape.replace(num_kv_heads=shape.num_heads)
+    if variant in GQA_FAMILY and shape.head_dim % 2:
+        raise ShapeError("head_dim", f"must be even for rotate-half RoPE, got {shape.head_dim}")
+    if variant in MLA_VARIANTS:
+        if shape.kv_lora_rank <= 0:
+            raise ShapeError("kv_lora_rank", f"{variant} needs kv_lora_rank > 0")
+        if shape.rope_head_dim <= 0:
+            raise ShapeError("rope_head_dim", f"{variant} needs rope_head_dim > 0")
+    if variant == "lowrank-kv":
+        if not 0 < shape.kv_lora_rank < shape.head_dim:
+            raise ShapeError(
+                "kv_lora_rank",
+                f"lowrank-kv needs 0 < kv_lora_rank < head_dim ({shape.head_dim}), got {shape.kv_lora_rank}",
+            )
+        if shape.head_dim % 2:
+            raise ShapeError("head_dim", f"must be even for rotate-half RoPE, got {shape.head_dim}")
+    if variant == "linformer" and shape.kv_lora_rank <= 0:
+        raise ShapeError("kv_lora_rank", "linformer needs kv_lora_rank (projected length k) > 0")
+    return shape
+
+
+def validate_case_dims(batch: int, seq_len: int, q_len: int) -> None:
+    """batch/seq_len/q_len sanity: seq_len is the total context including the q_len new tokens."""
+    for name, v in (("batch", batch), ("seq_len", seq_len), ("q_len", q_len)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ShapeError(name, f"must be a positive integer, got {v!r}")
+    if q_len > seq_len:
+        raise ShapeError("q_len", f"q_len ({q_len}) cannot exceed seq_len ({seq_len})")
+
+
+_DEEPSEEK_MLA = dict(head_dim=128, rope_head_dim=64, v_head_dim=128, kv_lora_rank=512, rms_norm_eps=1e-6)
+
+PRESETS: dict[str, AttentionShape] = {
+    "deepseek-v3": AttentionShape(
+        name="deepseek-v3", hidden_size=7168, num_heads=128, q_lora_rank=1536, num_layers=61,
+        rope_scaling_factor=40.0, rope_mscale_all_dim=1.0, **_DEEPSEEK_MLA,
+    ),
+    "deepseek-v2": AttentionShape(
+        name="deepseek-v2", hidden_size=5120, num_heads=128, q_lora_rank=1536, num_layers=60,
+        rope_scaling_factor=40.0, rope_mscale_all_dim=0.707, **_DEEPSEEK_MLA,
+    ),
+    "deepseek-v2-lite": AttentionShape(
+        name="deepseek-v2-lite", hidden_size=2048, num_heads=16, q_lora_rank=0, num_layers=27,
+        rope_scaling_factor=40.0, rope_mscale_all_dim=0.707, **_DEEPSEEK_MLA,
+    ),
+    "llama-3-8b": AttentionShape(
+        name="llama-3-8b", hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,
+        num_layers=32, rope_theta=500000.0, rms_norm_eps=1e-5,
+    ),
+    "llama-3-70b": AttentionShape(
+        name="llama-3-70b", hidden_size=8192, num_heads=64, num_kv_heads=8, head_dim=128,
+        num_layers=80, rope_theta=500000.0, rms_norm_eps=1e-5,
+    ),
+    "mistral-7b": AttentionShape(
+        name="mistral-7b", hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,
+        num_layers=32, rope_theta=1000000.0, rms_norm_eps=1e-5,
+    ),
+    "qwen2.5-7b": AttentionShape(
+        name="qwen2.5-7b", hidden_size=3584, num_heads=28, num_kv_heads=4, head_dim=128,
+        num_layers=28, rope_theta=1000000.0,
+    ),
+    # Small shapes for smoke tests and CPU sweeps: MLA ranks set so every variant can run.
+    "tiny": AttentionShape(
+        name="tiny", hidden_size=256, num_heads=8, num_kv_heads=2, head_dim=32, q_lora_rank=64,
+        kv_lora_rank=16, rope_head_dim=16, v_head_dim=32, num_layers=4, dtype="float32",
+    ),
+}
+
+
+def from_name(name: str, **overrides: Any) -> AttentionShape:
+    """A preset, optionally with fields overridden: `from_name('llama-3-8b', num_kv_heads=4)`."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ShapeError("model", f"unknown preset {name!r} (choose from {', '.join(PRESETS)})") from None
+    return base.replace(**overrides) if overrides else base
