@@ -1,0 +1,148 @@
+"""The variant contract: an `nn.Module` with real weights and an explicit, preallocated KV cache.
+
+Every variant runs `forward(x, start_pos, core)`:
+- x (B, S, d) are S new tokens at absolute positions start_pos .. start_pos+S-1;
+- their keys/values are written into cache slots [start_pos, start_pos+S), so
+  repeating a decode step at the same start_pos overwrites the same slots and a
+  timing loop never grows memory;
+- attention covers cache slots [0, start_pos+S), causal and bottom-right aligned;
+- `core` is the attention kernel (eager by default); backends swap it for SDPA or
+  a fused kernel without touching projections or cache layout.
+
+The core contract, shared by every variant and backend:
+    core(q, k, v, scale, causal) -> o
+    q (B, S, Hq, Dk), k (B, T, Hkv, Dk), v (B, T, Hkv, Dv), Hq % Hkv == 0,
+    query head h reads KV head h // (Hq / Hkv); o (B, S, Hq, Dv) in q's dtype.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from mlabench.config import AttentionShape, shape_for_variant
+
+
+class CoreAttention(Protocol):
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor: ...
+
+
+def causal_mask(s: int, t: int, device: torch.device) -> Tensor:
+    """(S, T) bool, True where query s (absolute position t-s+..) may see key t: bottom-right aligned."""
+    q_pos = torch.arange(t - s, t, device=device)[:, None]
+    k_pos = torch.arange(t, device=device)[None, :]
+    return k_pos <= q_pos
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+    """softmax(q k^T * scale + mask) v in plain PyTorch; softmax in fp32 (fp64 for fp64 inputs)."""
+    b, s, hq, dk = q.shape
+    t, hkv = k.shape[1], k.shape[2]
+    groups = hq // hkv
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qg = q.view(b, s, hkv, groups, dk)  # (B, S, G, H/G, Dk): no copy of K/V for GQA
+    scores = torch.einsum("bsgnd,btgd->bgnst", qg, k).to(acc) * scale  # (B, G, H/G, S, T)
+    if causal and s > 1:
+        scores = scores.masked_fill(~causal_mask(s, t, q.device), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    out = torch.einsum("bgnst,btgd->bsgnd", probs, v)  # (B, S, G, H/G, Dv)
+    return out.reshape(b, s, hq, v.shape[-1])
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 (DeepSeek/Llama do the same), parameter named `weight`."""
+
+    def __init__(self, dim: int, eps: float, device: torch.device | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xf = x.to(acc)
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def linear(d_in: int, d_out: int, device: torch.device | None, dtype: torch.dtype | None) -> nn.Linear:
+    """Bias-free projection, weight [out, in] as in the checkpoints."""
+    return nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype)
+
+
+class AttentionVariant(nn.Module):
+    """Base class. Subclasses set `name`, build weights in `__init__` and implement
+    `allocate_cache`, `cache_tensors` and `forward`."""
+
+    name: ClassVar[str]
+    supports_decode: ClassVar[bool] = True
+
+    def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__()
+        self.shape = shape_for_variant(self.name, shape)
+        self.max_seq_len = 0
+        self.batch = 0
+        # Plain attributes, not buffers: the cache stays out of state_dict, so a real
+        # checkpoint's attention weights load with load_state_dict as they are.
+        self._cache: dict[str, Tensor] = {}
+
+    @property
+    def weight_device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # --- cache -----------------------------------------------------------------------
+    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
+        raise NotImplementedError
+
+    def cache_tensors(self) -> dict[str, Tensor]:
+        """The tensors that make up the KV cache (their nbytes is the measured cache size)."""
+        return dict(self._cache)
+
+    def _new_cache(self, **shapes: tuple[int, ...]) -> None:
+        self._cache = {
+            name: torch.zeros(dims, device=self.weight_device, dtype=self.weight_dtype)
+            for name, dims in shapes.items()
+        }
+
+    def cache_nbytes(self) -> int:
+        return sum(t.nbytes for t in self.cache_tensors().values())
+
+    @torch.no_grad()
+    def fill_cache_random(self, length: int, generator: torch.Generator | None = None) -> None:
+        """Fill cache slots [0, length) with unit-variance values, standing in for a long
+        prefill that would be too slow (or too big for the eager path) to run first."""
+        for t in self.cache_tensors().values():
+            noise = torch.randn(t[:, :length].shape, generator=generator, dtype=torch.float32, device="cpu")
+            t[:, :length].copy_(noise.to(t.device, t.dtype))
+
+    def _check_step(self, x: Tensor, start_pos: int) -> None:
+        if self.max_seq_len == 0:
+            raise RuntimeError(f"{self.name}: call allocate_cache(batch, max_seq_len) first")
+        b, s, _ = x.shape
+        if b > self.batch or start_pos < 0 or start_pos + s > self.max_seq_len:
+            raise ValueError(
+                f"{self.name}: step of batch {b}, tokens [{start_pos}, {start_pos + s}) does not fit "
+                f"the cache (batch {self.batch}, {self.max_seq_len} slots)"
+            )
+
+    # --- compute -----------------------------------------------------------------------
+    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+        raise NotImplementedError
+
+    def reference(self) -> AttentionVariant:
+        """A float64 copy on the same weights and cache contents, run with the eager core."""
+        cache, self._cache = self._cache, {}
+        try:
+            ref = copy.deepcopy(self)  # weights only: the cache is converted below, never copied twice
+        finally:
+            self._cache = cache
+        ref.to(torch.float64)
+        ref._cache = {name: t.to(torch.float64) for name, t in cache.items()}
+        return ref
