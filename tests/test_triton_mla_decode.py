@@ -1,0 +1,327 @@
+"""Tests for the fused Triton MLA decode kernel (mlabench.kernels.mla_decode).
+
+Every case compares against a float64 reference on random inputs. Without CUDA the
+kernels run through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so
+shapes are kept small: D = 64+16 or 32+16, a few heads, at most ~100 cache tokens. The
+cache slack beyond each sequence's length is filled with NaN, so any out-of-range read
+shows up as a non-finite output.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from mlabench.kernels import mla_decode as mla_mod  # noqa: E402
+from mlabench.kernels.mla_decode import (  # noqa: E402
+    HAS_TRITON,
+    default_num_splits,
+    mla_decode,
+    triton_unavailable_reason,
+)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_REASON = triton_unavailable_reason(DEVICE)
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"mla_decode unavailable: {_REASON}")
+
+# (atol, rtol, min cosine similarity) per dtype. fp32 uses IEEE dots, so it is tight;
+# 16-bit tolerances cover the rounding of inputs, of P before the PV product, and of the output.
+_TOL = {
+    torch.float32: (1e-5, 1e-5, 1 - 1e-9),
+    torch.float16: (3e-3, 3e-3, 1 - 1e-5),
+    torch.bfloat16: (2.5e-2, 2.5e-2, 1 - 1e-4),
+}
+
+
+def reference(
+    q: torch.Tensor, kv: torch.Tensor, seqlens: torch.Tensor, dv: int, scale: float
+) -> torch.Tensor:
+    """float64 absorbed-MLA attention with the bottom-right causal mask; (B, S, H, dv)."""
+    B, S, H, _ = q.shape
+    out = torch.empty(B, S, H, dv, dtype=torch.float64)
+    for b in range(B):
+        L = int(seqlens[b])
+        k = kv[b, :L].double().cpu()  # (L, D); only valid positions, never the NaN slack
+        qb = q[b].double().cpu()  # (S, H, D)
+        scores = torch.einsum("shd,td->sht", qb, k) * scale  # (S, H, L)
+        q_pos = L - S + torch.arange(S)  # absolute position of each new token
+        visible = torch.arange(L)[None, :] <= q_pos[:, None]  # (S, L)
+        scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
+        out[b] = torch.softmax(scores, dim=-1) @ k[:, :dv]
+    return out
+
+
+def assert_close_strict(
+    actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, min_cos: float, what: str = ""
+) -> None:
+    """FlashMLA-style check: same inf/nan positions, abs+rel tolerance, cosine similarity."""
+    assert actual.shape == expected.shape, f"{what} shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    for name, fn in (("nan", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        mismatch = fn(a) != fn(e)
+        if mismatch.any():
+            idx = tuple(mismatch.nonzero()[0].tolist())
+            raise AssertionError(
+                f"{what} {name} positions differ ({int(mismatch.sum())} elements); "
+                f"first at {idx}: actual {a[idx].item()}, expected {e[idx].item()}"
+            )
+    finite = torch.isfinite(e)
+    a_f, e_f = a[finite], e[finite]
+    if e_f.numel() == 0:
+        return
+    err = (a_f - e_f).abs()
+    bad = err > atol + rtol * e_f.abs()
+    cos = torch.nn.functional.cosine_similarity(a_f.flatten(), e_f.flatten(), dim=0).item()
+    if bad.any() or cos < min_cos:
+        excess = err - (atol + rtol * e_f.abs())
+        worst_flat = int(excess.argmax())
+        worst = tuple(finite.nonzero()[worst_flat].tolist())
+        raise AssertionError(
+            f"{what} mismatch: {int(bad.sum())}/{e_f.numel()} elements out of tolerance "
+            f"(atol={atol}, rtol={rtol}), max abs err {err.max().item():.3e}, cosine {cos:.12f} "
+            f"(min {min_cos}); worst at {worst}: actual {a[worst].item():.8g}, expected {e[worst].item():.8g}"
+        )
+
+
+def make_inputs(
+    lengths: list[int],
+    S: int,
+    H: int,
+    dv: int,
+    dr: int,
+    dtype: torch.dtype = torch.float32,
+    t_max: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random q (B, S, H, D), cache (B, T_max, D) with NaN slack, int32 seqlens (B,)."""
+    g = torch.Generator().manual_seed(seed)
+    B, D = len(lengths), dv + dr
+    t_max = t_max if t_max is not None else max(lengths) + 5
+    q = torch.randn(B, S, H, D, generator=g)
+    kv = torch.randn(B, t_max, D, generator=g)
+    for b, L in enumerate(lengths):
+        kv[b, L:] = float("nan")  # slack poisoning: must never be read
+    seqlens = torch.tensor(lengths, dtype=torch.int32)
+    return q.to(DEVICE, dtype), kv.to(DEVICE, dtype), seqlens.to(DEVICE)
+
+
+def check(
+    q: torch.Tensor, kv: torch.Tensor, seqlens: torch.Tensor, dv: int, scale: float, num_splits: int | None,
+    **kw: int,
+) -> torch.Tensor:
+    out = mla_decode(q, kv, seqlens, dv, scale, num_splits, **kw)
+    assert out.dtype == q.dtype and out.device == q.device
+    assert out.shape == (*q.shape[:3], dv)
+    assert torch.isfinite(out).all(), "non-finite output (a NaN slack position was read?)"
+    atol, rtol, min_cos = _TOL[q.dtype]
+    # The reference sees exactly the low-precision inputs the kernel saw.
+    ref = reference(q, kv, seqlens, dv, scale)
+    assert_close_strict(out, ref, atol, rtol, min_cos, what=f"{q.dtype} splits={num_splits}")
+    return out
+
+
+def test_comparator_catches_mismatches() -> None:
+    # The strict comparator itself: NaN placement, tolerance and worst-element reporting.
+    ref = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    assert_close_strict(ref.clone(), ref, 1e-6, 1e-6, 1 - 1e-9)
+    with_nan = ref.clone()
+    with_nan[1, 2] = float("nan")
+    with pytest.raises(AssertionError, match="nan positions differ"):
+        assert_close_strict(with_nan, ref, 1e-6, 1e-6, 1 - 1e-9)
+    off = ref.clone()
+    off[3, 4] += 1e-3
+    with pytest.raises(AssertionError, match=r"worst at \(3, 4\)"):
+        assert_close_strict(off, ref, 1e-6, 1e-6, 1 - 1e-9)
+
+
+@pytest.mark.parametrize("S", [1, 2, 3])
+@pytest.mark.parametrize("H", [1, 3, 4])
+def test_fp32_q_len_and_heads(S: int, H: int) -> None:
+    # Odd, different lengths in one batch, including one equal to S (only the new tokens).
+    lengths = [S, 17, 33]
+    q, kv, seqlens = make_inputs(lengths, S, H, dv=64, dr=16, seed=S * 10 + H)
+    check(q, kv, seqlens, 64, 0.1, num_splits=3)
+
+
+@pytest.mark.parametrize("num_splits", [None, 1, 2, 5, 16])
+def test_fp32_num_splits(num_splits: int | None) -> None:
+    # 16 splits over <= 4 KV blocks of 32: most splits are empty and must be ignored by the merge;
+    # with S = 3 some rows also see nothing inside a non-empty split (causal edge).
+    q, kv, seqlens = make_inputs([1 + 2, 17, 33, 100], S=3, H=4, dv=32, dr=16, t_max=111, seed=1)
+    check(q, kv, seqlens, 32, 32**-0.5, num_splits)
+
+
+def test_fp32_single_split_equals_many() -> None:
+    # The direct-store path (one split) and the split+combine path agree to fp32 rounding.
+    q, kv, seqlens = make_inputs([9, 64, 97], S=2, H=3, dv=64, dr=16, t_max=100, seed=2)
+    one = mla_decode(q, kv, seqlens, 64, 0.125, num_splits=1)
+    many = mla_decode(q, kv, seqlens, 64, 0.125, num_splits=4)
+    assert_close_strict(many, one, 1e-6, 1e-5, 1 - 1e-10, what="1 vs 4 splits")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_half_precision(dtype: torch.dtype, num_splits: int) -> None:
+    q, kv, seqlens = make_inputs([2, 17, 33], S=2, H=3, dv=64, dr=16, dtype=dtype, seed=3)
+    check(q, kv, seqlens, 64, 80**-0.5, num_splits)
+
+
+def test_noncontiguous_views() -> None:
+    # Cache as a prefix view of a larger [B, T_big, 1, D] buffer (FlashMLA's layout with the
+    # KV-head dim squeezed), and q as a transposed [B, H, S, D] tensor.
+    B, S, H, dv, dr, T, T_big = 3, 2, 3, 32, 16, 40, 64
+    lengths = [5, 23, 40]
+    g = torch.Generator().manual_seed(4)
+    buf = torch.randn(B, T_big, 1, dv + dr, generator=g)
+    for b, L in enumerate(lengths):
+        buf[b, L:] = float("nan")
+    kv = buf[:, :T, 0]  # (B, T, D), stride (T_big*D, D, 1)
+    assert not kv.is_contiguous()
+    q = torch.randn(B, H, S, dv + dr, generator=g).transpose(1, 2)  # (B, S, H, D), non-contiguous
+    seqlens = torch.tensor(lengths, dtype=torch.int32)
+    check(q.to(DEVICE), kv.to(DEVICE), seqlens.to(DEVICE), dv, 0.15, num_splits=2)
+
+    # A cache whose rows are padded (stride along T larger than D).
+    wide = torch.randn(B, T, dv + dr + 8, generator=g)
+    for b, L in enumerate(lengths):
+        wide[b, L:] = float("nan")
+    check(q.to(DEVICE), wide[..., : dv + dr].to(DEVICE), seqlens.to(DEVICE), dv, 0.15, num_splits=3)
+
+
+def test_large_logits_stable() -> None:
+    # Scores in the hundreds: the online softmax must rescale, not overflow.
+    q, kv, seqlens = make_inputs([7, 50], S=2, H=4, dv=32, dr=16, seed=5)
+    check(q * 4, kv, seqlens, 32, 1.0, num_splits=3)
+
+
+def test_block_size_knobs() -> None:
+    # Row blocks that split one sequence's S*H rows (block_h 16 < 3*7 rows) and a wider KV tile.
+    q, kv, seqlens = make_inputs([3, 30, 61], S=3, H=7, dv=32, dr=16, seed=6)
+    check(q, kv, seqlens, 32, 0.2, num_splits=2, block_h=16, block_n=16)
+    check(q, kv, seqlens, 32, 0.2, num_splits=2, block_h=32, block_n=64)
+
+
+def test_deepseek_dims() -> None:
+    # The real DeepSeek layout: D = 512 + 64 (no padding), H = 16, bf16, short cache.
+    q, kv, seqlens = make_inputs([1, 24], S=1, H=16, dv=512, dr=64, dtype=torch.bfloat16, seed=7)
+    check(q, kv, seqlens, 512, 0.135234, num_splits=2)
+
+
+def test_empty_batch() -> None:
+    q, kv, seqlens = make_inputs([4], S=1, H=2, dv=32, dr=16)
+    out = mla_decode(q[:0], kv[:0], seqlens[:0], 32, 0.1)
+    assert out.shape == (0, 1, 2, 32)
+
+
+def test_default_num_splits_heuristic() -> None:
+    # Small batch, long cache: enough splits to fill the SMs.
+    assert default_num_splits(batch=1, num_row_blocks=1, max_seqlen=32768, block_n=32) == 64
+    assert default_num_splits(batch=2, num_row_blocks=1, max_seqlen=32768, block_n=32) == 64  # capped
+    assert default_num_splits(batch=4, num_row_blocks=1, max_seqlen=32768, block_n=32) == 33
+    # Large batch already fills the machine: no split.
+    assert default_num_splits(batch=64, num_row_blocks=8, max_seqlen=32768, block_n=32) == 1
+    # Short cache: each split keeps at least 4 KV blocks.
+    assert default_num_splits(batch=1, num_row_blocks=1, max_seqlen=256, block_n=32) == 2
+    assert default_num_splits(batch=1, num_row_blocks=1, max_seqlen=10, block_n=32) == 1
+
+
+def test_unavailable_reason() -> None:
+    assert HAS_TRITON
+    assert triton_unavailable_reason(DEVICE) is None
+    assert "unsupported" in (triton_unavailable_reason(torch.device("meta")) or "")
+
+
+def test_import_without_triton() -> None:
+    # The module must import where triton is absent and then refuse to run with the reason.
+    code = (
+        "import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
+        "import torch\n"
+        "from mlabench.kernels import mla_decode as m\n"
+        "assert m.HAS_TRITON is False\n"
+        "assert m.triton_unavailable_reason(torch.device('cpu')) == 'triton is not installed'\n"
+        "try:\n"
+        "    m.mla_decode(torch.zeros(1, 1, 1, 8), torch.zeros(1, 4, 8),"
+        " torch.ones(1, dtype=torch.int32), 4, 0.5)\n"
+        "except RuntimeError as e:\n"
+        "    assert 'triton is not installed' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('no RuntimeError')\n"
+    )
+    repo_root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo_root
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="compiled kernels run on this machine")
+def test_cpu_without_interpreter_reports_reason() -> None:
+    # Imported without TRITON_INTERPRET, the kernels are compiled-only: CPU tensors are refused.
+    code = (
+        "import torch\n"
+        "from mlabench.kernels import mla_decode as m\n"
+        "r = m.triton_unavailable_reason(torch.device('cpu'))\n"
+        "assert r is not None and 'TRITON_INTERPRET' in r, r\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[1], env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def _good() -> dict:
+    q, kv, seqlens = make_inputs([3, 9], S=2, H=2, dv=32, dr=16, t_max=12)
+    return {"q": q, "kv_cache": kv, "cache_seqlens": seqlens, "head_dim_v": 32, "softmax_scale": 0.1}
+
+
+_BAD_CASES = {
+    "q_rank": ("q", lambda a: a["q"][0]),
+    "q_dtype": ("q", lambda a: a["q"].double()),
+    "kv_rank": ("kv_cache", lambda a: a["kv_cache"][:, :, None]),
+    "kv_dtype": ("kv_cache", lambda a: a["kv_cache"].half()),
+    "kv_batch": ("kv_cache", lambda a: a["kv_cache"][:1]),
+    "kv_dim": ("kv_cache", lambda a: a["kv_cache"][..., :40]),
+    "kv_last_stride": ("kv_cache", lambda a: a["kv_cache"].transpose(1, 2).contiguous().transpose(1, 2)),
+    "kv_device": ("kv_cache", lambda a: a["kv_cache"].to("meta")),
+    "seqlens_dtype": ("cache_seqlens", lambda a: a["cache_seqlens"].long()),
+    "seqlens_rank": ("cache_seqlens", lambda a: a["cache_seqlens"][None]),
+    "seqlens_batch": ("cache_seqlens", lambda a: a["cache_seqlens"][:1]),
+    "seqlens_below_S": ("cache_seqlens", lambda a: torch.tensor([1, 9], dtype=torch.int32)),
+    "seqlens_above_T": ("cache_seqlens", lambda a: torch.tensor([3, 13], dtype=torch.int32)),
+    "dv_too_big": ("head_dim_v", lambda a: 48),
+    "dv_zero": ("head_dim_v", lambda a: 0),
+    "dv_float": ("head_dim_v", lambda a: 32.0),
+    "scale_nan": ("softmax_scale", lambda a: math.nan),
+    "scale_negative": ("softmax_scale", lambda a: -0.1),
+    "splits_zero": ("num_splits", lambda a: 0),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_CASES))
+def test_input_validation(case: str) -> None:
+    arg, make_bad = _BAD_CASES[case]
+    args = _good()
+    if case in ("seqlens_below_S", "seqlens_above_T") and DEVICE.type != "cpu":
+        pytest.skip("value checks on seqlens are skipped on CUDA to avoid a device sync")
+    bad = make_bad(args)
+    args[arg] = bad
+    # The message starts with the offending argument's name.
+    with pytest.raises(ValueError, match=rf"^{arg}\b"):
+        mla_decode(**args)
+
+
+def test_interpreter_flag_matches_environment() -> None:
+    # Documents which path ran: compiled kernels on CUDA, the interpreter otherwise.
+    if DEVICE.type == "cpu":
+        assert mla_mod._INTERPRETED
