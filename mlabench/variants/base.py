@@ -52,6 +52,23 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool)
     return out.reshape(b, s, hq, v.shape[-1])
 
 
+def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+                      max_scores: int = 2**26) -> Tensor:
+    """`eager_attention` over blocks of queries so the score matrix stays under `max_scores`
+    elements: the float64 reference of a long prefill must not need the full (S, T) scores."""
+    b, s, h = q.shape[:3]
+    t = k.shape[1]
+    chunk = max(1, max_scores // max(1, b * h * t))
+    if chunk >= s:
+        return eager_attention(q, k, v, scale, causal)
+    outs = []
+    for start in range(0, s, chunk):
+        end = min(s, start + chunk)
+        keys = t - s + end if causal else t  # the block's last query sees keys up to here
+        outs.append(eager_attention(q[:, start:end], k[:, :keys], v[:, :keys], scale, causal))
+    return torch.cat(outs, dim=1)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm computed in fp32 (DeepSeek/Llama do the same), parameter named `weight`."""
 
@@ -136,13 +153,17 @@ class AttentionVariant(nn.Module):
     def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
         raise NotImplementedError
 
-    def reference(self) -> AttentionVariant:
-        """A float64 copy on the same weights and cache contents, run with the eager core."""
+    def reference(self, batch: int | None = None) -> AttentionVariant:
+        """A float64 copy on the same weights and cache contents (of the first `batch`
+        sequences), to be run with the eager core."""
         cache, self._cache = self._cache, {}
         try:
             ref = copy.deepcopy(self)  # weights only: the cache is converted below, never copied twice
         finally:
             self._cache = cache
         ref.to(torch.float64)
+        if batch is not None:
+            ref.batch = min(batch, self.batch)
+            cache = {name: t[: ref.batch] for name, t in cache.items()}
         ref._cache = {name: t.to(torch.float64) for name, t in cache.items()}
         return ref

@@ -1,0 +1,80 @@
+"""Backend registry: each backend registers itself where it is defined.
+
+A backend turns (variant module, case, step inputs) into a zero-argument
+callable that runs one prefill or one decode step; only that callable is timed.
+Setup (compilation, cache conversion, kernel selection) happens in `prepare`,
+outside the closure. A backend that cannot run here says why through
+`unavailable(device)`; one that cannot serve a particular case raises
+`UnsupportedError` (status `unsupported`) or `SkippedError` (status `skipped`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mlabench.case import MODES, Case
+from mlabench.config import VARIANTS
+from mlabench.variants.base import AttentionVariant
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """The new tokens of the timed step and where they start; the cache already holds the context."""
+
+    x: Tensor  # (B, S, d)
+    start_pos: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    fn: Callable[[], Tensor]  # one step, returns (B, S, d)
+    detail: str = ""  # recorded in `backend_detail` (chosen kernel, compile mode, ...)
+    compile_ms: float | None = None  # one-off compile/autotune time, never mixed into latency
+
+
+Prepare = Callable[[AttentionVariant, Case, StepInputs], Prepared]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    description: str
+    variants: tuple[str, ...]  # the variants it can ever serve (others are not put in the grid)
+    modes: tuple[str, ...]
+    fused: bool
+    prepare: Prepare
+    unavailable: Callable[[torch.device], str | None]  # None when usable on that device, else why not
+
+
+BACKENDS: dict[str, BackendSpec] = {}
+
+
+def _always_available(_device: torch.device) -> str | None:
+    return None
+
+
+def register_backend(
+    name: str,
+    *,
+    description: str,
+    variants: tuple[str, ...] = VARIANTS,
+    modes: tuple[str, ...] = MODES,
+    fused: bool = False,
+    unavailable: Callable[[torch.device], str | None] = _always_available,
+) -> Callable[[Prepare], Prepare]:
+    def deco(prepare: Prepare) -> Prepare:
+        if name in BACKENDS:
+            raise ValueError(f"backend {name!r} registered twice")
+        BACKENDS[name] = BackendSpec(name, description, tuple(variants), tuple(modes), fused, prepare, unavailable)
+        return prepare
+
+    return deco
+
+
+def served_variants() -> dict[str, tuple[str, ...]]:
+    """backend -> variants, for grid expansion."""
+    return {name: spec.variants for name, spec in BACKENDS.items()}

@@ -1,0 +1,81 @@
+"""A case: one point of a sweep's grid, frozen and hashable; its key is its identity.
+
+Resume skips finished keys, shards split on keys, compare joins on keys: the key
+is the `schema.KEY_COLUMNS` projection of a case, nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mlabench import analytic, schema
+from mlabench.config import AttentionShape
+
+Mode = Literal["prefill", "decode"]
+MODES: tuple[str, ...] = ("prefill", "decode")
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: str
+    model: str
+    variant: str
+    backend: str
+    mode: Mode
+    device: str
+    batch: int
+    seq_len: int  # total context after this step (decode: including the q_len new tokens)
+    q_len: int  # new tokens per call (prefill: seq_len)
+    shape: AttentionShape  # already normalized for the variant (mha: G = H, mqa: G = 1)
+    options: tuple[tuple[str, Any], ...] = field(default=(), compare=False)  # backend options, not identity
+
+    @property
+    def dtype(self) -> str:
+        return self.shape.dtype
+
+    @property
+    def step(self) -> analytic.Step:
+        if self.mode == "prefill":
+            return analytic.prefill_step(self.batch, self.seq_len)
+        return analytic.decode_step(self.batch, self.seq_len, self.q_len)
+
+    @property
+    def new_tokens(self) -> int:
+        return self.batch * self.step.new_tokens
+
+    @property
+    def key(self) -> dict[str, Any]:
+        sh = self.shape
+        return {
+            "suite": self.suite,
+            "model": self.model,
+            "variant": self.variant,
+            "backend": self.backend,
+            "mode": self.mode,
+            "dtype": self.dtype,
+            "device": self.device,
+            "batch": self.batch,
+            "seq_len": self.seq_len,
+            "q_len": self.q_len,
+            "num_heads": sh.num_heads,
+            "num_kv_heads": sh.kv_heads,
+            "head_dim": sh.head_dim,
+            "q_lora_rank": sh.q_lora_rank,
+            "kv_lora_rank": sh.kv_lora_rank,
+            "rope_head_dim": sh.rope_head_dim,
+            "v_head_dim": sh.value_dim,
+        }
+
+    @property
+    def case_id(self) -> str:
+        return schema.case_id(self.key)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+    def label(self) -> str:
+        """Short human description for progress lines."""
+        return (f"{self.model} {self.variant}/{self.backend} {self.mode} b={self.batch} "
+                f"T={self.seq_len}" + (f" q={self.q_len}" if self.mode == "decode" else "")
+                + f" {self.dtype}")

@@ -1,0 +1,89 @@
+"""`mlabench kv`: KV-cache capacity planning from the analytic model; nothing runs on a device."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mlabench.cli.common import err_console, human_bytes, out_console, parse_assignments, parse_bytes
+from mlabench.cli.common import print_json, split_list
+from mlabench.errors import UsageError
+
+
+def kv(
+    preset: Annotated[str, typer.Option(help="Model preset (see `mlabench list`).")] = "deepseek-v3",
+    seq_len: Annotated[int, typer.Option(help="Context length per sequence.")] = 32768,
+    batch: Annotated[int, typer.Option(help="Sequences held at once.")] = 1,
+    dtype: Annotated[str, typer.Option(help="Cache dtype.")] = "bfloat16",
+    memory: Annotated[str | None, typer.Option(help="Memory budget for the cache, e.g. 80GiB: prints the longest "
+                                                    "context that fits.", show_default=False)] = None,
+    variant: Annotated[str | None, typer.Option(help="Comma-separated variants [default: all the preset can run].",
+                                                show_default=False)] = None,
+    assignments: Annotated[list[str] | None, typer.Option("--set", help="Override a shape field, e.g. "
+                                                          "--set num_kv_heads=4 (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+) -> None:
+    """KV-cache bytes per token per layer, per token for the whole model, for the batch, per variant."""
+    from mlabench import analytic
+    from mlabench.config import VARIANTS, ShapeError, canonical_dtype, from_name, shape_for_variant
+
+    if seq_len <= 0 or batch <= 0:
+        raise UsageError(f"--{'seq-len' if seq_len <= 0 else 'batch'}: must be a positive integer")
+    fields = {}
+    for key, values in parse_assignments(assignments).items():
+        if len(values) != 1:
+            raise UsageError(f"--set {key}: give one value")
+        fields[key] = values[0]
+    try:
+        shape = from_name(preset, dtype=canonical_dtype(dtype), **fields)
+    except ShapeError as exc:
+        raise UsageError(str(exc) if exc.field != "model" else f"--preset: {exc}") from None
+    budget = parse_bytes("--memory", memory) if memory else None
+    wanted = split_list("--variant", variant) or [v for v in VARIANTS if v != "linformer"]
+    rows: list[dict[str, Any]] = []
+    for name in wanted:
+        if name not in VARIANTS:
+            raise UsageError(f"--variant: unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
+        if name == "linformer":
+            raise UsageError("--variant: linformer keeps a fixed number of projected rows, not a per-token cache")
+        try:
+            sh = shape_for_variant(name, shape)
+        except ShapeError as exc:
+            if variant:  # asked for explicitly: say why not
+                raise UsageError(f"--variant {name}: {exc}") from None
+            continue
+        if name == "gqa" and sh.kv_heads in (1, sh.num_heads) and not variant:
+            continue  # the preset has no real grouping: gqa would repeat mha or mqa
+        per_layer = analytic.kv_cache_bytes(name, sh, 1, 1)
+        per_token = per_layer * sh.num_layers
+        total = per_token * batch * seq_len
+        row = {"variant": name, "num_kv_heads": sh.kv_heads if name in ("mha", "mqa", "gqa") else None,
+               "bytes_per_token_per_layer": per_layer, "bytes_per_token": per_token, "batch_bytes": total}
+        if budget is not None:
+            row["fits"] = total <= budget
+            row["max_seq_len"] = budget // (per_token * batch)
+        rows.append(row)
+    doc = {"preset": preset, "dtype": shape.dtype, "layers": shape.num_layers, "batch": batch, "seq_len": seq_len,
+           "memory_bytes": budget, "variants": rows}
+    if as_json:
+        print_json(doc)
+        return
+    table = Table(title=f"{preset}: KV cache, {shape.dtype}, {shape.num_layers} layers, batch {batch} x "
+                        f"{seq_len} tokens" + (f", budget {human_bytes(budget)}" if budget else ""),
+                  title_justify="left", header_style="bold")
+    for col in ("variant", "per token per layer", "per token (model)", f"batch x {seq_len}"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    if budget is not None:
+        table.add_column("fits")
+        table.add_column("longest context", justify="right")
+    for r in rows:
+        cells = [r["variant"] + (f" (G={r['num_kv_heads']})" if r["num_kv_heads"] else ""),
+                 f"{r['bytes_per_token_per_layer']:,} B", human_bytes(r["bytes_per_token"]), human_bytes(r["batch_bytes"])]
+        if budget is not None:
+            cells += ["[green]yes[/]" if r["fits"] else "[red]no[/]", f"{r['max_seq_len']:,}"]
+        table.add_row(*cells)
+    out_console.print(table)
+    if budget is not None:
+        err_console.print("[dim]budget counts the KV cache only (no weights or activations)[/]")

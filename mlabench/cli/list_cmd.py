@@ -1,0 +1,95 @@
+"""`mlabench list`: variants, backends (with availability and why not), suites, presets."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mlabench.cli.common import out_console, print_json
+
+VARIANT_NOTES = {
+    "mha": ("K, V per head", "2*H*D"),
+    "mqa": ("one K, V head", "2*D"),
+    "gqa": ("K, V per KV group", "2*G*D"),
+    "mla-expanded": ("up-projected K, V per head", "H*(d_qk+d_v)"),
+    "mla-latent": ("latent c_kv + RoPE key; re-expanded every call", "d_c+d_r"),
+    "mla-absorbed": ("latent c_kv + RoPE key; attends in latent space", "d_c+d_r"),
+    "lowrank-kv": ("per-head K, V latents", "2*H*r"),
+    "linformer": ("K, V projected to k rows (prefill only)", "2*k*H*D per sequence"),
+}
+
+
+def list_(
+    device: Annotated[str, typer.Option(help="Device to check backend availability on.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+) -> None:
+    """List variants, backends (available here or why not), suites and model presets."""
+    from mlabench.backends import BACKENDS
+    from mlabench.config import PRESETS, VARIANTS
+    from mlabench.measure.envinfo import resolve_device
+    from mlabench.suites import available_suites, load_suite
+    from mlabench.variants import VARIANT_CLASSES
+
+    dev = resolve_device(device)
+    doc: dict[str, Any] = {
+        "device": str(dev),
+        "variants": [{"name": n, "caches": VARIANT_NOTES[n][0], "elements_per_token_per_layer": VARIANT_NOTES[n][1],
+                      "decode": VARIANT_CLASSES[n].supports_decode} for n in VARIANTS],
+        "backends": [],
+        "suites": [],
+        "presets": [],
+    }
+    for spec in BACKENDS.values():
+        reason = spec.unavailable(dev)
+        doc["backends"].append({"name": spec.name, "available": reason is None, "reason": reason,
+                                "fused": spec.fused, "modes": list(spec.modes), "variants": list(spec.variants),
+                                "description": spec.description})
+    for name, path in available_suites().items():
+        try:
+            description = load_suite(str(path)).description
+        except Exception as exc:  # a broken suite file is listed with its problem, not fatal here
+            description = f"(invalid: {exc})"
+        doc["suites"].append({"name": name, "path": str(path), "description": description})
+    for name, sh in PRESETS.items():
+        doc["presets"].append({"name": name, "layers": sh.num_layers, "hidden_size": sh.hidden_size,
+                               "num_heads": sh.num_heads, "num_kv_heads": sh.kv_heads, "head_dim": sh.head_dim,
+                               "q_lora_rank": sh.q_lora_rank, "kv_lora_rank": sh.kv_lora_rank,
+                               "rope_head_dim": sh.rope_head_dim, "v_head_dim": sh.value_dim})
+    if as_json:
+        print_json(doc)
+        return
+    _render(doc)
+
+
+def _render(doc: dict[str, Any]) -> None:
+    t = Table(title="variants", title_justify="left", header_style="bold")
+    for col in ("name", "caches", "elements / token / layer", "decode"):
+        t.add_column(col)
+    for v in doc["variants"]:
+        t.add_row(v["name"], v["caches"], v["elements_per_token_per_layer"], "yes" if v["decode"] else "no")
+    out_console.print(t)
+    t = Table(title=f"backends on {doc['device']}", title_justify="left", header_style="bold")
+    for col in ("name", "available", "modes", "serves", "description / reason"):
+        t.add_column(col, overflow="fold")
+    for b in doc["backends"]:
+        serves = "all" if len(b["variants"]) == len(doc["variants"]) else ", ".join(b["variants"])
+        t.add_row(b["name"], "[green]yes[/]" if b["available"] else "[yellow]no[/]", ", ".join(b["modes"]), serves,
+                  b["description"] if b["available"] else f"[yellow]{b['reason']}[/]")
+    out_console.print(t)
+    t = Table(title="suites", title_justify="left", header_style="bold")
+    t.add_column("name")
+    t.add_column("description", overflow="fold")
+    for s in doc["suites"]:
+        t.add_row(s["name"], s["description"])
+    out_console.print(t)
+    t = Table(title="presets", title_justify="left", header_style="bold")
+    cols = ("name", "layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "q_lora_rank", "kv_lora_rank",
+            "rope_head_dim", "v_head_dim")
+    short = ("name", "L", "d", "H", "G", "D/d_n", "d_q", "d_c", "d_r", "d_v")  # MLA.md's symbols
+    for col, label in zip(cols, short, strict=True):
+        t.add_column(label, justify="left" if col == "name" else "right")
+    for p in doc["presets"]:
+        t.add_row(*(str(p[c]) for c in cols))
+    out_console.print(t)

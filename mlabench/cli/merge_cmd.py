@@ -1,0 +1,30 @@
+"""`mlabench merge DIR... --out DIR`: join sharded run directories into one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlabench.cli.common import err_console, out_console
+
+
+def merge(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to join (e.g. one per shard).",
+                                                   show_default=False)],
+    out: Annotated[Path, typer.Option(help="Directory for the merged run.", show_default=False)],
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
+) -> None:
+    """Join run directories: rows and samples concatenated, duplicates by case refused."""
+    from mlabench.merge import merge_runs
+
+    summary = merge_runs(run_dirs, out)
+    err_console.print(f"merged {len(run_dirs)} runs: {summary.rows} rows, {summary.samples} samples")
+    if report:
+        from mlabench.cli.sweep_cmd import _write_report
+
+        path = _write_report(out)
+        if path:
+            out_console.print(f"report:  {path}")
+    out_console.print(f"results: {out}")

@@ -1,0 +1,1 @@
+"""Measurement: timing, memory, accuracy, roofline peaks and the environment fingerprint."""

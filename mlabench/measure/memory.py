@@ -1,0 +1,112 @@
+"""Memory: what a cache costs, four ways, and whether a case can fit at all.
+
+- analytic: `analytic.kv_cache_bytes` (exact formula);
+- measured: the nbytes of the cache tensors the module allocated (must equal analytic);
+- allocator: torch's CUDA allocator `memory_allocated` delta around the allocation;
+- NVML: the device's used-memory delta (nvidia-ml-py, imported as `pynvml`),
+  which sees the allocator's segment granularity (2 MiB pages, larger segments).
+On CPU the allocator and NVML columns stay empty.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from mlabench import analytic
+from mlabench.case import Case
+
+
+@dataclass(frozen=True)
+class AllocationDelta:
+    allocator: int | None
+    nvml: int | None
+
+
+class NvmlDevice:
+    """Used-memory reads for the CUDA device torch calls `index` (matched by UUID)."""
+
+    def __init__(self, index: int):
+        import pynvml
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        uuid = str(torch.cuda.get_device_properties(index).uuid)
+        uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+        try:
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        except pynvml.NVMLError:  # MIG or odd UUID forms: fall back to the index
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+
+    def used(self) -> int:
+        return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    def driver(self) -> str:
+        v = self._nvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def open_nvml(device: torch.device) -> NvmlDevice | None:
+    if device.type != "cuda":
+        return None
+    try:
+        return NvmlDevice(device.index or 0)
+    except Exception:  # no NVML library, no permission, old driver: the column stays empty
+        return None
+
+
+def measure_allocation(allocate: Callable[[], None], device: torch.device, nvml: NvmlDevice | None) -> AllocationDelta:
+    """Run `allocate` and report the allocator and NVML deltas it caused (CUDA only)."""
+    if device.type != "cuda":
+        allocate()
+        return AllocationDelta(None, None)
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()  # so the allocation needs fresh segments NVML can see
+    before_alloc = torch.cuda.memory_allocated(device)
+    before_nvml = nvml.used() if nvml else None
+    allocate()
+    torch.cuda.synchronize(device)
+    alloc = torch.cuda.memory_allocated(device) - before_alloc
+    nv = nvml.used() - before_nvml if nvml and before_nvml is not None else None
+    return AllocationDelta(alloc, nv)
+
+
+def available_ram_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_case_bytes(case: Case, accuracy: bool) -> int:
+    """A generous upper bound of what a case allocates: weights, cache, activations, the eager
+    score matrix (fp32, with softmax's copies) and, when checked, the float64 reference."""
+    sh, step = case.shape, case.step
+    eb = sh.element_bytes
+    weights = analytic.param_count(case.variant, sh, seq_len=case.seq_len) * eb
+    cache = analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len)
+    heads = sh.num_heads
+    keys = sh.kv_lora_rank if case.variant == "linformer" else step.total
+    scores = case.batch * heads * step.new_tokens * keys * 4 * 3
+    width = max(sh.hidden_size, heads * max(sh.qk_head_dim, sh.head_dim, sh.value_dim, sh.kv_lora_rank + sh.rope_head_dim))
+    activations = case.batch * step.new_tokens * width * eb * 6
+    expanded = 0
+    if case.variant in ("mla-latent", "lowrank-kv"):  # re-expanded K/V of the whole context
+        expanded = case.batch * step.total * heads * (sh.qk_head_dim + sh.value_dim + 2 * sh.head_dim) * eb
+    total = weights + cache + scores + activations + expanded
+    if accuracy:  # float64 copy of weights, of the reference batch's cache, and its scores
+        ref_batch = min(case.batch, 2)
+        scale = 8 / eb
+        total += int((weights + (cache + scores + activations + expanded) * ref_batch / case.batch) * scale)
+    return total

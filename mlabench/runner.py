@@ -1,0 +1,177 @@
+"""Running one case: build the variant, fill its cache, prepare the backend, check accuracy,
+time the step, and turn everything into one results row.
+
+Whatever happens inside a case (unsupported, skipped, OOM, an exception) becomes
+the row's status; nothing escapes except KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mlabench import analytic
+from mlabench.backends import BACKENDS, StepInputs
+from mlabench.case import Case
+from mlabench.errors import SkippedError, UnsupportedError
+from mlabench.measure import accuracy as acc
+from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_case_bytes, measure_allocation
+from mlabench.measure.peaks import Peaks, roofline_pct
+from mlabench.measure.timing import TimingSettings, time_step
+from mlabench.variants import build_variant
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+                "float16": torch.float16}
+RAM_HEADROOM = 0.8  # use at most this share of available RAM on CPU
+
+
+@dataclass
+class RunContext:
+    device: torch.device
+    timing: TimingSettings = field(default_factory=TimingSettings)
+    peaks: Peaks = field(default_factory=Peaks)
+    nvml: NvmlDevice | None = None
+    accuracy: bool = True
+    seed: int = 0
+    timeout_s: float = 300.0  # one call slower than this is not sampled further
+
+
+@dataclass
+class CaseResult:
+    row: dict[str, Any]
+    samples_ms: list[float]
+
+    @property
+    def status(self) -> str:
+        return str(self.row["status"])
+
+
+def analytic_columns(case: Case) -> dict[str, Any]:
+    """Deterministic columns known before anything runs."""
+    sh, step = case.shape, case.step
+    return {
+        "kv_cache_bytes": analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len),
+        "params": analytic.param_count(case.variant, sh, seq_len=case.seq_len),
+        "flops": analytic.flops(case.variant, sh, step),
+        "bytes": analytic.bytes_moved(case.variant, sh, step),
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _preflight(case: Case, ctx: RunContext) -> None:
+    spec = BACKENDS[case.backend]
+    if case.mode not in spec.modes:
+        raise UnsupportedError(f"{case.backend} has no {case.mode} path")
+    reason = spec.unavailable(ctx.device)
+    if reason:
+        raise SkippedError(f"{case.backend} unavailable: {reason}")
+    if ctx.device.type == "cpu":
+        need = estimate_case_bytes(case, ctx.accuracy)
+        have = available_ram_bytes()
+        if have is not None and need > RAM_HEADROOM * have:
+            raise SkippedError(f"needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB RAM available")
+
+
+def run_case(case: Case, ctx: RunContext) -> CaseResult:
+    row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok"}
+    started = time.perf_counter()
+    samples: list[float] = []
+    try:
+        _preflight(case, ctx)
+        samples = _measure(case, ctx, row)
+    except UnsupportedError as exc:
+        row.update(status="unsupported", error=str(exc))
+    except SkippedError as exc:
+        row.update(status="skipped", error=str(exc))
+    except torch.OutOfMemoryError as exc:
+        row.update(status="oom", error=_first_line(exc))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one broken case must not end the sweep
+        row.update(status="error", error=_first_line(exc))
+    finally:  # the case's tensors died with _measure's frame; hand their memory back now
+        gc.collect()
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+    if row["status"] not in ("ok", "inaccurate"):
+        samples = []
+    row["wall_s"] = round(time.perf_counter() - started, 3)
+    return CaseResult(row, samples)
+
+
+def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
+    device, sh, step = ctx.device, case.shape, case.step
+    dtype = TORCH_DTYPES[case.dtype]
+    module = build_variant(case.variant, sh, device, dtype, seed=ctx.seed)
+    delta = measure_allocation(lambda: module.allocate_cache(case.batch, case.seq_len), device, ctx.nvml)
+    row.update(kv_cache_bytes_measured=module.cache_nbytes(), kv_cache_bytes_allocator=delta.allocator,
+               kv_cache_bytes_nvml=delta.nvml)
+    gen = torch.Generator().manual_seed(ctx.seed + 1)
+    if step.context:
+        module.fill_cache_random(step.context, gen)
+    x = torch.randn(case.batch, step.new_tokens, sh.hidden_size, generator=gen).to(device, dtype)
+    inputs = StepInputs(x=x, start_pos=step.context)
+
+    prepared = BACKENDS[case.backend].prepare(module, case, inputs)
+    row.update(backend_detail=prepared.detail, compile_ms=prepared.compile_ms)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    out = prepared.fn()
+    _sync(device)
+    first_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
+
+    if ctx.accuracy:
+        ref = acc.reference_output(module, x, inputs.start_pos)
+        result = acc.compare(out, ref, case.dtype)
+        row.update(max_abs_err=result.max_abs_err, rel_err=result.rel_err)
+        if not result.ok:
+            row.update(status="inaccurate",
+                       error=f"rel_err {result.rel_err:.3g} > {case.dtype} tolerance {result.tolerance:.0e}")
+        del ref
+    del out
+    if first_s > ctx.timeout_s:
+        raise TimeoutError(f"one step took {first_s:.0f} s (limit {ctx.timeout_s:.0f} s); not sampled")
+
+    timing = time_step(prepared.fn, device, ctx.timing)
+    _summarize(case, ctx, row, timing.samples_ms)
+    row["timer"] = timing.timer
+    return timing.samples_ms
+
+
+def _summarize(case: Case, ctx: RunContext, row: dict[str, Any], samples: list[float]) -> None:
+    ordered = sorted(samples)
+    median = statistics.median(ordered)
+    if len(ordered) >= 2:
+        q = statistics.quantiles(ordered, n=20, method="inclusive")  # 5% steps: q[1] = p10, q[17] = p90
+        p10, p90 = q[1], q[17]
+        quart = statistics.quantiles(ordered, n=4, method="inclusive")
+        iqr = quart[2] - quart[0]
+    else:
+        p10 = p90 = median
+        iqr = 0.0
+    seconds = median * 1e-3
+    row.update(
+        latency_ms=median, latency_ms_p10=p10, latency_ms_p90=p90, latency_ms_iqr=iqr, n_samples=len(ordered),
+        tokens_per_s=case.new_tokens / seconds if seconds > 0 else None,
+        tflops=row["flops"] / seconds / 1e12 if seconds > 0 else None,
+        gbps=row["bytes"] / seconds / 1e9 if seconds > 0 else None,
+        roofline_pct=roofline_pct(row["flops"], row["bytes"], median, ctx.peaks, case.dtype),
+    )

@@ -1,0 +1,176 @@
+"""`mlabench sweep` end to end on CPU: the CSV contract, resume after a kill, shards and merge, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlabench import schema
+from mlabench.cli.app import main
+
+SUITE = """
+name = "unit"
+[settings]
+budget_s = 0.005
+warmup_s = 0.001
+min_samples = 3
+threads = 1
+[[grid]]
+model = "tiny"
+variant = ["mha", "gqa", "mla-absorbed", "linformer"]
+backend = "eager"
+mode = ["prefill", "decode"]
+batch = [1]
+seq_len = [16, 32]
+"""
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def suite(tmp_path: Path) -> Path:
+    p = tmp_path / "unit.toml"
+    p.write_text(SUITE)
+    return p
+
+
+def test_sweep_writes_the_contract(tmp_path: Path, suite: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--no-report", "--json", "--no-probe"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    doc = json.loads(captured.out)  # exactly one JSON document on stdout
+    assert doc["status_counts"] == {"ok": 14, "unsupported": 2}
+    with (out / schema.RESULTS_CSV).open(newline="") as f:
+        header = next(csv.reader(f))
+    assert header == list(schema.COLUMNS)
+    rows = read(out / schema.RESULTS_CSV)
+    assert len(rows) == 16
+    for row in rows:
+        assert row["case_id"] == schema.case_id(row)
+        if row["status"] == "ok":
+            assert row["kv_cache_bytes"] == row["kv_cache_bytes_measured"]
+            assert float(row["latency_ms_p10"]) <= float(row["latency_ms"]) <= float(row["latency_ms_p90"])
+            assert float(row["rel_err"]) < 1e-4
+            assert row["kv_cache_bytes_allocator"] == "" and row["kv_cache_bytes_nvml"] == ""  # CPU
+        else:
+            assert row["variant"] == "linformer" and row["mode"] == "decode"
+            assert "no incremental decode" in row["error"]
+    samples = read(out / schema.SAMPLES_CSV)
+    ok_ids = {r["case_id"] for r in rows if r["status"] == "ok"}
+    assert {s["case_id"] for s in samples} == ok_ids
+    per_case = {cid: sum(s["case_id"] == cid for s in samples) for cid in ok_ids}
+    assert all(per_case[r["case_id"]] == int(float(r["n_samples"])) for r in rows if r["status"] == "ok")
+    meta = json.loads((out / schema.META_JSON).read_text())
+    assert meta["suite"] == "unit" and meta["device"]["type"] == "cpu" and meta["torch"]
+    assert meta["interrupted"] is False
+
+
+def test_existing_out_dir_needs_resume(tmp_path: Path, suite: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    args = ["sweep", "--suite", str(suite), "--out", str(out), "--no-report", "--no-probe", "--variant", "mha"]
+    assert run_cli(args) == 0
+    capsys.readouterr()
+    assert run_cli(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert run_cli([*args, "--resume"]) == 0
+    assert len(read(out / schema.RESULTS_CSV)) == 4  # nothing re-run, nothing duplicated
+
+
+def test_resume_after_sigkill_has_no_duplicates(tmp_path: Path, suite: Path) -> None:
+    out = tmp_path / "run"
+    slow = SUITE.replace("budget_s = 0.005", "budget_s = 0.3")
+    suite.write_text(slow)
+    cmd = [sys.executable, "-m", "mlabench", "sweep", "--suite", str(suite), "--out", str(out), "--no-report",
+           "--no-probe"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / schema.RESULTS_CSV
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if results.exists() and len(results.read_text().splitlines()) >= 4:  # header + 3 rows
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(read(results))
+    assert 3 <= done_before < 16
+    with results.open("a") as f:  # as if the kill hit in the middle of writing a row
+        f.write("unit,tiny,mha,eager,pre")
+    suite.write_text(SUITE)
+    assert run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--resume", "--no-report", "--no-probe"]) == 0
+    rows = read(results)
+    assert len(rows) == 16
+    assert len({r["case_id"] for r in rows}) == 16
+    samples = read(out / schema.SAMPLES_CSV)
+    ok = {r["case_id"]: int(float(r["n_samples"])) for r in rows if r["status"] == "ok"}
+    for cid, n in ok.items():
+        assert sum(s["case_id"] == cid for s in samples) == n
+
+
+def test_shards_then_merge_equal_the_whole(tmp_path: Path, suite: Path) -> None:
+    dirs = []
+    for k in (1, 2):
+        d = tmp_path / f"shard{k}"
+        assert run_cli(["sweep", "--suite", str(suite), "--out", str(d), "--shard", f"{k}/2", "--no-report",
+                        "--no-probe"]) == 0
+        dirs.append(d)
+    merged = tmp_path / "merged"
+    assert run_cli(["merge", *map(str, dirs), "--out", str(merged), "--no-report"]) == 0
+    rows = read(merged / schema.RESULTS_CSV)
+    assert len(rows) == 16 and len({r["case_id"] for r in rows}) == 16
+    assert run_cli(["merge", str(dirs[0]), str(dirs[0]), "--out", str(tmp_path / "dup"), "--no-report"]) == 2
+
+
+def test_cpu_preflight_skips_cases_that_cannot_fit(tmp_path: Path, suite: Path) -> None:
+    out = tmp_path / "run"
+    code = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--no-report", "--no-probe", "--model",
+                    "deepseek-v3", "--variant", "mla-expanded", "--mode", "decode", "--batch", "64", "--seq-len",
+                    "1048576"])
+    assert code == 0
+    (row,) = read(out / schema.RESULTS_CSV)
+    assert row["status"] == "skipped" and "GiB" in row["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["sweep", "--suite", "nope"], "unknown suite"),
+        (["sweep", "--variant", "mah"], "variant 'mah'"),
+        (["sweep", "--batch", "1,x"], "--batch"),
+        (["sweep", "--device", "tpu"], "--device"),
+        (["sweep", "--shard", "5/2"], "--shard"),
+        (["sweep", "--resume"], "--resume needs --out"),
+        (["sweep", "--set", "num_kv_heads=3", "--variant", "gqa"], "no valid case"),
+        (["kv", "--preset", "gpt-17"], "gpt-17"),
+        (["kv", "--memory", "lots"], "--memory"),
+        (["run", "--variant", "gqa", "--backend", "triton"], "does not serve"),
+        (["run", "--seq-len", "4", "--q-len", "8"], "q_len"),
+        (["merge", "/no/such/run", "--out", "/tmp/x"], "not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mlabench", *args], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "MLABENCH_DEBUG": ""}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()  # rejected before any work
