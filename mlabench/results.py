@@ -50,7 +50,8 @@ class RunWriter:
         self.finished: set[str] = set()
         if self.results_path.exists() and self.results_path.stat().st_size > 0:
             if not resume:
-                raise UsageError(f"--out: {run_dir} already holds results (add --resume to continue it, or pick another --out)")
+                raise UsageError(f"--out: {run_dir} already holds results "
+                                 "(add --resume to continue it, or pick another --out)")
             self._load_existing()
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,8 @@ class RunWriter:
             if reader.fieldnames is None or "case_id" not in reader.fieldnames:
                 raise UsageError(f"--resume: {self.results_path} is not an mlabench results file (no case_id column)")
             if list(reader.fieldnames) != list(schema.COLUMNS):
-                raise UsageError(f"--resume: {self.results_path} was written by another mlabench version (columns differ)")
+                raise UsageError(f"--resume: {self.results_path} was written by another mlabench version "
+                                 "(columns differ)")
             self.finished = {row["case_id"] for row in reader}
         if self.samples_path.exists():
             _cut_torn_tail(self.samples_path)

@@ -23,16 +23,25 @@ that keeps no case is an error.
 from __future__ import annotations
 
 import itertools
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from mlabench.case import MODES, Case
-from mlabench.config import PRESETS, VARIANTS, AttentionShape, ShapeError, canonical_dtype, from_name
-from mlabench.config import shape_for_variant, validate_case_dims
+from mlabench.config import (
+    PRESETS,
+    VARIANTS,
+    AttentionShape,
+    ShapeError,
+    canonical_dtype,
+    from_name,
+    shape_for_variant,
+    validate_case_dims,
+)
 from mlabench.errors import UsageError
 
 CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype")
@@ -87,7 +96,8 @@ def resolve_suite(name_or_path: str) -> Path:
         return p
     suites = available_suites()
     if name_or_path not in suites:
-        raise UsageError(f"suite: unknown suite {name_or_path!r} (choose from {', '.join(suites)} or give a .toml path)")
+        raise UsageError(f"suite: unknown suite {name_or_path!r} "
+                         f"(choose from {', '.join(suites)} or give a .toml path)")
     return suites[name_or_path]
 
 
@@ -118,7 +128,8 @@ def load_suite(name_or_path: str) -> Suite:
         raise UsageError(f"suite: {path.name} is not valid TOML: {exc}") from None
     unknown = set(data) - TOP_LEVEL_KEYS
     if unknown:
-        raise UsageError(f"suite: unknown key {sorted(unknown)[0]!r} in {path.name} (allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})")
+        raise UsageError(f"suite: unknown key {sorted(unknown)[0]!r} in {path.name} "
+                         f"(allowed: {', '.join(sorted(TOP_LEVEL_KEYS))})")
     grids = data.get("grid")
     if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
         raise UsageError(f"suite: {path.name} needs at least one [[grid]] table")

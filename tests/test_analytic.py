@@ -35,8 +35,9 @@ def test_published_kv_figures() -> None:
     assert analytic.kv_cache_bytes("mla-absorbed", v3, 1, 1) == 1152
     assert analytic.kv_cache_bytes("mla-latent", v3, 1, 1) == 1152
     assert analytic.kv_cache_bytes("mla-expanded", v3, 1, 1) == 81920
-    assert analytic.kv_cache_bytes("mla-absorbed", v3, 1, 1, layers=v3.num_layers) / 1024 == pytest.approx(68.6, abs=0.05)
-    assert analytic.kv_cache_bytes("mla-expanded", v3, 1, 1, layers=v3.num_layers) / 2**20 == pytest.approx(4.77, abs=0.01)
+    layers = v3.num_layers
+    assert analytic.kv_cache_bytes("mla-absorbed", v3, 1, 1, layers=layers) / 1024 == pytest.approx(68.6, abs=0.05)
+    assert analytic.kv_cache_bytes("mla-expanded", v3, 1, 1, layers=layers) / 2**20 == pytest.approx(4.77, abs=0.01)
     l8 = from_name("llama-3-8b")
     assert analytic.kv_cache_bytes("gqa", l8, 1, 1) == 4096
     assert analytic.kv_cache_bytes("gqa", l8, 1, 1, layers=l8.num_layers) == 128 * 1024

@@ -65,7 +65,8 @@ def test_overrides_replace_axes(tmp_path: Path) -> None:
 
 
 def test_invalid_combinations_are_dropped_with_reasons(tmp_path: Path) -> None:
-    text = GOOD.replace('model = "tiny"', 'model = ["tiny", "llama-3-8b"]').replace("seq_len = [16, 32]", "seq_len = [1, 32]")
+    text = GOOD.replace('model = "tiny"', 'model = ["tiny", "llama-3-8b"]')
+    text = text.replace("seq_len = [16, 32]", "seq_len = [1, 32]")
     exp = expand(load_suite(write(tmp_path, text)), "cpu", served_variants())
     assert exp.dropped
     assert any("kv_lora_rank" in d for d in exp.dropped)  # MLA on llama

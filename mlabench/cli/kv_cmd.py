@@ -7,8 +7,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mlabench.cli.common import err_console, human_bytes, out_console, parse_assignments, parse_bytes
-from mlabench.cli.common import print_json, split_list
+from mlabench.cli.common import (
+    err_console,
+    human_bytes,
+    out_console,
+    parse_assignments,
+    parse_bytes,
+    print_json,
+    split_list,
+)
 from mlabench.errors import UsageError
 
 
@@ -80,7 +87,8 @@ def kv(
         table.add_column("longest context", justify="right")
     for r in rows:
         cells = [r["variant"] + (f" (G={r['num_kv_heads']})" if r["num_kv_heads"] else ""),
-                 f"{r['bytes_per_token_per_layer']:,} B", human_bytes(r["bytes_per_token"]), human_bytes(r["batch_bytes"])]
+                 f"{r['bytes_per_token_per_layer']:,} B", human_bytes(r["bytes_per_token"]),
+                 human_bytes(r["batch_bytes"])]
         if budget is not None:
             cells += ["[green]yes[/]" if r["fits"] else "[red]no[/]", f"{r['max_seq_len']:,}"]
         table.add_row(*cells)

@@ -46,7 +46,8 @@ def sweep(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Run directory [default: results/runs/<UTC time>-<suite>-<device>].",
                                              show_default=False)] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out, skipping finished cases.")] = False,
+    resume: Annotated[bool, typer.Option("--resume",
+                                         help="Continue the run in --out, skipping finished cases.")] = False,
     shard: Annotated[str | None, typer.Option(help="Run the K-th of N deterministic slices of the grid, e.g. 2/4.",
                                               show_default=False)] = None,
     model: Axis = None,
@@ -115,8 +116,14 @@ def sweep(
 
 
 def _run_with_progress(plan: Any, resume: bool, probe: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.progress import TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from mlabench.sweep import run_sweep
 

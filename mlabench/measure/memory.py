@@ -99,7 +99,8 @@ def estimate_case_bytes(case: Case, accuracy: bool) -> int:
     heads = sh.num_heads
     keys = sh.kv_lora_rank if case.variant == "linformer" else step.total
     scores = case.batch * heads * step.new_tokens * keys * 4 * 3
-    width = max(sh.hidden_size, heads * max(sh.qk_head_dim, sh.head_dim, sh.value_dim, sh.kv_lora_rank + sh.rope_head_dim))
+    head_width = max(sh.qk_head_dim, sh.head_dim, sh.value_dim, sh.kv_lora_rank + sh.rope_head_dim)
+    width = max(sh.hidden_size, heads * head_width)
     activations = case.batch * step.new_tokens * width * eb * 6
     expanded = 0
     if case.variant in ("mla-latent", "lowrank-kv"):  # re-expanded K/V of the whole context

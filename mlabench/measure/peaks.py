@@ -70,7 +70,7 @@ def probe_peaks(device: torch.device, dtypes: Iterable[str], budget_s: float = 0
     n_bytes = (1 << 30) if gpu else (256 << 20)  # far beyond L2 / LLC
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    copy_ms = _median_ms(lambda: dst.copy_(src), device, budget_s)
+    copy_ms = _median_ms(lambda src=src, dst=dst: dst.copy_(src), device, budget_s)
     bandwidth = 2 * n_bytes / (copy_ms * 1e-3)  # read + write
     del src, dst
     rates = {}

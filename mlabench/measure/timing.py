@@ -98,7 +98,8 @@ def _time_cuda_events(fn: Callable[[], object], settings: TimingSettings, first_
     n_warm = max(1, int(settings.warmup_s * 1e3 / max(first_ms, 1e-3)))
     for _ in range(n_warm):
         fn()
-    n = int(min(settings.max_samples, max(settings.min_samples, math.ceil(settings.budget_s * 1e3 / max(first_ms, 1e-3)))))
+    wanted = math.ceil(settings.budget_s * 1e3 / max(first_ms, 1e-3))
+    n = int(min(settings.max_samples, max(settings.min_samples, wanted)))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for i in range(n):
