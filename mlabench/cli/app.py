@@ -12,6 +12,14 @@ import sys
 
 import typer
 
+from mlabench.cli.compare_cmd import compare
+from mlabench.cli.env_cmd import env
+from mlabench.cli.kv_cmd import kv
+from mlabench.cli.list_cmd import list_
+from mlabench.cli.merge_cmd import merge
+from mlabench.cli.report_cmd import report
+from mlabench.cli.run_cmd import run
+from mlabench.cli.sweep_cmd import sweep
 from mlabench.errors import MlabenchError
 
 app = typer.Typer(
@@ -21,6 +29,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+app.command("sweep")(sweep)
+app.command("run")(run)
+app.command("list")(list_)
+app.command("env")(env)
+app.command("kv")(kv)
+app.command("merge")(merge)
+app.command("report")(report)
+app.command("compare")(compare)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -160,10 +160,8 @@ def _run_with_progress(plan: Any, resume: bool, probe: bool) -> Any:
 
 
 def _write_report(run_dir: Path) -> Path | None:
-    try:
-        from mlabench.report import write_report
-    except ImportError:
-        return None
+    from mlabench.report.html import write_report
+
     try:
         return write_report(run_dir)
     except Exception as exc:  # the measurements are on disk; a report failure must not hide them

@@ -1,0 +1,193 @@
+"""Check published claims about KV-cache size and attention parameters against a run's `claims` rows.
+
+Each claim is restated as a number that the `claims` suite measures, and
+`evaluate_claims` puts the measurement beside the number the source gives:
+
+A. DeepSeek-V2 paper, Table 1: KV-cache elements per token over l layers
+   (MHA 2*n_h*d_h*l, GQA 2*n_g*d_h*l, MQA 2*d_h*l, MLA (d_c + d_r)*l).
+B. "Per-head latent K/V at 32 of 128 dims makes a 2K-token single-layer cache
+   4x smaller" (MHA 16 MB vs latent 4 MB in the source, which counts elements).
+C. "MQA has 0.56 and GQA (8 heads, 4 groups) 0.75 of MHA's attention parameters".
+
+Pure Python and pandas; no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+
+from mlabench import config
+
+Verdict = Literal["holds", "differs", "not measured"]
+CLAIMS_SUITE = "claims"
+MIB = float(1 << 20)
+DEEPSEEK_V2_PAPER = "DeepSeek-V2 paper (arXiv:2405.04434), Table 1"
+LATENT_SOURCE = "Per-head low-rank K/V write-up (32 of 128 dims, 2K tokens)"
+PARAMS_SOURCE = "MQA/GQA parameter-count write-up (hidden 256, 8 heads)"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """One claim beside its measurement; `measured` is None when the run lacks the rows."""
+
+    claim: str
+    source: str
+    expected: float
+    measured: float | None
+    unit: str
+    verdict: Verdict
+    note: str = ""
+
+
+def _verdict(expected: float, measured: float | None) -> Verdict:
+    if measured is None or not math.isfinite(measured):
+        return "not measured"
+    # Every quantity here is a count or a ratio of counts: equal up to float rounding.
+    return "holds" if math.isclose(measured, expected, rel_tol=1e-9, abs_tol=1e-12) else "differs"
+
+
+def _claims_rows(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty or "suite" not in df.columns:
+        return df.iloc[0:0]
+    return df[df["suite"].astype(str) == CLAIMS_SUITE]
+
+
+def _select(rows: pd.DataFrame, **equal: object) -> pd.DataFrame:
+    mask = pd.Series(True, index=rows.index)
+    for column, value in equal.items():
+        if column not in rows.columns:
+            return rows.iloc[0:0]
+        if isinstance(value, str):
+            mask &= rows[column].astype(str) == value
+        else:
+            mask &= pd.to_numeric(rows[column], errors="coerce") == value
+    return rows[mask]
+
+
+def _cache_bytes(rows: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The cache tensors' bytes when recorded (the real cache), else the analytic figure."""
+    if "kv_cache_bytes_measured" in rows.columns:
+        measured = pd.to_numeric(rows["kv_cache_bytes_measured"], errors="coerce")
+        if measured.notna().any():
+            return measured.dropna(), "kv_cache_bytes_measured"
+    return _column(rows, "kv_cache_bytes"), "kv_cache_bytes"
+
+
+def _single(values: pd.Series) -> tuple[float | None, str]:
+    """The value all rows agree on, or the median with a note when they do not."""
+    if values.empty:
+        return None, ""
+    if values.nunique() > 1:
+        return float(values.median()), f"rows disagree ({values.min():g}..{values.max():g}); median shown"
+    return float(values.iloc[0]), ""
+
+
+def _int(row: pd.Series, column: str) -> int:
+    return int(float(row[column]))
+
+
+# --- A: DeepSeek-V2 Table 1 -------------------------------------------------------------------------------
+
+_TABLE1: dict[str, tuple[str, Callable[[pd.Series], int]]] = {
+    "mha": ("MHA: 2·n_h·d_h·l", lambda r: 2 * _int(r, "num_heads") * _int(r, "head_dim")),
+    "gqa": ("GQA: 2·n_g·d_h·l", lambda r: 2 * _int(r, "num_kv_heads") * _int(r, "head_dim")),
+    "mqa": ("MQA: 2·d_h·l", lambda r: 2 * _int(r, "head_dim")),
+    "mla-absorbed": ("MLA: (d_c + d_r)·l", lambda r: _int(r, "kv_lora_rank") + _int(r, "rope_head_dim")),
+}
+
+
+def _claim_table1(rows: pd.DataFrame) -> list[ClaimResult]:
+    model = "deepseek-v2"
+    layers = config.PRESETS[model].num_layers
+    out: list[ClaimResult] = []
+    for variant, (formula, per_layer) in _TABLE1.items():
+        text = f"KV cache elements per token, {formula} (DeepSeek-V2, l = {layers})"
+        sel = _select(rows, model=model, variant=variant, mode="decode")
+        # Expected is the paper's formula evaluated at the row's own widths.
+        paper = {"mha": 2 * 128 * 128, "gqa": 2 * 8 * 128, "mqa": 2 * 128, "mla-absorbed": 512 + 64}[variant]
+        if sel.empty:
+            out.append(ClaimResult(text, DEEPSEEK_V2_PAPER, float(paper * layers), None, "elements/token",
+                                   "not measured", f"no {model} {variant} decode rows in the claims suite"))
+            continue
+        expected = float(per_layer(sel.iloc[0]) * layers)
+        cache, column = _cache_bytes(sel)
+        kept = sel.loc[cache.index]
+        width = kept["dtype"].map(lambda d: config.DTYPES.get(config.DTYPE_ALIASES.get(str(d), str(d)), math.nan))
+        tokens = pd.to_numeric(kept["batch"], errors="coerce") * pd.to_numeric(kept["seq_len"], errors="coerce")
+        elems = (cache / (tokens * width) * layers).dropna()
+        measured, note = _single(elems)
+        notes = [f"from {column}"] + ([note] if note else [])
+        if per_layer(sel.iloc[0]) != paper:
+            notes.append("row widths differ from DeepSeek-V2's; expected uses the row's widths")
+        out.append(ClaimResult(text, DEEPSEEK_V2_PAPER, expected, measured, "elements/token",
+                               _verdict(expected, measured), "; ".join(notes)))
+    return out
+
+
+# --- B: per-head latent K/V at 32 of 128 dims -------------------------------------------------------------
+
+def _claim_latent(rows: pd.DataFrame) -> list[ClaimResult]:
+    base = dict(model="llama-3-8b", dtype="float16", seq_len=2048, batch=1)
+    mha_rows = _select(rows, variant="mha", **base)
+    lr_rows = _select(rows, variant="lowrank-kv", kv_lora_rank=32, **base)
+    mha_cache, column = _cache_bytes(mha_rows)
+    lr_cache, lr_column = _cache_bytes(lr_rows)
+    mha_bytes, mha_note = _single(mha_cache)
+    lr_bytes, lr_note = _single(lr_cache)
+    missing = [n for n, v in (("mha", mha_bytes), ("lowrank-kv (rank 32)", lr_bytes)) if v is None]
+    gap = f"no llama-3-8b float16 2K-token {' / '.join(missing)} rows in the claims suite" if missing else ""
+    sources = sorted({column, lr_column})
+    ratio_note = "; ".join([f"from {' and '.join(sources)}"] + [n for n in (mha_note, lr_note) if n])
+    ratio = mha_bytes / lr_bytes if mha_bytes is not None and lr_bytes else None
+    mha_mib = mha_bytes / MIB if mha_bytes is not None else None
+    lr_mib = lr_bytes / MIB if lr_bytes is not None else None
+    elements = "the source's 16 MB / 4 MB count elements; in float16 (2 bytes each) they are 32 / 8 MiB"
+    return [
+        ClaimResult("Per-head latent K/V (32 of 128 dims) makes a 2K-token single-layer cache 4x smaller",
+                    LATENT_SOURCE, 4.0, ratio, "x (MHA / latent bytes)", _verdict(4.0, ratio),
+                    gap or ratio_note),
+        ClaimResult("MHA 2K-token single-layer cache, llama-3-8b (32 heads x 128), float16", LATENT_SOURCE,
+                    32.0, mha_mib, "MiB", _verdict(32.0, mha_mib), gap or elements),
+        ClaimResult("Latent (rank 32) 2K-token single-layer cache, float16", LATENT_SOURCE,
+                    8.0, lr_mib, "MiB", _verdict(8.0, lr_mib), gap or elements),
+    ]
+
+
+# --- C: MQA / GQA attention parameters --------------------------------------------------------------------
+
+def _column(rows: pd.DataFrame, column: str) -> pd.Series:
+    if column not in rows.columns:
+        return pd.Series(dtype=float)
+    return pd.to_numeric(rows[column], errors="coerce").dropna()
+
+
+def _claim_params(rows: pd.DataFrame) -> list[ClaimResult]:
+    base = dict(model="tiny", num_heads=8, head_dim=32)
+    hidden = config.PRESETS["tiny"].hidden_size
+    mha, mha_note = _single(_column(_select(rows, variant="mha", **base), "params"))
+    out: list[ClaimResult] = []
+    for variant, extra, expected, shown in (("mqa", {}, 0.5625, "0.56"), ("gqa", {"num_kv_heads": 4}, 0.75, "0.75")):
+        params, note = _single(_column(_select(rows, variant=variant, **base, **extra), "params"))
+        ratio = params / mha if params is not None and mha else None
+        label = "MQA" if variant == "mqa" else "GQA (8 heads, 4 groups)"
+        gap = [f"no tiny {n} rows in the claims suite" for n, v in (("mha", mha), (variant, params)) if v is None]
+        notes = gap or [f"hidden {hidden}, 8 heads x 32; exact {expected:g}, source rounds to {shown}"]
+        notes += [n for n in (mha_note, note) if n]
+        out.append(ClaimResult(f"{label} has {shown} of MHA's attention parameters", PARAMS_SOURCE,
+                               expected, ratio, "x MHA params", _verdict(expected, ratio), "; ".join(notes)))
+    return out
+
+
+def evaluate_claims(df: pd.DataFrame) -> list[ClaimResult]:
+    """Every claim, measured from the rows with suite == 'claims' (others are ignored)."""
+    rows = _claims_rows(df)
+    return _claim_table1(rows) + _claim_latent(rows) + _claim_params(rows)
+
+
+def has_claims(df: pd.DataFrame) -> bool:
+    return not _claims_rows(df).empty

@@ -1,0 +1,66 @@
+"""`mlabench compare BASELINE CANDIDATE`: the regression gate's command line.
+
+Thin: parse options, call `mlabench.compare`, render. Exit 0 pass, 1 a
+regression (or, with --strict, an inconclusive or one-sided case), 2 bad input,
+3 not comparable. With --json, stdout carries exactly one JSON document.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlabench.cli.common import err_console
+from mlabench.errors import UsageError
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="Baseline run directory (or its results.csv).", show_default=False)],
+    candidate: Annotated[Path, typer.Argument(help="Candidate run directory (or its results.csv).",
+                                              show_default=False)],
+    threshold: Annotated[float, typer.Option(help="Smallest slowdown that counts, as a fraction of the "
+                                                  "baseline median (0.05 = 5%).")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Family-wise error rate for the significance test "
+                                              "(Holm-corrected over all cases).")] = 0.05,
+    strict: Annotated[bool, typer.Option("--strict", help="Also fail on inconclusive cases and on cases "
+                                                          "present on one side only.")] = False,
+    allow_env_change: Annotated[bool, typer.Option("--allow-env-change", help="Compare even when device, torch, "
+                                                   "dtype or shapes differ (pairs cases ignoring them).")] = False,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Output on stdout.",
+                                                        case_sensitive=False)] = OutputFormat.table,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json: one JSON document on "
+                                                         "stdout.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the markdown report to "
+                                                "this file (e.g. for a PR comment).")] = None,
+) -> None:
+    """Compare two runs case by case; exit 1 on a statistically significant regression."""
+    from mlabench.compare import GateSettings, compare_paths, render
+
+    fmt = OutputFormat.json if as_json else output_format
+    settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change)
+    err_console.print(f"comparing {baseline} -> {candidate}", markup=False)
+    result = compare_paths(baseline, candidate, settings)
+    if output is not None:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(render.to_markdown(result), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{output}: cannot write ({exc.strerror or exc})") from None
+    if fmt is OutputFormat.json:
+        sys.stdout.write(render.to_json(result) + "\n")
+    elif fmt is OutputFormat.markdown:
+        sys.stdout.write(render.to_markdown(result))
+    else:
+        render.print_table(result)
+    if not result.passed:
+        raise typer.Exit(1)

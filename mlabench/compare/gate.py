@@ -1,0 +1,266 @@
+"""The regression gate: refuse incomparable runs, join cases, give every case a verdict.
+
+Verdicts, in order of severity:
+- regressed: slower past the threshold and significant, or status ok -> not ok
+  (or skipped/unsupported -> failed);
+- changed: a deterministic metric (schema.EXACT_COLUMNS) differs at all;
+- inconclusive: neither clearly the same nor clearly different (fails with --strict);
+- only-baseline / only-candidate: the case exists on one side (fails with --strict);
+- improved: faster past the threshold and significant, or a failed case now ok;
+- not-timed: not ok on both sides, nothing to compare;
+- same.
+Imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from mlabench import schema
+from mlabench.compare import stats
+from mlabench.compare.env import check_environment, check_keys, drift_join_columns
+from mlabench.errors import UsageError
+from mlabench.report.labels import case_labels
+from mlabench.report.load import RunData, join_ids, key_frame, normalize_key_value
+
+Verdict = Literal[
+    "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "improved", "not-timed", "same"
+]
+SEVERITY: tuple[str, ...] = (
+    "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "improved", "not-timed", "same"
+)
+FAILING: frozenset[str] = frozenset({"regressed", "changed"})
+STRICT_FAILING: frozenset[str] = frozenset({"inconclusive", "only-baseline", "only-candidate"})
+REL_ERR_GROWTH = 10.0  # noted (not failed) when rel_err grows this much while still within tolerance
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    threshold: float = 0.05
+    alpha: float = 0.05
+    strict: bool = False
+    allow_env_change: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise UsageError(f"--threshold must be between 0 and 1 (a fraction, 0.05 = 5%), got {self.threshold}")
+        if not 0 < self.alpha < 1:
+            raise UsageError(f"--alpha must be between 0 and 1, got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case_id: str
+    label: str
+    key: dict[str, str]
+    verdict: Verdict
+    base_status: str | None = None
+    cand_status: str | None = None
+    base_ms: float | None = None
+    cand_ms: float | None = None
+    ratio: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None  # Holm-adjusted, in the direction of the change
+    n_base: int = 0
+    n_cand: int = 0
+    notes: tuple[str, ...] = ()
+
+    def fails(self, strict: bool) -> bool:
+        return self.verdict in FAILING or (strict and self.verdict in STRICT_FAILING)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: str
+    candidate: str
+    settings: GateSettings
+    cases: tuple[CaseResult, ...]
+    env_notes: tuple[str, ...] = ()
+    joined_ignoring: tuple[str, ...] = ()
+    tested: int = 0  # cases in the multiple-comparison family
+    method: str = field(default=stats.METHOD)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        found = Counter(c.verdict for c in self.cases)
+        return {v: found.get(v, 0) for v in SEVERITY}
+
+    @property
+    def failing(self) -> list[CaseResult]:
+        return [c for c in self.cases if c.fails(self.settings.strict)]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failing
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _sample_map(run: RunData) -> dict[str, np.ndarray]:
+    if run.samples is None or run.samples.empty:
+        return {}
+    ordered = run.samples.sort_values(["case_id", "sample"])
+    return {str(cid): g["latency_ms"].to_numpy(dtype=float) for cid, g in ordered.groupby("case_id", sort=False)}
+
+
+def _exact_changes(b: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    notes = []
+    for col in schema.EXACT_COLUMNS:
+        bv, cv = _finite(b.get(col)), _finite(c.get(col))
+        if bv is not None and cv is not None and bv != cv:
+            notes.append(f"{col} {bv:,.0f} -> {cv:,.0f}")
+    return notes
+
+
+def _status_verdict(bs: str, cs: str, error: str) -> tuple[Verdict, str] | None:
+    """The verdict when a side is not ok; None when both are ok (time decides)."""
+    reason = f": {error}" if error else ""
+    if bs == "ok" and cs != "ok":
+        return "regressed", f"status ok -> {cs}{reason}"
+    if bs != "ok" and cs == "ok":
+        return "improved", f"now ok (was {bs})"
+    if bs != "ok" and cs != "ok":
+        if cs in schema.FAILED_STATUSES and bs not in schema.FAILED_STATUSES:
+            return "regressed", f"status {bs} -> {cs}{reason}"
+        return "not-timed", (f"{bs} on both sides" if bs == cs else f"status {bs} -> {cs}")
+    return None
+
+
+@dataclass(frozen=True)
+class _Joined:
+    """Both runs' rows keyed by join id, in baseline order then candidate-only cases."""
+
+    base: dict[str, dict[str, Any]]
+    cand: dict[str, dict[str, Any]]
+    order: list[str]
+    labels: dict[str, str]
+    ignored: tuple[str, ...]
+    notes: list[str]
+
+
+def _join(base: RunData, cand: RunData, settings: GateSettings) -> _Joined:
+    """Refuse incomparable runs, then key every row (ignoring drift columns only when allowed)."""
+    for run in (base, cand):
+        if run.results.empty:
+            raise UsageError(f"{run.results_path}: has no rows; nothing to compare")
+    notes = check_environment(base, cand, settings.allow_env_change)
+    bk, ck = key_frame(base.results), key_frame(cand.results)
+    notes += check_keys(bk, ck, settings.allow_env_change)
+    ignored = drift_join_columns(bk, ck) if settings.allow_env_change else ()
+    if ignored:
+        notes.append(f"cases joined ignoring {', '.join(ignored)} (--allow-env-change); exact metrics not failed")
+    frames = []
+    for run, keys in ((base, bk), (cand, ck)):
+        frame = run.results.assign(_join=join_ids(keys, frozenset(ignored)))
+        if frame["_join"].duplicated().any():
+            notes.append(f"{run.results_path}: duplicate case keys; the last row of each is used")
+        frame = frame.drop_duplicates("_join", keep="last")
+        frames.append((frame, keys.loc[frame.index].set_axis(frame["_join"].to_numpy())))
+    (b, b_keys), (c, c_keys) = frames
+    # Plain dicts: row lookups by join id in a loop are much faster than .loc.
+    b_rows = {r["_join"]: r for r in b.to_dict("records")}
+    c_rows = {r["_join"]: r for r in c.to_dict("records")}
+    order = list(b_rows) + [i for i in c_rows if i not in b_rows]
+    keys = pd.concat([c_keys, b_keys])
+    keys = keys[~keys.index.duplicated()].loc[order]
+    labels = dict(zip(order, case_labels(keys.reset_index(drop=True)), strict=True))
+    return _Joined(b_rows, c_rows, order, labels, tuple(ignored), notes)
+
+
+def _untimed_entry(br: dict[str, Any] | None, cr: dict[str, Any] | None, ignored: tuple[str, ...],
+                   entry: dict[str, Any]) -> bool:
+    """Fill what a case gets without timing statistics; True when its verdict is already final."""
+    if br is None or cr is None:
+        row = cr if br is None else br
+        assert row is not None
+        entry["verdict"] = "only-candidate" if br is None else "only-baseline"
+        entry["cand_status" if br is None else "base_status"] = str(row["status"])
+        entry["notes"].append("new in the candidate" if br is None else "missing from the candidate")
+        return True
+    entry.update(base_status=str(br["status"]), cand_status=str(cr["status"]),
+                 base_ms=_finite(br["latency_ms"]), cand_ms=_finite(cr["latency_ms"]))
+    exact = _exact_changes(br, cr)
+    if exact and ignored:
+        entry["notes"].extend(f"{n} (not failed: {', '.join(ignored)} differ)" for n in exact)
+        exact = []
+    entry["exact"] = exact
+    status = _status_verdict(str(br["status"]), str(cr["status"]), str(cr["error"]))
+    if status is not None:
+        entry["verdict"], note = status
+        entry["notes"].append(note)
+        return True
+    rb, rc = _finite(br.get("rel_err")), _finite(cr.get("rel_err"))
+    if rb and rc and rc > REL_ERR_GROWTH * rb:
+        entry["notes"].append(f"rel_err grew {rc / rb:.0f}x ({rb:.1e} -> {rc:.1e}), still within tolerance")
+    return False
+
+
+def _finish(entry: dict[str, Any]) -> CaseResult:
+    """Exact-metric changes override a same/improved/inconclusive time verdict."""
+    exact = entry.pop("exact", [])
+    if exact:
+        entry["notes"].extend(exact)
+        if entry["verdict"] != "regressed":
+            entry["verdict"] = "changed"
+    if entry.get("ratio") is None and entry.get("base_ms") and entry.get("cand_ms"):
+        entry["ratio"] = entry["cand_ms"] / entry["base_ms"]
+    entry["notes"] = tuple(entry["notes"])
+    return CaseResult(**entry)
+
+
+def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Comparison:
+    """Join two runs on their case key and judge every case."""
+    joined = _join(base, cand, settings)
+    base_samples, cand_samples = _sample_map(base), _sample_map(cand)
+    entries: dict[str, dict[str, Any]] = {}
+    timed: list[str] = []
+    pairs: list[tuple[Any, Any, float, float]] = []
+    for jid in joined.order:
+        br, cr = joined.base.get(jid), joined.cand.get(jid)
+        row = cr or br
+        assert row is not None
+        entries[jid] = entry = dict(
+            case_id=str(row["case_id"]), label=joined.labels[jid],
+            key={k: normalize_key_value(row[k]) for k in schema.KEY_COLUMNS}, notes=[],
+        )
+        if _untimed_entry(br, cr, joined.ignored, entry):
+            continue
+        assert br is not None and cr is not None
+        timed.append(jid)
+        pairs.append((base_samples.get(str(br["case_id"])), cand_samples.get(str(cr["case_id"])),
+                      entry["base_ms"] or math.nan, entry["cand_ms"] or math.nan))
+
+    # One call for all timed cases: the multiple-comparison correction spans the whole sweep.
+    time_stats = stats.compare_many(pairs, confidence=1 - settings.alpha)
+    for jid, result in zip(timed, stats.judge(time_stats, settings.threshold, settings.alpha), strict=True):
+        s = result.stats
+        entries[jid].update(verdict=result.verdict, base_ms=s.base_median, cand_ms=s.cand_median,
+                            ratio=s.ratio if math.isfinite(s.ratio) else None, ci_low=s.ci_low, ci_high=s.ci_high,
+                            p_value=result.p_adjusted, n_base=s.n_base, n_cand=s.n_cand)
+        if result.note:
+            entries[jid]["notes"].insert(0, result.note)
+
+    # Worst first: by verdict, then the biggest change in that verdict's direction.
+    cases = sorted((_finish(e) for e in entries.values()), key=lambda r: (
+        SEVERITY.index(r.verdict), (r.ratio or 1.0) if r.verdict == "improved" else -(r.ratio or 0.0), r.label))
+    return Comparison(
+        baseline=str(base.path), candidate=str(cand.path), settings=settings, cases=tuple(cases),
+        env_notes=tuple(joined.notes), joined_ignoring=joined.ignored, tested=sum(s.has_test for s in time_stats),
+    )

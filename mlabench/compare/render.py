@@ -1,0 +1,183 @@
+"""Render a `Comparison`: a rich table for the terminal, markdown for PR comments, one JSON document.
+
+The markdown puts a one-line verdict first, then the cases that need a look,
+and folds the unchanged ones into a <details> block so a sweep of hundreds of
+cases still fits in a PR comment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape as _escape
+from rich.table import Table
+
+from mlabench.compare.gate import CaseResult, Comparison
+
+VERDICT_STYLE = {
+    "regressed": "bold red", "changed": "bold red", "inconclusive": "yellow", "only-baseline": "yellow",
+    "only-candidate": "cyan", "improved": "green", "not-timed": "dim", "same": "dim",
+}
+VERDICT_MARK = {
+    "regressed": "❌", "changed": "❌", "inconclusive": "⚠️", "only-baseline": "➖", "only-candidate": "➕",
+    "improved": "✅", "not-timed": "·", "same": "·",
+}
+QUIET = frozenset({"same", "not-timed"})
+# GitHub rejects comments over 65,536 characters; unchanged rows are the ones to cut.
+MD_QUIET_ROWS = 250
+
+
+def summary(cmp: Comparison) -> str:
+    """'FAIL: 1 regressed, 2 inconclusive, 190 same (...)': the one line a reviewer reads."""
+    head = "PASS" if cmp.passed else "FAIL"
+    counts = ", ".join(f"{n} {v}" for v, n in cmp.counts.items() if n)
+    s = cmp.settings
+    rule = f"threshold {s.threshold:.0%}, alpha {s.alpha:g}, {cmp.tested} cases tested"
+    rule += ", strict" if s.strict else ""
+    return f"{head}: {counts or 'no cases'} ({rule})"
+
+
+def _ms(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:.4g}"
+
+
+def _change(c: CaseResult) -> str:
+    if c.ratio is None or not math.isfinite(c.ratio):
+        return "-"
+    return f"{(c.ratio - 1) * 100:+.1f}%"
+
+
+def _ci(c: CaseResult) -> str:
+    if c.ci_low is None or c.ci_high is None:
+        return "-"
+    return f"[{(c.ci_low - 1) * 100:+.1f}%, {(c.ci_high - 1) * 100:+.1f}%]"
+
+
+def _p(c: CaseResult) -> str:
+    return "-" if c.p_value is None else f"{c.p_value:.2g}"
+
+
+def _status(c: CaseResult) -> str:
+    if c.base_status == c.cand_status:
+        return c.base_status or "-"
+    return f"{c.base_status or '-'} -> {c.cand_status or '-'}"
+
+
+def _row(c: CaseResult) -> list[str]:
+    return [c.verdict, c.label, _status(c), _ms(c.base_ms), _ms(c.cand_ms), _change(c), _ci(c), _p(c),
+            "; ".join(c.notes)]
+
+
+HEADERS = ["verdict", "case", "status", "base ms", "cand ms", "change", "CI (change)", "p (Holm)", "note"]
+
+
+def print_table(cmp: Comparison, console: Console | None = None) -> None:
+    """The terminal view: cases that need a look, worst first, then the notes and the summary line."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)  # piped output: keep each case on one line
+    table = Table(title=f"{cmp.baseline} -> {cmp.candidate}", title_justify="left", show_lines=False)
+    for h in HEADERS:
+        table.add_column(h, overflow="fold", justify="right" if h in ("base ms", "cand ms", "change", "p (Holm)")
+                         else "left")
+    loud = [c for c in cmp.cases if c.verdict not in QUIET]
+    for c in loud:
+        cells = _row(c)
+        cells[0] = f"[{VERDICT_STYLE[c.verdict]}]{c.verdict}[/]"
+        table.add_row(*cells[:1], *(_escape(x) for x in cells[1:]))
+    if loud:
+        console.print(table)
+    quiet = Counter(c.verdict for c in cmp.cases if c.verdict in QUIET)
+    if quiet:
+        # Hundreds of unchanged cases would bury the few that matter; JSON and markdown list them all.
+        folded = " and ".join(f"{n} {v}" for v, n in quiet.items())
+        console.print(f"[dim]{folded} cases not listed (--format markdown or --json lists every case)[/]")
+    for note in cmp.env_notes:
+        console.print(f"[yellow]note:[/] {_escape(note)}")
+    style = "bold green" if cmp.passed else "bold red"
+    console.print(f"[{style}]{_escape(summary(cmp))}[/]")
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(cases: list[CaseResult]) -> list[str]:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    for c in cases:
+        cells = _row(c)
+        cells[0] = f"{VERDICT_MARK[c.verdict]} {c.verdict}"
+        cells[1] = f"`{cells[1]}`"
+        lines.append("| " + " | ".join(_md_cell(x) for x in cells) + " |")
+    return lines
+
+
+def to_markdown(cmp: Comparison) -> str:
+    """A PR-comment-ready report: verdict line, cases needing attention, the rest folded."""
+    mark = "✅" if cmp.passed else "❌"
+    lines = [f"**mlabench compare {mark} {summary(cmp)}**", ""]
+    lines.append(f"Baseline `{cmp.baseline}`, candidate `{cmp.candidate}`. Method: {cmp.method}.")
+    lines += [f"- note: {_md_cell(n)}" for n in cmp.env_notes]
+    lines.append("")
+    loud = [c for c in cmp.cases if c.verdict not in QUIET]
+    quiet = [c for c in cmp.cases if c.verdict in QUIET]
+    if loud:
+        lines += _md_table(loud)
+    else:
+        lines.append("No case changed beyond the threshold.")
+    if quiet:
+        lines += ["", f"<details><summary>{len(quiet)} unchanged or not-timed cases</summary>", ""]
+        lines += _md_table(quiet[:MD_QUIET_ROWS])
+        if len(quiet) > MD_QUIET_ROWS:
+            lines += ["", f"... and {len(quiet) - MD_QUIET_ROWS} more (the --json output lists every case)."]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def _num(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _key_value(text: str) -> int | str:
+    """Shape fields as JSON numbers ('8' -> 8); names stay strings."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def to_dict(cmp: Comparison) -> dict[str, Any]:
+    s = cmp.settings
+    return {
+        "verdict": "pass" if cmp.passed else "fail",
+        "exit_code": cmp.exit_code,
+        "summary": summary(cmp),
+        "counts": cmp.counts,
+        "baseline": cmp.baseline,
+        "candidate": cmp.candidate,
+        "settings": {"threshold": s.threshold, "alpha": s.alpha, "strict": s.strict,
+                     "allow_env_change": s.allow_env_change},
+        "method": cmp.method,
+        "tested": cmp.tested,
+        "notes": list(cmp.env_notes),
+        "joined_ignoring": list(cmp.joined_ignoring),
+        "cases": [
+            {
+                "case_id": c.case_id, "label": c.label, "verdict": c.verdict, "fails": c.fails(s.strict),
+                "key": {k: _key_value(v) for k, v in c.key.items()},
+                "base_status": c.base_status, "cand_status": c.cand_status,
+                "base_ms": _num(c.base_ms), "cand_ms": _num(c.cand_ms), "ratio": _num(c.ratio),
+                "ci_low": _num(c.ci_low), "ci_high": _num(c.ci_high), "p_value": _num(c.p_value),
+                "n_base": c.n_base, "n_cand": c.n_cand, "notes": list(c.notes),
+            }
+            for c in cmp.cases
+        ],
+    }
+
+
+def to_json(cmp: Comparison) -> str:
+    return json.dumps(to_dict(cmp), indent=2, allow_nan=False)

@@ -1,0 +1,166 @@
+"""Assemble report.html: one self-contained page (plotly.js inlined once) that opens offline.
+
+Layout: header with the environment fingerprint and row counts, the charts
+(`charts`), the claims table when the run has `claims` rows, and every row in
+a sortable, filterable table. No torch; plotly only renders JSON to HTML.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+import pandas as pd
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from mlabench import claims, schema
+from mlabench.errors import UsageError
+from mlabench.report import charts, tables
+from mlabench.report.load import RunData, load_run
+
+PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
+main{max-width:1400px;margin:0 auto;padding:18px 28px 60px}
+h1{font-size:22px;margin:8px 0 2px}h2{font-size:18px;margin:0 0 4px}
+.sub{color:#57606a;margin:0 0 12px}
+section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:16px 18px;margin:16px 0}
+.desc{color:#57606a;margin:0 0 8px}
+.note{background:#fff8c5;border:1px solid #d4a72c66;border-radius:6px;padding:8px 10px;margin:8px 0}
+nav a{margin-right:14px;color:#0969da;text-decoration:none}
+dl.env{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:4px 18px;margin:8px 0}
+.kv{display:flex;gap:8px;min-width:0}.kv dt{color:#57606a;min-width:96px}.kv dd{margin:0;overflow-wrap:anywhere}
+.pill{display:inline-block;border-radius:10px;padding:1px 8px;font-size:12px;background:#eaeef2;margin-right:4px}
+.st-ok{background:#dafbe1}.st-oom,.st-error,.st-inaccurate{background:#ffebe9}
+.st-skipped,.st-unsupported{background:#fff8c5}
+tr.st-ok{background:none}
+.v-holds{background:#dafbe1}.v-differs{background:#ffebe9}.v-not-measured{background:#eaeef2}
+table{border-collapse:collapse;font-size:12.5px}
+th,td{border-bottom:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.err,td.note-cell{white-space:normal;min-width:240px;max-width:480px;color:#a40e26}
+td.note-cell{color:#57606a}
+table.claims td:first-child{white-space:normal;max-width:520px}.src{color:#57606a;font-size:11.5px}
+table.rows th{position:sticky;top:0;background:#f6f8fa;cursor:pointer;user-select:none}
+table.rows th.asc::after{content:" \\25B2"}table.rows th.desc::after{content:" \\25BC"}
+.scroll{overflow:auto;max-height:640px;border:1px solid #d0d7de;border-radius:6px}
+.controls{display:flex;gap:10px;align-items:center;margin:6px 0 10px}
+.controls input{flex:0 1 420px;padding:5px 8px;border:1px solid #d0d7de;border-radius:6px}
+.controls select{padding:5px;border:1px solid #d0d7de;border-radius:6px}#row-count{color:#57606a}
+.empty{font-size:16px;color:#57606a;padding:24px 0}
+"""
+
+# Sort on click (numbers numerically, blanks last); filter by words and status.
+JS = """
+(function(){
+  var table=document.getElementById('rows'); if(!table) return;
+  var tbody=table.tBodies[0], rows=Array.prototype.slice.call(tbody.rows);
+  var text=document.getElementById('row-filter'), status=document.getElementById('status-filter');
+  var count=document.getElementById('row-count');
+  function apply(){
+    var words=text.value.toLowerCase().split(/\\s+/).filter(Boolean), st=status.value, shown=0;
+    rows.forEach(function(r){
+      var s=r.getAttribute('data-status'), hay=r.textContent.toLowerCase();
+      var ok=(!st||(st==='!ok'?s!=='ok':s===st))&&words.every(function(w){return hay.indexOf(w)>=0;});
+      r.style.display=ok?'':'none'; if(ok) shown++;
+    });
+    count.textContent=shown+' of '+rows.length+' rows';
+  }
+  text.addEventListener('input',apply); status.addEventListener('change',apply);
+  Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th,i){
+    th.addEventListener('click',function(){
+      var asc=!th.classList.contains('asc');
+      Array.prototype.forEach.call(th.parentNode.cells,function(h){h.classList.remove('asc','desc');});
+      th.classList.add(asc?'asc':'desc');
+      function key(r){var v=r.cells[i].getAttribute('data-v'); if(v==='') return null;
+        var n=Number(v); return isNaN(n)?v.toLowerCase():n;}
+      rows.sort(function(a,b){var x=key(a),y=key(b);
+        if(x===null) return y===null?0:1; if(y===null) return -1;
+        if(typeof x!==typeof y){x=String(x);y=String(y);}
+        return (x<y?-1:x>y?1:0)*(asc?1:-1);});
+      rows.forEach(function(r){tbody.appendChild(r);});
+    });
+  });
+  apply();
+})();
+"""
+
+
+def _section(sid: str, title: str, body: str, description: str = "") -> str:
+    desc = f'<p class="desc">{escape(description)}</p>' if description else ""
+    return f'<section id="{escape(sid)}"><h2>{escape(title)}</h2>{desc}{body}</section>'
+
+
+def _chart_html(chart: charts.Chart) -> str:
+    body = f'<p class="note">{escape(chart.note)}</p>' if chart.note else ""
+    if chart.figure is not None:
+        body += pio.to_html(chart.figure, full_html=False, include_plotlyjs=False, div_id=chart.id,
+                            config=PLOT_CONFIG, default_width="100%")
+    return _section(f"sec-{chart.id}", chart.title, body, chart.description)
+
+
+def performance_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows for the performance charts: the claims suite's fixed shapes only when nothing else ran."""
+    others = df[df["suite"] != claims.CLAIMS_SUITE]
+    return others if not others.empty else df
+
+
+def render_report(run: RunData, baseline: str = "mha:eager") -> str:
+    """The whole page as a string."""
+    try:
+        base = charts.parse_baseline(baseline)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    df, meta = run.results, run.meta
+    suite = meta.get("suite") or ", ".join(sorted(set(df["suite"]))) or "unknown suite"
+    sections: list[str] = []
+    nav: list[tuple[str, str]] = []
+    if df.empty:
+        sections.append(_section("sec-empty", "No rows",
+                                 f'<p class="empty">{escape(str(run.results_path))} has no rows: the sweep '
+                                 "recorded no case, so there is nothing to chart.</p>"))
+    else:
+        perf = performance_rows(df)
+        built = [charts.latency_chart(perf), charts.kv_chart(perf), charts.speedup_chart(perf, base),
+                 charts.roofline_chart(perf, meta), charts.rank_chart(perf)]
+        for chart in (c for c in built if c is not None):
+            sections.append(_chart_html(chart))
+            nav.append((f"sec-{chart.id}", chart.title))
+        if claims.has_claims(df):
+            sections.append(_section("sec-claims", "Claims", tables.claims_table(claims.evaluate_claims(df)),
+                                     "Published figures beside what this run measured (rows with suite = claims)."))
+            nav.append(("sec-claims", "Claims"))
+        sections.append(_section("sec-rows", "All rows", tables.rows_table(df),
+                                 "Every case with its status; failed, skipped and unsupported rows keep their "
+                                 "reason in the error column. Click a header to sort."))
+        nav.append(("sec-rows", "All rows"))
+    links = "".join(f'<a href="#{escape(i)}">{escape(t)}</a>' for i, t in nav)
+    summary = tables.status_summary(df) if not df.empty else '<p class="summary">0 rows</p>'
+    title = f"mlabench report: {suite}"
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
+        f"<style>{CSS}</style>"
+        "<script type=\"text/javascript\">window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
+        f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body><main>"
+        f"<h1>{escape(title)}</h1><p class=\"sub\">{escape(str(run.path))}</p>"
+        f"<section id=\"sec-env\"><h2>Environment</h2>{tables.env_header(meta, df)}{summary}"
+        f"<nav>{links}</nav></section>"
+        + "".join(sections)
+        + f"</main><script>{JS}</script></body></html>\n"
+    )
+
+
+def write_report(run_dir: str | Path, output: str | Path | None = None, baseline: str = "mha:eager") -> Path:
+    """Render the run directory's report to `output` (default RUN_DIR/report.html); returns the path."""
+    run = load_run(run_dir, samples=False)
+    page = render_report(run, baseline)
+    target = Path(output) if output is not None else run.path / schema.REPORT_HTML
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{target}: cannot write the report ({exc.strerror or exc})") from None
+    return target

@@ -1,0 +1,208 @@
+"""Read a run directory (results.csv, samples.csv, meta.json) into typed pandas frames.
+
+Shared by `report` and `compare`. Every malformed input raises `UsageError`
+with one line that names the file and the column or row at fault, so the CLI
+exits 2 instead of printing a pandas traceback. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlabench import schema
+from mlabench.errors import UsageError
+
+# Columns a results.csv must have. The rest of the contract is optional so
+# that baselines written before a column was added still load (filled empty).
+REQUIRED_COLUMNS: tuple[str, ...] = schema.KEY_COLUMNS + schema.OUTCOME_COLUMNS + ("latency_ms",)
+STRING_COLUMNS: frozenset[str] = frozenset(
+    {"suite", "model", "variant", "backend", "mode", "dtype", "device", "status", "error", "case_id",
+     "backend_detail", "timer"}
+)
+NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run directory, loaded. `results` has every contract column, numbers as floats."""
+
+    path: Path  # the run directory
+    results_path: Path
+    results: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+    samples: pd.DataFrame | None = None  # case_id, sample, latency_ms; None when the file is absent
+
+    @property
+    def label(self) -> str:
+        return str(self.path)
+
+
+def resolve(path: str | Path) -> tuple[Path, Path]:
+    """(run dir, results.csv) for a run directory or a results.csv path."""
+    p = Path(path)
+    if p.is_dir():
+        return p, p / schema.RESULTS_CSV
+    if p.suffix == ".csv" and p.exists():
+        return p.parent, p
+    if not p.exists():
+        raise UsageError(f"{p}: no such run directory or results.csv")
+    raise UsageError(f"{p}: expected a run directory or a results.csv file")
+
+
+def normalize_key_value(value: Any) -> str:
+    """The text form of a key value used in case ids: '128.0' and '128' are the same key."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if math.isfinite(number) and number == int(number) and text.lower() not in ("inf", "nan"):
+        return str(int(number))
+    return text
+
+
+def key_dict(row: pd.Series | dict[str, Any], columns: tuple[str, ...] = schema.KEY_COLUMNS) -> dict[str, str]:
+    return {c: normalize_key_value(row[c]) for c in columns}
+
+
+def key_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The key columns as normalized text, one row per case."""
+    return pd.DataFrame({c: df[c].map(normalize_key_value).astype(str) for c in schema.KEY_COLUMNS}, index=df.index)
+
+
+def join_ids(keys: pd.DataFrame, ignore: tuple[str, ...] | frozenset[str] = ()) -> pd.Series:
+    """schema.case_id of each row of a `key_frame`, with the `ignore` columns blanked."""
+    ids = [
+        schema.case_id({c: ("" if c in ignore else r[c]) for c in schema.KEY_COLUMNS})
+        for r in keys.to_dict("records")
+    ]
+    return pd.Series(ids, index=keys.index, dtype=str)
+
+
+def _read_csv_text(path: Path, what: str) -> pd.DataFrame:
+    """Every cell as text (empty stays ''), or UsageError naming the file."""
+    try:
+        if path.stat().st_size == 0 or not path.read_bytes().strip():
+            return pd.DataFrame()
+        with path.open(newline="", encoding="utf-8") as fh:
+            head = fh.readline()
+        if "\x00" in head:
+            raise UsageError(f"{path}: not a CSV file (binary content)")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
+    except UsageError:
+        raise
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a UTF-8 CSV file") from None
+    except (pd.errors.ParserError, csv.Error) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path}: corrupt CSV ({first})") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _to_numeric(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    """Empty cells -> NaN; anything else that is not a number -> UsageError naming the row."""
+    text = frame[column].astype(str).str.strip()
+    numbers = pd.to_numeric(text.where(text != "", None), errors="coerce")
+    bad = numbers.isna() & (text != "")
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        raise UsageError(f"{path}: column {column!r} row {i + 2} is not a number: {text.iloc[i][:40]!r}")
+    return numbers.astype("float64")
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """results.csv -> frame with all `schema.COLUMNS` (+ any extra), typed; validates the contract."""
+    raw = _read_csv_text(path, schema.RESULTS_CSV)
+    if raw.empty and len(raw.columns) == 0:
+        # A sweep killed before its header was flushed: a run with no rows.
+        raw = pd.DataFrame({c: pd.Series([], dtype=str) for c in schema.COLUMNS})
+    missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
+        raise UsageError(f"{path}: missing required column(s): {shown}")
+    for c in schema.COLUMNS:
+        if c not in raw.columns:
+            raw[c] = ""
+    statuses = raw["status"].str.strip()
+    unknown = ~statuses.isin(schema.STATUSES)
+    if unknown.any():
+        i = int(unknown.to_numpy().nonzero()[0][0])
+        raise UsageError(
+            f"{path}: column 'status' row {i + 2} has unknown status {statuses.iloc[i][:40]!r} "
+            f"(expected one of {', '.join(schema.STATUSES)})"
+        )
+    out = pd.DataFrame(index=raw.index)
+    for c in raw.columns:
+        if c in STRING_COLUMNS:
+            out[c] = raw[c].astype(str).str.strip()
+        elif c in schema.COLUMNS:
+            out[c] = _to_numeric(raw, c, path)
+        else:
+            out[c] = raw[c]  # unknown future column: kept as text
+    for c in NUMERIC_KEY_COLUMNS:
+        # Shapes are integers; keep them so (batch=1, not 1.0) when no cell is empty.
+        col = out[c]
+        if col.notna().all() and (col == col.round()).all():
+            out[c] = col.astype("int64")
+    # Ids from the stored column where present, else recomputed from the key.
+    empty = out["case_id"] == ""
+    if empty.any():
+        out.loc[empty, "case_id"] = join_ids(key_frame(out[empty])).to_numpy()
+    return out.reset_index(drop=True)
+
+
+def read_samples(path: Path) -> pd.DataFrame | None:
+    """samples.csv -> frame (case_id, sample, latency_ms), or None if the run has none."""
+    if not path.exists():
+        return None
+    raw = _read_csv_text(path, schema.SAMPLES_CSV)
+    if raw.empty and len(raw.columns) == 0:
+        return pd.DataFrame({"case_id": pd.Series([], dtype=str), "sample": [], "latency_ms": []})
+    missing = [c for c in schema.SAMPLE_COLUMNS if c not in raw.columns]
+    if missing:
+        raise UsageError(f"{path}: missing required column(s): {', '.join(missing)}")
+    return pd.DataFrame(
+        {
+            "case_id": raw["case_id"].astype(str).str.strip(),
+            "sample": _to_numeric(raw, "sample", path),
+            "latency_ms": _to_numeric(raw, "latency_ms", path),
+        }
+    )
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """meta.json as a dict; {} when absent (a bare results.csv was given)."""
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: corrupt JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: expected a JSON object at the top level")
+    return meta
+
+
+def load_run(path: str | Path, *, samples: bool = True) -> RunData:
+    """Load a run directory (or a results.csv and its neighbours)."""
+    run_dir, results_path = resolve(path)
+    if not results_path.exists():
+        raise UsageError(f"{results_path}: {schema.RESULTS_CSV} not found")
+    results = read_results(results_path)
+    meta = read_meta(run_dir / schema.META_JSON)
+    sample_frame = read_samples(run_dir / schema.SAMPLES_CSV) if samples else None
+    return RunData(path=run_dir, results_path=results_path, results=results, meta=meta, samples=sample_frame)
