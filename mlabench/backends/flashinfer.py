@@ -1,0 +1,163 @@
+"""`flashinfer`: FlashInfer's paged MLA attention (`BatchMLAPagedAttentionWrapper`) for mla-absorbed decode.
+
+FlashInfer takes the absorbed query split in two, q_nope (N, H, d_c) and q_pe (N, H, d_r),
+and the paged cache split the same way, ckv (num_pages, page, d_c) and kpe (num_pages,
+page, d_r). It reads every one of them through its strides, so all four are views: of the
+step's (B, S, H, d_c + d_r) query and of one page pool (num_pages, 64, d_c + d_r) that
+`prepare` builds from our latent cache, the same pool layout FlashMLA reads.
+
+`prepare` also calls `plan(...)` once (FlashInfer compiles its kernels just in time there
+on first use: that is `compile_ms`) with the case's fixed lengths: S new tokens and T
+cached tokens per sequence, 64-token pages, causal (FlashInfer aligns the mask
+bottom-right, as ours), and the scale tau. The timed closure runs the whole variant step;
+its core mirrors the step's new latent rows into the pool and calls `run`.
+
+Available where `flashinfer` imports and the GPU is SM80 or newer (its MLA kernels: FA2
+from SM80, FA3 on SM90). Served shapes: d_c = 512, d_r = 64 (DeepSeek), bf16 or fp16.
+Option `flashinfer_backend`: auto | fa2 | fa3 (FlashInfer's own choice by default).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import time
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mlabench.backends.paged import BLOCK_SIZE, PagedCache, check_deepseek_latent, pages_for_step, write_rows
+from mlabench.backends.registry import Prepared, StepInputs, register_backend
+from mlabench.case import Case
+from mlabench.errors import UnsupportedError, UsageError
+from mlabench.variants.base import AttentionVariant
+
+INSTALL_HINT = "pip install flashinfer-python"
+WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k workspace
+FLASHINFER_BACKENDS = ("auto", "fa2", "fa3")
+
+
+@functools.cache
+def _load_library() -> tuple[ModuleType | None, str | None]:
+    """(flashinfer, None) or (None, why not); imported once per process."""
+    try:
+        lib = importlib.import_module("flashinfer")
+        importlib.import_module("flashinfer.mla")
+        return lib, None
+    except ImportError:
+        return None, f"flashinfer is not installed ({INSTALL_HINT})"
+    except Exception as err:  # a broken install (CUDA/ABI mismatch) raises OSError, RuntimeError, ...
+        return None, f"flashinfer failed to import: {type(err).__name__}: {err}"
+
+
+def flashinfer_unavailable(device: torch.device) -> str | None:
+    """None where FlashInfer's MLA kernels can run on `device`, else one short reason."""
+    _, reason = _load_library()
+    if reason is not None:
+        return reason
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"needs a CUDA GPU (SM80 or newer), not {device.type}"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"FlashInfer's MLA kernels need SM80 or newer; this GPU is sm_{major}{minor}"
+    return None
+
+
+class FlashInferMLACore:
+    """core(q', latent, latent[..., :d_c], tau, True) -> o_lat through a planned BatchMLAPagedAttentionWrapper."""
+
+    def __init__(self, wrapper: Any, paged: PagedCache, slots: Tensor, head_dim_ckv: int, sm_scale: float):
+        self.wrapper = wrapper
+        self.paged = paged
+        self.slots = slots  # (B, S) flat pool slots of this step's tokens
+        self.head_dim_ckv = head_dim_ckv
+        self.sm_scale = sm_scale  # fixed at plan time
+        self.ckv = paged.pool[..., :head_dim_ckv]  # (num_pages, 64, d_c) view
+        self.kpe = paged.pool[..., head_dim_ckv:]  # (num_pages, 64, d_r) view
+        self._checked = False
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+        if not self._checked:
+            if scale != self.sm_scale or not causal:
+                raise RuntimeError(f"flashinfer core planned for causal, scale {self.sm_scale}; called with "
+                                   f"causal={causal}, scale {scale}")
+            self._checked = True
+        b, s, h, d = q.shape
+        t = k.shape[1]
+        # The variant wrote this step's latent rows into our contiguous cache (k is a view of
+        # it); mirror them into the pool the kernel reads.
+        write_rows(self.paged.pool, self.slots, k[:, t - s:, 0])  # (B, S, D)
+        qf = q.reshape(b * s, h, d)  # (B*S, H, D): ragged rows in sequence order, as qo_indptr says
+        o = self.wrapper.run(qf[..., : self.head_dim_ckv], qf[..., self.head_dim_ckv:], self.ckv, self.kpe)
+        return o.reshape(b, s, h, self.head_dim_ckv)  # (B, S, H, d_c)
+
+
+def plan_arguments(paged: PagedCache, q_len: int) -> dict[str, Tensor]:
+    """FlashInfer's CSR description of the batch: query rows, pages and lengths per sequence (int32)."""
+    b, blocks = paged.block_table.shape
+    device = paged.block_table.device
+    seqs = torch.arange(b + 1, dtype=torch.int32, device=device)
+    return {
+        "qo_indptr": seqs * q_len,  # (B + 1,) sequence b's query rows are [b*S, (b+1)*S)
+        "kv_indptr": seqs * blocks,  # (B + 1,) sequence b's pages are kv_indices[b*blocks : (b+1)*blocks]
+        "kv_indices": paged.block_table.flatten(),  # (B * blocks,)
+        "kv_len_arr": torch.full((b,), paged.seq_len, dtype=torch.int32, device=device),  # (B,)
+    }
+
+
+def _backend_option(case: Case) -> str:
+    value = case.option("flashinfer_backend", "auto")
+    if value not in FLASHINFER_BACKENDS:
+        raise UsageError(f"flashinfer_backend: unknown {value!r} (choose from {', '.join(FLASHINFER_BACKENDS)})")
+    return value
+
+
+@register_backend(
+    "flashinfer",
+    description="FlashInfer paged MLA attention (BatchMLAPagedAttentionWrapper) on a paged copy of the latent cache",
+    variants=("mla-absorbed",),
+    modes=("decode",),
+    fused=True,
+    unavailable=flashinfer_unavailable,
+)
+def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
+    check_deepseek_latent(module, "flashinfer")
+    backend = _backend_option(case)
+    lib, reason = _load_library()
+    if lib is None:
+        raise UnsupportedError(str(reason))
+    x, start = inputs.x, inputs.start_pos
+    b, s = x.shape[:2]
+    sh = module.shape
+    dtype = module.weight_dtype
+    paged, slots = pages_for_step(module.cache_tensors()["kv_cache"], b, start, start + s, BLOCK_SIZE)
+    scale = sh.mla_softmax_scale
+
+    t0 = time.perf_counter()
+    workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=x.device)
+    wrapper = lib.mla.BatchMLAPagedAttentionWrapper(workspace, backend=backend)
+    args = plan_arguments(paged, s)
+    wrapper.plan(
+        args["qo_indptr"], args["kv_indptr"], args["kv_indices"], args["kv_len_arr"],
+        sh.num_heads, sh.kv_lora_rank, sh.rope_head_dim, BLOCK_SIZE,
+        True,  # causal, bottom-right aligned
+        scale,
+        dtype,  # q_data_type
+        dtype,  # kv_data_type
+    )
+    core = FlashInferMLACore(wrapper, paged, slots, sh.kv_lora_rank, scale)
+
+    def fn() -> Tensor:
+        return module(x, start, core)
+
+    fn()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    version = getattr(lib, "__version__", "?")
+    return Prepared(fn=fn, detail=f"flashinfer:{version},{backend},page={BLOCK_SIZE}", compile_ms=compile_ms)
