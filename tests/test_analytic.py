@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mlabench import analytic
 from mlabench.config import PRESETS, AttentionShape, ShapeError, from_name, shape_for_variant, validate_case_dims
 from mlabench.variants import VARIANT_CLASSES, build_variant
+from mlabench.variants.registry import torch_dtype
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 SHAPES = [
     from_name("tiny"),
     AttentionShape(hidden_size=64, num_heads=6, num_kv_heads=3, head_dim=10, q_lora_rank=0, kv_lora_rank=6,
@@ -19,12 +19,12 @@ SHAPES = [
 
 @pytest.mark.parametrize("variant", list(VARIANT_CLASSES))
 @pytest.mark.parametrize("shape_idx", range(len(SHAPES)))
-@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("batch", "seq_len"), [(1, 7), (3, 32)])
 def test_analytic_cache_bytes_equal_allocated_nbytes(variant: str, shape_idx: int, dtype: str,
                                                      batch: int, seq_len: int) -> None:
     shape = SHAPES[shape_idx].replace(dtype=dtype)
-    m = build_variant(variant, shape, dtype=TORCH_DTYPES[dtype])
+    m = build_variant(variant, shape, dtype=torch_dtype(dtype))
     m.allocate_cache(batch, seq_len)
     assert analytic.kv_cache_bytes(variant, shape, batch, seq_len) == m.cache_nbytes()
     assert analytic.param_count(variant, shape, seq_len=seq_len) == sum(p.numel() for p in m.parameters())

@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_run import run_cli
 
-from mlabench.cli.app import main
 from mlabench.config import VARIANTS
 
 
 def run_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
-    try:
-        main([*args, "--json"])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr().out
+    code, out, _ = run_cli([*args, "--json"], capsys)
     return code, json.loads(out)
 
 

@@ -9,21 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import run_cli
 from synthetic_runs import build_rows, make_meta, make_run, write_run
 
 from mlabench import schema
-from mlabench.cli.app import main
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 # A smaller grid than the default keeps each compare well under a second; failures and claims stay in.
 GRID: dict[str, Any] = dict(seq_lens=(512, 1024, 4096), ranks=(256, 512))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_run import run_cli
 from synthetic_runs import make_empty_run, make_meta, make_run, make_single_point_run
 
 from mlabench import schema
@@ -19,16 +20,6 @@ from mlabench.report.load import load_run
 
 PLOTLY_BANNER = "* plotly.js v"
 CHARTS = ("chart-latency", "chart-kv", "chart-speedup", "chart-roofline", "chart-rank")
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

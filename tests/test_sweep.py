@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli
 
 from mlabench import schema
-from mlabench.cli.app import main
 
 SUITE = """
 name = "unit"
@@ -33,14 +33,6 @@ seq_len = [16, 32]
 """
 
 
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def read(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
@@ -55,10 +47,10 @@ def suite(tmp_path: Path) -> Path:
 
 def test_sweep_writes_the_contract(tmp_path: Path, suite: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    code = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--no-report", "--json", "--no-probe"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    doc = json.loads(captured.out)  # exactly one JSON document on stdout
+    code, stdout, stderr = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--no-report", "--json",
+                                    "--no-probe"], capsys)
+    assert code == 0, stderr
+    doc = json.loads(stdout)  # exactly one JSON document on stdout
     assert doc["status_counts"] == {"ok": 14, "unsupported": 2}
     with (out / schema.RESULTS_CSV).open(newline="") as f:
         header = next(csv.reader(f))
@@ -88,15 +80,15 @@ def test_sweep_writes_the_contract(tmp_path: Path, suite: Path, capsys: pytest.C
 def test_existing_out_dir_needs_resume(tmp_path: Path, suite: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     args = ["sweep", "--suite", str(suite), "--out", str(out), "--no-report", "--no-probe", "--variant", "mha"]
-    assert run_cli(args) == 0
-    capsys.readouterr()
-    assert run_cli(args) == 2
-    assert "--resume" in capsys.readouterr().err
-    assert run_cli([*args, "--resume"]) == 0
+    assert run_cli(args, capsys)[0] == 0
+    code, _, stderr = run_cli(args, capsys)
+    assert code == 2 and "--resume" in stderr
+    assert run_cli([*args, "--resume"], capsys)[0] == 0
     assert len(read(out / schema.RESULTS_CSV)) == 4  # nothing re-run, nothing duplicated
 
 
-def test_resume_after_sigkill_has_no_duplicates(tmp_path: Path, suite: Path) -> None:
+def test_resume_after_sigkill_has_no_duplicates(tmp_path: Path, suite: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     slow = SUITE.replace("budget_s = 0.005", "budget_s = 0.3")
     suite.write_text(slow)
@@ -116,7 +108,8 @@ def test_resume_after_sigkill_has_no_duplicates(tmp_path: Path, suite: Path) -> 
     with results.open("a") as f:  # as if the kill hit in the middle of writing a row
         f.write("unit,tiny,mha,eager,pre")
     suite.write_text(SUITE)
-    assert run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--resume", "--no-report", "--no-probe"]) == 0
+    resume = ["sweep", "--suite", str(suite), "--out", str(out), "--resume", "--no-report", "--no-probe"]
+    assert run_cli(resume, capsys)[0] == 0
     rows = read(results)
     assert len(rows) == 16
     assert len({r["case_id"] for r in rows}) == 16
@@ -126,25 +119,26 @@ def test_resume_after_sigkill_has_no_duplicates(tmp_path: Path, suite: Path) -> 
         assert sum(s["case_id"] == cid for s in samples) == n
 
 
-def test_shards_then_merge_equal_the_whole(tmp_path: Path, suite: Path) -> None:
+def test_shards_then_merge_equal_the_whole(tmp_path: Path, suite: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dirs = []
     for k in (1, 2):
         d = tmp_path / f"shard{k}"
         assert run_cli(["sweep", "--suite", str(suite), "--out", str(d), "--shard", f"{k}/2", "--no-report",
-                        "--no-probe"]) == 0
+                        "--no-probe"], capsys)[0] == 0
         dirs.append(d)
     merged = tmp_path / "merged"
-    assert run_cli(["merge", *map(str, dirs), "--out", str(merged), "--no-report"]) == 0
+    assert run_cli(["merge", *map(str, dirs), "--out", str(merged), "--no-report"], capsys)[0] == 0
     rows = read(merged / schema.RESULTS_CSV)
     assert len(rows) == 16 and len({r["case_id"] for r in rows}) == 16
-    assert run_cli(["merge", str(dirs[0]), str(dirs[0]), "--out", str(tmp_path / "dup"), "--no-report"]) == 2
+    assert run_cli(["merge", str(dirs[0]), str(dirs[0]), "--out", str(tmp_path / "dup"), "--no-report"], capsys)[0] == 2
 
 
-def test_cpu_preflight_skips_cases_that_cannot_fit(tmp_path: Path, suite: Path) -> None:
+def test_cpu_preflight_skips_cases_that_cannot_fit(tmp_path: Path, suite: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     code = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--no-report", "--no-probe", "--model",
                     "deepseek-v3", "--variant", "mla-expanded", "--mode", "decode", "--batch", "64", "--seq-len",
-                    "1048576"])
+                    "1048576"], capsys)[0]
     assert code == 0
     (row,) = read(out / schema.RESULTS_CSV)
     assert row["status"] == "skipped" and "GiB" in row["error"]
