@@ -24,9 +24,8 @@ from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_ca
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.timing import TimingSettings, time_step
 from mlabench.variants import build_variant
+from mlabench.variants.registry import torch_dtype
 
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
-                "float16": torch.float16}
 RAM_HEADROOM = 0.8  # use at most this share of available RAM on CPU
 
 
@@ -119,7 +118,7 @@ def run_case(case: Case, ctx: RunContext) -> CaseResult:
 
 def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
     device, sh, step = ctx.device, case.shape, case.step
-    dtype = TORCH_DTYPES[case.dtype]
+    dtype = torch_dtype(case.dtype)
     module = build_variant(case.variant, sh, device, dtype, seed=ctx.seed)
     delta = measure_allocation(lambda: module.allocate_cache(case.batch, case.seq_len), device, ctx.nvml)
     row.update(kv_cache_bytes_measured=module.cache_nbytes(), kv_cache_bytes_allocator=delta.allocator,

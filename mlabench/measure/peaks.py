@@ -15,6 +15,7 @@ import torch
 
 from mlabench.config import canonical_dtype
 from mlabench.measure.timing import TimingSettings, time_step
+from mlabench.variants.registry import torch_dtype
 
 # Dense (no sparsity) vendor figures, used only when probing is impossible: (bf16/fp16 FLOP/s, bytes/s).
 SPEC_TABLE: dict[str, tuple[float, float]] = {
@@ -30,8 +31,6 @@ SPEC_TABLE: dict[str, tuple[float, float]] = {
     "B200": (2250e12, 8.0e12),
 }
 
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
-                "float16": torch.float16}
 
 
 @dataclass
@@ -76,8 +75,8 @@ def probe_peaks(device: torch.device, dtypes: Iterable[str], budget_s: float = 0
     rates = {}
     for name in dict.fromkeys(canonical_dtype(d) for d in dtypes):
         n = 8192 if gpu else (1024 if name in ("float32", "float64") else 512)
-        a = torch.randn(n, n, device=device).to(TORCH_DTYPES[name])
-        b = torch.randn(n, n, device=device).to(TORCH_DTYPES[name])
+        a = torch.randn(n, n, device=device).to(torch_dtype(name))
+        b = torch.randn(n, n, device=device).to(torch_dtype(name))
         mm_ms = _median_ms(lambda a=a, b=b: a @ b, device, budget_s)
         rates[name] = 2 * n**3 / (mm_ms * 1e-3)
     if gpu:

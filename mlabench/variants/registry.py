@@ -6,13 +6,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mlabench.config import VARIANTS, AttentionShape
+from mlabench.config import VARIANTS, AttentionShape, canonical_dtype
 from mlabench.errors import UsageError
 
 if TYPE_CHECKING:
     from mlabench.variants.base import AttentionVariant
 
 VARIANT_CLASSES: dict[str, type[AttentionVariant]] = {}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """'bf16' / 'bfloat16' -> torch.bfloat16 (config's dtype names are torch's attribute names)."""
+    return getattr(torch, canonical_dtype(name))
 
 
 def register_variant(cls: type[AttentionVariant]) -> type[AttentionVariant]:
