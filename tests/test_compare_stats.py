@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlabench.compare.stats import TimeStats, classify, compare_many, compare_samples, holm, judge
+from mlabench.compare.stats import TimeStats, classify, compare_many, compare_samples, holm, judge, noise_floor
 
 THRESHOLD, ALPHA, N = 0.05, 0.05, 30
 
@@ -120,3 +120,49 @@ def test_verdicts_are_deterministic() -> None:
     rng = np.random.default_rng(13)
     b, c = lognormal(rng, 0.05), lognormal(rng, 0.05, scale=1.04)
     assert compare_samples(b, c) == compare_samples(b, c)
+
+
+# --- the run-noise floor ---------------------------------------------------------------------
+def floor_verdicts(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, list[str]]:
+    stats = compare_many([(b, c, np.nan, np.nan) for b, c in pairs])
+    floor = noise_floor(stats)
+    return floor, [r.verdict for r in judge(stats, THRESHOLD, ALPHA, floor)]
+
+
+def test_run_level_scatter_is_not_a_regression() -> None:
+    """Two runs of the same code on a noisy host: every case moves by its own factor
+    (sigma 25%) while its samples stay tight (2%). Without the floor most would 'regress'."""
+    rng = np.random.default_rng(21)
+    pairs = [(lognormal(rng, 0.02), lognormal(rng, 0.02, scale=float(np.exp(rng.normal(0, 0.25)))))
+             for _ in range(60)]
+    without = verdicts(pairs)
+    assert without.count("regressed") > 10
+    floor, found = floor_verdicts(pairs)
+    assert floor > 0.4
+    assert "regressed" not in found
+
+
+def test_uniform_slowdown_has_no_scatter_and_is_flagged() -> None:
+    """Every case x1.15 (a candidate whose samples were made 15% slower): no scatter, no floor."""
+    rng = np.random.default_rng(22)
+    base = [lognormal(rng, 0.05) for _ in range(40)]
+    floor, found = floor_verdicts([(b, b * 1.15) for b in base])
+    assert floor == pytest.approx(0.0, abs=1e-9)
+    assert found == ["regressed"] * 40
+
+
+def test_floor_ignores_a_block_of_regressed_cases() -> None:
+    """45 of 100 cases 12% slower on a quiet device (1% noise): the unchanged majority sets the floor."""
+    rng = np.random.default_rng(23)
+    pairs = [(lognormal(rng, 0.01), lognormal(rng, 0.01, scale=1.12 if i < 45 else 1.0)) for i in range(100)]
+    floor, found = floor_verdicts(pairs)
+    assert floor < THRESHOLD
+    assert found[:45] == ["regressed"] * 45
+    assert "regressed" not in found[45:]
+
+
+def test_floor_needs_enough_cases() -> None:
+    rng = np.random.default_rng(24)
+    pairs = [(lognormal(rng, 0.02), lognormal(rng, 0.02, scale=s)) for s in (0.5, 2.0, 1.0, 1.5)]
+    floor, _ = floor_verdicts(pairs)
+    assert floor == 0.0

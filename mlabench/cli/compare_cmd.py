@@ -36,6 +36,8 @@ def compare(
                                                           "present on one side only.")] = False,
     allow_env_change: Annotated[bool, typer.Option("--allow-env-change", help="Compare even when device, torch, "
                                                    "dtype or shapes differ (pairs cases ignoring them).")] = False,
+    noise_floor: Annotated[bool, typer.Option("--noise-floor/--no-noise-floor", help="Raise the threshold to the "
+                                              "run-to-run scatter seen across all cases (noisy hosts).")] = True,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output on stdout.",
                                                         case_sensitive=False)] = OutputFormat.table,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json: one JSON document on "
@@ -47,7 +49,8 @@ def compare(
     from mlabench.compare import GateSettings, compare_paths, render
 
     fmt = OutputFormat.json if as_json else output_format
-    settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change)
+    settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change,
+                            noise_floor=noise_floor)
     err_console.print(f"comparing {baseline} -> {candidate}", markup=False)
     result = compare_paths(baseline, candidate, settings)
     if output is not None:

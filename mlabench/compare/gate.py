@@ -46,6 +46,7 @@ class GateSettings:
     alpha: float = 0.05
     strict: bool = False
     allow_env_change: bool = False
+    noise_floor: bool = True  # raise the threshold to the run-to-run scatter seen across cases
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1:
@@ -85,6 +86,7 @@ class Comparison:
     env_notes: tuple[str, ...] = ()
     joined_ignoring: tuple[str, ...] = ()
     tested: int = 0  # cases in the multiple-comparison family
+    noise_floor: float = 0.0  # run-noise floor estimated from the sweep (0 when off or too few cases)
     method: str = field(default=stats.METHOD)
 
     @property
@@ -249,7 +251,9 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
 
     # One call for all timed cases: the multiple-comparison correction spans the whole sweep.
     time_stats = stats.compare_many(pairs, confidence=1 - settings.alpha)
-    for jid, result in zip(timed, stats.judge(time_stats, settings.threshold, settings.alpha), strict=True):
+    floor = stats.noise_floor(time_stats) if settings.noise_floor else 0.0
+    verdicts = stats.judge(time_stats, settings.threshold, settings.alpha, floor)
+    for jid, result in zip(timed, verdicts, strict=True):
         s = result.stats
         entries[jid].update(verdict=result.verdict, base_ms=s.base_median, cand_ms=s.cand_median,
                             ratio=s.ratio if math.isfinite(s.ratio) else None, ci_low=s.ci_low, ci_high=s.ci_high,
@@ -263,4 +267,5 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
     return Comparison(
         baseline=str(base.path), candidate=str(cand.path), settings=settings, cases=tuple(cases),
         env_notes=tuple(joined.notes), joined_ignoring=joined.ignored, tested=sum(s.has_test for s in time_stats),
+        noise_floor=floor,
     )

@@ -37,6 +37,8 @@ def summary(cmp: Comparison) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in cmp.counts.items() if n)
     s = cmp.settings
     rule = f"threshold {s.threshold:.0%}, alpha {s.alpha:g}, {cmp.tested} cases tested"
+    if cmp.noise_floor > s.threshold:
+        rule += f", raised to a {cmp.noise_floor:.0%} run-noise floor"
     rule += ", strict" if s.strict else ""
     return f"{head}: {counts or 'no cases'} ({rule})"
 
@@ -160,7 +162,9 @@ def to_dict(cmp: Comparison) -> dict[str, Any]:
         "baseline": cmp.baseline,
         "candidate": cmp.candidate,
         "settings": {"threshold": s.threshold, "alpha": s.alpha, "strict": s.strict,
-                     "allow_env_change": s.allow_env_change},
+                     "allow_env_change": s.allow_env_change, "noise_floor": s.noise_floor},
+        "noise_floor": cmp.noise_floor,
+        "effective_threshold": max(s.threshold, cmp.noise_floor),
         "method": cmp.method,
         "tested": cmp.tested,
         "notes": list(cmp.env_notes),

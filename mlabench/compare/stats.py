@@ -19,6 +19,16 @@ Method, and why:
 - A case regresses only when the ratio exceeds 1 + threshold AND the corrected
   test is significant: the threshold keeps tiny real shifts (which many samples
   make significant) from failing, the test keeps noise from failing.
+- Samples within one run cannot see run-to-run noise (another tenant, a clock
+  or placement change between the runs): on a shared CPU the same code run twice
+  moves whole cases by tens of percent while each case's samples stay tight. So
+  the effective threshold is raised to a run-noise floor estimated from the
+  scatter of the per-case log ratios across the sweep (`noise_floor`). The scale
+  is the half-width of the shortest interval holding half the cases (Rousseeuw's
+  shorth), which ignores a block of genuinely regressed cases as long as at
+  least half of the cases did not move together with them; a uniform shift (every
+  case x1.15) has no scatter and keeps the floor at zero. On a quiet GPU the floor
+  stays under the threshold and changes nothing.
 Without samples a case falls back to the recorded medians and is never
 called significant.
 """
@@ -34,6 +44,8 @@ import numpy as np
 from scipy import stats
 
 TimeVerdict = Literal["regressed", "improved", "same", "inconclusive"]
+NOISE_FLOOR_Z = 3.0  # how many run-noise standard deviations a change must exceed
+NOISE_FLOOR_MIN_CASES = 8  # fewer cases cannot tell scatter from signal: no floor
 BOOTSTRAP_RESAMPLES = 1000  # enough for a 95% percentile interval (Efron: >= 1000)
 METHOD = "Mann-Whitney U (one-sided) with Holm correction; percentile bootstrap CI of the median ratio"
 
@@ -182,8 +194,27 @@ def classify(s: TimeStats, p_slower_adj: float | None, p_faster_adj: float | Non
     return TimeResult(s, "inconclusive", p_dir, f"{change} {direction} but {why}")
 
 
-def judge(cases: Sequence[TimeStats], threshold: float, alpha: float) -> list[TimeResult]:
-    """Verdicts for all compared cases at once: the correction spans the whole sweep."""
+def noise_floor(cases: Sequence[TimeStats]) -> float:
+    """Run-to-run noise seen across the sweep, as a fractional change (0.2 = 20%).
+
+    exp(Z * sigma) - 1, where sigma is the shorth scale of the per-case log ratios:
+    half the shortest interval holding half (plus one) of them, divided by 0.674
+    (the normal quartile), so it equals the standard deviation for Gaussian scatter.
+    """
+    logs = np.sort([math.log(s.ratio) for s in cases if math.isfinite(s.ratio) and s.ratio > 0])
+    n = len(logs)
+    if n < NOISE_FLOOR_MIN_CASES:
+        return 0.0
+    h = n // 2 + 1
+    half_width = float(np.min(logs[h - 1:] - logs[: n - h + 1])) / 2
+    return math.expm1(NOISE_FLOOR_Z * half_width / 0.674)
+
+
+def judge(cases: Sequence[TimeStats], threshold: float, alpha: float,
+          floor: float = 0.0) -> list[TimeResult]:
+    """Verdicts for all compared cases at once: the correction spans the whole sweep.
+    `floor` (from `noise_floor`) raises the threshold when the runs themselves are noisy."""
     slower = holm([s.p_slower for s in cases])
     faster = holm([s.p_faster for s in cases])
-    return [classify(s, ps, pf, threshold, alpha) for s, ps, pf in zip(cases, slower, faster, strict=True)]
+    effective = max(threshold, floor)
+    return [classify(s, ps, pf, effective, alpha) for s, ps, pf in zip(cases, slower, faster, strict=True)]

@@ -1,0 +1,121 @@
+"""The regression gate end to end on real CPU sweeps (not synthetic rows)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_run import run_cli
+
+from mlabench import schema
+
+SUITE = """
+name = "gate"
+[settings]
+budget_s = 0.02
+warmup_s = 0.005
+min_samples = 15
+threads = 1
+[[grid]]
+model = "tiny"
+variant = ["mha", "gqa", "mla-absorbed", "lowrank-kv"]
+backend = ["eager", "sdpa"]
+mode = ["prefill", "decode"]
+batch = [1]
+seq_len = [32]
+"""
+TIME_COLUMNS = ("latency_ms", "latency_ms_p10", "latency_ms_p90", "latency_ms_iqr")
+
+
+def sweep(suite: Path, out: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> Path:
+    code, _, err = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--no-report", "--no-probe",
+                            *extra], capsys)
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The suite file and the same sweep run twice (separate processes, as CI would)."""
+    root = tmp_path_factory.mktemp("gate")
+    suite = root / "gate.toml"
+    suite.write_text(SUITE)
+    dirs = []
+    for name in ("a", "b"):
+        out = root / name
+        proc = subprocess.run([sys.executable, "-m", "mlabench", "sweep", "--suite", str(suite), "--out", str(out),
+                               "--no-report", "--no-probe"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        dirs.append(out)
+    return suite, dirs[0], dirs[1]
+
+
+def slowed_copy(run: Path, out: Path, factor: float) -> Path:
+    """A candidate whose every sample (and summary latency) is `factor` times the baseline's."""
+    shutil.copytree(run, out)
+    for name, columns in ((schema.SAMPLES_CSV, ("latency_ms",)), (schema.RESULTS_CSV, TIME_COLUMNS)):
+        path = out / name
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+            fields = list(rows[0])
+        for row in rows:
+            for col in columns:
+                if row[col]:
+                    row[col] = repr(float(row[col]) * factor)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    return out
+
+
+def test_same_code_twice_passes(runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    _, a, b = runs
+    # Two CPU runs differ by more than the 5% a GPU gate uses (shared host, no clock control): the
+    # threshold here is CPU-sized, and the run-noise floor absorbs case-to-case scatter on top.
+    code, out, _ = run_cli(["compare", str(a), str(b), "--threshold", "0.3", "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 0, doc["summary"]
+    assert doc["counts"]["regressed"] == 0 and doc["counts"]["changed"] == 0
+
+
+def test_fifteen_percent_slower_candidate_fails(runs: tuple[Path, Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    _, a, _ = runs
+    slow = slowed_copy(a, tmp_path / "slow", 1.15)
+    code, out, _ = run_cli(["compare", str(a), str(slow)], capsys)
+    assert code == 1
+    assert "regressed" in out
+    code, _, _ = run_cli(["compare", str(a), str(slowed_copy(a, tmp_path / "same", 1.0))], capsys)
+    assert code == 0
+
+
+def test_missing_case_is_reported(runs: tuple[Path, Path, Path], tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    _, a, _ = runs
+    cand = tmp_path / "cand"
+    shutil.copytree(a, cand)
+    lines = (cand / schema.RESULTS_CSV).read_text().splitlines(keepends=True)
+    dropped = next(csv.DictReader(lines[:1] + lines[1:2]))
+    (cand / schema.RESULTS_CSV).write_text("".join(lines[:1] + lines[2:]))
+    code, out, _ = run_cli(["compare", str(a), str(cand), "--json"], capsys)
+    doc = json.loads(out)
+    only = [c for c in doc["cases"] if c["verdict"] == "only-baseline"]
+    assert [c["case_id"] for c in only] == [dropped["case_id"]]
+    assert code == 0
+    code, _, _ = run_cli(["compare", str(a), str(cand), "--strict"], capsys)
+    assert code == 1
+
+
+def test_different_dtype_is_not_comparable(runs: tuple[Path, Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    suite, a, _ = runs
+    f64 = sweep(suite, tmp_path / "f64", capsys, "--dtype", "float64", "--variant", "mha")
+    code, _, err = run_cli(["compare", str(a), str(f64)], capsys)
+    assert code == 3
+    assert "dtype" in err
