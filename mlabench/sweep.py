@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mlabench import schema
-from mlabench.backends import served_variants
+from mlabench.backends import check_options, served_variants
 from mlabench.case import Case
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
@@ -72,6 +72,7 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Mapping[str, list[
                          {**suite.options, **options})
     expansion = expand(merged_suite, device_label(device), served_variants(), overrides)
     cases = expansion.cases
+    check_options(cases[0])  # every case carries the same options
     if shard_spec:
         cases = shard(cases, *shard_spec)
     merged = {**DEFAULT_SETTINGS, **suite.settings, **settings}

@@ -159,6 +159,8 @@ def test_cpu_preflight_skips_cases_that_cannot_fit(tmp_path: Path, suite: Path,
         (["run", "--variant", "gqa", "--backend", "triton"], "does not serve"),
         (["run", "--seq-len", "4", "--q-len", "8"], "q_len"),
         (["merge", "/no/such/run", "--out", "/tmp/x"], "not found"),
+        (["sweep", "--compile-mode", "ludicrous"], "compile_mode"),
+        (["sweep", "--sdpa-kernel", "warp"], "sdpa_kernel"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: list[str], needle: str, tmp_path: Path) -> None:

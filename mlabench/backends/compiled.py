@@ -62,7 +62,7 @@ def compile_mode(case: Case) -> str:
     return mode
 
 
-def _cpp_min_chunk_size(case: Case) -> int:
+def cpp_min_chunk_size(case: Case) -> int:
     value = case.option("cpp_min_chunk_size", ATEN_GRAIN_SIZE)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise UsageError(f"cpp_min_chunk_size: must be an integer >= 0, got {value!r}")
@@ -114,7 +114,7 @@ def warm_up(fn: Callable[[], Tensor], device: torch.device, min_calls: int) -> f
 )
 def prepare_compiled(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     mode = compile_mode(case)
-    chunk = _cpp_min_chunk_size(case)
+    chunk = cpp_min_chunk_size(case)
     x, start = inputs.x, inputs.start_pos
     device = x.device
     if start > 0 and not type(module).supports_decode:

@@ -110,7 +110,7 @@ def plan_arguments(paged: PagedCache, q_len: int) -> dict[str, Tensor]:
     }
 
 
-def _backend_option(case: Case) -> str:
+def flashinfer_backend_option(case: Case) -> str:
     value = case.option("flashinfer_backend", "auto")
     if value not in FLASHINFER_BACKENDS:
         raise UsageError(f"flashinfer_backend: unknown {value!r} (choose from {', '.join(FLASHINFER_BACKENDS)})")
@@ -127,7 +127,7 @@ def _backend_option(case: Case) -> str:
 )
 def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     check_deepseek_latent(module, "flashinfer")
-    backend = _backend_option(case)
+    backend = flashinfer_backend_option(case)
     lib, reason = _load_library()
     if lib is None:
         raise UnsupportedError(str(reason))

@@ -30,7 +30,7 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """Measure a single case and print it."""
-    from mlabench.backends import served_variants
+    from mlabench.backends import check_options, served_variants
     from mlabench.measure.envinfo import device_label, resolve_device
     from mlabench.measure.memory import open_nvml
     from mlabench.measure.timing import TimingSettings
@@ -51,6 +51,7 @@ def run(
     if backend in served and variant not in served[backend]:
         raise UsageError(f"--backend: {backend} does not serve {variant} (it serves {', '.join(served[backend])})")
     case = expand(suite, device_label(dev), served).cases[0]
+    check_options(case)
     err_console.print(f"measuring {case.label()} on {dev}")
     ctx = RunContext(device=dev, timing=TimingSettings(budget_s=budget), nvml=open_nvml(dev), accuracy=accuracy,
                      peaks=measure_peaks(dev, [case.dtype], probe=True))
