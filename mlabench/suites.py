@@ -70,10 +70,11 @@ class Suite:
 
 
 def _suite_dirs() -> list[Path]:
-    """Installed package data first, then a source checkout's top-level suites/."""
+    """Installed package data (`mlabench/suite_data`, a link to suites/ in a checkout),
+    then a source checkout's top-level suites/."""
     dirs = []
     try:
-        dirs.append(Path(str(resources.files("mlabench") / "suites")))
+        dirs.append(Path(str(resources.files("mlabench") / "suite_data")))
     except (ModuleNotFoundError, TypeError):
         pass
     dirs.append(Path(__file__).resolve().parent.parent / "suites")

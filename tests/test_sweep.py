@@ -170,3 +170,22 @@ def test_bad_input_exits_2_with_one_line(args: list[str], needle: str, tmp_path:
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "results").exists()  # rejected before any work
+
+
+def test_ctrl_c_stops_after_the_current_case_and_keeps_rows(tmp_path: Path, suite: Path) -> None:
+    out = tmp_path / "run"
+    suite.write_text(SUITE.replace("budget_s = 0.005", "budget_s = 0.3"))
+    cmd = [sys.executable, "-m", "mlabench", "sweep", "--suite", str(suite), "--out", str(out), "--no-report",
+           "--no-probe"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = out / schema.RESULTS_CSV
+    deadline = time.time() + 120
+    while time.time() < deadline and not (results.exists() and len(results.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    rows = read(results)
+    assert 2 <= len(rows) < 16
+    assert json.loads((out / schema.META_JSON).read_text())["interrupted"] is True
