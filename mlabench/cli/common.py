@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -103,3 +104,14 @@ def clean_for_json(value: Any) -> Any:
     if isinstance(value, list):
         return [clean_for_json(v) for v in value]
     return value
+
+
+def write_report_or_warn(run_dir: Path) -> Path | None:
+    """Write RUN_DIR/report.html; a failure is a warning, since the measurements are already on disk."""
+    from mlabench.report.html import write_report
+
+    try:
+        return write_report(run_dir)
+    except Exception as exc:
+        err_console.print(f"[yellow]report not written: {exc}[/] (retry with `mlabench report {run_dir}`)")
+        return None

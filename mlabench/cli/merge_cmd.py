@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from mlabench.cli.common import err_console, out_console
+from mlabench.cli.common import err_console, out_console, write_report_or_warn
 
 
 def merge(
@@ -22,9 +22,7 @@ def merge(
     summary = merge_runs(run_dirs, out)
     err_console.print(f"merged {len(run_dirs)} runs: {summary.rows} rows, {summary.samples} samples")
     if report:
-        from mlabench.cli.sweep_cmd import _write_report
-
-        path = _write_report(out)
+        path = write_report_or_warn(out)
         if path:
             out_console.print(f"report:  {path}")
     out_console.print(f"results: {out}")

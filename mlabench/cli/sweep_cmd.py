@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mlabench.cli.common import err_console, parse_assignments, split_list
+from mlabench.cli.common import err_console, parse_assignments, split_list, write_report_or_warn
 from mlabench.errors import UsageError
 
 Axis = Annotated[str | None, typer.Option(show_default=False)]
@@ -103,7 +103,7 @@ def sweep(
                       f"{len(plan.cases)} cases" + (f" ({len(plan.dropped)} combinations dropped as invalid)"
                                                     if plan.dropped else "") + f" -> {plan.out_dir}")
     outcome = _run_with_progress(plan, resume, probe)
-    report_path = _write_report(plan.out_dir) if report else None
+    report_path = write_report_or_warn(plan.out_dir) if report else None
     from mlabench.cli.summary import print_summary
 
     print_summary(outcome, report_path, as_json)
@@ -157,13 +157,3 @@ def _run_with_progress(plan: Any, resume: bool, probe: bool) -> Any:
     finally:
         signal.signal(signal.SIGINT, previous)
     return outcome
-
-
-def _write_report(run_dir: Path) -> Path | None:
-    from mlabench.report.html import write_report
-
-    try:
-        return write_report(run_dir)
-    except Exception as exc:  # the measurements are on disk; a report failure must not hide them
-        err_console.print(f"[yellow]report not written: {exc}[/] (retry with `mlabench report {run_dir}`)")
-        return None
