@@ -74,14 +74,17 @@ def slowed_copy(run: Path, out: Path, factor: float) -> Path:
     return out
 
 
-def test_same_code_twice_passes(runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_same_code_twice_plumbing(runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """Two real CPU sweeps of the same code pair up case by case and agree on every deterministic
+    column. Their timing verdict depends on the machine's load, so it is not asserted here: the
+    gate's statistics are judged on synthetic runs with known truth (test_compare_stats)."""
     _, a, b = runs
-    # Two CPU runs differ by more than the 5% a GPU gate uses (shared host, no clock control): the
-    # threshold here is CPU-sized, and the run-noise floor absorbs case-to-case scatter on top.
     code, out, _ = run_cli(["compare", str(a), str(b), "--threshold", "0.3", "--json"], capsys)
     doc = json.loads(out)
-    assert code == 0, doc["summary"]
-    assert doc["counts"]["regressed"] == 0 and doc["counts"]["changed"] == 0
+    assert code in (0, 1), doc["summary"]
+    verdicts = [c["verdict"] for c in doc["cases"]]
+    assert "only-baseline" not in verdicts and "only-candidate" not in verdicts
+    assert doc["counts"]["changed"] == 0  # KV bytes, params, FLOPs: equal code, equal values
 
 
 def test_fifteen_percent_slower_candidate_fails(runs: tuple[Path, Path, Path], tmp_path: Path,
