@@ -6,7 +6,7 @@ is the `schema.KEY_COLUMNS` projection of a case, nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from mlabench import analytic, schema
@@ -28,7 +28,9 @@ class Case:
     seq_len: int  # total context after this step (decode: including the q_len new tokens)
     q_len: int  # new tokens per call (prefill: seq_len)
     shape: AttentionShape  # already normalized for the variant (mha: G = H, mqa: G = 1)
-    options: tuple[tuple[str, Any], ...] = field(default=(), compare=False)  # backend options, not identity
+    # Options of this case's backend (compile_mode, num_splits, ...), sorted by name: part of
+    # the identity, since a max-autotune compile and a default one are different measurements.
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def dtype(self) -> str:
@@ -65,7 +67,22 @@ class Case:
             "kv_lora_rank": sh.kv_lora_rank,
             "rope_head_dim": sh.rope_head_dim,
             "v_head_dim": sh.value_dim,
+            "hidden_size": sh.hidden_size,
+            "num_layers": sh.num_layers,
+            "rope_theta": sh.rope_theta,
+            "rope_scaling_factor": sh.rope_scaling_factor,
+            "rope_mscale_all_dim": sh.rope_mscale_all_dim,
+            "rope_original_max_position": sh.rope_original_max_position,
+            "rope_beta_fast": sh.rope_beta_fast,
+            "rope_beta_slow": sh.rope_beta_slow,
+            "rms_norm_eps": sh.rms_norm_eps,
+            "options": self.options_text,
         }
+
+    @property
+    def options_text(self) -> str:
+        """The options in one canonical text: 'compile_mode=max-autotune;num_splits=4' ('' for none)."""
+        return ";".join(f"{k}={schema.normalize_key_value(v)}" for k, v in self.options)
 
     @property
     def case_id(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,18 @@ KEY_COLUMNS: tuple[str, ...] = (
     "kv_lora_rank",
     "rope_head_dim",
     "v_head_dim",
+    # The rest of the shape: every field that changes the computation is part of the identity.
+    "hidden_size",
+    "num_layers",
+    "rope_theta",
+    "rope_scaling_factor",
+    "rope_mscale_all_dim",
+    "rope_original_max_position",
+    "rope_beta_fast",
+    "rope_beta_slow",
+    "rms_norm_eps",
+    # Backend options that apply to this case's backend, canonical "name=value;..." ('' for none).
+    "options",
 )
 
 OUTCOME_COLUMNS: tuple[str, ...] = ("status", "error")
@@ -54,12 +67,13 @@ MEMORY_COLUMNS: tuple[str, ...] = (
     "kv_cache_bytes_measured",
     "kv_cache_bytes_allocator",
     "kv_cache_bytes_nvml",
+    "backend_cache_bytes",
     "peak_mem_bytes",
     "params",
 )
-ACCURACY_COLUMNS: tuple[str, ...] = ("max_abs_err", "rel_err")
+ACCURACY_COLUMNS: tuple[str, ...] = ("max_abs_err", "rel_err", "cos_diff")
 # Columns beyond the documented contract: how the case was run.
-EXTRA_COLUMNS: tuple[str, ...] = ("case_id", "backend_detail", "timer", "wall_s")
+EXTRA_COLUMNS: tuple[str, ...] = ("case_id", "backend_detail", "timer", "threads", "unstable", "wall_s")
 
 COLUMNS: tuple[str, ...] = (
     KEY_COLUMNS
@@ -80,7 +94,26 @@ FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate"})
 EXACT_COLUMNS: tuple[str, ...] = ("kv_cache_bytes", "kv_cache_bytes_measured", "params", "flops", "bytes")
 
 
+def normalize_key_value(value: Any) -> str:
+    """The text form of a key value: 128, 128.0 and '128.0' are one key; None and NaN are ''.
+
+    Case ids are computed from this form both when a case is built and when a results.csv
+    is read back, so a value that went through CSV text hashes as it did in memory."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text
+    if number == int(number):
+        return str(int(number))
+    return repr(number)  # shortest text that round-trips: '1e-06', '0.707'
+
+
 def case_id(key: Mapping[str, Any]) -> str:
     """A short stable hash of a case's key columns (same key -> same id, on any machine)."""
-    canonical = json.dumps([str(key[c]) for c in KEY_COLUMNS], separators=(",", ":"))
+    canonical = json.dumps([normalize_key_value(key.get(c)) for c in KEY_COLUMNS], separators=(",", ":"))
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]

@@ -52,7 +52,7 @@ SETTINGS = {
     "warmup_s": float,
     "min_samples": int,
     "max_samples": int,
-    "threads": int,  # CPU thread count (0 = leave torch's default)
+    "threads": int,  # CPU thread count (default 1; 0 = torch's default, all cores)
     "seed": int,
     "cuda_graph": bool,  # GPU: time inside a CUDA graph (hot, launch overhead removed)
     "accuracy": bool,  # compare each case to the float64 reference
@@ -182,6 +182,9 @@ def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: 
 class Expansion:
     cases: list[Case]
     dropped: list[str]  # one reason per invalid combination dropped
+    # Grid points that turned out to be a case already in the list because the axes they differ
+    # in do not apply to their variant (num_kv_heads for MLA): one line each, naming those axes.
+    merged: list[str] = field(default_factory=list)
 
 
 def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
@@ -191,8 +194,9 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
     overrides = dict(overrides or {})
     _check_axes("command-line overrides", overrides)
     cases: list[Case] = []
-    seen: set[str] = set()
+    seen: dict[str, dict[str, Any]] = {}  # case id -> the grid point that first produced it
     dropped: list[str] = []
+    merged: list[str] = []
     for i, grid in enumerate(suite.grids):
         axes = {**grid, **overrides}
         where = f"[[grid]] #{i + 1} of {suite.name}" if not overrides else f"{suite.name} with overrides"
@@ -215,24 +219,37 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
                 continue  # q_len does not apply to prefill: one case, not one per q_len
             if point["variant"] not in backends[point["backend"]]:
                 continue  # the backend never serves this variant
-            case = _make_case(suite.name, device, point, shape_axes, suite.options, dropped)
+            case = _make_case(suite.name, device, point, shape_axes, dropped)
             if case is None:
                 continue
             kept += 1
-            if case.case_id not in seen:  # grids may overlap, and overrides make them overlap more
-                seen.add(case.case_id)
+            first = seen.get(case.case_id)
+            if first is None:
+                seen[case.case_id] = point
                 cases.append(case)
+            elif first != point:  # an identical point (overlapping grids) is no news; a differing one is
+                merged.append(_merge_reason(first, point))
         if kept == 0 and not overrides:  # a suite grid that can never run is a bug in the suite
             reason = f" (last reason: {dropped[-1]})" if dropped else ""
             raise UsageError(f"suite: {where} produces no valid case{reason}")
     if not cases:
         reason = f" (last reason: {dropped[-1]})" if dropped else ""
         raise UsageError(f"suite: {suite.name} with these overrides produces no valid case{reason}")
-    return Expansion(cases=cases, dropped=dropped)
+    return Expansion(cases=cases, dropped=dropped, merged=merged)
+
+
+def _merge_reason(first: Mapping[str, Any], point: Mapping[str, Any]) -> str:
+    axes = [a for a in sorted(set(first) | set(point)) if first.get(a) != point.get(a)]
+    now = ", ".join(f"{a}={point.get(a)!r}" for a in axes)
+    before = ", ".join(f"{a}={first.get(a)!r}" for a in axes)
+    return (f"{point['model']} {point['variant']}/{point['backend']}: {now} is the same case as {before} "
+            f"({point['variant']} does not use {'it' if len(axes) == 1 else 'them'})")
 
 
 def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[str],
-               options: Mapping[str, Any], dropped: list[str]) -> Case | None:
+               dropped: list[str]) -> Case | None:
+    """One grid point as a case (without backend options: `backends.apply_options` adds them),
+    or None with the reason appended to `dropped`."""
     dtype = point["dtype"]
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
@@ -246,7 +263,7 @@ def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[
         return None
     return Case(suite=suite, model=point["model"], variant=point["variant"], backend=point["backend"],
                 mode=point["mode"], device=device, batch=point["batch"], seq_len=point["seq_len"],
-                q_len=q_len, shape=shape, options=tuple(sorted(options.items())))
+                q_len=q_len, shape=shape)
 
 
 def shard(cases: list[Case], k: int, n: int) -> list[Case]:

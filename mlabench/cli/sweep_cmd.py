@@ -66,7 +66,7 @@ def sweep(
                                                  show_default=False)] = None,
     warmup: Annotated[float | None, typer.Option(help="Seconds of warm-up per case.", show_default=False)] = None,
     min_samples: Annotated[int | None, typer.Option(help="Fewest samples per case.", show_default=False)] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (0 = torch default).", show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default 1, steady samples; 0 = all cores).", show_default=False)] = None,
     cuda_graph: Annotated[bool | None, typer.Option("--cuda-graph/--no-cuda-graph",
                                                     help="GPU: time inside a CUDA graph (hot).",
                                                     show_default=False)] = None,
@@ -102,6 +102,10 @@ def sweep(
     err_console.print(f"[bold]mlabench sweep[/] suite [cyan]{plan.suite.name}[/] on [cyan]{dev}[/]: "
                       f"{len(plan.cases)} cases" + (f" ({len(plan.dropped)} combinations dropped as invalid)"
                                                     if plan.dropped else "") + f" -> {plan.out_dir}")
+    for line in plan.merged[:5]:  # an axis that does not apply must say so, not vanish
+        err_console.print(f"  merged: {line}", highlight=False)
+    if len(plan.merged) > 5:
+        err_console.print(f"  ... {len(plan.merged) - 5} more grid points merged the same way")
     outcome = _run_with_progress(plan, resume, probe)
     report_path = write_report_or_warn(plan.out_dir) if report else None
     from mlabench.cli.summary import print_summary

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from mlabench import schema
+from mlabench.schema import normalize_key_value
 from mlabench.errors import UsageError
 
 # Columns a results.csv must have. The rest of the contract is optional so
@@ -24,7 +25,7 @@ from mlabench.errors import UsageError
 REQUIRED_COLUMNS: tuple[str, ...] = schema.KEY_COLUMNS + schema.OUTCOME_COLUMNS + ("latency_ms",)
 STRING_COLUMNS: frozenset[str] = frozenset(
     {"suite", "model", "variant", "backend", "mode", "dtype", "device", "status", "error", "case_id",
-     "backend_detail", "timer"}
+     "backend_detail", "timer", "options"}
 )
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
 
@@ -54,20 +55,6 @@ def resolve(path: str | Path) -> tuple[Path, Path]:
     if not p.exists():
         raise UsageError(f"{p}: no such run directory or results.csv")
     raise UsageError(f"{p}: expected a run directory or a results.csv file")
-
-
-def normalize_key_value(value: Any) -> str:
-    """The text form of a key value used in case ids: '128.0' and '128' are the same key."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if math.isfinite(number) and number == int(number) and text.lower() not in ("inf", "nan"):
-        return str(int(number))
-    return text
 
 
 def key_dict(row: pd.Series | dict[str, Any], columns: tuple[str, ...] = schema.KEY_COLUMNS) -> dict[str, str]:
