@@ -135,7 +135,7 @@ def projection_flops(variant: str, shape: AttentionShape, step: Step) -> int:
     sh = shape_for_variant(variant, shape)
     h, d = sh.num_heads, sh.hidden_size
     tokens = step.batch * step.new_tokens
-    if variant in GQA_FAMILY or variant == "linformer":
+    if variant in GQA_FAMILY or variant == "linformer":  # linformer projects K and V for all H heads
         dh = sh.head_dim
         return tokens * 2 * (d * h * dh + 2 * d * sh.kv_heads * dh + h * dh * d)
     if variant == "lowrank-kv":

@@ -163,15 +163,19 @@ VARIANTS = GQA_FAMILY + MLA_VARIANTS + ("lowrank-kv", "linformer")
 
 
 def shape_for_variant(variant: str, shape: AttentionShape) -> AttentionShape:
-    """The shape a variant actually runs: mha forces G = H, mqa G = 1.
+    """The shape a variant actually runs: G = H for mha, lowrank-kv, linformer and mla-expanded,
+    G = 1 for mqa and the latent MLA caches.
 
     Raises ShapeError if the shape cannot serve the variant.
     """
     if variant not in VARIANTS:
         raise ShapeError("variant", f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
-    if variant == "mha":
+    # num_kv_heads is what the variant really attends with, so the results' column says so:
+    # every head has its own K/V in mha, lowrank-kv, linformer and mla-expanded; the MLA latent
+    # is one KV head shared by all query heads.
+    if variant in ("mha", "lowrank-kv", "linformer", "mla-expanded"):
         shape = shape.replace(num_kv_heads=shape.num_heads)
-    elif variant == "mqa":
+    elif variant in ("mqa", "mla-latent", "mla-absorbed"):
         shape = shape.replace(num_kv_heads=1)
     elif variant == "gqa" and shape.num_kv_heads is None:
         shape = shape.replace(num_kv_heads=shape.num_heads)

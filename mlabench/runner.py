@@ -50,12 +50,17 @@ class CaseResult:
         return str(self.row["status"])
 
 
+# A row whose p90 exceeds its p10 by more than this factor is marked `unstable`: its samples
+# are not one distribution around one value (threads migrating, a busy host, clock changes).
+UNSTABLE_SPREAD = 1.5
+
+
 def analytic_columns(case: Case) -> dict[str, Any]:
-    """Deterministic columns known before anything runs."""
+    """Deterministic columns known before anything runs (the formulas; `params` is counted on
+    the module itself once it exists)."""
     sh, step = case.shape, case.step
     return {
         "kv_cache_bytes": analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len),
-        "params": analytic.param_count(case.variant, sh, seq_len=case.seq_len),
         "flops": analytic.flops(case.variant, sh, step),
         "bytes": analytic.bytes_moved(case.variant, sh, step),
     }
@@ -120,9 +125,15 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
     device, sh, step = ctx.device, case.shape, case.step
     dtype = torch_dtype(case.dtype)
     module = build_variant(case.variant, sh, device, dtype, seed=ctx.seed)
+    # Length-dependent state (RoPE tables, Linformer's [k, n] weights) first, so that the measured
+    # allocation is the cache tensors alone.
+    module.prepare_length(case.seq_len)
+    row["params"] = sum(p.numel() for p in module.parameters())
     delta = measure_allocation(lambda: module.allocate_cache(case.batch, case.seq_len), device, ctx.nvml)
     row.update(kv_cache_bytes_measured=module.cache_nbytes(), kv_cache_bytes_allocator=delta.allocator,
                kv_cache_bytes_nvml=delta.nvml)
+    if device.type == "cpu":
+        row["threads"] = ctx.timing.threads or torch.get_num_threads()
     gen = torch.Generator().manual_seed(ctx.seed + 1)
     if step.context:
         module.fill_cache_random(step.context, gen)
@@ -130,7 +141,8 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
     inputs = StepInputs(x=x, start_pos=step.context)
 
     prepared = BACKENDS[case.backend].prepare(module, case, inputs)
-    row.update(backend_detail=prepared.detail, compile_ms=prepared.compile_ms)
+    row.update(backend_detail=prepared.detail, compile_ms=prepared.compile_ms,
+               backend_cache_bytes=prepared.extra_cache_bytes)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -144,10 +156,9 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
     if ctx.accuracy:
         ref = acc.reference_output(module, x, inputs.start_pos)
         result = acc.compare(out, ref, case.dtype)
-        row.update(max_abs_err=result.max_abs_err, rel_err=result.rel_err)
+        row.update(max_abs_err=result.max_abs_err, rel_err=result.rel_err, cos_diff=result.cos_diff)
         if not result.ok:
-            row.update(status="inaccurate",
-                       error=f"rel_err {result.rel_err:.3g} > {case.dtype} tolerance {result.tolerance:.0e}")
+            row.update(status="inaccurate", error=result.describe())
         del ref
     del out
     if first_s > ctx.timeout_s:
@@ -177,4 +188,5 @@ def _summarize(case: Case, ctx: RunContext, row: dict[str, Any], samples: list[f
         tflops=row["flops"] / seconds / 1e12 if seconds > 0 else None,
         gbps=row["bytes"] / seconds / 1e9 if seconds > 0 else None,
         roofline_pct=roofline_pct(row["flops"], row["bytes"], median, ctx.peaks, case.dtype),
+        unstable=int(p10 > 0 and p90 / p10 > UNSTABLE_SPREAD),
     )

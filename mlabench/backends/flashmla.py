@@ -133,4 +133,5 @@ def prepare_flashmla(module: AttentionVariant, case: Case, inputs: StepInputs) -
         torch.cuda.synchronize(x.device)
     compile_ms = (time.perf_counter() - t0) * 1e3
     version = getattr(lib, "__version__", "?")
-    return Prepared(fn=fn, detail=f"flashmla:{version},block={BLOCK_SIZE}", compile_ms=compile_ms)
+    return Prepared(fn=fn, detail=f"flashmla:{version},block={BLOCK_SIZE}", compile_ms=compile_ms,
+                    extra_cache_bytes=paged.pool.nbytes + paged.block_table.nbytes)

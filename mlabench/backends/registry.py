@@ -34,6 +34,9 @@ class Prepared:
     fn: Callable[[], Tensor]  # one step, returns (B, S, d)
     detail: str = ""  # recorded in `backend_detail` (chosen kernel, compile mode, ...)
     compile_ms: float | None = None  # one-off compile/autotune time, never mixed into latency
+    # Bytes of a second copy of the KV cache the backend keeps (the paged pool FlashMLA and
+    # FlashInfer read), recorded in `backend_cache_bytes`: real memory the step needs.
+    extra_cache_bytes: int | None = None
 
 
 Prepare = Callable[[AttentionVariant, Case, StepInputs], Prepared]

@@ -24,13 +24,16 @@ def run(
     assignments: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a shape field: --set kv_lora_rank=256 (repeatable).")] = None,
     budget: Annotated[float, typer.Option(help="Seconds of sampling.")] = 1.0,
+    threads: Annotated[int, typer.Option(help="CPU threads (1 keeps samples steady; 0 = all cores).")] = 1,
     compile_mode: Annotated[str | None, typer.Option(help="torch.compile mode.", show_default=False)] = None,
     sdpa_kernel: Annotated[str | None, typer.Option(help="SDPA kernel.", show_default=False)] = None,
     accuracy: Annotated[bool, typer.Option("--accuracy/--no-accuracy", help="Check against float64.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """Measure a single case and print it."""
-    from mlabench.backends import check_options, served_variants
+    import torch
+
+    from mlabench.backends import apply_options, served_variants
     from mlabench.measure.envinfo import device_label, resolve_device
     from mlabench.measure.memory import open_nvml
     from mlabench.measure.timing import TimingSettings
@@ -50,10 +53,12 @@ def run(
     served = served_variants()
     if backend in served and variant not in served[backend]:
         raise UsageError(f"--backend: {backend} does not serve {variant} (it serves {', '.join(served[backend])})")
-    case = expand(suite, device_label(dev), served).cases[0]
-    check_options(case)
+    case = apply_options(expand(suite, device_label(dev), served).cases, options)[0]
     err_console.print(f"measuring {case.label()} on {dev}")
-    ctx = RunContext(device=dev, timing=TimingSettings(budget_s=budget), nvml=open_nvml(dev), accuracy=accuracy,
+    if threads and dev.type == "cpu":
+        torch.set_num_threads(threads)
+    ctx = RunContext(device=dev, timing=TimingSettings(budget_s=budget, threads=threads), nvml=open_nvml(dev),
+                     accuracy=accuracy,
                      peaks=measure_peaks(dev, [case.dtype], probe=True))
     result = run_case(case, ctx)
     if as_json:

@@ -26,7 +26,7 @@ class TimingSettings:
     warmup_s: float = 0.1
     min_samples: int = 10
     max_samples: int = 1000
-    threads: int = 0  # CPU threads; 0 = torch's current setting
+    threads: int = 1  # CPU threads (0 = torch's current setting); one by default, for steady samples
     cuda_graph: bool = False
 
 

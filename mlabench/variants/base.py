@@ -91,7 +91,7 @@ def linear(d_in: int, d_out: int, device: torch.device | None, dtype: torch.dtyp
 
 class AttentionVariant(nn.Module):
     """Base class. Subclasses set `name`, build weights in `__init__` and implement
-    `allocate_cache`, `cache_tensors` and `forward`."""
+    `cache_shapes` and `forward` (and `_build_length_state` when they have RoPE tables)."""
 
     name: ClassVar[str]
     supports_decode: ClassVar[bool] = True
@@ -105,6 +105,7 @@ class AttentionVariant(nn.Module):
         # Plain attributes, not buffers: the cache stays out of state_dict, so a real
         # checkpoint's attention weights load with load_state_dict as they are.
         self._cache: dict[str, Tensor] = {}
+        self._prepared_len = 0
 
     @property
     def weight_device(self) -> torch.device:
@@ -115,8 +116,27 @@ class AttentionVariant(nn.Module):
         return next(self.parameters()).dtype
 
     # --- cache -----------------------------------------------------------------------
-    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
+    def prepare_length(self, max_seq_len: int) -> None:
+        """Build what depends on the context length but is not KV cache (RoPE tables, Linformer's
+        [k, n] projections). `allocate_cache` calls it; the runner calls it first so that the
+        allocation it measures holds the cache tensors and nothing else."""
+        if self._prepared_len != max_seq_len:
+            self._build_length_state(max_seq_len)
+            self._prepared_len = max_seq_len
+
+    def _build_length_state(self, max_seq_len: int) -> None:
+        """Subclasses with length-dependent state override this."""
+
+    def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every cache tensor, in the weights' dtype."""
         raise NotImplementedError
+
+    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
+        """Preallocate the KV cache for `batch` sequences of `max_seq_len` slots (zeros)."""
+        self.prepare_length(max_seq_len)
+        self.batch, self.max_seq_len = batch, max_seq_len
+        self._cache = {}  # drop the old cache before the new one exists: never two at once
+        self._new_cache(**self.cache_shapes(batch, max_seq_len))
 
     def cache_tensors(self) -> dict[str, Tensor]:
         """The tensors that make up the KV cache (their nbytes is the measured cache size)."""
@@ -153,17 +173,20 @@ class AttentionVariant(nn.Module):
     def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
         raise NotImplementedError
 
-    def reference(self, batch: int | None = None) -> AttentionVariant:
-        """A float64 copy on the same weights and cache contents (of the first `batch`
-        sequences), to be run with the eager core."""
+    def reference(self, rows: list[int] | None = None) -> AttentionVariant:
+        """A float64 copy on the same weights and cache contents (of the sequences `rows`,
+        default all), to be run with the eager core on those sequences' inputs."""
         cache, self._cache = self._cache, {}
         try:
             ref = copy.deepcopy(self)  # weights only: the cache is converted below, never copied twice
         finally:
             self._cache = cache
         ref.to(torch.float64)
-        if batch is not None:
-            ref.batch = min(batch, self.batch)
-            cache = {name: t[: ref.batch] for name, t in cache.items()}
+        if rows is not None:
+            if not rows or min(rows) < 0 or max(rows) >= self.batch:
+                raise ValueError(f"{self.name}: reference rows {rows} outside the cache's batch of {self.batch}")
+            ref.batch = len(rows)
+            index = torch.tensor(rows, device=self.weight_device)
+            cache = {name: t.index_select(0, index) for name, t in cache.items()}
         ref._cache = {name: t.to(torch.float64) for name, t in cache.items()}
         return ref

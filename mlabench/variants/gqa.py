@@ -28,11 +28,12 @@ class GroupedQueryAttention(AttentionVariant):
         self.v_proj = linear(hidden, g * d, device, dtype)
         self.o_proj = linear(h * d, hidden, device, dtype)
 
-    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
+    def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         g, d = self.shape.kv_heads, self.shape.head_dim
-        self.batch, self.max_seq_len = batch, max_seq_len
-        self._new_cache(k_cache=(batch, max_seq_len, g, d), v_cache=(batch, max_seq_len, g, d))
-        self._rope = rope_table(d, self.shape, max_seq_len, self.weight_device)
+        return {"k_cache": (batch, max_seq_len, g, d), "v_cache": (batch, max_seq_len, g, d)}
+
+    def _build_length_state(self, max_seq_len: int) -> None:
+        self._rope = rope_table(self.shape.head_dim, self.shape, max_seq_len, self.weight_device)
 
     def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
         self._check_step(x, start_pos)

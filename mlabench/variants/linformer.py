@@ -38,21 +38,22 @@ class Linformer(AttentionVariant):
         self.k_seq_proj: nn.Parameter | None = None
         self.v_seq_proj: nn.Parameter | None = None
 
-    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
-        """Sizes the sequence projections for n = max_seq_len (created once, kept if n is unchanged)."""
+    def _build_length_state(self, max_seq_len: int) -> None:
+        """The sequence projections for n = max_seq_len: weights, not cache."""
+        k = self.shape.kv_lora_rank
+        bound = max_seq_len**-0.5
+        dev, dt = self.weight_device, self.weight_dtype
+        self.k_seq_proj = nn.Parameter(
+            torch.empty(k, max_seq_len, device=dev, dtype=dt).uniform_(-bound, bound), requires_grad=False
+        )
+        self.v_seq_proj = nn.Parameter(
+            torch.empty(k, max_seq_len, device=dev, dtype=dt).uniform_(-bound, bound), requires_grad=False
+        )
+
+    def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         sh = self.shape
-        k, h, d = sh.kv_lora_rank, sh.num_heads, sh.head_dim
-        if self.k_seq_proj is None or self.k_seq_proj.shape[1] != max_seq_len:
-            bound = max_seq_len**-0.5
-            dev, dt = self.weight_device, self.weight_dtype
-            self.k_seq_proj = nn.Parameter(
-                torch.empty(k, max_seq_len, device=dev, dtype=dt).uniform_(-bound, bound), requires_grad=False
-            )
-            self.v_seq_proj = nn.Parameter(
-                torch.empty(k, max_seq_len, device=dev, dtype=dt).uniform_(-bound, bound), requires_grad=False
-            )
-        self.batch, self.max_seq_len = batch, max_seq_len
-        self._new_cache(k_cache=(batch, k, h, d), v_cache=(batch, k, h, d))
+        return {"k_cache": (batch, sh.kv_lora_rank, sh.num_heads, sh.head_dim),
+                "v_cache": (batch, sh.kv_lora_rank, sh.num_heads, sh.head_dim)}
 
     def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
         if start_pos != 0:

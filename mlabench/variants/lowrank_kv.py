@@ -38,10 +38,11 @@ class LowRankKV(AttentionVariant):
         self.v_up_proj = nn.Parameter(torch.empty(h, d, r, device=device, dtype=dtype).uniform_(-bound, bound))
         self.o_proj = linear(h * d, hidden, device, dtype)
 
-    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
+    def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         h, r = self.shape.num_heads, self.shape.kv_lora_rank
-        self.batch, self.max_seq_len = batch, max_seq_len
-        self._new_cache(k_cache=(batch, max_seq_len, h, r), v_cache=(batch, max_seq_len, h, r))
+        return {"k_cache": (batch, max_seq_len, h, r), "v_cache": (batch, max_seq_len, h, r)}
+
+    def _build_length_state(self, max_seq_len: int) -> None:
         self._rope = rope_table(self.shape.head_dim, self.shape, max_seq_len, self.weight_device)
 
     def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:

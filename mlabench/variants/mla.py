@@ -42,7 +42,7 @@ class _MLABase(AttentionVariant):
         self.kv_b_proj = linear(sh.kv_lora_rank, h * (sh.head_dim + sh.value_dim), device, dtype)
         self.o_proj = linear(h * sh.value_dim, d, device, dtype)
 
-    def _set_rope(self, max_seq_len: int) -> None:
+    def _build_length_state(self, max_seq_len: int) -> None:
         self._rope = rope_table(self.shape.rope_head_dim, self.shape, max_seq_len, self.weight_device)
 
     def _queries(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,14 +81,10 @@ class _MLABase(AttentionVariant):
 class MLAExpanded(_MLABase):
     name = "mla-expanded"
 
-    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
+    def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         sh = self.shape
-        self.batch, self.max_seq_len = batch, max_seq_len
-        self._new_cache(
-            k_cache=(batch, max_seq_len, sh.num_heads, sh.qk_head_dim),
-            v_cache=(batch, max_seq_len, sh.num_heads, sh.value_dim),
-        )
-        self._set_rope(max_seq_len)
+        return {"k_cache": (batch, max_seq_len, sh.num_heads, sh.qk_head_dim),
+                "v_cache": (batch, max_seq_len, sh.num_heads, sh.value_dim)}
 
     def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
         self._check_step(x, start_pos)
@@ -106,11 +102,9 @@ class MLAExpanded(_MLABase):
 
 
 class _LatentCacheMLA(_MLABase):
-    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
+    def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         sh = self.shape
-        self.batch, self.max_seq_len = batch, max_seq_len
-        self._new_cache(kv_cache=(batch, max_seq_len, sh.kv_lora_rank + sh.rope_head_dim))
-        self._set_rope(max_seq_len)
+        return {"kv_cache": (batch, max_seq_len, sh.kv_lora_rank + sh.rope_head_dim)}
 
     def _write_latent(self, x: Tensor, start_pos: int, cos: Tensor, sin: Tensor) -> Tensor:
         """Write this step's [c_kv, k_pe] and return the cache view (B, T, d_c + d_r)."""
