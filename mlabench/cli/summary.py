@@ -29,7 +29,7 @@ def rows_table(rows: list[dict[str, Any]]) -> tuple[Table, list[str]]:
     table = Table(title=title, title_justify="left", header_style="bold", pad_edge=False)
     for col in varying:
         table.add_column(col, justify="right" if col in ("batch", "seq_len", "q_len") else "left")
-    for col in ("status", "ms", "p10-p90", "KV cache", "rel_err"):
+    for col in ("status", "ms", "p10-p90", "KV cache", "rel_err"):  # KV cache: the cache tensors' nbytes
         table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     notes = []
     for r in rows:

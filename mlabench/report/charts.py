@@ -121,31 +121,52 @@ def latency_chart(df: pd.DataFrame) -> Chart:
     return Chart(chart.id, chart.title, chart.description, _style(fig, height))
 
 
+# Every way a run records cache bytes: column -> legend name, and each name's (dash, marker).
+KV_SOURCES = {
+    "kv_cache_bytes": "analytic",
+    "kv_cache_bytes_measured": "cache tensors (nbytes)",
+    "kv_cache_bytes_allocator": "allocator delta",
+    "kv_cache_bytes_nvml": "NVML delta",
+    "backend_cache_bytes": "backend's paged copy",
+}
+KV_STYLE = {
+    "analytic": ("solid", "circle"),
+    "cache tensors (nbytes)": ("dash", "circle-open"),
+    "allocator delta": ("dot", "square-open"),
+    "NVML delta": ("dashdot", "diamond-open"),
+    "backend's paged copy": ("longdash", "x"),
+}
+
+
 def kv_chart(df: pd.DataFrame) -> Chart:
     chart = Chart("chart-kv", "KV-cache bytes vs sequence length",
-                  "One layer's cache for the case's batch: analytic formula (solid) and the cache tensors' "
-                  "measured bytes (dashed, open markers). The two must agree exactly.")
+                  "One layer's cache for the case's batch: the analytic formula (solid) and the nbytes of the "
+                  "cache tensors the module allocated (dashed, open markers), which must agree exactly; where "
+                  "the run recorded them, the CUDA allocator's delta (dotted) and NVML's device-used delta "
+                  "(dash-dot) around the allocation, which show allocator granularity, and the paged copy a "
+                  "fused backend keeps beside the cache (long dashes).")
     rows = df[df["kv_cache_bytes"].notna() | df["kv_cache_bytes_measured"].notna()]
     if rows.empty:
         return Chart(chart.id, chart.title, chart.description, note="No row records KV-cache bytes.")
     rows = rows.assign(series=series_labels(rows, exclude=("seq_len", "batch", "mode", "q_len", "backend"),
                                             group=("variant",)))
-    long = rows.melt(id_vars=["series", "batch", "seq_len"], value_vars=["kv_cache_bytes", "kv_cache_bytes_measured"],
+    sources = {c: name for c, name in KV_SOURCES.items() if c in rows.columns and rows[c].notna().any()}
+    long = rows.melt(id_vars=["series", "batch", "seq_len"], value_vars=list(sources),
                      var_name="source", value_name="kv_bytes").dropna(subset=["kv_bytes"])
-    long["source"] = long["source"].map({"kv_cache_bytes": "analytic", "kv_cache_bytes_measured": "measured"})
+    long["source"] = long["source"].map(sources)
     long = long.drop_duplicates().sort_values("seq_len")
     facet = {"facet_col": "batch"} if long["batch"].nunique() > 1 else {}
     fig = px.line(
         long, x="seq_len", y="kv_bytes", color="series", line_dash="source", symbol="source", markers=True,
         log_x=True, log_y=True, color_discrete_map=_colors(long["series"]),
         category_orders={"series": _order(long["series"])},
-        symbol_map={"analytic": "circle", "measured": "circle-open"},
-        line_dash_map={"analytic": "solid", "measured": "dash"},
+        symbol_map={name: symbol for name, (_, symbol) in KV_STYLE.items()},
+        line_dash_map={name: dash for name, (dash, _) in KV_STYLE.items()},
         labels={"seq_len": "seq_len (tokens)", "kv_bytes": "KV cache (bytes, one layer)", "series": ""}, **facet,
     )
     fig.update_traces(marker_size=7)
-    # Measured markers drawn larger and open, so an exact match rings the analytic point.
-    fig.update_traces(marker_size=12, selector=lambda t: "measured" in (t.name or ""))
+    # Cache-tensor markers drawn larger and open, so an exact match rings the analytic point.
+    fig.update_traces(marker_size=12, selector=lambda t: "nbytes" in (t.name or ""))
     fig.update_yaxes(showticklabels=True, **_log_ticks(long["kv_bytes"], si=True))
     fig.update_xaxes(**_log2_ticks(long["seq_len"]))
     return Chart(chart.id, chart.title, chart.description, _style(fig, 440))

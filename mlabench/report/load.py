@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 import pandas as pd
 
 from mlabench import schema
-from mlabench.schema import normalize_key_value
 from mlabench.errors import UsageError
+from mlabench.schema import normalize_key_value
 
 # Columns a results.csv must have. The rest of the contract is optional so
 # that baselines written before a column was added still load (filled empty).

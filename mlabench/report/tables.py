@@ -18,10 +18,23 @@ from mlabench import schema
 from mlabench.claims import ClaimResult
 
 BYTE_COLUMNS = frozenset({"bytes", "kv_cache_bytes", "kv_cache_bytes_measured", "kv_cache_bytes_allocator",
-                          "kv_cache_bytes_nvml", "peak_mem_bytes"})
+                          "kv_cache_bytes_nvml", "backend_cache_bytes", "peak_mem_bytes"})
 INT_COLUMNS = frozenset({"batch", "seq_len", "q_len", "num_heads", "num_kv_heads", "head_dim", "q_lora_rank",
                          "kv_lora_rank", "rope_head_dim", "v_head_dim", "n_samples", "params"})
-SCI_COLUMNS = frozenset({"max_abs_err", "rel_err", "flops"})
+SCI_COLUMNS = frozenset({"max_abs_err", "rel_err", "cos_diff", "flops"})
+# What a column holds, shown on its header: names alone have misled ("measured" is nbytes).
+COLUMN_MEANING = {
+    "kv_cache_bytes": "KV-cache bytes from the analytic formula",
+    "kv_cache_bytes_measured": "nbytes of the cache tensors the module allocated (must equal the formula)",
+    "kv_cache_bytes_allocator": "CUDA caching allocator's memory_allocated delta around the cache allocation",
+    "kv_cache_bytes_nvml": "NVML device-used delta around the cache allocation (allocator segment granularity)",
+    "backend_cache_bytes": "a second copy of the cache the backend keeps (FlashMLA/FlashInfer paged pool)",
+    "params": "parameters counted on the module",
+    "rel_err": "worst element's error vs the float64 reference, relative to max(|ref|, RMS of ref)",
+    "cos_diff": "1 - cosine similarity of output and float64 reference (first and last sequence)",
+    "unstable": "1 when p90/p10 > 1.5: samples not one distribution",
+    "threads": "CPU threads the step ran with",
+}
 # Row-table column order: what a reader scans first, then the rest of the contract.
 LEADING = ("variant", "backend", "mode", "model", "dtype", "batch", "seq_len", "q_len", "status", "error",
            "latency_ms")
@@ -151,7 +164,8 @@ def row_columns(df: pd.DataFrame) -> list[str]:
 def rows_table(df: pd.DataFrame) -> str:
     """Every row, sortable (click a header) and filterable (text box, status menu)."""
     columns = row_columns(df)
-    head = "".join(f'<th data-col="{escape(c)}" title="sort by {escape(c)}">{escape(c)}</th>' for c in columns)
+    head = "".join(f'<th data-col="{escape(c)}" title="{escape(COLUMN_MEANING.get(c, c))}; click to sort">'
+                   f'{escape(c)}</th>' for c in columns)
     body = []
     for _, row in df.iterrows():
         status = str(row["status"])

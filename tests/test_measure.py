@@ -1,0 +1,229 @@
+"""The measurement layer: accuracy flagging, FLOPs and bytes against hand counts, roofline,
+quantiles, the cache allocation alone, module parameter counts, CPU threads.
+
+Each test here guards a column's promise: the number in results.csv means what its
+name says, or a test fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mlabench import analytic
+from mlabench.backends.registry import BACKENDS, Prepared, register_backend
+from mlabench.case import Case
+from mlabench.config import VARIANTS, from_name, shape_for_variant
+from mlabench.measure import accuracy as acc
+from mlabench.measure.peaks import Peaks, roofline_pct
+from mlabench.measure.timing import TimingSettings
+from mlabench.runner import RunContext, _summarize, run_case
+from mlabench.variants import build_variant
+
+CPU = torch.device("cpu")
+TINY = from_name("tiny")
+FAST = TimingSettings(budget_s=0.005, warmup_s=0.0, min_samples=3, max_samples=5)
+
+
+def make_case(variant: str, backend: str = "eager", mode: str = "decode", batch: int = 3, seq_len: int = 24,
+              q_len: int = 1, shape=TINY) -> Case:
+    sh = shape_for_variant(variant, shape)
+    q = seq_len if mode == "prefill" else q_len
+    return Case("test", shape.name, variant, backend, mode, "cpu", batch, seq_len, q, sh)
+
+
+# --- accuracy ------------------------------------------------------------------------------
+def test_accuracy_flags_one_wrong_query_row_the_norm_would_hide() -> None:
+    """A bf16-sized rounding everywhere plus one entirely wrong row in the last sequence: the
+    norm-wise error stays under the bf16 tolerance (the old check passed it), the element-wise
+    comparator does not, and names where."""
+    g = torch.Generator().manual_seed(11)
+    batch, s, d = 8, 1024, 128
+    out = torch.randn(batch, s, d, generator=g, dtype=torch.float64)
+    rows = acc.reference_rows(batch)
+    ref = out[rows].clone()
+    out = out * (1 + 2e-3 * torch.randn(out.shape, generator=g, dtype=torch.float64))
+    out[-1, -1] = torch.randn(d, generator=g, dtype=torch.float64) * 0.1  # the last query row: wrong
+    norm_err = ((out[rows] - ref).norm() / ref.norm()).item()
+    assert norm_err < acc.REL_TOLERANCE["bfloat16"]
+    result = acc.compare(out.to(torch.bfloat16), ref, "bfloat16")
+    assert not result.ok
+    assert result.rel_err > acc.REL_TOLERANCE["bfloat16"]
+    assert f"sequence {batch - 1}, token {s - 1}" in result.describe()
+
+
+def test_accuracy_looks_at_the_last_sequence() -> None:
+    """Only the last of 8 sequences is wrong: the first-two-sequences check never saw it."""
+    g = torch.Generator().manual_seed(12)
+    out = torch.randn(8, 4, 32, generator=g, dtype=torch.float64)
+    ref = out[acc.reference_rows(8)].clone()
+    out[7, 2, 5] += 1.0
+    result = acc.compare(out.float(), ref, "float32")
+    assert not result.ok and "sequence 7, token 2, channel 5" in result.worst
+
+
+def test_accuracy_non_finite_output_is_inaccurate() -> None:
+    g = torch.Generator().manual_seed(13)
+    out = torch.randn(2, 3, 16, generator=g, dtype=torch.float64)
+    ref = out.clone()
+    out[0, 1, 3] = float("nan")
+    result = acc.compare(out, ref, "float64")
+    assert not result.ok and result.nonfinite == 1 and "non-finite" in result.describe()
+
+
+def test_accuracy_passes_rounding_of_the_dtype() -> None:
+    g = torch.Generator().manual_seed(14)
+    ref = torch.randn(2, 16, 64, generator=g, dtype=torch.float64)
+    for dtype, name in ((torch.float32, "float32"), (torch.float16, "float16"), (torch.bfloat16, "bfloat16")):
+        result = acc.compare(ref.to(dtype), ref, name)
+        assert result.ok, (name, result)
+        assert 0 < result.rel_err <= acc.REL_TOLERANCE[name]
+
+
+def test_runner_marks_a_backend_wrong_in_the_last_sequence_inaccurate() -> None:
+    """End to end: a backend whose core corrupts the last sequence's last query is caught."""
+
+    def corrupt_last(q, k, v, scale, causal):
+        from mlabench.variants.base import eager_attention
+
+        o = eager_attention(q, k, v, scale, causal)
+        o[-1, -1] = -o[-1, -1]
+        return o
+
+    @register_backend("test-corrupt-last", description="test only", modes=("decode", "prefill"))
+    def prepare(module, case, inputs):
+        return Prepared(fn=lambda: module(inputs.x, inputs.start_pos, corrupt_last))
+
+    try:
+        row = run_case(make_case("gqa", "test-corrupt-last", batch=4), RunContext(CPU, timing=FAST)).row
+    finally:
+        del BACKENDS["test-corrupt-last"]
+    assert row["status"] == "inaccurate", row
+    assert "sequence 3" in row["error"]
+
+
+# --- memory and parameters -----------------------------------------------------------------
+class CountAllocations(TorchDispatchMode):
+    """Bytes of every tensor created by a factory op (what an allocator would hand out)."""
+
+    FACTORIES = {"empty", "zeros", "ones", "full", "empty_strided", "randn", "rand", "arange"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nbytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in self.FACTORIES and isinstance(out, torch.Tensor):
+            self.nbytes += out.nbytes
+        return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cache_allocation_holds_the_cache_alone(variant: str) -> None:
+    """What the runner measures around allocate_cache is the cache tensors, nothing else (RoPE
+    tables were +25% on llama-3-8b, +44% on DeepSeek-V3 at batch 1)."""
+    module = build_variant(variant, TINY, CPU, torch.float32)
+    module.prepare_length(40)
+    with CountAllocations() as counter:
+        module.allocate_cache(1, 40)
+    assert counter.nbytes == module.cache_nbytes() == analytic.kv_cache_bytes(variant, TINY.replace(dtype="float32"),
+                                                                               1, 40)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_params_column_counts_the_module_and_the_formula_agrees(variant: str) -> None:
+    case = make_case(variant, mode="prefill" if variant == "linformer" else "decode")
+    row = run_case(case, RunContext(CPU, timing=FAST, accuracy=False)).row
+    assert row["status"] == "ok", row
+    module = build_variant(variant, case.shape, CPU, torch.float32)
+    module.prepare_length(case.seq_len)
+    counted = sum(p.numel() for p in module.parameters())
+    assert row["params"] == counted == analytic.param_count(variant, case.shape, seq_len=case.seq_len)
+
+
+def test_params_empty_when_no_module_was_built() -> None:
+    """A skipped case never built its module: no formula stands in for a count."""
+    row = run_case(make_case("mla-absorbed", "flashmla"), RunContext(CPU, timing=FAST)).row
+    assert row["status"] in ("skipped", "unsupported")
+    assert row.get("params") is None
+
+
+@pytest.mark.parametrize(("variant", "kv_heads"), [
+    ("mha", 8), ("gqa", 2), ("mqa", 1), ("mla-expanded", 8), ("mla-latent", 1), ("mla-absorbed", 1),
+    ("lowrank-kv", 8), ("linformer", 8),
+])
+def test_num_kv_heads_records_what_the_variant_uses(variant: str, kv_heads: int) -> None:
+    assert TINY.num_heads == 8 and TINY.num_kv_heads == 2
+    assert make_case(variant).key["num_kv_heads"] == kv_heads
+
+
+# --- FLOPs and bytes, hand-counted -----------------------------------------------------------
+def test_gqa_decode_flops_and_bytes_by_hand() -> None:
+    """d=8, H=2, G=1, D=4, one sequence, P=3 cached + 1 new token, fp32."""
+    sh = shape_for_variant("gqa", from_name("tiny").replace(hidden_size=8, num_heads=2, num_kv_heads=1,
+                                                            head_dim=4, dtype="float32"))
+    step = analytic.decode_step(1, 4, 1)
+    # Projections per token: q 8*8, k 8*4, v 8*4, o 8*8 multiply-adds = 192, x2 FLOPs.
+    proj = 2 * (8 * 8 + 8 * 4 + 8 * 4 + 8 * 8)
+    # Core: each of 2 heads, 4 keys: scores 4*4 MACs and weighted sum 4*4 MACs.
+    core = 2 * 2 * (4 * 4 + 4 * 4)
+    assert analytic.flops("gqa", sh, step) == proj + core
+    weights = (8 * 8 + 8 * 4 + 8 * 4 + 8 * 8) * 4
+    activations = 1 * (2 * 8 + 8 + 8) * 4  # x, y, Q (H*D), O (H*D)
+    cache = (4 + 1) * (2 * 1 * 4) * 4  # read 4 tokens, write 1, K and V of one group
+    assert analytic.bytes_moved("gqa", sh, step) == weights + activations + cache
+
+
+def test_mla_absorbed_decode_flops_by_hand() -> None:
+    """H=2, d_c=4, d_r=2, d_n=3, d_v=3, no query compression, d=8, T=5 keys, one token."""
+    sh = shape_for_variant("mla-absorbed", from_name("tiny").replace(
+        hidden_size=8, num_heads=2, head_dim=3, rope_head_dim=2, v_head_dim=3, q_lora_rank=0, kv_lora_rank=4,
+        dtype="float32"))
+    step = analytic.decode_step(1, 5, 1)
+    # Core: per head and key, q'.k' over d_c + d_r = 6 and p*v over d_c = 4 MACs.
+    core = 2 * 2 * 5 * (6 + 4)
+    # Projections: q 8 -> 2*5, kv_a 8 -> 6, W_UK 2*3*4, W_UV 2*4*3, o 6 -> 8.
+    proj = 2 * (8 * 10 + 8 * 6 + 2 * 3 * 4 + 2 * 4 * 3 + 6 * 8)
+    assert analytic.core_flops("mla-absorbed", sh, step) == core
+    assert analytic.flops("mla-absorbed", sh, step) == core + proj
+
+
+def test_linformer_flops_count_every_head_whatever_num_kv_heads_says() -> None:
+    """The module projects K and V for all H heads; the formula once used the preset's G."""
+    base = from_name("tiny").replace(dtype="float32")
+    step = analytic.prefill_step(1, 16)
+    with_g = analytic.flops("linformer", base.replace(num_kv_heads=2), step)
+    without = analytic.flops("linformer", base.replace(num_kv_heads=None), step)
+    assert with_g == without
+    h, dh, d = base.num_heads, base.head_dim, base.hidden_size
+    assert analytic.projection_flops("linformer", base.replace(num_kv_heads=2), step) == 16 * 2 * 4 * d * h * dh
+
+
+# --- roofline and quantiles -------------------------------------------------------------------
+def test_roofline_is_the_share_of_the_physical_floor() -> None:
+    peaks = Peaks(bytes_per_s=1e12, flops_per_s={"bfloat16": 1e15})
+    # 1 GB at 1 TB/s is 1 ms; 1e12 FLOPs at 1 PFLOP/s is 1 ms: the floor is 1 ms either way.
+    assert roofline_pct(1e12, 1e9, 2.0, peaks, "bfloat16") == pytest.approx(50.0)
+    assert roofline_pct(1e9, 1e9, 1.0, peaks, "bfloat16") == pytest.approx(100.0)  # memory-bound
+    assert roofline_pct(1e9, 1e9, 1.0, peaks, "float32") is None  # no peak for that dtype
+
+
+def test_quantiles_and_unstable_flag() -> None:
+    case = make_case("gqa")
+    row = {"flops": 1, "bytes": 1}
+    samples = [float(v) for v in range(1, 21)]  # 1..20 ms
+    _summarize(case, RunContext(CPU), row, samples)
+    assert row["latency_ms"] == 10.5
+    assert row["latency_ms_p10"] == pytest.approx(2.9) and row["latency_ms_p90"] == pytest.approx(18.1)
+    assert row["latency_ms_iqr"] == pytest.approx(15.25 - 5.75)  # inclusive quartiles of 1..20
+    assert row["n_samples"] == 20 and row["unstable"] == 1
+    steady = {"flops": 1, "bytes": 1}
+    _summarize(case, RunContext(CPU), steady, [1.0, 1.01, 0.99, 1.02, 1.0])
+    assert steady["unstable"] == 0
+
+
+def test_cpu_rows_record_one_thread_by_default() -> None:
+    row = run_case(make_case("gqa"), RunContext(CPU, timing=FAST, accuracy=False)).row
+    assert row["threads"] == 1
