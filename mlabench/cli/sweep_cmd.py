@@ -66,7 +66,7 @@ def sweep(
                                                  show_default=False)] = None,
     warmup: Annotated[float | None, typer.Option(help="Seconds of warm-up per case.", show_default=False)] = None,
     min_samples: Annotated[int | None, typer.Option(help="Fewest samples per case.", show_default=False)] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default 1, steady samples; 0 = all cores).", show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (1; 0 = all).", show_default=False)] = None,
     cuda_graph: Annotated[bool | None, typer.Option("--cuda-graph/--no-cuda-graph",
                                                     help="GPU: time inside a CUDA graph (hot).",
                                                     show_default=False)] = None,
