@@ -227,3 +227,39 @@ def test_quantiles_and_unstable_flag() -> None:
 def test_cpu_rows_record_one_thread_by_default() -> None:
     row = run_case(make_case("gqa"), RunContext(CPU, timing=FAST, accuracy=False)).row
     assert row["threads"] == 1
+
+
+def test_accuracy_cosine_catches_an_error_spread_over_every_element() -> None:
+    """3% noise on every element stays under bf16's element tolerance, but no bf16 kernel is
+    that wrong everywhere: the cosine difference flags it."""
+    g = torch.Generator().manual_seed(15)
+    ref = torch.randn(2, 32, 64, generator=g, dtype=torch.float64)
+    out = ref + 0.03 * ref.abs() * torch.sign(torch.randn(ref.shape, generator=g, dtype=torch.float64))
+    result = acc.compare(out, ref, "bfloat16")
+    assert result.rel_err <= acc.REL_TOLERANCE["bfloat16"]
+    assert not result.ok and result.cos_diff > acc.COS_TOLERANCE["bfloat16"]
+
+
+def test_params_come_from_the_module_not_the_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(analytic, "param_count", lambda *a, **k: -1)
+    row = run_case(make_case("mla-absorbed"), RunContext(CPU, timing=FAST, accuracy=False)).row
+    module = build_variant("mla-absorbed", TINY, CPU, torch.float32)
+    assert row["params"] == sum(p.numel() for p in module.parameters()) > 0
+
+
+@pytest.mark.parametrize("variant", ["gqa", "mla-absorbed", "linformer"])
+def test_runner_measures_the_cache_allocation_alone(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The allocator column of a row is what the allocation the runner wraps creates; with a
+    counting stand-in for the CUDA allocator it must be the cache's bytes exactly."""
+    from mlabench import runner
+    from mlabench.measure.memory import AllocationDelta
+
+    def counting(allocate, device, nvml):
+        with CountAllocations() as counter:
+            allocate()
+        return AllocationDelta(counter.nbytes, None)
+
+    monkeypatch.setattr(runner, "measure_allocation", counting)
+    case = make_case(variant, mode="prefill" if variant == "linformer" else "decode")
+    row = run_case(case, RunContext(CPU, timing=FAST, accuracy=False)).row
+    assert row["kv_cache_bytes_allocator"] == row["kv_cache_bytes_measured"] == row["kv_cache_bytes"]
