@@ -2,7 +2,8 @@
 
 `AttentionShape` describes one attention layer (plus the layer count for
 whole-model figures). It is validated before any tensor exists: every
-impossible value raises `ShapeError` naming the field.
+impossible value raises `ShapeError` naming the field. What a shape must hold
+for one variant is that variant's own check (`AttentionVariant.normalize_shape`).
 
 Field meaning per family (see MLA.md):
 - GQA family (mha/mqa/gqa): `head_dim` is D, `num_kv_heads` is G.
@@ -155,48 +156,6 @@ def validate_shape(shape: AttentionShape) -> None:
         raise ShapeError("dtype", f"unknown dtype {shape.dtype!r} (choose from {', '.join(DTYPES)})")
     if not shape.rms_norm_eps > 0:
         raise ShapeError("rms_norm_eps", f"must be positive, got {shape.rms_norm_eps}")
-
-
-GQA_FAMILY = ("mha", "mqa", "gqa")
-MLA_VARIANTS = ("mla-expanded", "mla-latent", "mla-absorbed")
-VARIANTS = GQA_FAMILY + MLA_VARIANTS + ("lowrank-kv", "linformer")
-
-
-def shape_for_variant(variant: str, shape: AttentionShape) -> AttentionShape:
-    """The shape a variant actually runs: G = H for mha, lowrank-kv, linformer and mla-expanded,
-    G = 1 for mqa and the latent MLA caches.
-
-    Raises ShapeError if the shape cannot serve the variant.
-    """
-    if variant not in VARIANTS:
-        raise ShapeError("variant", f"unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
-    # num_kv_heads is what the variant really attends with, so the results' column says so:
-    # every head has its own K/V in mha, lowrank-kv, linformer and mla-expanded; the MLA latent
-    # is one KV head shared by all query heads.
-    if variant in ("mha", "lowrank-kv", "linformer", "mla-expanded"):
-        shape = shape.replace(num_kv_heads=shape.num_heads)
-    elif variant in ("mqa", "mla-latent", "mla-absorbed"):
-        shape = shape.replace(num_kv_heads=1)
-    elif variant == "gqa" and shape.num_kv_heads is None:
-        shape = shape.replace(num_kv_heads=shape.num_heads)
-    if variant in GQA_FAMILY and shape.head_dim % 2:
-        raise ShapeError("head_dim", f"must be even for rotate-half RoPE, got {shape.head_dim}")
-    if variant in MLA_VARIANTS:
-        if shape.kv_lora_rank <= 0:
-            raise ShapeError("kv_lora_rank", f"{variant} needs kv_lora_rank > 0")
-        if shape.rope_head_dim <= 0:
-            raise ShapeError("rope_head_dim", f"{variant} needs rope_head_dim > 0")
-    if variant == "lowrank-kv":
-        if not 0 < shape.kv_lora_rank < shape.head_dim:
-            raise ShapeError(
-                "kv_lora_rank",
-                f"lowrank-kv needs 0 < kv_lora_rank < head_dim ({shape.head_dim}), got {shape.kv_lora_rank}",
-            )
-        if shape.head_dim % 2:
-            raise ShapeError("head_dim", f"must be even for rotate-half RoPE, got {shape.head_dim}")
-    if variant == "linformer" and shape.kv_lora_rank <= 0:
-        raise ShapeError("kv_lora_rank", "linformer needs kv_lora_rank (projected length k) > 0")
-    return shape
 
 
 def validate_case_dims(batch: int, seq_len: int, q_len: int) -> None:

@@ -34,15 +34,14 @@ import tomllib
 from mlabench.case import MODES, Case
 from mlabench.config import (
     PRESETS,
-    VARIANTS,
     AttentionShape,
     ShapeError,
     canonical_dtype,
     from_name,
-    shape_for_variant,
     validate_case_dims,
 )
 from mlabench.errors import UsageError
+from mlabench.variants.registry import shape_for_variant, variant_names
 
 CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype")
 SHAPE_AXES = tuple(f.name for f in fields(AttentionShape) if f.name not in ("name", "dtype"))
@@ -161,7 +160,7 @@ def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: str) -> None:
-    known = {"model": list(PRESETS), "variant": list(VARIANTS), "backend": list(backends), "mode": list(MODES)}
+    known = {"model": list(PRESETS), "variant": list(variant_names()), "backend": list(backends), "mode": list(MODES)}
     for axis, allowed in known.items():
         for v in axes.get(axis, []):
             if v not in allowed:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mlabench import analytic
-from mlabench.config import PRESETS, AttentionShape, ShapeError, from_name, shape_for_variant, validate_case_dims
-from mlabench.variants import VARIANT_CLASSES, build_variant
+from mlabench.config import PRESETS, AttentionShape, ShapeError, from_name, validate_case_dims
+from mlabench.variants import VARIANT_CLASSES, build_variant, shape_for_variant
 from mlabench.variants.registry import torch_dtype
 
 DTYPES = ("float32", "bfloat16", "float16")

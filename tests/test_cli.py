@@ -7,7 +7,7 @@ import json
 import pytest
 from cli_run import run_cli
 
-from mlabench.config import VARIANTS
+from mlabench.variants import variant_names
 
 
 def run_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
@@ -18,7 +18,7 @@ def run_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, doc = run_json(["list"], capsys)
     assert code == 0
-    assert [v["name"] for v in doc["variants"]] == list(VARIANTS)
+    assert [v["name"] for v in doc["variants"]] == list(variant_names())
     backends = {b["name"]: b for b in doc["backends"]}
     assert backends["eager"]["available"] is True
     for b in backends.values():

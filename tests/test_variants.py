@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlabench.config import MLA_VARIANTS, AttentionShape, from_name
+from mlabench.config import AttentionShape, from_name
 from mlabench.errors import UnsupportedError
 from mlabench.variants import VARIANT_CLASSES, build_variant
 
@@ -217,7 +217,7 @@ def _causal_softmax(scores: torch.Tensor) -> torch.Tensor:  # (B, H, S, T), S ==
     return scores.masked_fill(~mask, float("-inf")).softmax(-1)
 
 
-@pytest.mark.parametrize("variant", MLA_VARIANTS)
+@pytest.mark.parametrize("variant", ["mla-expanded", "mla-latent", "mla-absorbed"])
 def test_mla_matches_the_math_contract(variant: str) -> None:
     sh = MLA_SHAPES["q_lora"].replace(rope_theta=50.0)
     m = build_variant(variant, sh, dtype=F64, seed=51)

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from mlabench.case import MODES, Case
-from mlabench.config import VARIANTS
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.registry import variant_names
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,16 @@ Prepare = Callable[[AttentionVariant, Case, StepInputs], Prepared]
 class BackendSpec:
     name: str
     description: str
-    variants: tuple[str, ...]  # the variants it can ever serve (others are not put in the grid)
+    serves: tuple[str, ...] | None  # the variants it can ever serve (None: every registered one)
     modes: tuple[str, ...]
     fused: bool
     prepare: Prepare
     unavailable: Callable[[torch.device], str | None]  # None when usable on that device, else why not
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Resolved on use, so a variant registered after the backend is served by `serves=None` ones."""
+        return self.serves if self.serves is not None else variant_names()
 
 
 BACKENDS: dict[str, BackendSpec] = {}
@@ -64,7 +69,7 @@ def register_backend(
     name: str,
     *,
     description: str,
-    variants: tuple[str, ...] = VARIANTS,
+    variants: tuple[str, ...] | None = None,
     modes: tuple[str, ...] = MODES,
     fused: bool = False,
     unavailable: Callable[[torch.device], str | None] = _always_available,
@@ -72,12 +77,14 @@ def register_backend(
     def deco(prepare: Prepare) -> Prepare:
         if name in BACKENDS:
             raise ValueError(f"backend {name!r} registered twice")
-        BACKENDS[name] = BackendSpec(name, description, tuple(variants), tuple(modes), fused, prepare, unavailable)
+        served = tuple(variants) if variants is not None else None
+        BACKENDS[name] = BackendSpec(name, description, served, tuple(modes), fused, prepare, unavailable)
         return prepare
 
     return deco
 
 
 def served_variants() -> dict[str, tuple[str, ...]]:
-    """backend -> variants, for grid expansion."""
+    """backend -> variants, for grid expansion (resolved now, so a variant registered after a
+    backend is still served by the backends that serve every variant)."""
     return {name: spec.variants for name, spec in BACKENDS.items()}

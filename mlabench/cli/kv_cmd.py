@@ -34,7 +34,8 @@ def kv(
 ) -> None:
     """KV-cache bytes per token per layer, per token for the whole model, for the batch, per variant."""
     from mlabench import analytic
-    from mlabench.config import VARIANTS, ShapeError, canonical_dtype, from_name, shape_for_variant
+    from mlabench.config import ShapeError, canonical_dtype, from_name
+    from mlabench.variants import VARIANT_CLASSES, shape_for_variant
 
     if seq_len <= 0 or batch <= 0:
         raise UsageError(f"--{'seq-len' if seq_len <= 0 else 'batch'}: must be a positive integer")
@@ -48,25 +49,31 @@ def kv(
     except ShapeError as exc:
         raise UsageError(str(exc) if exc.field != "model" else f"--preset: {exc}") from None
     budget = parse_bytes("--memory", memory) if memory else None
-    wanted = split_list("--variant", variant) or [v for v in VARIANTS if v != "linformer"]
+    wanted = split_list("--variant", variant) or list(VARIANT_CLASSES)
     rows: list[dict[str, Any]] = []
+    shown: list[tuple[type, Any]] = []
     for name in wanted:
-        if name not in VARIANTS:
-            raise UsageError(f"--variant: unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
-        if name == "linformer":
-            raise UsageError("--variant: linformer keeps a fixed number of projected rows, not a per-token cache")
+        if name not in VARIANT_CLASSES:
+            raise UsageError(f"--variant: unknown variant {name!r} (choose from {', '.join(VARIANT_CLASSES)})")
         try:
             sh = shape_for_variant(name, shape)
         except ShapeError as exc:
             if variant:  # asked for explicitly: say why not
                 raise UsageError(f"--variant {name}: {exc}") from None
             continue
-        if name == "gqa" and sh.kv_heads in (1, sh.num_heads) and not variant:
-            continue  # the preset has no real grouping: gqa would repeat mha or mqa
+        if VARIANT_CLASSES[name].kv_elements_per_token(sh) is None:
+            if variant:
+                raise UsageError(f"--variant: {name} keeps a fixed number of rows per sequence, not a per-token cache")
+            continue
+        cls = VARIANT_CLASSES[name]
+        if not variant and any(other == sh and (issubclass(c, cls) or issubclass(cls, c)) for c, other in shown):
+            continue  # the same shape as a special case of itself: gqa with G = H is mha
+        shown.append((cls, sh))
         per_layer = analytic.kv_cache_bytes(name, sh, 1, 1)
         per_token = per_layer * sh.num_layers
         total = per_token * batch * seq_len
-        row = {"variant": name, "num_kv_heads": sh.kv_heads if name in ("mha", "mqa", "gqa") else None,
+        row = {"variant": name, "family": VARIANT_CLASSES[name].family,
+               "num_kv_heads": sh.kv_heads if VARIANT_CLASSES[name].family == "gqa" else None,
                "bytes_per_token_per_layer": per_layer, "bytes_per_token": per_token, "batch_bytes": total}
         if budget is not None:
             row["fits"] = total <= budget

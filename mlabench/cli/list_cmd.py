@@ -9,17 +9,6 @@ from rich.table import Table
 
 from mlabench.cli.common import out_console, print_json
 
-VARIANT_NOTES = {
-    "mha": ("K, V per head", "2*H*D"),
-    "mqa": ("one K, V head", "2*D"),
-    "gqa": ("K, V per KV group", "2*G*D"),
-    "mla-expanded": ("up-projected K, V per head", "H*(d_qk+d_v)"),
-    "mla-latent": ("latent c_kv + RoPE key; re-expanded every call", "d_c+d_r"),
-    "mla-absorbed": ("latent c_kv + RoPE key; attends in latent space", "d_c+d_r"),
-    "lowrank-kv": ("per-head K, V latents", "2*H*r"),
-    "linformer": ("K, V projected to k rows (prefill only)", "2*k*H*D per sequence"),
-}
-
 
 def list_(
     device: Annotated[str, typer.Option(help="Device to check backend availability on.")] = "auto",
@@ -27,7 +16,8 @@ def list_(
 ) -> None:
     """List variants, backends (available here or why not), suites and model presets."""
     from mlabench.backends import BACKENDS
-    from mlabench.config import PRESETS, VARIANTS
+    from mlabench.backends.registry import served_variants
+    from mlabench.config import PRESETS
     from mlabench.measure.envinfo import resolve_device
     from mlabench.suites import available_suites, load_suite
     from mlabench.variants import VARIANT_CLASSES
@@ -35,16 +25,18 @@ def list_(
     dev = resolve_device(device)
     doc: dict[str, Any] = {
         "device": str(dev),
-        "variants": [{"name": n, "caches": VARIANT_NOTES[n][0], "elements_per_token_per_layer": VARIANT_NOTES[n][1],
-                      "decode": VARIANT_CLASSES[n].supports_decode} for n in VARIANTS],
+        "variants": [{"name": n, "family": cls.family, "caches": cls.caches,
+                      "elements_per_token_per_layer": cls.cache_formula, "decode": cls.supports_decode}
+                     for n, cls in VARIANT_CLASSES.items()],
         "backends": [],
         "suites": [],
         "presets": [],
     }
+    served = served_variants()
     for spec in BACKENDS.values():
         reason = spec.unavailable(dev)
         doc["backends"].append({"name": spec.name, "available": reason is None, "reason": reason,
-                                "fused": spec.fused, "modes": list(spec.modes), "variants": list(spec.variants),
+                                "fused": spec.fused, "modes": list(spec.modes), "variants": list(served[spec.name]),
                                 "description": spec.description})
     for name, path in available_suites().items():
         try:

@@ -18,6 +18,7 @@ import torch
 
 from mlabench import analytic
 from mlabench.case import Case
+from mlabench.variants.registry import variant_class
 
 
 @dataclass(frozen=True)
@@ -94,17 +95,15 @@ def estimate_case_bytes(case: Case, accuracy: bool) -> int:
     score matrix (fp32, with softmax's copies) and, when checked, the float64 reference."""
     sh, step = case.shape, case.step
     eb = sh.element_bytes
-    weights = analytic.param_count(case.variant, sh, seq_len=case.seq_len) * eb
+    cls = variant_class(case.variant)
+    weights = cls.param_count(sh, seq_len=case.seq_len) * eb
     cache = analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len)
     heads = sh.num_heads
-    keys = sh.kv_lora_rank if case.variant == "linformer" else step.total
-    scores = case.batch * heads * step.new_tokens * keys * 4 * 3
+    scores = case.batch * heads * step.new_tokens * cls.attended_keys(sh, step) * 4 * 3
     head_width = max(sh.qk_head_dim, sh.head_dim, sh.value_dim, sh.kv_lora_rank + sh.rope_head_dim)
     width = max(sh.hidden_size, heads * head_width)
     activations = case.batch * step.new_tokens * width * eb * 6
-    expanded = 0
-    if case.variant in ("mla-latent", "lowrank-kv"):  # re-expanded K/V of the whole context
-        expanded = case.batch * step.total * heads * (sh.qk_head_dim + sh.value_dim + 2 * sh.head_dim) * eb
+    expanded = cls.transient_elements(sh, step) * eb  # re-expanded K/V of the whole context, where it happens
     total = weights + cache + scores + activations + expanded
     if accuracy:  # float64 copy of weights, of the reference batch's cache, and its scores
         ref_batch = min(case.batch, 2)

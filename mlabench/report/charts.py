@@ -21,7 +21,6 @@ from plotly.subplots import make_subplots
 from mlabench.report.labels import series_labels
 
 PALETTE = px.colors.qualitative.Plotly + px.colors.qualitative.D3 + px.colors.qualitative.Dark24
-LATENT_VARIANTS = ("mla-expanded", "mla-latent", "mla-absorbed", "lowrank-kv", "linformer")
 # Columns a (variant, backend) is matched on against the speedup baseline: the workload, not the design.
 MATCH_COLUMNS = ("suite", "model", "mode", "dtype", "device", "batch", "seq_len", "q_len", "num_heads")
 FACET_HEIGHT = 300
@@ -300,8 +299,11 @@ def _rank_context(rows: pd.DataFrame) -> pd.DataFrame:
 
 def rank_chart(df: pd.DataFrame) -> Chart | None:
     """KV bytes and latency against kv_lora_rank; None when no latent variant has two ranks."""
-    rows = df[df["variant"].isin(LATENT_VARIANTS) & (df["kv_lora_rank"] > 0)]
-    if rows.empty or rows.groupby("variant")["kv_lora_rank"].nunique().max() < 2:
+    # The variants whose rows sweep the latent rank: read from the rows, so a new latent variant
+    # joins the chart without a list to update (and the report needs no variant classes).
+    ranks = df[df["kv_lora_rank"] > 0].groupby("variant")["kv_lora_rank"].nunique()
+    rows = df[df["variant"].isin(ranks[ranks >= 2].index) & (df["kv_lora_rank"] > 0)]
+    if rows.empty:
         return None
     rows = _rank_context(rows)
     if rows["kv_lora_rank"].nunique() < 2:

@@ -18,12 +18,15 @@ The core contract, shared by every variant and backend:
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from mlabench.config import AttentionShape, shape_for_variant
+from mlabench.config import AttentionShape
+
+if TYPE_CHECKING:
+    from mlabench.analytic import Step
 
 
 class CoreAttention(Protocol):
@@ -90,16 +93,82 @@ def linear(d_in: int, d_out: int, device: torch.device | None, dtype: torch.dtyp
 
 
 class AttentionVariant(nn.Module):
-    """Base class. Subclasses set `name`, build weights in `__init__` and implement
-    `cache_shapes` and `forward` (and `_build_length_state` when they have RoPE tables)."""
+    """Base class: one attention design, its math (`forward`) and its costs (class methods).
+
+    A subclass sets `name` and the descriptive class attributes, builds weights in
+    `__init__`, and implements `cache_shapes`, `forward` (plus `_build_length_state` when
+    it has RoPE tables) and the cost model below, from MLA.md. The cost model is class
+    methods of the normalized shape, so `mlabench kv` and the analytic columns read them
+    without building a module. Register with `@register_variant`; nothing else names it.
+    """
 
     name: ClassVar[str]
+    family: ClassVar[str] = "other"  # grouping in listings and charts: gqa, mla, latent, ...
+    caches: ClassVar[str] = ""  # what one token leaves in the cache, in words
+    cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in MLA.md's symbols
     supports_decode: ClassVar[bool] = True
+
+    # --- shape and cost model (no tensors) -----------------------------------------------
+    @classmethod
+    def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
+        """The shape this variant runs, num_kv_heads set to the KV heads it attends with (what
+        the results' column records); ShapeError naming the field when it cannot serve it."""
+        return shape
+
+    @classmethod
+    def kv_elements_per_token(cls, sh: AttentionShape) -> int | None:
+        """Cache elements per token per layer; None when the cache does not grow with tokens."""
+        raise NotImplementedError
+
+    @classmethod
+    def kv_cache_elements(cls, sh: AttentionShape, batch: int, seq_len: int) -> int:
+        """Cache elements of one layer for `batch` sequences of `seq_len` slots."""
+        per_token = cls.kv_elements_per_token(sh)
+        if per_token is None:
+            raise NotImplementedError(f"{cls.name} must define kv_cache_elements")
+        return batch * seq_len * per_token
+
+    @classmethod
+    def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
+        """Parameters of one layer's module (the runner counts the module; tests hold the two equal)."""
+        raise NotImplementedError
+
+    @classmethod
+    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
+        """Attention core FLOPs (scores, weighted sum, cache expansion where the variant does it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
+        """FLOPs of the new tokens' projections (and run-time absorption)."""
+        raise NotImplementedError
+
+    @classmethod
+    def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
+        """Per-token widths of the core's Q input and O output."""
+        return sh.num_heads * sh.head_dim, sh.num_heads * sh.head_dim
+
+    @classmethod
+    def cache_traffic_elements(cls, sh: AttentionShape, step: Step) -> int:
+        """Cache (and cache-derived) elements a step must move: by default T tokens read, S written."""
+        per_token = cls.kv_elements_per_token(sh) or 0
+        return step.batch * (step.total + step.new_tokens) * per_token
+
+    @classmethod
+    def attended_keys(cls, sh: AttentionShape, step: Step) -> int:
+        """Keys each query scores against (the width of the score matrix)."""
+        return step.total
+
+    @classmethod
+    def transient_elements(cls, sh: AttentionShape, step: Step) -> int:
+        """Elements a step materializes beyond cache and activations (re-expanded K/V), for the
+        CPU memory pre-flight."""
+        return 0
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__()
-        self.shape = shape_for_variant(self.name, shape)
+        self.shape = self.normalize_shape(shape)
         self.max_seq_len = 0
         self.batch = 0
         # Plain attributes, not buffers: the cache stays out of state_dict, so a real

@@ -6,10 +6,15 @@ rotate-half RoPE. Cache: K and V, (B, T, G, D) each: 2*G*D elements per token.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from mlabench.config import AttentionShape
+if TYPE_CHECKING:
+    from mlabench.analytic import Step
+
+from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
@@ -17,6 +22,40 @@ from mlabench.variants.rope import apply_rotate_half, rope_table
 
 class GroupedQueryAttention(AttentionVariant):
     name = "gqa"
+    family = "gqa"
+    caches = "K, V per KV group"
+    cache_formula = "2*G*D"
+
+    @classmethod
+    def _kv_heads(cls, shape: AttentionShape) -> int | None:
+        """G for this member of the family (None: the shape's own, H when unset)."""
+        return None
+
+    @classmethod
+    def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
+        g = cls._kv_heads(shape)
+        if g is not None or shape.num_kv_heads is None:
+            shape = shape.replace(num_kv_heads=g if g is not None else shape.num_heads)
+        if shape.head_dim % 2:
+            raise ShapeError("head_dim", f"must be even for rotate-half RoPE, got {shape.head_dim}")
+        return shape
+
+    @classmethod
+    def kv_elements_per_token(cls, sh: AttentionShape) -> int:
+        return 2 * sh.kv_heads * sh.head_dim
+
+    @classmethod
+    def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
+        d, h, dh = sh.hidden_size, sh.num_heads, sh.head_dim
+        return d * h * dh + 2 * d * sh.kv_heads * dh + h * dh * d
+
+    @classmethod
+    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
+        return step.batch * 4 * sh.num_heads * sh.head_dim * step.attended_pairs
+
+    @classmethod
+    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
+        return step.batch * step.new_tokens * 2 * cls.param_count(sh)
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
@@ -55,11 +94,23 @@ class GroupedQueryAttention(AttentionVariant):
 @register_variant
 class MultiHeadAttention(GroupedQueryAttention):
     name = "mha"
+    caches = "K, V per head"
+    cache_formula = "2*H*D"
+
+    @classmethod
+    def _kv_heads(cls, shape: AttentionShape) -> int:
+        return shape.num_heads
 
 
 @register_variant
 class MultiQueryAttention(GroupedQueryAttention):
     name = "mqa"
+    caches = "one K, V head"
+    cache_formula = "2*D"
+
+    @classmethod
+    def _kv_heads(cls, shape: AttentionShape) -> int:
+        return 1
 
 
 register_variant(GroupedQueryAttention)

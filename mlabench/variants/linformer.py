@@ -12,19 +12,68 @@ sequence, independent of n. No RoPE, as in the paper.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
-from mlabench.config import AttentionShape
+from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention, linear
 from mlabench.variants.registry import register_variant
+
+if TYPE_CHECKING:
+    from mlabench.analytic import Step
 
 
 @register_variant
 class Linformer(AttentionVariant):
     name = "linformer"
+    family = "latent"
+    caches = "K, V projected to k rows (prefill only)"
+    cache_formula = "2*k*H*D per sequence"
     supports_decode = False
+
+    @classmethod
+    def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
+        if shape.kv_lora_rank <= 0:
+            raise ShapeError("kv_lora_rank", "linformer needs kv_lora_rank (projected length k) > 0")
+        return shape.replace(num_kv_heads=shape.num_heads)  # K and V are projected for every head
+
+    @classmethod
+    def kv_elements_per_token(cls, sh: AttentionShape) -> None:
+        return None  # a fixed number of projected rows, whatever the length
+
+    @classmethod
+    def kv_cache_elements(cls, sh: AttentionShape, batch: int, seq_len: int) -> int:
+        return batch * 2 * sh.kv_lora_rank * sh.num_heads * sh.head_dim
+
+    @classmethod
+    def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
+        if seq_len is None:
+            raise ValueError("linformer's parameter count depends on seq_len (its [k, n] projections)")
+        return 4 * sh.hidden_size * sh.num_heads * sh.head_dim + 2 * sh.kv_lora_rank * seq_len
+
+    @classmethod
+    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
+        n, k, h, dh = step.total, sh.kv_lora_rank, sh.num_heads, sh.head_dim
+        seq_proj = 2 * 2 * k * n * h * dh  # K and V projected along the sequence
+        return step.batch * (seq_proj + 4 * h * dh * n * k)
+
+    @classmethod
+    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
+        return step.batch * step.new_tokens * 2 * 4 * sh.hidden_size * sh.num_heads * sh.head_dim
+
+    @classmethod
+    def cache_traffic_elements(cls, sh: AttentionShape, step: Step) -> int:
+        k, h, dh = sh.kv_lora_rank, sh.num_heads, sh.head_dim
+        full_kv = 2 * step.total * h * dh  # K, V written then read by the sequence projection
+        projected = 2 * k * h * dh  # projected K, V written then read by the core
+        return step.batch * 2 * (full_kv + projected)
+
+    @classmethod
+    def attended_keys(cls, sh: AttentionShape, step: Step) -> int:
+        return sh.kv_lora_rank
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):

@@ -11,18 +11,65 @@ Weights: `q_proj [H*D, d]`, `k_proj`/`v_proj [H*r, d]` (down), `k_up_proj`/`v_up
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
-from mlabench.config import AttentionShape
+from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
+
+if TYPE_CHECKING:
+    from mlabench.analytic import Step
 
 
 @register_variant
 class LowRankKV(AttentionVariant):
     name = "lowrank-kv"
+    family = "latent"
+    caches = "per-head K, V latents"
+    cache_formula = "2*H*r"
+
+    @classmethod
+    def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
+        if not 0 < shape.kv_lora_rank < shape.head_dim:
+            raise ShapeError("kv_lora_rank", f"lowrank-kv needs 0 < kv_lora_rank < head_dim ({shape.head_dim}), "
+                                             f"got {shape.kv_lora_rank}")
+        if shape.head_dim % 2:
+            raise ShapeError("head_dim", f"must be even for rotate-half RoPE, got {shape.head_dim}")
+        return shape.replace(num_kv_heads=shape.num_heads)  # every head keeps its own latents
+
+    @classmethod
+    def kv_elements_per_token(cls, sh: AttentionShape) -> int:
+        return 2 * sh.num_heads * sh.kv_lora_rank
+
+    @classmethod
+    def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
+        d, h, dh, r = sh.hidden_size, sh.num_heads, sh.head_dim, sh.kv_lora_rank
+        return d * h * dh + 2 * d * h * r + 2 * h * dh * r + h * dh * d
+
+    @classmethod
+    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
+        h, dh = sh.num_heads, sh.head_dim
+        expand = 2 * 2 * h * sh.kv_lora_rank * dh * step.total  # K and V up-projected for every cached token
+        return step.batch * (4 * h * dh * step.attended_pairs + expand)
+
+    @classmethod
+    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
+        d, h, dh, r = sh.hidden_size, sh.num_heads, sh.head_dim, sh.kv_lora_rank
+        return step.batch * step.new_tokens * 2 * (d * h * dh + 2 * d * h * r + h * dh * d)
+
+    @classmethod
+    def cache_traffic_elements(cls, sh: AttentionShape, step: Step) -> int:
+        expanded = step.batch * 2 * step.total * 2 * sh.num_heads * sh.head_dim  # up-projected K, V written, read
+        return super().cache_traffic_elements(sh, step) + expanded
+
+    @classmethod
+    def transient_elements(cls, sh: AttentionShape, step: Step) -> int:
+        # up-projected K and V, and K again after RoPE, per cached token (a generous bound)
+        return step.batch * step.total * 4 * sh.num_heads * sh.head_dim
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):

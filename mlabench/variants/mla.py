@@ -16,16 +16,64 @@ c_kv: V is a view of K, never a copy, exactly the layout FlashMLA reads.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from mlabench.config import AttentionShape
+from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants.base import AttentionVariant, CoreAttention, RMSNorm, eager_attention, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
 
+if TYPE_CHECKING:
+    from mlabench.analytic import Step
+
 
 class _MLABase(AttentionVariant):
+    family = "mla"
+    caches = "latent c_kv + the shared RoPE key"
+    cache_formula = "d_c+d_r"
+
+    @classmethod
+    def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
+        if shape.kv_lora_rank <= 0:
+            raise ShapeError("kv_lora_rank", f"{cls.name} needs kv_lora_rank > 0")
+        if shape.rope_head_dim <= 0:
+            raise ShapeError("rope_head_dim", f"{cls.name} needs rope_head_dim > 0")
+        # The latent is one KV head shared by every query head; the expanded cache has H.
+        return shape.replace(num_kv_heads=1)
+
+    @classmethod
+    def kv_elements_per_token(cls, sh: AttentionShape) -> int:
+        return sh.kv_lora_rank + sh.rope_head_dim
+
+    @classmethod
+    def _query_params(cls, sh: AttentionShape) -> int:
+        """Query path weights, as multiply-adds per token (norm weights not included)."""
+        h, d = sh.num_heads, sh.hidden_size
+        if sh.q_lora_rank > 0:
+            return d * sh.q_lora_rank + sh.q_lora_rank * h * sh.qk_head_dim
+        return d * h * sh.qk_head_dim
+
+    @classmethod
+    def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
+        h, d = sh.num_heads, sh.hidden_size
+        norms = sh.q_lora_rank + sh.kv_lora_rank  # q_a_layernorm (when present), kv_a_layernorm
+        kv_a = d * (sh.kv_lora_rank + sh.rope_head_dim)
+        kv_b = sh.kv_lora_rank * h * (sh.head_dim + sh.value_dim)
+        return cls._query_params(sh) + norms + kv_a + kv_b + h * sh.value_dim * d
+
+    @classmethod
+    def _shared_projection_macs(cls, sh: AttentionShape) -> int:
+        """Per new token: queries, the latent down-projection and the output projection."""
+        return cls._query_params(sh) + sh.hidden_size * (sh.kv_lora_rank + sh.rope_head_dim) \
+            + sh.num_heads * sh.value_dim * sh.hidden_size
+
+    @classmethod
+    def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
+        return sh.num_heads * sh.qk_head_dim, sh.num_heads * sh.value_dim
+
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__(shape, device, dtype)
@@ -80,6 +128,25 @@ class _MLABase(AttentionVariant):
 @register_variant
 class MLAExpanded(_MLABase):
     name = "mla-expanded"
+    caches = "up-projected K, V per head"
+    cache_formula = "H*(d_qk+d_v)"
+
+    @classmethod
+    def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
+        return super().normalize_shape(shape).replace(num_kv_heads=shape.num_heads)
+
+    @classmethod
+    def kv_elements_per_token(cls, sh: AttentionShape) -> int:
+        return sh.num_heads * (sh.qk_head_dim + sh.value_dim)
+
+    @classmethod
+    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
+        return step.batch * 2 * sh.num_heads * (sh.qk_head_dim + sh.value_dim) * step.attended_pairs
+
+    @classmethod
+    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
+        up = sh.kv_lora_rank * sh.num_heads * (sh.head_dim + sh.value_dim)  # up-project the new tokens
+        return step.batch * step.new_tokens * 2 * (cls._shared_projection_macs(sh) + up)
 
     def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         sh = self.shape
@@ -118,6 +185,27 @@ class _LatentCacheMLA(_MLABase):
 @register_variant
 class MLALatent(_LatentCacheMLA):
     name = "mla-latent"
+    caches = "latent c_kv + RoPE key; re-expanded every call"
+
+    @classmethod
+    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
+        h = sh.num_heads
+        expand = 2 * h * sh.kv_lora_rank * (sh.head_dim + sh.value_dim) * step.total
+        return step.batch * (2 * h * (sh.qk_head_dim + sh.value_dim) * step.attended_pairs + expand)
+
+    @classmethod
+    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
+        return step.batch * step.new_tokens * 2 * cls._shared_projection_macs(sh)
+
+    @classmethod
+    def cache_traffic_elements(cls, sh: AttentionShape, step: Step) -> int:
+        expanded = step.batch * 2 * step.total * sh.num_heads * (sh.qk_head_dim + sh.value_dim)  # written, read
+        return super().cache_traffic_elements(sh, step) + expanded
+
+    @classmethod
+    def transient_elements(cls, sh: AttentionShape, step: Step) -> int:
+        # kv_b_proj's output (H*(d_n+d_v)) and K with the RoPE key concatenated (H*d_qk), per cached token
+        return step.batch * step.total * sh.num_heads * (sh.qk_head_dim + sh.value_dim + 2 * sh.head_dim)
 
     def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
         self._check_step(x, start_pos)
@@ -133,6 +221,21 @@ class MLALatent(_LatentCacheMLA):
 @register_variant
 class MLAAbsorbed(_LatentCacheMLA):
     name = "mla-absorbed"
+    caches = "latent c_kv + RoPE key; attends in latent space"
+
+    @classmethod
+    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
+        return step.batch * 2 * sh.num_heads * (2 * sh.kv_lora_rank + sh.rope_head_dim) * step.attended_pairs
+
+    @classmethod
+    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
+        h = sh.num_heads
+        absorb = h * sh.head_dim * sh.kv_lora_rank + h * sh.kv_lora_rank * sh.value_dim  # W_UK, W_UV
+        return step.batch * step.new_tokens * 2 * (cls._shared_projection_macs(sh) + absorb)
+
+    @classmethod
+    def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
+        return sh.num_heads * (sh.kv_lora_rank + sh.rope_head_dim), sh.num_heads * sh.kv_lora_rank
 
     def absorbed_query(self, x: Tensor, start_pos: int) -> Tensor:
         """q' = [q_nope W_UK, q_pe] (B, S, H, d_c + d_r) for the tokens of x at start_pos."""
