@@ -12,6 +12,8 @@ compare can use them anywhere. Formulas follow MLA.md:
 - Bytes are a lower bound on traffic: weights once, the cache tokens attended
   once (the MLA latent once, since V is a slice of K), cache writes, x, y, Q and O;
   for mla-latent and lowrank-kv also the expanded K/V written and read back.
+- Timing scope "core" has its own figures (`kernel_flops`, `kernel_bytes`): the core alone
+  on the tensors the variant hands it, so a kernel's roofline share reads off core rows.
 """
 
 from __future__ import annotations
@@ -191,3 +193,59 @@ def bytes_moved(variant: str, shape: AttentionShape, step: Step) -> int:
     elif variant == "lowrank-kv":
         extra = b * 2 * t * 2 * sh.num_heads * sh.head_dim * eb
     return weights + activations + cache + extra
+
+
+# --- the attention core alone (timing scope "core") ----------------------------------------
+def _core_kv_widths(variant: str, sh: AttentionShape) -> tuple[int, int]:
+    """Per-token widths of the K and V the core reads (the variant's `core_inputs`); for the MLA
+    latent V is a slice of K, so its width is 0 (read once)."""
+    h = sh.num_heads
+    if variant in GQA_FAMILY:
+        return sh.kv_heads * sh.head_dim, sh.kv_heads * sh.head_dim
+    if variant in ("mla-expanded", "mla-latent"):  # mla-latent hands the core the re-expanded K, V
+        return h * sh.qk_head_dim, h * sh.value_dim
+    if variant == "mla-absorbed":
+        return sh.kv_lora_rank + sh.rope_head_dim, 0
+    if variant in ("lowrank-kv", "linformer"):  # up-projected (lowrank) or sequence-projected (linformer)
+        return h * sh.head_dim, h * sh.head_dim
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def _core_keys(variant: str, sh: AttentionShape, step: Step) -> int:
+    """Keys the core reads per sequence: linformer's k projected rows, else every cached token."""
+    return sh.kv_lora_rank if variant == "linformer" else step.total
+
+
+def kernel_flops(variant: str, shape: AttentionShape, step: Step) -> int:
+    """FLOPs of the core alone: scores and weighted sum over the pairs it attends, no cache
+    expansion (that happens before the core, in `core_inputs`)."""
+    sh = shape_for_variant(variant, shape)
+    h, b = sh.num_heads, step.batch
+    if variant == "linformer":  # bidirectional over k projected rows
+        return b * 4 * h * sh.head_dim * step.new_tokens * sh.kv_lora_rank
+    pairs = step.attended_pairs
+    if variant in GQA_FAMILY or variant == "lowrank-kv":
+        return b * 4 * h * sh.head_dim * pairs
+    if variant in ("mla-expanded", "mla-latent"):
+        return b * 2 * h * (sh.qk_head_dim + sh.value_dim) * pairs
+    if variant == "mla-absorbed":
+        return b * 2 * h * (2 * sh.kv_lora_rank + sh.rope_head_dim) * pairs
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def kernel_bytes(variant: str, shape: AttentionShape, step: Step) -> int:
+    """Minimum bytes of the core alone: K and V read once (the MLA latent once), Q read, O written."""
+    sh = shape_for_variant(variant, shape)
+    eb = sh.element_bytes
+    k_w, v_w = _core_kv_widths(variant, sh)
+    q_w, o_w = _qo_widths(variant, sh)
+    b, s = step.batch, step.new_tokens
+    return b * (_core_keys(variant, sh, step) * (k_w + v_w) + s * (q_w + o_w)) * eb
+
+
+def scoped_flops(variant: str, shape: AttentionShape, step: Step, scope: str) -> int:
+    return kernel_flops(variant, shape, step) if scope == "core" else flops(variant, shape, step)
+
+
+def scoped_bytes(variant: str, shape: AttentionShape, step: Step, scope: str) -> int:
+    return kernel_bytes(variant, shape, step) if scope == "core" else bytes_moved(variant, shape, step)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape
 from mlabench.errors import UnsupportedError
-from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention, linear
+from mlabench.variants.base import AttentionVariant, linear
 from mlabench.variants.registry import register_variant
 
 
@@ -54,7 +54,7 @@ class Linformer(AttentionVariant):
         self.batch, self.max_seq_len = batch, max_seq_len
         self._new_cache(k_cache=(batch, k, h, d), v_cache=(batch, k, h, d))
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         if start_pos != 0:
             raise UnsupportedError(
                 "linformer has no incremental decode: its sequence projection mixes all tokens (prefill only)"
@@ -69,5 +69,8 @@ class Linformer(AttentionVariant):
         k_cache, v_cache = self._cache["k_cache"], self._cache["v_cache"]
         k_cache[:b] = torch.einsum("kn,bnhd->bkhd", self.k_seq_proj[:, :n], k)  # (B, k, H, D)
         v_cache[:b] = torch.einsum("kn,bnhd->bkhd", self.v_seq_proj[:, :n], v)
-        o = core(q, k_cache[:b], v_cache[:b], d**-0.5, False)  # (B, n, H, D)
-        return self.o_proj(o.reshape(b, n, h * d))
+        return q, k_cache[:b], v_cache[:b], d**-0.5, False  # bidirectional
+
+    def core_output(self, o: Tensor) -> Tensor:
+        b, n = o.shape[:2]  # o (B, n, H, D)
+        return self.o_proj(o.reshape(b, n, self.shape.num_heads * self.shape.head_dim))

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mlabench.config import AttentionShape
-from mlabench.variants.base import AttentionVariant, CoreAttention, RMSNorm, eager_attention, linear
+from mlabench.variants.base import AttentionVariant, RMSNorm, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
 
@@ -90,7 +90,7 @@ class MLAExpanded(_MLABase):
         )
         self._set_rope(max_seq_len)
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         self._check_step(x, start_pos)
         b, s, _ = x.shape
         end = start_pos + s
@@ -101,8 +101,9 @@ class MLAExpanded(_MLABase):
         k_cache[:b, start_pos:end] = k
         v_cache[:b, start_pos:end] = v
         q = torch.cat((q_nope, q_pe), dim=-1)  # (B, S, H, d_qk)
-        o = core(q, k_cache[:b, :end], v_cache[:b, :end], self.shape.mla_softmax_scale, True)
-        return self._out(o)
+        return q, k_cache[:b, :end], v_cache[:b, :end], self.shape.mla_softmax_scale, True
+
+    core_output = _MLABase._out
 
 
 class _LatentCacheMLA(_MLABase):
@@ -125,7 +126,7 @@ class _LatentCacheMLA(_MLABase):
 class MLALatent(_LatentCacheMLA):
     name = "mla-latent"
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         self._check_step(x, start_pos)
         s = x.shape[1]
         cos, sin = (t[start_pos:start_pos + s] for t in self._rope)
@@ -133,7 +134,9 @@ class MLALatent(_LatentCacheMLA):
         latent = self._write_latent(x, start_pos, cos, sin)
         k, v = self._expand(*latent.split([self.shape.kv_lora_rank, self.shape.rope_head_dim], dim=-1))
         q = torch.cat((q_nope, q_pe), dim=-1)
-        return self._out(core(q, k, v, self.shape.mla_softmax_scale, True))
+        return q, k, v, self.shape.mla_softmax_scale, True
+
+    core_output = _MLABase._out
 
 
 @register_variant
@@ -158,12 +161,16 @@ class MLAAbsorbed(_LatentCacheMLA):
         w = self.kv_b_proj.weight.view(sh.num_heads, sh.head_dim + sh.value_dim, sh.kv_lora_rank)
         return w[:, sh.head_dim :]  # (H, d_v, d_c)
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
+        """q' (B, S, H, d_c + d_r), k' the latent cache view (B, T, 1, d_c + d_r), v' = k'[..., :d_c]."""
         self._check_step(x, start_pos)
         s = x.shape[1]
         d_c = self.shape.kv_lora_rank
         q = self.absorbed_query(x, start_pos)
         cos, sin = (t[start_pos:start_pos + s] for t in self._rope)
         latent = self._write_latent(x, start_pos, cos, sin)[:, :, None, :]  # (B, T, 1, d_c + d_r)
-        o_lat = core(q, latent, latent[..., :d_c], self.shape.mla_softmax_scale, True)  # (B, S, H, d_c)
+        return q, latent, latent[..., :d_c], self.shape.mla_softmax_scale, True
+
+    def core_output(self, o_lat: Tensor) -> Tensor:
+        """o_lat (B, S, H, d_c) -> W_UV per head -> o_proj."""
         return self._out(torch.einsum("bshc,hdc->bshd", o_lat, self._w_uv()))
