@@ -24,6 +24,7 @@ KEY_COLUMNS: tuple[str, ...] = (
     "variant",
     "backend",
     "mode",
+    "scope",
     "dtype",
     "device",
     "batch",
@@ -58,8 +59,10 @@ MEMORY_COLUMNS: tuple[str, ...] = (
     "params",
 )
 ACCURACY_COLUMNS: tuple[str, ...] = ("max_abs_err", "rel_err")
-# Columns beyond the documented contract: how the case was run.
-EXTRA_COLUMNS: tuple[str, ...] = ("case_id", "backend_detail", "timer", "wall_s")
+# Columns beyond the documented contract: how the case was run. `sample_calls`: calls
+# averaged into one sample (CUDA-graph replays, CPU blocks); `fits_l2`: on hot (graph) rows,
+# whether the case's bytes fit in the GPU's L2, where gbps may exceed the HBM roofline.
+EXTRA_COLUMNS: tuple[str, ...] = ("case_id", "backend_detail", "timer", "sample_calls", "fits_l2", "wall_s")
 
 COLUMNS: tuple[str, ...] = (
     KEY_COLUMNS
@@ -78,6 +81,23 @@ FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate"})
 
 # Deterministic metrics: equal code on equal shapes must give equal values.
 EXACT_COLUMNS: tuple[str, ...] = ("kv_cache_bytes", "kv_cache_bytes_measured", "params", "flops", "bytes")
+
+
+# Timing modes, named by the first word of the `timer` column. Runs timed in different
+# modes (cold events, graph replay, CPU blocks) measure different things.
+TIMING_MODES: tuple[str, ...] = ("cuda-graph", "cuda-cold", "cpu")
+
+
+def timing_mode(timer: str) -> str:
+    """'cuda-graph ...' -> 'cuda-graph'; rows written before the mode word: 'cuda-events, ...' -> 'cuda-cold'."""
+    text = str(timer).strip()
+    if text.startswith("cuda-graph"):
+        return "cuda-graph"
+    if text.startswith(("cuda-cold", "cuda-events")):
+        return "cuda-cold"
+    if text.startswith("cpu"):
+        return "cpu"
+    return text.split(" ")[0] if text else ""
 
 
 def case_id(key: Mapping[str, Any]) -> str:

@@ -13,6 +13,7 @@
     seq_len = [128, 512]
     q_len = [1]           # decode only; prefill always runs q_len = seq_len
     dtype = ["auto"]      # auto: bfloat16 on CUDA, float32 on CPU
+    scope = ["step"]      # step: the whole layer is timed; core: the attention core alone
 
 Names (variants, backends, models, modes, dtypes, fields) are checked before
 any work and name the key at fault. Combinations a shape cannot serve (an MLA
@@ -31,7 +32,7 @@ from typing import Any
 
 import tomllib
 
-from mlabench.case import MODES, Case
+from mlabench.case import MODES, SCOPES, Case
 from mlabench.config import (
     PRESETS,
     VARIANTS,
@@ -44,7 +45,7 @@ from mlabench.config import (
 )
 from mlabench.errors import UsageError
 
-CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype")
+CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope")
 SHAPE_AXES = tuple(f.name for f in fields(AttentionShape) if f.name not in ("name", "dtype"))
 TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options"}
 SETTINGS = {
@@ -161,7 +162,8 @@ def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: str) -> None:
-    known = {"model": list(PRESETS), "variant": list(VARIANTS), "backend": list(backends), "mode": list(MODES)}
+    known = {"model": list(PRESETS), "variant": list(VARIANTS), "backend": list(backends), "mode": list(MODES),
+             "scope": list(SCOPES)}
     for axis, allowed in known.items():
         for v in axes.get(axis, []):
             if v not in allowed:
@@ -206,6 +208,7 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
         axes.setdefault("seq_len", [1024])
         axes.setdefault("q_len", [1])
         axes.setdefault("dtype", ["auto"])
+        axes.setdefault("scope", ["step"])
         shape_axes = [a for a in SHAPE_AXES if a in axes]
         names = list(CASE_AXES) + shape_axes
         kept = 0
@@ -246,7 +249,7 @@ def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[
         return None
     return Case(suite=suite, model=point["model"], variant=point["variant"], backend=point["backend"],
                 mode=point["mode"], device=device, batch=point["batch"], seq_len=point["seq_len"],
-                q_len=q_len, shape=shape, options=tuple(sorted(options.items())))
+                q_len=q_len, shape=shape, scope=point["scope"], options=tuple(sorted(options.items())))
 
 
 def shard(cases: list[Case], k: int, n: int) -> list[Case]:
