@@ -6,6 +6,11 @@ Setup (compilation, cache conversion, kernel selection) happens in `prepare`,
 outside the closure. A backend that cannot run here says why through
 `unavailable(device)`; one that cannot serve a particular case raises
 `UnsupportedError` (status `unsupported`) or `SkippedError` (status `skipped`).
+
+`Prepared.core` is the attention core the backend swaps into the step (the core contract
+of variants/base.py), for timing scope "core": the runner calls it alone on the tensors
+`module.core_inputs` returns. It is set up by the same `prepare` (plans, page pools,
+compilation), so the core timed alone is the core the step runs.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from torch import Tensor
 
 from mlabench.case import MODES, Case
 from mlabench.config import VARIANTS
-from mlabench.variants.base import AttentionVariant
+from mlabench.variants.base import AttentionVariant, CoreAttention
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Prepared:
     fn: Callable[[], Tensor]  # one step, returns (B, S, d)
     detail: str = ""  # recorded in `backend_detail` (chosen kernel, compile mode, ...)
     compile_ms: float | None = None  # one-off compile/autotune time, never mixed into latency
+    core: CoreAttention | None = None  # the core alone, timed in scope "core"; None: the backend has none
 
 
 Prepare = Callable[[AttentionVariant, Case, StepInputs], Prepared]
