@@ -111,6 +111,12 @@ def sweep(
         err_console.print(f"interrupted: rows so far are kept; continue with "
                           f"`mlabench sweep --suite {suite} --out {plan.out_dir} --resume`")
         raise typer.Exit(130)
+    if outcome.device_lost:
+        err_console.print(f"[red]stopped: a sticky CUDA error left the device unusable in this process[/] "
+                          f"({outcome.device_lost}). Rows so far are kept, the failing case among them; "
+                          f"continue in a new process with "
+                          f"`mlabench sweep --suite {suite} --out {plan.out_dir} --resume`")
+        raise typer.Exit(1)
     if outcome.failed:
         raise typer.Exit(1)
 
