@@ -15,6 +15,10 @@
     dtype = ["auto"]      # auto: bfloat16 on CUDA, float32 on CPU
     scope = ["step"]      # step: the whole layer is timed; core: the attention core alone
 
+A grid may set `suite = "claims"` (one name): its rows are recorded under that suite name
+instead of the file's, so a suite can carry the claims configurations and the report still
+finds them (claims are the rows with suite = "claims").
+
 Names (variants, backends, models, modes, dtypes, fields) are checked before
 any work and name the key at fault. Combinations a shape cannot serve (an MLA
 variant on a model without latent ranks, q_len > seq_len) are dropped; a grid
@@ -116,6 +120,11 @@ def _as_list(key: str, value: Any) -> list[Any]:
 def _check_axes(where: str, table: Mapping[str, Any]) -> dict[str, list[Any]]:
     out = {}
     for key, value in table.items():
+        if key == "suite":
+            if not isinstance(value, str) or not value.strip():
+                raise UsageError(f"suite: 'suite' in {where} must be one non-empty name, got {value!r}")
+            out[key] = [value.strip()]
+            continue
         if key not in CASE_AXES and key not in SHAPE_AXES:
             raise UsageError(f"suite: unknown key {key!r} in {where} (axes: {', '.join(CASE_AXES + SHAPE_AXES)})")
         out[key] = _as_list(key, value)
@@ -218,7 +227,7 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
                 continue  # q_len does not apply to prefill: one case, not one per q_len
             if point["variant"] not in backends[point["backend"]]:
                 continue  # the backend never serves this variant
-            case = _make_case(suite.name, device, point, shape_axes, suite.options, dropped)
+            case = _make_case(axes.get("suite", [suite.name])[0], device, point, shape_axes, suite.options, dropped)
             if case is None:
                 continue
             kept += 1
