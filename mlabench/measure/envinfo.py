@@ -60,10 +60,10 @@ def cpu_model() -> str:
 GIT_COMMIT_ENV = "MLABENCH_GIT_COMMIT"
 
 
-def git_commit() -> str | None:
+def git_commit(root: Path | None = None) -> str | None:
     """The checkout's commit (`git describe --dirty`), else $MLABENCH_GIT_COMMIT: a working tree
     copied to a machine without its .git (a GPU box without network) still records where it came from."""
-    root = Path(mlabench.__file__).resolve().parent.parent
+    root = root or Path(mlabench.__file__).resolve().parent.parent
     given = os.environ.get(GIT_COMMIT_ENV, "").strip() or None
     if not (root / ".git").exists():
         return given

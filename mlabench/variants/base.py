@@ -98,7 +98,7 @@ def random_fill(out: Tensor, seed: int, stream: int = 0, first_index: int = 0,
     computed `chunk` elements at a time on out's device and written in out's dtype."""
     if out.dim() != 1 or not out.is_contiguous():
         raise ValueError("random_fill writes a contiguous 1-D tensor")
-    key = (seed * 0x9E3779B1 + stream * 0x85EBCA77) & 0xFFFFFFFF
+    key = (seed * 0x9E3779B1 + stream * 0x85EBCA77 + 0x5BD1E995) & 0xFFFFFFFF  # no fixed point at 0
     scale = 2.0 * math.sqrt(3.0) * _U24
     for start in range(0, out.numel(), chunk):
         n = min(chunk, out.numel() - start)
