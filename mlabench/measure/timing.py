@@ -113,7 +113,7 @@ def _time_cpu(fn: Callable[[], object], settings: TimingSettings) -> Timing:
     # A slow step yields few blocks in the budget: top up with blocks of the same size.
     while len(samples) < settings.min_samples:
         samples.append(timer.timeit(number).mean * 1e3)
-    return Timing(samples[: settings.max_samples], f"cpu-blocked threads={threads}, sample = mean of {number} calls",
+    return Timing(samples[: settings.max_samples], f"cpu-blocked threads={threads}, sample = mean of {_calls(number)}",
                   sample_calls=number)
 
 
@@ -162,8 +162,12 @@ def _time_cuda_graph(fn: Callable[[], object], settings: TimingSettings, first_m
     torch.cuda.synchronize()
     samples = [s.elapsed_time(e) / calls for s, e in zip(starts, ends, strict=True)]
     del graph
-    return Timing(samples, f"cuda-graph (hot): sample = mean of {calls} calls in one graph replay",
+    return Timing(samples, f"cuda-graph (hot): sample = mean of {_calls(calls)} in one graph replay",
                   sample_calls=calls, hot=True)
+
+
+def _calls(n: int) -> str:
+    return f"{n} call" if n == 1 else f"{n} calls"
 
 
 def _cap(samples: list[float], settings: TimingSettings) -> list[float]:
