@@ -10,6 +10,8 @@ formulas live on its class (`AttentionVariant.kv_elements_per_token`, `core_flop
 - Bytes are a lower bound on traffic: weights once, the cache tokens attended
   once (the MLA latent once, since V is a slice of K), cache writes, x, y, Q and O;
   for mla-latent and lowrank-kv also the expanded K/V written and read back.
+- Timing scope "core" has its own figures (`kernel_flops`, `kernel_bytes`): the core alone
+  on the tensors the variant hands it, so a kernel's roofline share reads off core rows.
 """
 
 from __future__ import annotations
@@ -110,3 +112,28 @@ def bytes_moved(variant: str, shape: AttentionShape, step: Step) -> int:
     q_w, o_w = cls.qo_widths(sh)
     activations = step.batch * step.new_tokens * (2 * sh.hidden_size + q_w + o_w) * eb
     return weights + activations + cls.cache_traffic_elements(sh, step) * eb
+
+
+# --- the attention core alone (timing scope "core") ----------------------------------------
+def kernel_flops(variant: str, shape: AttentionShape, step: Step) -> int:
+    """FLOPs of the core alone: scores and weighted sum over the pairs it attends, no cache
+    expansion (that happens before the core, in `core_inputs`)."""
+    cls, sh = _normalized(variant, shape)
+    return cls.kernel_flops(sh, step)
+
+
+def kernel_bytes(variant: str, shape: AttentionShape, step: Step) -> int:
+    """Minimum bytes of the core alone: K and V read once (the MLA latent once), Q read, O written."""
+    cls, sh = _normalized(variant, shape)
+    k_w, v_w = cls.core_kv_widths(sh)
+    q_w, o_w = cls.qo_widths(sh)
+    b, s = step.batch, step.new_tokens
+    return b * (cls.attended_keys(sh, step) * (k_w + v_w) + s * (q_w + o_w)) * sh.element_bytes
+
+
+def scoped_flops(variant: str, shape: AttentionShape, step: Step, scope: str) -> int:
+    return kernel_flops(variant, shape, step) if scope == "core" else flops(variant, shape, step)
+
+
+def scoped_bytes(variant: str, shape: AttentionShape, step: Step, scope: str) -> int:
+    return kernel_bytes(variant, shape, step) if scope == "core" else bytes_moved(variant, shape, step)

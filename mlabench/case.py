@@ -14,6 +14,10 @@ from mlabench.config import AttentionShape
 
 Mode = Literal["prefill", "decode"]
 MODES: tuple[str, ...] = ("prefill", "decode")
+# What is timed: "step" the whole layer (projections, RoPE, cache write, core, output
+# projection), "core" the attention core alone on the prepared query and the cache.
+Scope = Literal["step", "core"]
+SCOPES: tuple[str, ...] = ("step", "core")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Case:
     seq_len: int  # total context after this step (decode: including the q_len new tokens)
     q_len: int  # new tokens per call (prefill: seq_len)
     shape: AttentionShape  # already normalized for the variant (mha: G = H, mqa: G = 1)
+    scope: Scope = "step"
     # Options of this case's backend (compile_mode, num_splits, ...), sorted by name: part of
     # the identity, since a max-autotune compile and a default one are different measurements.
     options: tuple[tuple[str, Any], ...] = ()
@@ -55,6 +60,7 @@ class Case:
             "variant": self.variant,
             "backend": self.backend,
             "mode": self.mode,
+            "scope": self.scope,
             "dtype": self.dtype,
             "device": self.device,
             "batch": self.batch,
@@ -95,4 +101,4 @@ class Case:
         """Short human description for progress lines."""
         return (f"{self.model} {self.variant}/{self.backend} {self.mode} b={self.batch} "
                 f"T={self.seq_len}" + (f" q={self.q_len}" if self.mode == "decode" else "")
-                + f" {self.dtype}")
+                + f" {self.dtype}" + (" core" if self.scope == "core" else ""))

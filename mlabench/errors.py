@@ -31,3 +31,28 @@ class UnsupportedError(MlabenchError):
 
 class SkippedError(MlabenchError):
     """A case that is not run here (missing library/hardware, would not fit); becomes `skipped`."""
+
+
+class DeviceLostError(MlabenchError):
+    """A sticky CUDA error: the context is unusable until the process exits, so every later
+    case would fail too. The sweep stops, keeps its rows and tells how to resume."""
+
+
+# CUDA errors after which the context stays broken (cudaGetLastError cannot clear them).
+STICKY_CUDA_MARKERS: tuple[str, ...] = (
+    "illegal memory access",
+    "illegal instruction",
+    "misaligned address",
+    "unspecified launch failure",
+    "device-side assert",
+    "uncorrectable ECC",
+    "launch timed out",
+    "hardware stack error",
+    "invalid program counter",
+    "an illegal address",
+)
+
+
+def is_sticky_cuda_error(exc: BaseException) -> bool:
+    """True for a CUDA error that poisons the process's context (illegal address, device assert, ...)."""
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in STICKY_CUDA_MARKERS)

@@ -1,8 +1,11 @@
 """Running one case: build the variant, fill its cache, prepare the backend, check accuracy,
-time the step, and turn everything into one results row.
+time the step (or, in scope "core", the attention core alone), and turn everything into one
+results row.
 
 Whatever happens inside a case (unsupported, skipped, OOM, an exception) becomes
-the row's status; nothing escapes except KeyboardInterrupt.
+the row's status; nothing escapes except KeyboardInterrupt. A sticky CUDA error (illegal
+address, device-side assert) also becomes the row, marked `fatal`: the CUDA context is
+lost, so the sweep must stop there. The case runs with its device current (`device_scope`).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import torch
 
 from mlabench import analytic
 from mlabench.backends import BACKENDS, StepInputs
+from mlabench.backends.library import LoadFailure
 from mlabench.case import Case
-from mlabench.errors import SkippedError, UnsupportedError
+from mlabench.errors import SkippedError, UnsupportedError, is_sticky_cuda_error
 from mlabench.measure import accuracy as acc
 from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_case_bytes, measure_allocation
 from mlabench.measure.peaks import Peaks, roofline_pct
-from mlabench.measure.timing import TimingSettings, time_step
+from mlabench.measure.scope import scoped_call
+from mlabench.measure.timing import TimingSettings, device_scope, time_step
 from mlabench.variants import build_variant
 from mlabench.variants.registry import torch_dtype
 
@@ -44,6 +49,7 @@ class RunContext:
 class CaseResult:
     row: dict[str, Any]
     samples_ms: list[float]
+    fatal: bool = False  # a sticky CUDA error: no later case can run in this process
 
     @property
     def status(self) -> str:
@@ -61,8 +67,8 @@ def analytic_columns(case: Case) -> dict[str, Any]:
     sh, step = case.shape, case.step
     return {
         "kv_cache_bytes": analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len),
-        "flops": analytic.flops(case.variant, sh, step),
-        "bytes": analytic.bytes_moved(case.variant, sh, step),
+        "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
+        "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
     }
 
 
@@ -81,6 +87,8 @@ def _preflight(case: Case, ctx: RunContext) -> None:
     if case.mode not in spec.modes:
         raise UnsupportedError(f"{case.backend} has no {case.mode} path")
     reason = spec.unavailable(ctx.device)
+    if isinstance(reason, LoadFailure):  # installed but broken: a fact about this install, not the case
+        raise UnsupportedError(f"{case.backend} unavailable: {reason}")
     if reason:
         raise SkippedError(f"{case.backend} unavailable: {reason}")
     if ctx.device.type == "cpu":
@@ -94,9 +102,11 @@ def run_case(case: Case, ctx: RunContext) -> CaseResult:
     row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok"}
     started = time.perf_counter()
     samples: list[float] = []
+    fatal = False
     try:
-        _preflight(case, ctx)
-        samples = _measure(case, ctx, row)
+        with device_scope(ctx.device):
+            _preflight(case, ctx)
+            samples = _measure(case, ctx, row)
     except UnsupportedError as exc:
         row.update(status="unsupported", error=str(exc))
     except SkippedError as exc:
@@ -107,18 +117,19 @@ def run_case(case: Case, ctx: RunContext) -> CaseResult:
         raise
     except Exception as exc:  # one broken case must not end the sweep
         row.update(status="error", error=_first_line(exc))
+        fatal = ctx.device.type == "cuda" and is_sticky_cuda_error(exc)
     finally:
         # Reference counting already freed the case's tensors with _measure's frame; a full
         # collection (0.1 s+) is only worth it where cycles may pin memory: GPU memory the next
         # case needs, and frames held by a failed case's traceback.
         if ctx.device.type == "cuda" or row["status"] in ("error", "oom"):
             gc.collect()
-        if ctx.device.type == "cuda":
+        if ctx.device.type == "cuda" and not fatal:  # a lost context raises again on any call
             torch.cuda.empty_cache()
     if row["status"] not in ("ok", "inaccurate"):
         samples = []
     row["wall_s"] = round(time.perf_counter() - started, 3)
-    return CaseResult(row, samples)
+    return CaseResult(row, samples, fatal)
 
 
 def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
@@ -134,40 +145,67 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
                kv_cache_bytes_nvml=delta.nvml)
     if device.type == "cpu":
         row["threads"] = ctx.timing.threads or torch.get_num_threads()
-    gen = torch.Generator().manual_seed(ctx.seed + 1)
     if step.context:
-        module.fill_cache_random(step.context, gen)
+        module.fill_cache_random(step.context, seed=ctx.seed + 1)  # on the device, in the cache dtype
+    gen = torch.Generator().manual_seed(ctx.seed + 1)
     x = torch.randn(case.batch, step.new_tokens, sh.hidden_size, generator=gen).to(device, dtype)
     inputs = StepInputs(x=x, start_pos=step.context)
 
     prepared = BACKENDS[case.backend].prepare(module, case, inputs)
     row.update(backend_detail=prepared.detail, compile_ms=prepared.compile_ms,
                backend_cache_bytes=prepared.extra_cache_bytes)
+    timed = scoped_call(case, module, prepared, inputs)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    out = prepared.fn()
+    out = timed.fn()
     _sync(device)
     first_s = time.perf_counter() - t0
     if device.type == "cuda":
         row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
 
     if ctx.accuracy:
-        ref = acc.reference_output(module, x, inputs.start_pos)
-        result = acc.compare(out, ref, case.dtype)
-        row.update(max_abs_err=result.max_abs_err, rel_err=result.rel_err, cos_diff=result.cos_diff)
-        if not result.ok:
-            row.update(status="inaccurate", error=result.describe())
-        del ref
+        _check_accuracy(case, row, out, timed.reference, device)
     del out
     if first_s > ctx.timeout_s:
         raise TimeoutError(f"one step took {first_s:.0f} s (limit {ctx.timeout_s:.0f} s); not sampled")
 
-    timing = time_step(prepared.fn, device, ctx.timing)
+    timing = time_step(timed.fn, device, ctx.timing)
     _summarize(case, ctx, row, timing.samples_ms)
-    row["timer"] = timing.timer
+    row.update(timer=timing.timer, sample_calls=timing.sample_calls)
+    l2 = l2_cache_bytes(device)
+    if timing.hot and l2:
+        # Replayed back to back, a working set inside L2 is read from L2, not HBM: gbps and
+        # roofline_pct of such a row may exceed the memory roofline.
+        row["fits_l2"] = bool(row["bytes"] <= l2)
     return timing.samples_ms
+
+
+def _check_accuracy(case: Case, row: dict[str, Any], out: torch.Tensor, reference: Any,
+                    device: torch.device) -> None:
+    """Compare `out` with the float64 reference; a reference that does not fit leaves accuracy
+    empty with the reason (the backend itself ran, so the row stays ok)."""
+    try:
+        ref = reference()
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        row["error"] = f"accuracy not checked: the float64 reference ran out of memory ({_first_line(exc)})"
+        ref = None
+    if ref is None:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return
+    result = acc.compare(out, ref, case.dtype)
+    row.update(max_abs_err=result.max_abs_err, rel_err=result.rel_err, cos_diff=result.cos_diff)
+    if not result.ok:
+        row.update(status="inaccurate", error=result.describe())
+
+
+def l2_cache_bytes(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or None
 
 
 def _summarize(case: Case, ctx: RunContext, row: dict[str, Any], samples: list[float]) -> None:

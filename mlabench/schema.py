@@ -25,6 +25,7 @@ KEY_COLUMNS: tuple[str, ...] = (
     "variant",
     "backend",
     "mode",
+    "scope",
     "dtype",
     "device",
     "batch",
@@ -72,8 +73,11 @@ MEMORY_COLUMNS: tuple[str, ...] = (
     "params",
 )
 ACCURACY_COLUMNS: tuple[str, ...] = ("max_abs_err", "rel_err", "cos_diff")
-# Columns beyond the documented contract: how the case was run.
-EXTRA_COLUMNS: tuple[str, ...] = ("case_id", "backend_detail", "timer", "threads", "unstable", "wall_s")
+# Columns beyond the documented contract: how the case was run. `sample_calls`: calls
+# averaged into one sample (CUDA-graph replays, CPU blocks); `fits_l2`: on hot (graph) rows,
+# whether the case's bytes fit in the GPU's L2, where gbps may exceed the HBM roofline.
+EXTRA_COLUMNS: tuple[str, ...] = ("case_id", "backend_detail", "timer", "sample_calls", "fits_l2", "threads",
+                                  "unstable", "wall_s")
 
 COLUMNS: tuple[str, ...] = (
     KEY_COLUMNS
@@ -111,6 +115,21 @@ def normalize_key_value(value: Any) -> str:
     if number == int(number):
         return str(int(number))
     return repr(number)  # shortest text that round-trips: '1e-06', '0.707'
+# Timing modes, named by the first word of the `timer` column. Runs timed in different
+# modes (cold events, graph replay, CPU blocks) measure different things.
+TIMING_MODES: tuple[str, ...] = ("cuda-graph", "cuda-cold", "cpu")
+
+
+def timing_mode(timer: str) -> str:
+    """'cuda-graph ...' -> 'cuda-graph'; rows written before the mode word: 'cuda-events, ...' -> 'cuda-cold'."""
+    text = str(timer).strip()
+    if text.startswith("cuda-graph"):
+        return "cuda-graph"
+    if text.startswith(("cuda-cold", "cuda-events")):
+        return "cuda-cold"
+    if text.startswith("cpu"):
+        return "cpu"
+    return text.split(" ")[0] if text else ""
 
 
 def case_id(key: Mapping[str, Any]) -> str:

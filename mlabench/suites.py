@@ -13,6 +13,11 @@
     seq_len = [128, 512]
     q_len = [1]           # decode only; prefill always runs q_len = seq_len
     dtype = ["auto"]      # auto: bfloat16 on CUDA, float32 on CPU
+    scope = ["step"]      # step: the whole layer is timed; core: the attention core alone
+
+A grid may set `suite = "claims"` (one name): its rows are recorded under that suite name
+instead of the file's, so a suite can carry the claims configurations and the report still
+finds them (claims are the rows with suite = "claims").
 
 Names (variants, backends, models, modes, dtypes, fields) are checked before
 any work and name the key at fault. Combinations a shape cannot serve (an MLA
@@ -31,7 +36,7 @@ from typing import Any
 
 import tomllib
 
-from mlabench.case import MODES, Case
+from mlabench.case import MODES, SCOPES, Case
 from mlabench.config import (
     PRESETS,
     AttentionShape,
@@ -43,7 +48,7 @@ from mlabench.config import (
 from mlabench.errors import UsageError
 from mlabench.variants.registry import shape_for_variant, variant_names
 
-CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype")
+CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope")
 SHAPE_AXES = tuple(f.name for f in fields(AttentionShape) if f.name not in ("name", "dtype"))
 TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options"}
 SETTINGS = {
@@ -114,6 +119,11 @@ def _as_list(key: str, value: Any) -> list[Any]:
 def _check_axes(where: str, table: Mapping[str, Any]) -> dict[str, list[Any]]:
     out = {}
     for key, value in table.items():
+        if key == "suite":
+            if not isinstance(value, str) or not value.strip():
+                raise UsageError(f"suite: 'suite' in {where} must be one non-empty name, got {value!r}")
+            out[key] = [value.strip()]
+            continue
         if key not in CASE_AXES and key not in SHAPE_AXES:
             raise UsageError(f"suite: unknown key {key!r} in {where} (axes: {', '.join(CASE_AXES + SHAPE_AXES)})")
         out[key] = _as_list(key, value)
@@ -160,7 +170,8 @@ def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: str) -> None:
-    known = {"model": list(PRESETS), "variant": list(variant_names()), "backend": list(backends), "mode": list(MODES)}
+    known = {"model": list(PRESETS), "variant": list(variant_names()), "backend": list(backends), "mode": list(MODES),
+             "scope": list(SCOPES)}
     for axis, allowed in known.items():
         for v in axes.get(axis, []):
             if v not in allowed:
@@ -209,6 +220,7 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
         axes.setdefault("seq_len", [1024])
         axes.setdefault("q_len", [1])
         axes.setdefault("dtype", ["auto"])
+        axes.setdefault("scope", ["step"])
         shape_axes = [a for a in SHAPE_AXES if a in axes]
         names = list(CASE_AXES) + shape_axes
         kept = 0
@@ -218,7 +230,7 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
                 continue  # q_len does not apply to prefill: one case, not one per q_len
             if point["variant"] not in backends[point["backend"]]:
                 continue  # the backend never serves this variant
-            case = _make_case(suite.name, device, point, shape_axes, dropped)
+            case = _make_case(axes.get("suite", [suite.name])[0], device, point, shape_axes, dropped)
             if case is None:
                 continue
             kept += 1
@@ -262,7 +274,7 @@ def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[
         return None
     return Case(suite=suite, model=point["model"], variant=point["variant"], backend=point["backend"],
                 mode=point["mode"], device=device, batch=point["batch"], seq_len=point["seq_len"],
-                q_len=q_len, shape=shape)
+                q_len=q_len, shape=shape, scope=point["scope"])
 
 
 def shard(cases: list[Case], k: int, n: int) -> list[Case]:

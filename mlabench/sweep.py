@@ -52,6 +52,7 @@ class SweepOutcome:
     results: list[CaseResult] = field(default_factory=list)
     skipped_finished: int = 0
     interrupted: bool = False
+    device_lost: str | None = None  # a sticky CUDA error stopped the sweep: that case's error
 
     @property
     def status_counts(self) -> Counter[str]:
@@ -132,9 +133,14 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
             outcome.results.append(result)
             if on_end:
                 on_end(result)
+            if result.fatal:  # the CUDA context is gone: every later case would fail the same way
+                outcome.device_lost = str(result.row.get("error", ""))
+                break
     except KeyboardInterrupt:
         outcome.interrupted = True
     meta["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta["interrupted"] = outcome.interrupted
+    if outcome.device_lost:
+        meta["device_lost"] = outcome.device_lost
     writer.write_meta(meta)
     return outcome

@@ -61,7 +61,8 @@ def _key(suite: str, model: str, variant: str, backend: str, mode: str, dtype: s
          batch: int, seq_len: int, dims: dict[str, Any]) -> dict[str, Any]:
     q_len = seq_len if mode == "prefill" else 1
     key: dict[str, Any] = dict(
-        suite=suite, model=model, variant=variant, backend=backend, mode=mode, dtype=dtype, device=device,
+        suite=suite, model=model, variant=variant, backend=backend, mode=mode, scope="step", dtype=dtype,
+        device=device,
         batch=batch, seq_len=seq_len, q_len=q_len, num_heads=dims["num_heads"],
         num_kv_heads=dims["num_kv_heads"], head_dim=dims["head_dim"], q_lora_rank=dims.get("q_lora_rank", 0),
         kv_lora_rank=dims.get("kv_lora_rank", 0), rope_head_dim=dims.get("rope_head_dim", 0),

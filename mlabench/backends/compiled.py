@@ -22,6 +22,12 @@ Options (`case.option`):
   inductor's default. (Contention hurts every multi-threaded path; CPU timings want a
   thread count below the number of free cores.)
 
+Timing scope "core" compiles the attention core instead (`eager_attention`, static shapes,
+one graph) and swaps it into the step: the step then runs its projections eagerly and the
+compiled core, and `Prepared.core` is the compiled core the runner times alone. The
+CUDA-graph compile modes are not offered there: the cache views the core reads would have
+to be static graph inputs, and `--cuda-graph` already times the core without launch overhead.
+
 Each `prepare` starts from an empty dynamo cache (`torch.compiler.reset()`): one sweep
 compiles the same step function for many cases, and past `recompile_limit` (8) dynamo
 would silently run later cases eagerly; the reset also frees the graphs, and on CUDA the
@@ -43,7 +49,7 @@ from torch import Tensor
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError, UsageError
-from mlabench.variants.base import AttentionVariant
+from mlabench.variants.base import AttentionVariant, eager_attention
 
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -124,6 +130,8 @@ def prepare_compiled(module: AttentionVariant, case: Case, inputs: StepInputs) -
         raise UnsupportedError(f"compile_mode reduce-overhead only adds CUDA graphs; there are none on {device.type}")
 
     torch.compiler.reset()
+    if case.scope == "core":
+        return _prepare_core(module, inputs, mode, chunk)
     if cudagraphs:
         # CUDA graphs copy every input whose address may change into a private buffer on each
         # replay; the cache, the RoPE tables and x keep their addresses for the whole case, and
@@ -135,16 +143,9 @@ def prepare_compiled(module: AttentionVariant, case: Case, inputs: StepInputs) -
         return module(x, start)
 
     detail = f"compile:{mode}"
-    if device.type == "cpu":
-        inductor = importlib.import_module("torch._inductor")  # loaded by the first compile anyway
-        options = dict(inductor.list_mode_options(mode, dynamic=False))
-        if chunk > 0 and hasattr(inductor.config.cpp, "min_chunk_size"):
-            options["cpp.min_chunk_size"] = chunk
-            detail += f",cpp_min_chunk_size={chunk}"
-        # `mode` and `options` are exclusive in torch.compile: the mode is expanded into options.
-        compiled = torch.compile(step, dynamic=False, fullgraph=True, options=options)
-    else:
-        compiled = torch.compile(step, dynamic=False, fullgraph=True, mode=mode)
+    compiled = torch.compile(step, dynamic=False, fullgraph=True, **_compile_kwargs(device, mode, chunk))
+    if device.type == "cpu" and chunk > 0 and _has_min_chunk_size():
+        detail += f",cpp_min_chunk_size={chunk}"
 
     if cudagraphs:
         def fn() -> Tensor:
@@ -156,3 +157,35 @@ def prepare_compiled(module: AttentionVariant, case: Case, inputs: StepInputs) -
 
     compile_ms = warm_up(fn, device, min_calls=3 if cudagraphs else 2)
     return Prepared(fn=fn, detail=detail, compile_ms=compile_ms)
+
+
+def _has_min_chunk_size() -> bool:
+    return hasattr(importlib.import_module("torch._inductor").config.cpp, "min_chunk_size")
+
+
+def _compile_kwargs(device: torch.device, mode: str, chunk: int) -> dict[str, object]:
+    """torch.compile's mode or options: on CPU the mode expanded into options plus cpp.min_chunk_size
+    (`mode` and `options` are exclusive in torch.compile)."""
+    if device.type != "cpu":
+        return {"mode": mode}
+    inductor = importlib.import_module("torch._inductor")  # loaded by the first compile anyway
+    options = dict(inductor.list_mode_options(mode, dynamic=False))
+    if chunk > 0 and _has_min_chunk_size():
+        options["cpp.min_chunk_size"] = chunk
+    return {"options": options}
+
+
+def _prepare_core(module: AttentionVariant, inputs: StepInputs, mode: str, chunk: int) -> Prepared:
+    """Scope "core": compile `eager_attention` for this case's core inputs and swap it into the step."""
+    x, start = inputs.x, inputs.start_pos
+    device = x.device
+    if device.type == "cuda" and mode in _CUDAGRAPH_MODES:
+        raise UnsupportedError(f"compile_mode {mode} adds CUDA graphs to the whole step; in scope core use "
+                               "--cuda-graph timing instead")
+    core = torch.compile(eager_attention, dynamic=False, fullgraph=True, **_compile_kwargs(device, mode, chunk))
+    q, k, v, scale, causal = module.core_inputs(x, start)
+    compile_ms = warm_up(lambda: core(q, k, v, scale, causal), device, min_calls=2)
+    detail = f"compile-core:{mode}"
+    if device.type == "cpu" and chunk > 0 and _has_min_chunk_size():
+        detail += f",cpp_min_chunk_size={chunk}"
+    return Prepared(fn=lambda: module(x, start, core), detail=detail, compile_ms=compile_ms, core=core)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mlabench.backends.library import LoadFailure, loading
 from mlabench.backends.paged import BLOCK_SIZE, PagedCache, check_deepseek_latent, pages_for_step, write_rows
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
@@ -49,7 +50,7 @@ def _load_library() -> tuple[ModuleType | None, str | None]:
     except ImportError:
         return None, f"flashinfer is not installed ({INSTALL_HINT})"
     except Exception as err:  # a broken install (CUDA/ABI mismatch) raises OSError, RuntimeError, ...
-        return None, f"flashinfer failed to import: {type(err).__name__}: {err}"
+        return None, LoadFailure(f"flashinfer failed to import: {type(err).__name__}: {err}")
 
 
 def flashinfer_unavailable(device: torch.device) -> str | None:
@@ -82,16 +83,21 @@ class FlashInferMLACore:
         self._checked = False
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+        s, t = q.shape[1], k.shape[1]
+        # The variant wrote this step's latent rows into our contiguous cache (k is a view of
+        # it); mirror them into the pool the kernel reads.
+        write_rows(self.paged.pool, self.slots, k[:, t - s:, 0])  # (B, S, D)
+        return self.attend(q, k, v, scale, causal)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+        """The library kernel alone on the pool (scope "core"): the pool already holds the
+        step's rows, mirrored by the step `prepare` ran once."""
         if not self._checked:
             if scale != self.sm_scale or not causal:
                 raise RuntimeError(f"flashinfer core planned for causal, scale {self.sm_scale}; called with "
                                    f"causal={causal}, scale {scale}")
             self._checked = True
         b, s, h, d = q.shape
-        t = k.shape[1]
-        # The variant wrote this step's latent rows into our contiguous cache (k is a view of
-        # it); mirror them into the pool the kernel reads.
-        write_rows(self.paged.pool, self.slots, k[:, t - s:, 0])  # (B, S, D)
         qf = q.reshape(b * s, h, d)  # (B*S, H, D): ragged rows in sequence order, as qo_indptr says
         o = self.wrapper.run(qf[..., : self.head_dim_ckv], qf[..., self.head_dim_ckv:], self.ckv, self.kpe)
         return o.reshape(b, s, h, self.head_dim_ckv)  # (B, S, H, d_c)
@@ -139,26 +145,29 @@ def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs)
     scale = sh.mla_softmax_scale
 
     t0 = time.perf_counter()
-    workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=x.device)
-    wrapper = lib.mla.BatchMLAPagedAttentionWrapper(workspace, backend=backend)
-    args = plan_arguments(paged, s)
-    wrapper.plan(
-        args["qo_indptr"], args["kv_indptr"], args["kv_indices"], args["kv_len_arr"],
-        sh.num_heads, sh.kv_lora_rank, sh.rope_head_dim, BLOCK_SIZE,
-        True,  # causal, bottom-right aligned
-        scale,
-        dtype,  # q_data_type
-        dtype,  # kv_data_type
-    )
-    core = FlashInferMLACore(wrapper, paged, slots, sh.kv_lora_rank, scale)
+    # FlashInfer builds its kernels just in time in plan()/the first run: without nvcc, or
+    # with an API other than this one, that is `unsupported` with the reason, not `error`.
+    with loading("flashinfer"):
+        workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=x.device)
+        wrapper = lib.mla.BatchMLAPagedAttentionWrapper(workspace, backend=backend)
+        args = plan_arguments(paged, s)
+        wrapper.plan(
+            args["qo_indptr"], args["kv_indptr"], args["kv_indices"], args["kv_len_arr"],
+            sh.num_heads, sh.kv_lora_rank, sh.rope_head_dim, BLOCK_SIZE,
+            True,  # causal, bottom-right aligned
+            scale,
+            dtype,  # q_data_type
+            dtype,  # kv_data_type
+        )
+        core = FlashInferMLACore(wrapper, paged, slots, sh.kv_lora_rank, scale)
 
-    def fn() -> Tensor:
-        return module(x, start, core)
+        def fn() -> Tensor:
+            return module(x, start, core)
 
-    fn()
+        fn()
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     compile_ms = (time.perf_counter() - t0) * 1e3
     version = getattr(lib, "__version__", "?")
     return Prepared(fn=fn, detail=f"flashinfer:{version},{backend},page={BLOCK_SIZE}", compile_ms=compile_ms,
-                    extra_cache_bytes=paged.pool.nbytes + paged.block_table.nbytes)
+                    core=core.attend, extra_cache_bytes=paged.pool.nbytes + paged.block_table.nbytes)

@@ -6,6 +6,11 @@ Setup (compilation, cache conversion, kernel selection) happens in `prepare`,
 outside the closure. A backend that cannot run here says why through
 `unavailable(device)`; one that cannot serve a particular case raises
 `UnsupportedError` (status `unsupported`) or `SkippedError` (status `skipped`).
+
+`Prepared.core` is the attention core the backend swaps into the step (the core contract
+of variants/base.py), for timing scope "core": the runner calls it alone on the tensors
+`module.core_inputs` returns. It is set up by the same `prepare` (plans, page pools,
+compilation), so the core timed alone is the core the step runs.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mlabench.case import MODES, Case
-from mlabench.variants.base import AttentionVariant
+from mlabench.variants.base import AttentionVariant, CoreAttention
 from mlabench.variants.registry import variant_names
 
 
@@ -37,6 +42,7 @@ class Prepared:
     # Bytes of a second copy of the KV cache the backend keeps (the paged pool FlashMLA and
     # FlashInfer read), recorded in `backend_cache_bytes`: real memory the step needs.
     extra_cache_bytes: int | None = None
+    core: CoreAttention | None = None  # the core alone, timed in scope "core"; None: the backend has none
 
 
 Prepare = Callable[[AttentionVariant, Case, StepInputs], Prepared]

@@ -12,6 +12,13 @@ SDPA's own `is_causal` (top-left and bottom-right coincide); any other S < T get
 explicit bool mask, built once per case. Kernels that take no mask (flash) are then
 unsupported for that case, which the probe below reports.
 
+One KV head under many query heads (mla-absorbed, whose 576-wide head no flash kernel
+takes): `enable_gqa` is accepted only by the flash and math kernels, and math serves it with
+an H-fold copy of the latent. So on the first call the core asks the dispatcher whether the
+memory-efficient kernel takes K and V expanded to every query head as zero-stride views
+(`expand`, no copy: each head reads the same latent rows); where it does, that is what
+every call passes, else `enable_gqa` as before.
+
 Option `sdpa_kernel`: auto | flash | efficient | cudnn | math. A named kernel runs alone
 inside `torch.nn.attention.sdpa_kernel`; `prepare` runs the step once in it and turns
 PyTorch's "no available kernel" into UnsupportedError with PyTorch's own reason (head dims,
@@ -60,6 +67,7 @@ class SDPACore:
     def __init__(self) -> None:
         self._mask: Tensor | None = None
         self.chosen: str | None = None  # kernel PyTorch picks for these inputs, set on the first call
+        self.expand_kv: bool | None = None  # one KV head passed as a zero-stride expansion; set on the first call
 
     def _bottom_right_mask(self, s: int, t: int, device: torch.device) -> Tensor:
         # One case has one (S, T): build the (S, T) mask once, outside the timed calls.
@@ -78,6 +86,13 @@ class SDPACore:
             else:
                 mask = self._bottom_right_mask(s, t, q.device)  # (S, T), broadcast over B and H
         gqa = q.shape[2] != k.shape[2]
+        if gqa and k.shape[2] == 1:
+            hq = q.shape[2]
+            if self.expand_kv is None:
+                self.expand_kv = _dispatcher_choice(qh, kh.expand(-1, hq, -1, -1), vh.expand(-1, hq, -1, -1),
+                                                    mask, is_causal, scale, False) == "efficient"
+            if self.expand_kv:
+                kh, vh, gqa = kh.expand(-1, hq, -1, -1), vh.expand(-1, hq, -1, -1), False  # (B, H, T, D), stride 0 on H
         if self.chosen is None:
             self.chosen = _dispatcher_choice(qh, kh, vh, mask, is_causal, scale, gqa)
         o = F.scaled_dot_product_attention(
@@ -124,14 +139,16 @@ def prepare_sdpa(module: AttentionVariant, case: Case, inputs: StepInputs) -> Pr
     x, start = inputs.x, inputs.start_pos
     core = SDPACore()
 
-    fn: Callable[[], Tensor]
+    run_core: Callable[[Tensor, Tensor, Tensor, float, bool], Tensor]
     if backend is None:
-        def fn() -> Tensor:
-            return module(x, start, core)
+        run_core = core
     else:
-        def fn() -> Tensor:
+        def run_core(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
             with sdpa_kernel([backend]):
-                return module(x, start, core)
+                return core(q, k, v, scale, causal)
+
+    def fn() -> Tensor:
+        return module(x, start, run_core)
 
     # Probe: one step inside the selection, so a kernel that cannot take these shapes, this
     # dtype or this device is reported now rather than replaced by another at run time.
@@ -144,4 +161,6 @@ def prepare_sdpa(module: AttentionVariant, case: Case, inputs: StepInputs) -> Pr
                 raise
             raise UnsupportedError(_no_kernel_reason(kernel, x.device, err, caught)) from None
     detail = f"sdpa:{kernel}" if backend is not None else f"sdpa:auto->{core.chosen}" if core.chosen else "sdpa:auto"
-    return Prepared(fn=fn, detail=detail)
+    if core.expand_kv:
+        detail += ",kv-expanded"
+    return Prepared(fn=fn, detail=detail, core=run_core)

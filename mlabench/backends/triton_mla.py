@@ -94,4 +94,5 @@ def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> 
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     compile_ms = (time.perf_counter() - t0) * 1e3
-    return Prepared(fn=fn, detail=f"triton:splits={splits if splits is not None else 'auto'}", compile_ms=compile_ms)
+    return Prepared(fn=fn, detail=f"triton:splits={splits if splits is not None else 'auto'}", compile_ms=compile_ms,
+                    core=core)

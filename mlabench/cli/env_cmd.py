@@ -12,7 +12,7 @@ from mlabench.cli.common import clean_for_json, out_console, print_json
 
 def env(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    probe: Annotated[bool, typer.Option("--probe", help="Measure copy bandwidth and matmul rate.")] = False,
+    probe: Annotated[bool, typer.Option("--probe", help="Measure copy and read bandwidth and matmul rate.")] = False,
     dtype: Annotated[str, typer.Option(help="Comma-separated dtypes to probe the matmul rate for "
                                             "[default: bfloat16 on CUDA, float32 on CPU].", show_default=False)] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
@@ -46,7 +46,9 @@ def env(
     add("cpu.model", info["cpu"]["model"])
     add("cpu.threads", info["cpu"]["threads"])
     add("peaks.source", peaks.source)
-    add("peaks.bandwidth", f"{peaks.bytes_per_s / 1e9:.1f} GB/s" if peaks.bytes_per_s else None)
+    add("peaks.bandwidth", f"{peaks.bytes_per_s / 1e9:.1f} GB/s ({peaks.bandwidth_probe}, used by roofline_pct)"
+        if peaks.bytes_per_s else None)
+    add("peaks.bandwidth_copy", f"{peaks.copy_bytes_per_s / 1e9:.1f} GB/s" if peaks.copy_bytes_per_s else None)
     for name, rate in peaks.flops_per_s.items():
         add(f"peaks.matmul {name}", f"{rate / 1e12:.3f} TFLOP/s")
     out_console.print(table)

@@ -20,6 +20,8 @@ def run(
     seq_len: Annotated[int, typer.Option(help="Context length (decode: including the new tokens).")] = 1024,
     q_len: Annotated[int, typer.Option(help="New tokens per decode step.")] = 1,
     dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
+    scope: Annotated[str, typer.Option(help="Timing scope: step (the whole layer) or core (the attention "
+                                            "core alone).")] = "step",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     assignments: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a shape field: --set kv_lora_rank=256 (repeatable).")] = None,
@@ -47,7 +49,7 @@ def run(
         if len(values) != 1:
             raise UsageError(f"--set {key}: `run` measures one case; give one value")
     grid = {"model": [model], "variant": [variant], "backend": [backend], "mode": [mode], "batch": [batch],
-            "seq_len": [seq_len], "q_len": [q_len], "dtype": [dtype], **shape_axes}
+            "seq_len": [seq_len], "q_len": [q_len], "dtype": [dtype], "scope": [scope], **shape_axes}
     options = {k: v for k, v in {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel}.items() if v}
     suite = Suite(name="run", description="", path="", grids=(grid,), options=options)
     served = served_variants()

@@ -60,6 +60,9 @@ def sweep(
     dtype: Axis = None,
     kv_lora_rank: Axis = None,
     num_kv_heads: Axis = None,
+    scope: Annotated[str | None, typer.Option(
+        help="Timing scope: step (the whole layer), core (the attention core alone), or both: step,core.",
+        show_default=False)] = None,
     assignments: Annotated[list[str] | None, typer.Option(
         "--set", help="Override any shape field as an axis: --set rope_theta=1e6 (repeatable).")] = None,
     budget: Annotated[float | None, typer.Option(help="Seconds of sampling per case [suite's, else 0.5].",
@@ -81,6 +84,8 @@ def sweep(
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Measure roofline peaks first.")] = True,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the case count and an estimated run time, "
+                                                            "then exit; nothing runs, no run directory.")] = False,
 ) -> None:
     """Sweep a suite's grid (sequence length, batch, latent rank, ...) and record every case."""
     from mlabench.measure.envinfo import resolve_device
@@ -90,14 +95,19 @@ def sweep(
     if resume and out is None:
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
     suite_obj = load_suite(suite)
-    dev = resolve_device(device)
+    dev = _dry_run_device(device) if dry_run else resolve_device(device)
     overrides = collect_overrides(model, variant, backend, mode, batch, seq_len, q_len, dtype, kv_lora_rank,
                                   num_kv_heads, assignments)
+    if scope is not None:
+        overrides["scope"] = split_list("--scope", scope) or []
     given = {"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples, "threads": threads,
              "cuda_graph": cuda_graph, "accuracy": accuracy, "seed": seed}
     settings = check_settings({k: v for k, v in given.items() if v is not None}, "the command line")
     options = {k: v for k, v in {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel}.items() if v is not None}
     plan = plan_sweep(suite_obj, dev, overrides, settings, out, parse_shard(shard) if shard else None, options)
+    if dry_run:
+        _print_estimate(plan, as_json)
+        return
 
     err_console.print(f"[bold]mlabench sweep[/] suite [cyan]{plan.suite.name}[/] on [cyan]{dev}[/]: "
                       f"{len(plan.cases)} cases" + (f" ({len(plan.dropped)} combinations dropped as invalid)"
@@ -115,8 +125,56 @@ def sweep(
         err_console.print(f"interrupted: rows so far are kept; continue with "
                           f"`mlabench sweep --suite {suite} --out {plan.out_dir} --resume`")
         raise typer.Exit(130)
+    if outcome.device_lost:
+        err_console.print(f"[red]stopped: a sticky CUDA error left the device unusable in this process[/] "
+                          f"({outcome.device_lost}). Rows so far are kept, the failing case among them; "
+                          f"continue in a new process with "
+                          f"`mlabench sweep --suite {suite} --out {plan.out_dir} --resume`")
+        raise typer.Exit(1)
     if outcome.failed:
         raise typer.Exit(1)
+
+
+def _dry_run_device(name: str) -> Any:
+    """The device to plan for. Sizing a GPU run needs no GPU: without CUDA here, `--device cuda[:N]`
+    plans for that device and the estimate assumes estimate.DEFAULT_GPU's spec peaks."""
+    import torch
+
+    from mlabench.measure.envinfo import resolve_device
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UsageError(f"--device: unknown device {name!r} (auto, cpu, cuda, cuda:N)") from None
+        return torch.device("cuda", dev.index or 0)
+    return resolve_device(name)
+
+
+def _print_estimate(plan: Any, as_json: bool) -> None:
+    import torch
+
+    from mlabench.backends import BACKENDS
+    from mlabench.cli.common import out_console, print_json
+    from mlabench.estimate import estimate_sweep
+
+    dev = plan.device
+    present = dev.type == "cpu" or torch.cuda.is_available()  # else: planning for a GPU that is not here
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" and present else None
+    unavailable = frozenset(b for b, spec in BACKENDS.items() if present and spec.unavailable(dev))
+    est = estimate_sweep(plan.cases, plan.settings, dev.type, name, unavailable)
+    if as_json:
+        print_json({"suite": plan.suite.name, "device": str(dev), **est.as_dict()})
+        return
+    mode = "CUDA-graph (hot)" if plan.settings.get("cuda_graph") else "cold"
+    out_console.print(f"{plan.suite.name} on {dev}: {est.cases} cases, estimated {est.seconds / 60:.1f} min "
+                      f"({est.seconds:.0f} s; {mode} timing, assuming {est.device})")
+    for backend, seconds in sorted(est.by_backend.items(), key=lambda kv: -kv[1]):
+        out_console.print(f"  {backend:<11} {seconds:7.0f} s" + ("  (skipped here)" if backend in unavailable else ""))
+    out_console.print("This is an estimate from the analytic bytes/FLOPs, peak rates and a fixed per-case "
+                      "overhead (warm-up, budget, compile, accuracy reference), not a measurement. Nothing was run.")
+    if dev.type == "cpu" and not torch.cuda.is_available():
+        out_console.print("(No CUDA here: `--device cuda --dry-run` sizes the run for a GPU.)")
 
 
 def _run_with_progress(plan: Any, resume: bool, probe: bool) -> Any:

@@ -64,6 +64,24 @@ def check_environment(base: RunData, cand: RunData, allow: bool) -> list[str]:
     return notes
 
 
+def timing_modes(run: RunData) -> set[str]:
+    """The timing modes (schema.timing_mode of `timer`) of a run's timed rows."""
+    timers = run.results["timer"] if "timer" in run.results.columns else pd.Series([], dtype=str)
+    return {schema.timing_mode(t) for t in timers if str(t).strip()}
+
+
+def check_timing(base: RunData, cand: RunData, allow: bool) -> list[str]:
+    """Raise when the runs were timed in different modes (cold events, CUDA-graph replay, CPU
+    blocks): a cold and a hot latency of the same code differ by design, not by a change."""
+    bm, cm = timing_modes(base), timing_modes(cand)
+    if not bm or not cm or bm == cm:
+        return []
+    text = f"timing mode differs: baseline {'/'.join(sorted(bm))}, candidate {'/'.join(sorted(cm))}"
+    if not allow:
+        raise NotComparableError(f"{text} {HINT}")
+    return [text]
+
+
 def _values(series: pd.Series) -> str:
     return "/".join(sorted(set(series))) or "''"
 

@@ -95,10 +95,14 @@ def compare(output: Tensor, reference: Tensor, dtype: str) -> Accuracy:
 
 
 def _locate(flat: int, shape: torch.Size, rows: list[int]) -> str:
-    """'sequence 7, token 0, channel 113' for a flat index into a (len(rows), S, d) tensor."""
+    """'sequence 7, token 0, channel 113' for a flat index into a (len(rows), S, ...) tensor
+    (a core's (rows, S, H, D) output reads 'head h, channel c')."""
     idx = []
     for n in reversed(shape):
         idx.append(flat % n)
         flat //= n
-    seq, token, channel = reversed(idx)
-    return f"sequence {rows[seq]}, token {token}, channel {channel}"
+    idx.reverse()
+    where = f"sequence {rows[idx[0]]}, token {idx[1]}"
+    if len(idx) == 4:
+        return where + f", head {idx[2]}, channel {idx[3]}"
+    return where + "".join(f", channel {i}" for i in idx[2:])

@@ -7,6 +7,7 @@ everything that changes timings belongs here.
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 import sys
@@ -56,16 +57,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str | None:
-    root = Path(mlabench.__file__).resolve().parent.parent
+GIT_COMMIT_ENV = "MLABENCH_GIT_COMMIT"
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """The checkout's commit (`git describe --dirty`), else $MLABENCH_GIT_COMMIT: a working tree
+    copied to a machine without its .git (a GPU box without network) still records where it came from."""
+    root = root or Path(mlabench.__file__).resolve().parent.parent
+    given = os.environ.get(GIT_COMMIT_ENV, "").strip() or None
     if not (root / ".git").exists():
-        return None
+        return given
     try:
         out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
                              capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip() or None
+        return out.stdout.strip() or given
     except (OSError, subprocess.SubprocessError):
-        return None
+        return given
 
 
 def _triton_version() -> str | None:
@@ -91,6 +98,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "capability": f"{props.major}.{props.minor}",
         "memory_bytes": int(props.total_memory),
         "sm_count": props.multi_processor_count,
+        "l2_bytes": int(getattr(props, "L2_cache_size", 0)) or None,
     }
 
 

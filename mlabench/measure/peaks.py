@@ -1,9 +1,15 @@
-"""Roofline peaks: copy bandwidth and matmul rate measured on the device, a spec table as fallback.
+"""Roofline peaks: memory bandwidth and matmul rate measured on the device, a spec table as fallback.
 
 `roofline_pct = 100 * max(flops / peak_flops, bytes / peak_bw) / latency`: the
-share of the physical floor a step reached. Peaks are probed (large copy,
-large square matmul in the case's dtype), since spec sheets overstate what a
-given board, clock and driver deliver.
+share of the physical floor a step reached. Peaks are probed (large square matmul in the
+case's dtype; bandwidth two ways), since spec sheets overstate what a given board, clock
+and driver deliver.
+
+Bandwidth probes: a copy (read + write, half of the traffic each way) and a read-dominated
+sum (reads the buffer, writes one number). A decode step reads its cache and writes next
+to nothing, so the read probe is its floor and roofline_pct uses it when it ran; the copy
+figure is recorded beside it. `Peaks.bandwidth_probe` says which one `bytes_per_s` is, and
+meta.json and the report show it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mlabench.config import canonical_dtype
-from mlabench.measure.timing import TimingSettings, time_step
+from mlabench.measure.timing import TimingSettings, device_scope, time_step
 from mlabench.variants.registry import torch_dtype
 
 # Dense (no sparsity) vendor figures, used only when probing is impossible: (bf16/fp16 FLOP/s, bytes/s).
@@ -35,9 +41,12 @@ SPEC_TABLE: dict[str, tuple[float, float]] = {
 
 @dataclass
 class Peaks:
-    bytes_per_s: float | None = None
+    bytes_per_s: float | None = None  # the bandwidth roofline_pct uses (see bandwidth_probe)
     flops_per_s: dict[str, float] = field(default_factory=dict)  # by dtype name
     source: str = "none"  # probe | spec | none
+    bandwidth_probe: str = "none"  # read | copy | spec | none: what bytes_per_s measured
+    copy_bytes_per_s: float | None = None
+    read_bytes_per_s: float | None = None
 
     def flops_for(self, dtype: str) -> float | None:
         return self.flops_per_s.get(dtype)
@@ -45,7 +54,8 @@ class Peaks:
     def as_meta(self, main_dtype: str | None = None) -> dict[str, object]:
         main = self.flops_for(main_dtype) if main_dtype else next(iter(self.flops_per_s.values()), None)
         return {"flops_per_s": main, "bytes_per_s": self.bytes_per_s, "source": self.source,
-                "flops_per_s_by_dtype": dict(self.flops_per_s)}
+                "roofline_bandwidth": self.bandwidth_probe, "bytes_per_s_copy": self.copy_bytes_per_s,
+                "bytes_per_s_read": self.read_bytes_per_s, "flops_per_s_by_dtype": dict(self.flops_per_s)}
 
 
 def spec_peaks(device_name: str, dtypes: Iterable[str]) -> Peaks:
@@ -53,7 +63,7 @@ def spec_peaks(device_name: str, dtypes: Iterable[str]) -> Peaks:
         if key.lower() in device_name.lower():
             # Tensor-core rate for 16-bit types; fp32 without TF32 runs ~1/15 of it on Hopper.
             rates = {d: flops if d in ("bfloat16", "float16") else flops / 15 for d in dtypes}
-            return Peaks(bw, rates, "spec")
+            return Peaks(bw, rates, "spec", bandwidth_probe="spec")
     return Peaks()
 
 
@@ -64,14 +74,22 @@ def _median_ms(fn: Callable[[], object], device: torch.device, budget_s: float) 
 
 
 def probe_peaks(device: torch.device, dtypes: Iterable[str], budget_s: float = 0.3) -> Peaks:
-    """Measure copy bandwidth and the matmul rate of each dtype on `device`."""
+    """Measure copy and read bandwidth and the matmul rate of each dtype on `device`."""
+    with device_scope(device):
+        return _probe(device, dtypes, budget_s)
+
+
+def _probe(device: torch.device, dtypes: Iterable[str], budget_s: float) -> Peaks:
     gpu = device.type == "cuda"
     n_bytes = (1 << 30) if gpu else (256 << 20)  # far beyond L2 / LLC
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     copy_ms = _median_ms(lambda src=src, dst=dst: dst.copy_(src), device, budget_s)
-    bandwidth = 2 * n_bytes / (copy_ms * 1e-3)  # read + write
-    del src, dst
+    copy_bw = 2 * n_bytes / (copy_ms * 1e-3)  # read + write
+    del dst
+    read_ms = _median_ms(lambda src=src: src.sum(), device, budget_s)
+    read_bw = n_bytes / (read_ms * 1e-3)  # reads the buffer, writes one element
+    del src
     rates = {}
     for name in dict.fromkeys(canonical_dtype(d) for d in dtypes):
         n = 8192 if gpu else (1024 if name in ("float32", "float64") else 512)
@@ -81,7 +99,8 @@ def probe_peaks(device: torch.device, dtypes: Iterable[str], budget_s: float = 0
         rates[name] = 2 * n**3 / (mm_ms * 1e-3)
     if gpu:
         torch.cuda.empty_cache()
-    return Peaks(bandwidth, rates, "probe")
+    return Peaks(read_bw, rates, "probe", bandwidth_probe="read", copy_bytes_per_s=copy_bw,
+                 read_bytes_per_s=read_bw)
 
 
 def roofline_pct(flops: float, n_bytes: float, latency_ms: float, peaks: Peaks, dtype: str) -> float | None:

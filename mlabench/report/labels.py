@@ -19,6 +19,7 @@ SHORT: dict[str, str | None] = {
     "suite": "suite",
     "model": None,
     "mode": None,
+    "scope": "scope",
     "dtype": None,
     "device": None,
     "batch": "b",

@@ -21,10 +21,13 @@ from mlabench.schema import normalize_key_value
 
 # Columns a results.csv must have. The rest of the contract is optional so
 # that baselines written before a column was added still load (filled empty).
-REQUIRED_COLUMNS: tuple[str, ...] = schema.KEY_COLUMNS + schema.OUTCOME_COLUMNS + ("latency_ms",)
+# Key columns added after runs were already on disk, with the value those runs implicitly had.
+KEY_DEFAULTS: dict[str, str] = {"scope": "step"}
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in KEY_DEFAULTS) + \
+    schema.OUTCOME_COLUMNS + ("latency_ms",)
 STRING_COLUMNS: frozenset[str] = frozenset(
-    {"suite", "model", "variant", "backend", "mode", "dtype", "device", "status", "error", "case_id",
-     "backend_detail", "timer", "options"}
+    {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "device", "status", "error", "case_id",
+     "backend_detail", "timer", "fits_l2", "options"}
 )
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
 
@@ -122,7 +125,7 @@ def read_results(path: Path) -> pd.DataFrame:
         raise UsageError(f"{path}: missing required column(s): {shown}")
     for c in schema.COLUMNS:
         if c not in raw.columns:
-            raw[c] = ""
+            raw[c] = KEY_DEFAULTS.get(c, "")
     statuses = raw["status"].str.strip()
     unknown = ~statuses.isin(schema.STATUSES)
     if unknown.any():

@@ -78,8 +78,14 @@ def _peak_text(meta: dict[str, Any]) -> str:
     if peaks.get("flops_per_s"):
         parts.append(f"{float(peaks['flops_per_s']) / 1e12:.4g} TFLOP/s")
     if peaks.get("bytes_per_s"):
-        parts.append(f"{float(peaks['bytes_per_s']) / 1e9:.4g} GB/s")
-    return f"{', '.join(parts) or 'none recorded'} (source: {peaks.get('source', 'none')})"
+        used = peaks.get("roofline_bandwidth")
+        parts.append(f"{float(peaks['bytes_per_s']) / 1e9:.4g} GB/s" + (f" ({used})" if used else ""))
+    if peaks.get("bytes_per_s_copy") and peaks.get("roofline_bandwidth") != "copy":
+        parts.append(f"copy {float(peaks['bytes_per_s_copy']) / 1e9:.4g} GB/s")
+    text = f"{', '.join(parts) or 'none recorded'} (source: {peaks.get('source', 'none')})"
+    if peaks.get("roofline_bandwidth"):
+        text += f"; roofline_pct uses the {peaks['roofline_bandwidth']} bandwidth"
+    return text
 
 
 def env_header(meta: dict[str, Any], df: pd.DataFrame) -> str:

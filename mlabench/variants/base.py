@@ -9,6 +9,11 @@ Every variant runs `forward(x, start_pos, core)`:
 - `core` is the attention kernel (eager by default); backends swap it for SDPA or
   a fused kernel without touching projections or cache layout.
 
+`forward` is `core_output(core(*core_inputs(x, start_pos)))`: `core_inputs` runs everything
+before the core (projections, RoPE, the step's cache write) and returns exactly the
+arguments the core gets, so the core can also be timed alone (scope "core") on the same
+inputs the whole step would hand it.
+
 The core contract, shared by every variant and backend:
     core(q, k, v, scale, causal) -> o
     q (B, S, Hq, Dk), k (B, T, Hkv, Dk), v (B, T, Hkv, Dv), Hq % Hkv == 0,
@@ -18,6 +23,8 @@ The core contract, shared by every variant and backend:
 from __future__ import annotations
 
 import copy
+import math
+import zlib
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
@@ -70,6 +77,41 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: boo
         keys = t - s + end if causal else t  # the block's last query sees keys up to here
         outs.append(eager_attention(q[:, start:end], k[:, :keys], v[:, :keys], scale, causal))
     return torch.cat(outs, dim=1)
+
+
+# random_fill: counter-based values, the same on every device. Each element's 64-bit index is
+# hashed with 32-bit integer mixing done in int64 arithmetic; every product stays below 2**63
+# (a value < 2**32 times a constant < 2**31), so no step overflows on any device.
+_MIX = (0x7FEB352D, 0x6C8E9CF5, 0x4C957F2D)
+_U24 = float(2**-24)
+RANDOM_FILL_CHUNK = 1 << 22  # elements per chunk: ~100 MiB of int64 temporaries at most
+
+
+def _mix32(x: Tensor, mult: int) -> Tensor:
+    x = x ^ (x >> 16)
+    x = (x * mult) & 0xFFFFFFFF
+    return x ^ (x >> 15)
+
+
+def random_fill(out: Tensor, seed: int, stream: int = 0, first_index: int = 0,
+                chunk: int = RANDOM_FILL_CHUNK) -> None:
+    """Fill the contiguous 1-D `out` with uniform values of variance 1 in [-sqrt(3), sqrt(3)),
+    element i a hash of (seed, stream, first_index + i): deterministic, identical on CPU and
+    GPU (integer hashing, then float32 operations that round exactly the same everywhere),
+    computed `chunk` elements at a time on out's device and written in out's dtype."""
+    if out.dim() != 1 or not out.is_contiguous():
+        raise ValueError("random_fill writes a contiguous 1-D tensor")
+    key = (seed * 0x9E3779B1 + stream * 0x85EBCA77 + 0x5BD1E995) & 0xFFFFFFFF  # no fixed point at 0
+    scale = 2.0 * math.sqrt(3.0) * _U24
+    for start in range(0, out.numel(), chunk):
+        n = min(chunk, out.numel() - start)
+        idx = torch.arange(first_index + start, first_index + start + n, dtype=torch.int64, device=out.device)
+        hi = _mix32((idx >> 32) ^ key, _MIX[0])
+        x = _mix32((idx & 0xFFFFFFFF) ^ hi, _MIX[1])
+        x = _mix32(x ^ key, _MIX[2])
+        u = (x >> 8).to(torch.float32)  # 24 random bits: exact in float32
+        del idx, hi, x
+        out[start:start + n].copy_(u.mul_(scale).sub_(math.sqrt(3.0)))  # one rounding to out's dtype
 
 
 class RMSNorm(nn.Module):
@@ -149,6 +191,17 @@ class AttentionVariant(nn.Module):
         return sh.num_heads * sh.head_dim, sh.num_heads * sh.head_dim
 
     @classmethod
+    def core_kv_widths(cls, sh: AttentionShape) -> tuple[int, int]:
+        """Per-token widths of the K and V the core reads (what `core_inputs` hands it); 0 for a V
+        that is a slice of K (read once)."""
+        return sh.kv_heads * sh.head_dim, sh.kv_heads * sh.head_dim
+
+    @classmethod
+    def kernel_flops(cls, sh: AttentionShape, step: Step) -> int:
+        """FLOPs of the core alone (scope `core`): scores and weighted sum, no cache expansion."""
+        return step.batch * 4 * sh.num_heads * sh.head_dim * step.attended_pairs
+
+    @classmethod
     def cache_traffic_elements(cls, sh: AttentionShape, step: Step) -> int:
         """Cache (and cache-derived) elements a step must move: by default T tokens read, S written."""
         per_token = cls.kv_elements_per_token(sh) or 0
@@ -221,12 +274,23 @@ class AttentionVariant(nn.Module):
         return sum(t.nbytes for t in self.cache_tensors().values())
 
     @torch.no_grad()
-    def fill_cache_random(self, length: int, generator: torch.Generator | None = None) -> None:
+    def fill_cache_random(self, length: int, generator: torch.Generator | None = None, *,
+                          seed: int | None = None) -> None:
         """Fill cache slots [0, length) with unit-variance values, standing in for a long
-        prefill that would be too slow (or too big for the eager path) to run first."""
-        for t in self.cache_tensors().values():
-            noise = torch.randn(t[:, :length].shape, generator=generator, dtype=torch.float32, device="cpu")
-            t[:, :length].copy_(noise.to(t.device, t.dtype))
+        prefill that would be too slow (or too big for the eager path) to run first.
+
+        The values are made on the cache's device, chunk by chunk, in the cache's dtype
+        (`random_fill`): no host copy of the cache, no full-size float32 temporary. They
+        depend only on `seed` (else one draw from `generator`), the tensor's name and the
+        element's index in cache[:, :length], so CPU and GPU fill the same values.
+        """
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
+        for name, t in self.cache_tensors().items():
+            stream = zlib.crc32(name.encode())  # a separate stream per cache tensor
+            per_seq = length * math.prod(t.shape[2:])  # elements of one sequence's first `length` slots
+            for b in range(t.shape[0]):
+                random_fill(t[b, :length].view(-1), seed, stream, first_index=b * per_seq)
 
     def _check_step(self, x: Tensor, start_pos: int) -> None:
         if self.max_seq_len == 0:
@@ -239,8 +303,19 @@ class AttentionVariant(nn.Module):
             )
 
     # --- compute -----------------------------------------------------------------------
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
+        """Everything before the core for the tokens x at start_pos, including writing their
+        cache rows: returns (q, k, v, scale, causal), the core's arguments (k, v usually views
+        of the cache)."""
         raise NotImplementedError
+
+    def core_output(self, o: Tensor) -> Tensor:
+        """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+        q, k, v, scale, causal = self.core_inputs(x, start_pos)
+        return self.core_output(core(q, k, v, scale, causal))
 
     def reference(self, rows: list[int] | None = None) -> AttentionVariant:
         """A float64 copy on the same weights and cache contents (of the sequences `rows`,

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from mlabench.analytic import Step
-
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention, linear
+from mlabench.variants.base import AttentionVariant, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
+
+if TYPE_CHECKING:
+    from mlabench.analytic import Step
 
 
 class GroupedQueryAttention(AttentionVariant):
@@ -74,7 +74,7 @@ class GroupedQueryAttention(AttentionVariant):
     def _build_length_state(self, max_seq_len: int) -> None:
         self._rope = rope_table(self.shape.head_dim, self.shape, max_seq_len, self.weight_device)
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         self._check_step(x, start_pos)
         b, s, _ = x.shape
         sh = self.shape
@@ -87,8 +87,11 @@ class GroupedQueryAttention(AttentionVariant):
         k_cache, v_cache = self._cache["k_cache"], self._cache["v_cache"]
         k_cache[:b, start_pos:end] = k
         v_cache[:b, start_pos:end] = v
-        o = core(q, k_cache[:b, :end], v_cache[:b, :end], d**-0.5, True)  # (B, S, H, D)
-        return self.o_proj(o.reshape(b, s, h * d))
+        return q, k_cache[:b, :end], v_cache[:b, :end], d**-0.5, True
+
+    def core_output(self, o: Tensor) -> Tensor:
+        b, s = o.shape[:2]  # o (B, S, H, D)
+        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))
 
 
 @register_variant

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
-from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention, linear
+from mlabench.variants.base import AttentionVariant, linear
 from mlabench.variants.registry import register_variant
 
 if TYPE_CHECKING:
@@ -75,6 +75,10 @@ class Linformer(AttentionVariant):
     def attended_keys(cls, sh: AttentionShape, step: Step) -> int:
         return sh.kv_lora_rank
 
+    @classmethod
+    def kernel_flops(cls, sh: AttentionShape, step: Step) -> int:
+        return step.batch * 4 * sh.num_heads * sh.head_dim * step.new_tokens * sh.kv_lora_rank  # bidirectional
+
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__(shape, device, dtype)
@@ -104,7 +108,7 @@ class Linformer(AttentionVariant):
         return {"k_cache": (batch, sh.kv_lora_rank, sh.num_heads, sh.head_dim),
                 "v_cache": (batch, sh.kv_lora_rank, sh.num_heads, sh.head_dim)}
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         if start_pos != 0:
             raise UnsupportedError(
                 "linformer has no incremental decode: its sequence projection mixes all tokens (prefill only)"
@@ -119,5 +123,8 @@ class Linformer(AttentionVariant):
         k_cache, v_cache = self._cache["k_cache"], self._cache["v_cache"]
         k_cache[:b] = torch.einsum("kn,bnhd->bkhd", self.k_seq_proj[:, :n], k)  # (B, k, H, D)
         v_cache[:b] = torch.einsum("kn,bnhd->bkhd", self.v_seq_proj[:, :n], v)
-        o = core(q, k_cache[:b], v_cache[:b], d**-0.5, False)  # (B, n, H, D)
-        return self.o_proj(o.reshape(b, n, h * d))
+        return q, k_cache[:b], v_cache[:b], d**-0.5, False  # bidirectional
+
+    def core_output(self, o: Tensor) -> Tensor:
+        b, n = o.shape[:2]  # o (B, n, H, D)
+        return self.o_proj(o.reshape(b, n, self.shape.num_heads * self.shape.head_dim))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention, linear
+from mlabench.variants.base import AttentionVariant, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
@@ -92,7 +92,7 @@ class LowRankKV(AttentionVariant):
     def _build_length_state(self, max_seq_len: int) -> None:
         self._rope = rope_table(self.shape.head_dim, self.shape, max_seq_len, self.weight_device)
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         self._check_step(x, start_pos)
         b, s, _ = x.shape
         sh = self.shape
@@ -106,5 +106,8 @@ class LowRankKV(AttentionVariant):
         k = torch.einsum("bthr,hdr->bthd", k_cache[:b, :end], self.k_up_proj)  # (B, T, H, D)
         k = apply_rotate_half(k, cos[:end], sin[:end])
         v = torch.einsum("bthr,hdr->bthd", v_cache[:b, :end], self.v_up_proj)
-        o = core(q, k, v, d**-0.5, True)
-        return self.o_proj(o.reshape(b, s, h * d))
+        return q, k, v, d**-0.5, True
+
+    def core_output(self, o: Tensor) -> Tensor:
+        b, s = o.shape[:2]  # o (B, S, H, D)
+        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))

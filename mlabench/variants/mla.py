@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant, CoreAttention, RMSNorm, eager_attention, linear
+from mlabench.variants.base import AttentionVariant, RMSNorm, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
 
@@ -73,6 +73,14 @@ class _MLABase(AttentionVariant):
     @classmethod
     def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
         return sh.num_heads * sh.qk_head_dim, sh.num_heads * sh.value_dim
+
+    @classmethod
+    def core_kv_widths(cls, sh: AttentionShape) -> tuple[int, int]:
+        return sh.num_heads * sh.qk_head_dim, sh.num_heads * sh.value_dim  # mla-latent: the re-expanded K, V
+
+    @classmethod
+    def kernel_flops(cls, sh: AttentionShape, step: Step) -> int:
+        return step.batch * 2 * sh.num_heads * (sh.qk_head_dim + sh.value_dim) * step.attended_pairs
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
@@ -153,7 +161,7 @@ class MLAExpanded(_MLABase):
         return {"k_cache": (batch, max_seq_len, sh.num_heads, sh.qk_head_dim),
                 "v_cache": (batch, max_seq_len, sh.num_heads, sh.value_dim)}
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         self._check_step(x, start_pos)
         b, s, _ = x.shape
         end = start_pos + s
@@ -164,8 +172,9 @@ class MLAExpanded(_MLABase):
         k_cache[:b, start_pos:end] = k
         v_cache[:b, start_pos:end] = v
         q = torch.cat((q_nope, q_pe), dim=-1)  # (B, S, H, d_qk)
-        o = core(q, k_cache[:b, :end], v_cache[:b, :end], self.shape.mla_softmax_scale, True)
-        return self._out(o)
+        return q, k_cache[:b, :end], v_cache[:b, :end], self.shape.mla_softmax_scale, True
+
+    core_output = _MLABase._out
 
 
 class _LatentCacheMLA(_MLABase):
@@ -207,7 +216,7 @@ class MLALatent(_LatentCacheMLA):
         # kv_b_proj's output (H*(d_n+d_v)) and K with the RoPE key concatenated (H*d_qk), per cached token
         return step.batch * step.total * sh.num_heads * (sh.qk_head_dim + sh.value_dim + 2 * sh.head_dim)
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         self._check_step(x, start_pos)
         s = x.shape[1]
         cos, sin = (t[start_pos:start_pos + s] for t in self._rope)
@@ -215,7 +224,9 @@ class MLALatent(_LatentCacheMLA):
         latent = self._write_latent(x, start_pos, cos, sin)
         k, v = self._expand(*latent.split([self.shape.kv_lora_rank, self.shape.rope_head_dim], dim=-1))
         q = torch.cat((q_nope, q_pe), dim=-1)
-        return self._out(core(q, k, v, self.shape.mla_softmax_scale, True))
+        return q, k, v, self.shape.mla_softmax_scale, True
+
+    core_output = _MLABase._out
 
 
 @register_variant
@@ -237,6 +248,14 @@ class MLAAbsorbed(_LatentCacheMLA):
     def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
         return sh.num_heads * (sh.kv_lora_rank + sh.rope_head_dim), sh.num_heads * sh.kv_lora_rank
 
+    @classmethod
+    def core_kv_widths(cls, sh: AttentionShape) -> tuple[int, int]:
+        return sh.kv_lora_rank + sh.rope_head_dim, 0  # V is the first d_c columns of K
+
+    @classmethod
+    def kernel_flops(cls, sh: AttentionShape, step: Step) -> int:
+        return cls.core_flops(sh, step)
+
     def absorbed_query(self, x: Tensor, start_pos: int) -> Tensor:
         """q' = [q_nope W_UK, q_pe] (B, S, H, d_c + d_r) for the tokens of x at start_pos."""
         s = x.shape[1]
@@ -255,12 +274,16 @@ class MLAAbsorbed(_LatentCacheMLA):
         w = self.kv_b_proj.weight.view(sh.num_heads, sh.head_dim + sh.value_dim, sh.kv_lora_rank)
         return w[:, sh.head_dim :]  # (H, d_v, d_c)
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
+        """q' (B, S, H, d_c + d_r), k' the latent cache view (B, T, 1, d_c + d_r), v' = k'[..., :d_c]."""
         self._check_step(x, start_pos)
         s = x.shape[1]
         d_c = self.shape.kv_lora_rank
         q = self.absorbed_query(x, start_pos)
         cos, sin = (t[start_pos:start_pos + s] for t in self._rope)
         latent = self._write_latent(x, start_pos, cos, sin)[:, :, None, :]  # (B, T, 1, d_c + d_r)
-        o_lat = core(q, latent, latent[..., :d_c], self.shape.mla_softmax_scale, True)  # (B, S, H, d_c)
+        return q, latent, latent[..., :d_c], self.shape.mla_softmax_scale, True
+
+    def core_output(self, o_lat: Tensor) -> Tensor:
+        """o_lat (B, S, H, d_c) -> W_UV per head -> o_proj."""
         return self._out(torch.einsum("bshc,hdc->bshd", o_lat, self._w_uv()))

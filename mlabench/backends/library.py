@@ -1,0 +1,66 @@
+"""Third-party kernel libraries that cannot load or build here: `unsupported` with the reason.
+
+FlashMLA and FlashInfer can be installed yet unusable: a wheel built without SM90 kernels,
+FlashInfer's just-in-time build without nvcc, an older or newer API than the one called.
+Those are facts about the installation, not failures of the case, so the calls that load,
+plan or JIT-compile a library run inside `loading(name)`, which turns them into
+`UnsupportedError` naming the library and its first line of explanation. A sticky CUDA
+error is never translated: it must stop the sweep (errors.is_sticky_cuda_error).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mlabench.errors import UnsupportedError, is_sticky_cuda_error
+
+
+class LoadFailure(str):
+    """An `unavailable()` reason for a library that is installed but fails to import: the runner
+    records it as `unsupported` (a broken installation), where a missing one is `skipped`."""
+
+
+# Exception types that, raised by a library's load/plan/first call, mean "this build or API
+# cannot serve the case": missing symbols, a changed signature or attribute, a wrapper's
+# own contract assertions, a failed build subprocess.
+LOAD_ERRORS: tuple[type[BaseException], ...] = (
+    ImportError, OSError, AttributeError, TypeError, AssertionError, NotImplementedError,
+    subprocess.CalledProcessError,
+)
+# RuntimeError texts of a JIT build or a kernel missing for this GPU.
+JIT_MARKERS: tuple[str, ...] = (
+    "nvcc", "ninja", "jit", "compil", "no kernel image", "undefined symbol", "not compiled",
+    "cuda_home", "unsupported gpu", "not supported", "sm90", "sm_90", "build",
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def library_failure(library: str, exc: BaseException) -> UnsupportedError | None:
+    """The UnsupportedError a load/JIT failure of `library` becomes, or None for any other error."""
+    if is_sticky_cuda_error(exc):
+        return None
+    if isinstance(exc, LOAD_ERRORS) or (
+        isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in JIT_MARKERS)
+    ):
+        return UnsupportedError(f"{library} cannot load or build its kernels here: {_first_line(exc)}")
+    return None
+
+
+@contextmanager
+def loading(library: str) -> Iterator[None]:
+    """Run a library's load/plan/first-call code; its load or JIT failures become UnsupportedError."""
+    try:
+        yield
+    except UnsupportedError:
+        raise
+    except Exception as exc:
+        err = library_failure(library, exc)
+        if err is None:
+            raise
+        raise err from exc
