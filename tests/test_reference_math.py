@@ -10,11 +10,14 @@ fresh random inputs; only the module's output is compared, at 1e-10.
   preset values of MLA.md section 4. DeepSeek's own inference code switches the
   correction (and its mscale^2) on its max_seq_len; MLA.md and HF transformers
   apply both at every length, so the reference applies the correction always.
+- `lowrank-kv` and `linformer`: MLA.md section 3 (and each module's documented
+  weight layout), prefill and, for lowrank-kv, decode steps.
 """
 
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -176,3 +179,84 @@ def test_yarn_mla_is_one_function_at_every_cache_length(variant: str) -> None:
     for slots in (16, 128):
         m.allocate_cache(2, slots)
         assert rel_err(m(x, 0), ref) < 1e-10, f"{slots} cache slots"
+
+
+# --- lowrank-kv ---------------------------------------------------------------------------------------
+def _rope_half(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotate-half RoPE at positions 0..S-1: pair (x[i], x[i + D/2]) rotated by pos * theta^(-2i/D)."""
+    s, d = x.shape[1], x.shape[-1]
+    half = d // 2
+    ang = torch.arange(s, dtype=F64)[:, None] * theta ** (-2 * torch.arange(half, dtype=F64) / d)  # (S, D/2)
+    cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat((a * cos - b * sin, b * cos + a * sin), -1)
+
+
+LOWRANK = AttentionShape(hidden_size=40, num_heads=4, head_dim=12, kv_lora_rank=5, rope_theta=50.0, dtype="float64")
+
+
+def _lowrank_reference(sh: AttentionShape, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """MLA.md section 3: per-head K/V latents of width r, up-projected per head to D, RoPE on the
+    up-projected keys at their positions, causal attention with scale D^-0.5."""
+    b, s, _ = x.shape
+    h, d, r = sh.num_heads, sh.head_dim, sh.kv_lora_rank
+    q = _rope_half((x @ w["q_proj.weight"].T).view(b, s, h, d), sh.rope_theta)
+    c_k = (x @ w["k_proj.weight"].T).view(b, s, h, r)
+    c_v = (x @ w["v_proj.weight"].T).view(b, s, h, r)
+    # Per head: K_h = C_k,h @ k_up_proj[h]^T with k_up_proj[h] of shape (D, r).
+    k = torch.stack([c_k[:, :, i] @ w["k_up_proj"][i].T for i in range(h)], dim=2)  # (B, S, H, D)
+    v = torch.stack([c_v[:, :, i] @ w["v_up_proj"][i].T for i in range(h)], dim=2)
+    k = _rope_half(k, sh.rope_theta)
+    scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) / math.sqrt(d)  # (B, H, S, S)
+    o = (_causal(scores) @ v.transpose(1, 2)).transpose(1, 2)  # (B, S, H, D)
+    return o.reshape(b, s, h * d) @ w["o_proj.weight"].T
+
+
+def test_lowrank_kv_matches_the_math() -> None:
+    """Prefill, then a 1-token and a 2-token decode step from the latent cache, against the
+    reference over the whole sequence (causal, so step outputs are its last rows)."""
+    m = build_variant("lowrank-kv", LOWRANK, dtype=F64, seed=6)
+    w = dict(m.state_dict())
+    assert set(w) == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "k_up_proj", "v_up_proj", "o_proj.weight"}
+    x = _x(2, 10, LOWRANK.hidden_size, seed=7)
+    ref = _lowrank_reference(LOWRANK, w, x)
+    m.allocate_cache(2, 12)
+    bounds = [0, 7, 8, 10]
+    for start, stop in pairwise(bounds):
+        assert rel_err(m(x[:, start:stop], start), ref[:, start:stop]) < 1e-10, f"tokens [{start}, {stop})"
+    # The cache really is the latent width r, not D.
+    assert m.cache_tensors()["k_cache"].shape[-1] == LOWRANK.kv_lora_rank
+
+
+# --- linformer ----------------------------------------------------------------------------------------
+LINFORMER = AttentionShape(hidden_size=40, num_heads=4, head_dim=10, kv_lora_rank=6, dtype="float64")
+
+
+def _linformer_reference(sh: AttentionShape, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """MLA.md section 3: per head, K and V projected along the sequence axis by the learned
+    [k, n] matrices (shared by the heads), bidirectional attention over the k projected rows."""
+    b, n, _ = x.shape
+    h, d = sh.num_heads, sh.head_dim
+    q = (x @ w["q_proj.weight"].T).view(b, n, h, d).transpose(1, 2)  # (B, H, n, D)
+    k = (x @ w["k_proj.weight"].T).view(b, n, h, d).transpose(1, 2)
+    v = (x @ w["v_proj.weight"].T).view(b, n, h, d).transpose(1, 2)
+    k_proj = w["k_seq_proj"] @ k  # (k, n) @ (B, H, n, D) -> (B, H, k, D)
+    v_proj = w["v_seq_proj"] @ v
+    probs = (q @ k_proj.transpose(-1, -2) / math.sqrt(d)).softmax(-1)  # (B, H, n, k): no mask
+    return (probs @ v_proj).transpose(1, 2).reshape(b, n, h * d) @ w["o_proj.weight"].T
+
+
+@pytest.mark.parametrize("tokens", [16, 11])
+def test_linformer_matches_the_math(tokens: int) -> None:
+    """The sequence projections are sized for n = 16 cache slots. A shorter prefill uses their
+    first columns, which is the full projection of the sequence zero-padded to n: a zero token
+    has zero K and V rows (no biases). The reference takes that padded form."""
+    n = 16
+    m = build_variant("linformer", LINFORMER, dtype=F64, seed=8)
+    m.allocate_cache(2, n)
+    w = dict(m.state_dict())
+    x = _x(2, tokens, LINFORMER.hidden_size, seed=9)
+    padded = torch.cat((x, x.new_zeros(2, n - tokens, LINFORMER.hidden_size)), dim=1)
+    # Only keys and values see the padding; the outputs kept are those of the real tokens.
+    ref = _linformer_reference(LINFORMER, w, padded)[:, :tokens]
+    assert rel_err(m(x, 0), ref) < 1e-10
