@@ -22,13 +22,19 @@ def _yarn_correction_dim(num_rotations: float, dim: int, base: float, max_pos: i
     return dim * math.log(max_pos / (num_rotations * 2 * math.pi)) / (2 * math.log(base))
 
 
-def inv_frequencies(dim: int, shape: AttentionShape, max_positions: int) -> Tensor:
-    """theta^(-2i/dim) for i < dim/2, YaRN-corrected as DeepSeek does once the context
-    exceeds the original training length (float64, CPU)."""
+def inv_frequencies(dim: int, shape: AttentionShape) -> Tensor:
+    """theta^(-2i/dim) for i < dim/2 (float64, CPU), YaRN-corrected whenever the shape has
+    YaRN (rope_scaling_factor > 1).
+
+    The correction depends on the shape alone, never on a case's cache or sequence
+    length: a YaRN model is one function at every length, its corrected frequencies
+    always paired with the mscale^2 softmax factor (`AttentionShape.mla_softmax_scale`),
+    as HF transformers' DeepseekV3Attention runs it (MLA.md section 4).
+    """
     base = shape.rope_theta
     freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))  # (dim/2,)
     factor = shape.rope_scaling_factor
-    if factor > 1.0 and max_positions > shape.rope_original_max_position:
+    if factor > 1.0:
         orig = shape.rope_original_max_position
         low = math.floor(_yarn_correction_dim(shape.rope_beta_fast, dim, base, orig))
         high = math.ceil(_yarn_correction_dim(shape.rope_beta_slow, dim, base, orig))
@@ -42,8 +48,9 @@ def inv_frequencies(dim: int, shape: AttentionShape, max_positions: int) -> Tens
 
 
 def rope_table(dim: int, shape: AttentionShape, max_positions: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(cos, sin), each (max_positions, dim/2), float64."""
-    freqs = inv_frequencies(dim, shape, max_positions)
+    """(cos, sin) for positions 0 .. max_positions-1, each (max_positions, dim/2), float64.
+    Row p is the same for every max_positions: the length only sizes the table."""
+    freqs = inv_frequencies(dim, shape)
     angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), freqs)
     return angles.cos().to(device), angles.sin().to(device)
 
