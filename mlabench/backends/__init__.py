@@ -13,6 +13,10 @@ OPTION_CHECKS: dict[str, Callable[[Case], object]] = {
     "cpp_min_chunk_size": compiled.cpp_min_chunk_size,
     "sdpa_kernel": sdpa.sdpa_kernel_option,
     "num_splits": triton_mla.num_splits_option,
+    "block_h": triton_mla.block_h_option,
+    "block_n": triton_mla.block_n_option,
+    "num_warps": triton_mla.num_warps_option,
+    "num_stages": triton_mla.num_stages_option,
     "flashinfer_backend": flashinfer.flashinfer_backend_option,
 }
 
