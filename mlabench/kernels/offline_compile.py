@@ -55,6 +55,7 @@ class CompileResult:
     n_regs: int  # registers per thread
     spill_bytes: int  # local memory per thread (register spills); 0 for a clean compile
     shared: int  # dynamic shared memory per CTA, bytes
+    ptx_target: str  # the PTX ".target" line's architecture, e.g. sm_90a
 
     @property
     def ok(self) -> bool:
@@ -161,8 +162,9 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
     regs, spill = _resource_usage(compiled.asm["cubin"], compiled.metadata.name)
+    target = re.search(r"^\.target\s+(\w+)", compiled.asm["ptx"], re.MULTILINE)
     return CompileResult(dims, dtype, cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_stages, write_final,
-                         regs, spill, int(compiled.metadata.shared))
+                         regs, spill, int(compiled.metadata.shared), target.group(1) if target else "?")
 
 
 # Configurations tried and not picked by the launcher, for the record in NOTES.md (--candidates).
