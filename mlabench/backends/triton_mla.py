@@ -24,8 +24,8 @@ from torch import Tensor
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError, UsageError
-from mlabench.kernels.mla_decode import LaunchConfig, mla_decode, mla_decode_config, triton_unavailable_reason
-from mlabench.kernels.mla_decode_launch import LAUNCH_KNOBS, launch_value_error
+from mlabench.kernels.mla_decode import mla_decode, triton_unavailable_reason
+from mlabench.kernels.mla_decode_launch import LAUNCH_KNOBS, LaunchConfig, launch_value_error, mla_decode_config
 from mlabench.variants.base import AttentionVariant
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)

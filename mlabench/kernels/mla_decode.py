@@ -29,12 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mlabench.kernels.mla_decode_launch import (
-    DEFAULT_NUM_SMS,
-    LaunchConfig,
-    check_inputs,
-    choose_config,
-)
+from mlabench.kernels.mla_decode_launch import LaunchConfig, check_inputs, mla_decode_config
 
 try:
     import triton
@@ -65,12 +60,6 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
         # counts is TRITON_INTERPRET at import time, not the environment now.
         return None if _INTERPRETED else "needs a CUDA device or TRITON_INTERPRET=1 (set before import)"
     return f"unsupported device type {device.type!r}"
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return DEFAULT_NUM_SMS
 
 
 if HAS_TRITON:
@@ -230,22 +219,6 @@ if HAS_TRITON:
     _INTERPRETED = type(_mla_decode_split_kernel).__name__ == "InterpretedFunction"
 else:  # pragma: no cover
     _INTERPRETED = False
-
-
-def mla_decode_config(
-    q: Tensor,
-    kv_cache: Tensor,
-    num_splits: int | None = None,
-    *,
-    block_h: int | None = None,
-    block_n: int | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
-) -> LaunchConfig:
-    """The launch configuration ``mla_decode`` uses for these arguments (None = default)."""
-    B, S, H, _ = q.shape
-    return choose_config(B, S * H, kv_cache.shape[1], q.element_size(), _num_sms(q.device), block_h=block_h,
-                         block_n=block_n, num_warps=num_warps, num_stages=num_stages, num_splits=num_splits)
 
 
 def mla_decode(

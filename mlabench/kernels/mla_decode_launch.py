@@ -1,11 +1,11 @@
 """Launch configuration of the fused MLA decode kernel: checks, defaults, split heuristic.
 
-Everything here is plain Python on shapes and numbers (no triton, no device access), so
-the choices can be unit-tested anywhere and recorded per benchmark row. The kernel module
-(`mla_decode.py`) calls `choose_config` once per launch; a backend can call it up front to
-know, and record, exactly what will run. Defaults and their reasons are in NOTES.md
-("Launch configuration"); the offline sm_90a compile predictions for every configuration
-`auto_configs` lists are in NOTES.md too (`python -m mlabench.kernels.offline_compile`).
+Plain Python on shapes and numbers (no triton; the one device query is the SM count in
+`num_sms`), so the choices can be unit-tested anywhere and recorded per benchmark row.
+`mla_decode` resolves its launch through `mla_decode_config`; a backend calls the same
+function up front to know, and record, exactly what will run. Defaults and their reasons,
+with the offline sm_90a compile predictions for every configuration `auto_configs` lists
+(`python -m mlabench.kernels.offline_compile`), are in NOTES.md ("Launch configuration").
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ __all__ = [
     "default_num_splits",
     "default_num_warps",
     "launch_value_error",
+    "mla_decode_config",
+    "num_sms",
 ]
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -202,6 +204,29 @@ def choose_config(
     if num_splits is None:
         num_splits = default_num_splits(batch, -(-rows // bh), max_seqlen, bn, num_sms, ctas_per_sm(warps))
     return LaunchConfig(bh, bn, warps, stages, num_splits)
+
+
+def num_sms(device: torch.device) -> int:
+    """SM count of ``device``; DEFAULT_NUM_SMS off CUDA (the interpreter has no SMs to fill)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_NUM_SMS
+
+
+def mla_decode_config(
+    q: Tensor,
+    kv_cache: Tensor,
+    num_splits: int | None = None,
+    *,
+    block_h: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> LaunchConfig:
+    """The launch configuration ``mla_decode`` uses for these arguments (None = default)."""
+    B, S, H, _ = q.shape
+    return choose_config(B, S * H, kv_cache.shape[1], q.element_size(), num_sms(q.device), block_h=block_h,
+                         block_n=block_n, num_warps=num_warps, num_stages=num_stages, num_splits=num_splits)
 
 
 def auto_configs() -> dict[LaunchConfig, tuple[str, ...]]:
