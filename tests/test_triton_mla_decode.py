@@ -4,7 +4,10 @@ Every case compares against a float64 reference on random inputs. Without CUDA t
 kernels run through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so
 shapes are kept small: D = 64+16 or 32+16, a few heads, at most ~100 cache tokens. The
 cache slack beyond each sequence's length is filled with NaN, so any out-of-range read
-shows up as a non-finite output.
+shows up as a non-finite output. Every launch configuration the launcher picks
+(`auto_configs`) runs here with ragged split boundaries, S > 1 and batch > 1; the launch
+module's checks and split heuristic are tested as pure functions. Whether those
+configurations compile cleanly for sm_90a is tests/test_kernel_compile.py's job.
 """
 
 from __future__ import annotations
