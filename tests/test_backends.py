@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlabench.backends import BACKENDS, Prepared, StepInputs, triton_mla
+from mlabench.backends import BACKENDS, Prepared, StepInputs, apply_options, triton_mla
 from mlabench.backends import sdpa as sdpa_mod
 from mlabench.backends.compiled import compiled_graph_count
 from mlabench.case import Case
@@ -188,7 +188,9 @@ def test_triton_core_reads_the_cache_in_place(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(triton_mla, "mla_decode", spy)
     module, case, inputs = setup_step("mla-absorbed", "triton", "decode", 2, num_splits=2)
     prepared = BACKENDS["triton"].prepare(module, case, inputs)
-    assert prepared.detail == "triton:splits=2" and prepared.compile_ms is not None
+    # Unset knobs get the kernel's defaults; the row records all five values that ran.
+    assert prepared.detail == "triton:block_h=16,block_n=16,num_warps=4,num_stages=3,num_splits=2"
+    assert prepared.compile_ms is not None
     prepared.fn()
     cache = module.cache_tensors()["kv_cache"]  # (B, T_max, d_c + d_r)
     kv, seqlens, kw = seen[-1]
@@ -197,7 +199,7 @@ def test_triton_core_reads_the_cache_in_place(monkeypatch: pytest.MonkeyPatch) -
     assert seqlens.dtype == torch.int32 and seqlens.tolist() == [SEQ_LEN] * BATCH
     assert seqlens is seen[0][1]  # allocated once in prepare
     assert kw == {"head_dim_v": TINY.kv_lora_rank, "softmax_scale": module.shape.mla_softmax_scale,
-                  "num_splits": 2}
+                  "num_splits": 2, "block_h": 16, "block_n": 16, "num_warps": 4, "num_stages": 3}
 
 
 def test_triton_unavailable_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,6 +216,12 @@ def test_triton_refuses_what_it_cannot_serve() -> None:
     module, case, inputs = setup_step("mla-absorbed", "triton", "decode", 1, num_splits=0)
     with pytest.raises(UsageError, match="num_splits"):
         BACKENDS["triton"].prepare(module, case, inputs)
+    for name, bad in (("block_h", 24), ("block_n", 8), ("num_warps", 3), ("num_stages", 0)):
+        module, case, inputs = setup_step("mla-absorbed", "triton", "decode", 1, **{name: bad})
+        with pytest.raises(UsageError, match=rf"^{name}: must be .*, got {bad}$"):
+            apply_options([case], dict(case.options))  # rejected before any case runs
+        with pytest.raises(UsageError, match=rf"^{name}: must be .*, got {bad}$"):
+            BACKENDS["triton"].prepare(module, case, inputs)
     module, case, inputs = setup_step("mla-latent", "triton", "decode", 1)
     with pytest.raises(UnsupportedError, match="mla-absorbed only"):
         BACKENDS["triton"].prepare(module, case, inputs)

@@ -4,7 +4,10 @@ Every case compares against a float64 reference on random inputs. Without CUDA t
 kernels run through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so
 shapes are kept small: D = 64+16 or 32+16, a few heads, at most ~100 cache tokens. The
 cache slack beyond each sequence's length is filled with NaN, so any out-of-range read
-shows up as a non-finite output.
+shows up as a non-finite output. Every launch configuration the launcher picks
+(`auto_configs`) runs here with ragged split boundaries, S > 1 and batch > 1; the launch
+module's checks and split heuristic are tested as pure functions. Whether those
+configurations compile cleanly for sm_90a is tests/test_kernel_compile.py's job.
 """
 
 from __future__ import annotations
@@ -23,9 +26,22 @@ pytest.importorskip("triton")
 from mlabench.kernels import mla_decode as mla_mod  # noqa: E402
 from mlabench.kernels.mla_decode import (  # noqa: E402
     HAS_TRITON,
-    default_num_splits,
     mla_decode,
+    mla_decode_config,
     triton_unavailable_reason,
+)
+from mlabench.kernels.mla_decode_launch import (  # noqa: E402
+    DEFAULT_NUM_SMS,
+    MAX_SPLITS,
+    MIN_BLOCKS_PER_SPLIT,
+    LaunchConfig,
+    auto_configs,
+    choose_config,
+    ctas_per_sm,
+    default_num_splits,
+    launch_value_error,
+    max_splits_for,
+    wave_efficiency,
 )
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,16 +238,139 @@ def test_empty_batch() -> None:
     assert out.shape == (0, 1, 2, 32)
 
 
-def test_default_num_splits_heuristic() -> None:
-    # Small batch, long cache: enough splits to fill the SMs.
-    assert default_num_splits(batch=1, num_row_blocks=1, max_seqlen=32768, block_n=32) == 64
-    assert default_num_splits(batch=2, num_row_blocks=1, max_seqlen=32768, block_n=32) == 64  # capped
-    assert default_num_splits(batch=4, num_row_blocks=1, max_seqlen=32768, block_n=32) == 33
-    # Large batch already fills the machine: no split.
-    assert default_num_splits(batch=64, num_row_blocks=8, max_seqlen=32768, block_n=32) == 1
-    # Short cache: each split keeps at least 4 KV blocks.
-    assert default_num_splits(batch=1, num_row_blocks=1, max_seqlen=256, block_n=32) == 2
-    assert default_num_splits(batch=1, num_row_blocks=1, max_seqlen=10, block_n=32) == 1
+def _auto_config_cases() -> list:
+    """(config, dtype, S, H) for every config the launcher picks, with a shape it picks it for."""
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    cases = []
+    for cfg, names in auto_configs().items():
+        # S = 3 new tokens (causal limits differ per row); 4 heads -> 12 rows (one 16-row block),
+        # 7 heads -> 21 rows (one 32-row block with 11 padding rows).
+        heads = 4 if cfg.block_h == 16 else 7
+        short = f"h{cfg.block_h}n{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"
+        cases += [pytest.param(cfg, dtypes[n], 3, heads, id=f"{short}-{n}") for n in names]
+    return cases
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize(("cfg", "dtype", "S", "H"), _auto_config_cases())
+def test_every_auto_config(cfg: LaunchConfig, dtype: torch.dtype, S: int, H: int, num_splits: int) -> None:
+    # The launcher really picks this config for the shape, and it is exact against float64 with:
+    # a batch of 3, lengths that are multiples of neither block_n nor the split chunk (75 in 3
+    # splits of 32-token chunks: 32 + 32 + 11), one sequence holding only the S new tokens, and
+    # NaN slack after every sequence.
+    q, kv, seqlens = make_inputs([S, 37, 75], S=S, H=H, dv=64, dr=16, dtype=dtype, t_max=83, seed=cfg.block_h)
+    auto = mla_decode_config(q, kv, num_splits)
+    assert (auto.block_h, auto.block_n, auto.num_warps, auto.num_stages) == (
+        cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_stages)
+    check(q, kv, seqlens, 64, 80**-0.5, num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
+          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def test_auto_config_at_deepseek_dims() -> None:
+    # D = 512 + 64, 16 heads x 2 tokens = 32 rows -> the 32-row config; default split count.
+    q, kv, seqlens = make_inputs([2, 45], S=2, H=16, dv=512, dr=64, dtype=torch.bfloat16, seed=8)
+    cfg = mla_decode_config(q, kv)
+    assert (cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_stages) == (32, 32, 8, 3)
+    check(q, kv, seqlens, 512, 576**-0.5, None)
+
+
+def test_explicit_64_row_blocks() -> None:
+    # The wgmma-sized row block is never picked automatically (it spills on sm_90) but stays an
+    # option: 2 tokens x 40 heads = 80 rows -> two row blocks, the second mostly padding.
+    q, kv, seqlens = make_inputs([2, 19, 50], S=2, H=40, dv=32, dr=16, seed=9)
+    check(q, kv, seqlens, 32, 0.2, num_splits=2, block_h=64, block_n=16, num_warps=8, num_stages=2)
+
+
+def test_launch_config_detail_names_all_five_values() -> None:
+    cfg = LaunchConfig(block_h=32, block_n=32, num_warps=8, num_stages=3, num_splits=7)
+    assert cfg.detail == "block_h=32,block_n=32,num_warps=8,num_stages=3,num_splits=7"
+
+
+def test_default_configs() -> None:
+    # 16-bit: 16-row blocks up to 16 rows, 32 above (64 spills on sm_90); fp32: 16 x 16 tiles.
+    assert choose_config(1, 16, 4096, elem_bytes=2) == LaunchConfig(16, 32, 4, 3, choose_config(1, 16, 4096).num_splits)
+    big = choose_config(8, 128, 4096, elem_bytes=2)
+    assert (big.block_h, big.block_n, big.num_warps, big.num_stages) == (32, 32, 8, 3)
+    fp32 = choose_config(8, 128, 4096, elem_bytes=4)
+    assert (fp32.block_h, fp32.block_n, fp32.num_warps, fp32.num_stages) == (16, 16, 4, 3)
+    # Explicit knobs win; the split count follows the row blocks they imply.
+    cfg = choose_config(1, 128, 32768, block_h=64, num_warps=8, num_splits=None)
+    assert (cfg.block_h, cfg.num_warps) == (64, 8)
+    assert cfg.num_splits == default_num_splits(1, 2, 32768, 32, DEFAULT_NUM_SMS, ctas_per_sm(8))
+    with pytest.raises(ValueError, match=r"^block_n must be a power of two in \[16, 256\], got 48$"):
+        choose_config(1, 16, 64, block_n=48)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("block_h", 8), ("block_h", 48), ("block_h", 256), ("block_h", True), ("block_n", 512), ("block_n", 16.0),
+    ("num_warps", 0), ("num_warps", 6), ("num_warps", 32), ("num_stages", 0), ("num_stages", 9),
+    ("num_splits", 0), ("num_splits", 5000), ("num_splits", "4"),
+])
+def test_launch_value_errors(name: str, value: object) -> None:
+    err = launch_value_error(name, value)
+    assert err is not None and err.startswith("must be ") and err.endswith(f"got {value!r}")
+    with pytest.raises(ValueError, match=rf"^{name} must be "):
+        choose_config(1, 16, 64, **{name: value})
+
+
+@pytest.mark.parametrize(("name", "value"), [("block_h", 16), ("block_h", 128), ("block_n", 256),
+                                             ("num_warps", 1), ("num_stages", 1), ("num_splits", 4096)])
+def test_launch_values_accepted(name: str, value: int) -> None:
+    assert launch_value_error(name, value) is None
+    assert launch_value_error(name, None) is None  # None = default
+
+
+def _best_efficiency(base: int, slots: int, s_max: int) -> float:
+    return max(base * s / (math.ceil(base * s / slots) * slots) for s in range(1, s_max + 1))
+
+
+def test_split_heuristic_examples() -> None:
+    # H100/H200 (132 SMs), two 4-warp CTAs per SM: a wave is 264 CTAs.
+    # One sequence, one row block, long cache: as many splits as reach 85% of the best wave use.
+    assert default_num_splits(1, 1, 32768, 32, 132, 2) == 109
+    # 4 sequences x 8 row blocks = 32 CTAs: 8 splits -> 256 of 264 slots in one wave.
+    assert default_num_splits(4, 8, 32768, 32, 132, 2) == 8
+    # 64 x 8 = 512 CTAs already fill ~2 waves: no split, no combine pass.
+    assert default_num_splits(64, 8, 32768, 32, 132, 2) == 1
+    # Short caches: each split keeps >= 4 blocks of 32 tokens.
+    assert default_num_splits(1, 1, 256, 32, 132, 2) == 2
+    assert default_num_splits(1, 1, 100, 32, 132, 2) == 1
+    # One 8-warp CTA per SM: half the slots, so fewer splits for the same grid.
+    assert default_num_splits(4, 4, 32768, 32, 132, 1) == 8
+    assert ctas_per_sm(4) == 2 and ctas_per_sm(8) == 1 and ctas_per_sm(16) == 1
+
+
+@pytest.mark.parametrize("num_sms", [1, 8, 78, 132])
+@pytest.mark.parametrize("ctas", [1, 2])
+def test_split_heuristic_whole_waves_and_bounds(num_sms: int, ctas: int) -> None:
+    slots = num_sms * ctas
+    for batch in (1, 2, 3, 5, 16, 64, 300):
+        for row_blocks in (1, 2, 4, 8):
+            prev = 0
+            for t_max in (1, 64, 127, 128, 1000, 4096, 32768, 131072):
+                s = default_num_splits(batch, row_blocks, t_max, 32, num_sms, ctas)
+                s_max = max_splits_for(t_max, 32)
+                base = batch * row_blocks
+                assert 1 <= s <= min(s_max, MAX_SPLITS)
+                # Every non-empty split keeps its minimum number of KV blocks of a full cache.
+                assert s == 1 or t_max // s >= MIN_BLOCKS_PER_SPLIT * 32
+                if base >= 0.8 * slots:
+                    assert s == 1, (batch, row_blocks, t_max)
+                else:
+                    # Whole waves: within 85% of the best CTA-slot use any allowed count reaches.
+                    assert wave_efficiency(base * s, slots) >= 0.85 * _best_efficiency(base, slots, s_max) - 1e-12
+                # Longer caches never get fewer splits.
+                assert s >= prev, (batch, row_blocks, t_max)
+                prev = s
+
+
+def test_split_heuristic_fills_a_wave_when_the_cache_allows() -> None:
+    # Whenever some split count fills a wave exactly, the choice uses at least 85% of one.
+    for batch in range(1, 40):
+        s = default_num_splits(batch, 1, 1 << 20, 32, 132, 2)
+        if batch >= 0.8 * 264:
+            continue
+        assert batch * s >= 0.85 * 264 or _best_efficiency(batch, 264, MAX_SPLITS) < 1.0, batch
 
 
 def test_unavailable_reason() -> None:
@@ -305,6 +444,10 @@ _BAD_CASES = {
     "scale_nan": ("softmax_scale", lambda a: math.nan),
     "scale_negative": ("softmax_scale", lambda a: -0.1),
     "splits_zero": ("num_splits", lambda a: 0),
+    "block_h_not_pow2": ("block_h", lambda a: 24),
+    "block_n_small": ("block_n", lambda a: 8),
+    "warps_bad": ("num_warps", lambda a: 3),
+    "stages_zero": ("num_stages", lambda a: 0),
 }
 
 

@@ -17,6 +17,10 @@ OPTIONS: dict[str, tuple[str, Callable[[Case], object]]] = {
     "cpp_min_chunk_size": ("compiled", compiled.cpp_min_chunk_size),
     "sdpa_kernel": ("sdpa", sdpa.sdpa_kernel_option),
     "num_splits": ("triton", triton_mla.num_splits_option),
+    "block_h": ("triton", triton_mla.block_h_option),
+    "block_n": ("triton", triton_mla.block_n_option),
+    "num_warps": ("triton", triton_mla.num_warps_option),
+    "num_stages": ("triton", triton_mla.num_stages_option),
     "flashinfer_backend": ("flashinfer", flashinfer.flashinfer_backend_option),
 }
 

@@ -6,7 +6,10 @@ of the cache tensor, so the kernel reads the cache in place: the core squeezes t
 dim (a view) and passes it as `kv_cache`, and V is never materialized. Every sequence holds
 T = start_pos + q_len valid tokens; `cache_seqlens` is allocated once in `prepare`.
 
-Options: `num_splits` (int >= 1; default: the kernel's occupancy heuristic).
+Options (each optional; unset ones get the kernel's defaults, see kernels/NOTES.md): the
+launch knobs `block_h`, `block_n`, `num_warps`, `num_stages` and `num_splits`. The
+configuration that runs - all five values, chosen once per case from its shape - is the
+row's `backend_detail`, e.g. `triton:block_h=16,block_n=32,num_warps=4,num_stages=3,num_splits=8`.
 Without CUDA the kernel runs only under TRITON_INTERPRET=1 (set before triton is imported),
 which is for tests, not timing.
 """
@@ -22,27 +25,54 @@ from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError, UsageError
 from mlabench.kernels.mla_decode import mla_decode, triton_unavailable_reason
+from mlabench.kernels.mla_decode_launch import LAUNCH_KNOBS, LaunchConfig, launch_value_error, mla_decode_config
 from mlabench.variants.base import AttentionVariant
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def num_splits_option(case: Case) -> int | None:
-    value = case.option("num_splits")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise UsageError(f"num_splits: must be an integer >= 1, got {value!r}")
+def _launch_option(case: Case, name: str) -> int | None:
+    value = case.option(name)
+    err = launch_value_error(name, value)
+    if err is not None:
+        raise UsageError(f"{name}: {err}")
     return value
+
+
+def block_h_option(case: Case) -> int | None:
+    return _launch_option(case, "block_h")
+
+
+def block_n_option(case: Case) -> int | None:
+    return _launch_option(case, "block_n")
+
+
+def num_warps_option(case: Case) -> int | None:
+    return _launch_option(case, "num_warps")
+
+
+def num_stages_option(case: Case) -> int | None:
+    return _launch_option(case, "num_stages")
+
+
+def num_splits_option(case: Case) -> int | None:
+    return _launch_option(case, "num_splits")
+
+
+def launch_options(case: Case) -> dict[str, int | None]:
+    """The case's five launch knobs, validated (None: the kernel picks)."""
+    return {name: _launch_option(case, name) for name in LAUNCH_KNOBS}
 
 
 class TritonMLACore:
     """core(q', latent, latent[..., :d_c], tau, True) -> o_lat via `mla_decode` on the cache itself."""
 
-    def __init__(self, cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, num_splits: int | None):
+    def __init__(self, cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, knobs: dict[str, int | None]):
         self.cache = cache  # (B_max, T_max, d_c + d_r): the module's kv_cache tensor
         self.cache_seqlens = cache_seqlens  # (B,) int32
         self.head_dim_v = head_dim_v
-        self.num_splits = num_splits
-        self._checked = False
+        self.knobs = knobs  # launch options as given; None = kernel default
+        self.config: LaunchConfig | None = None  # resolved on the first call, then fixed for the case
 
     def _check(self, k: Tensor, v: Tensor, kv: Tensor, causal: bool) -> None:
         """Once per case: the kernel must read the cache tensor in place and V must be K's prefix."""
@@ -54,14 +84,17 @@ class TritonMLACore:
             raise RuntimeError("triton core: k is not a view of the module's kv_cache (it would read a copy)")
         if v.data_ptr() != k.data_ptr() or v.stride() != k.stride() or v.shape[-1] != self.head_dim_v:
             raise RuntimeError(f"triton core: v must be k[..., :{self.head_dim_v}], a view of the same latent")
-        self._checked = True
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
         kv = k.squeeze(2)  # (B, T, D) view, strides of the cache: no copy
-        if not self._checked:
+        if self.config is None:
             self._check(k, v, kv, causal)
+            # Resolved once, so every timed call runs (and the row records) the same launch.
+            self.config = mla_decode_config(q, kv, **self.knobs)
+        cfg = self.config
         return mla_decode(q, kv, self.cache_seqlens, head_dim_v=self.head_dim_v, softmax_scale=scale,
-                          num_splits=self.num_splits)  # (B, S, H, d_c)
+                          num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)  # (B, S, H, d_c)
 
 
 @register_backend(
@@ -75,14 +108,14 @@ class TritonMLACore:
 def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     if module.name != "mla-absorbed":
         raise UnsupportedError(f"the triton backend serves mla-absorbed only, not {module.name}")
-    splits = num_splits_option(case)
+    knobs = launch_options(case)
     x, start = inputs.x, inputs.start_pos
     if module.weight_dtype not in _DTYPES:
         raise UnsupportedError(f"the triton MLA decode kernel takes bf16/fp16/fp32, not {module.weight_dtype}")
     cache = module.cache_tensors()["kv_cache"]
     b, s = x.shape[:2]
     cache_seqlens = torch.full((b,), start + s, dtype=torch.int32, device=x.device)
-    core = TritonMLACore(cache, cache_seqlens, module.shape.kv_lora_rank, splits)
+    core = TritonMLACore(cache, cache_seqlens, module.shape.kv_lora_rank, knobs)
 
     def fn() -> Tensor:
         return module(x, start, core)
@@ -94,5 +127,5 @@ def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> 
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     compile_ms = (time.perf_counter() - t0) * 1e3
-    return Prepared(fn=fn, detail=f"triton:splits={splits if splits is not None else 'auto'}", compile_ms=compile_ms,
-                    core=core)
+    assert core.config is not None  # set by the first call
+    return Prepared(fn=fn, detail=f"triton:{core.config.detail}", compile_ms=compile_ms, core=core)

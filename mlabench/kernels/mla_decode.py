@@ -7,12 +7,14 @@ Computes, for every sequence b, new query token s and head h,
 over the keys t <= cache_seqlens[b] - S + s (causal, bottom-right aligned). All H query
 heads share ONE latent KV head whose first ``head_dim_v`` columns (the compressed latent
 c_kv) double as the values, so V is read from the same tile as K and never copied. This is
-the interface of DeepSeek's FlashMLA (D = 576 = 512 latent + 64 RoPE, dv = 512); see
-/work/shared/MLA.md section 2 for the math and mlabench/kernels/NOTES.md for the design.
+the interface of DeepSeek's FlashMLA (D = 576 = 512 latent + 64 RoPE, dv = 512). The
+math (MLA.md section 2, the absorbed form) and the design are in NOTES.md beside this file;
+launch defaults, argument checks and the split heuristic are in ``mla_decode_launch.py``.
 
 Two kernels:
 
-* ``_mla_decode_split_kernel``: grid (B, row blocks, splits). The S*H query rows of one
+* ``_mla_decode_split_kernel``: one program per (sequence, split, row block), in a flat
+  grid with the row block fastest-varying. The S*H query rows of one
   sequence form the M dimension of a matmul, so each KV tile is loaded once per row block
   and reused by every head in it. Each split runs an online softmax over a contiguous chunk
   of the sequence and writes a normalised fp32 partial output plus its log-sum-exp (or, with
@@ -24,10 +26,10 @@ The module imports without triton; ``mla_decode`` then raises ``RuntimeError``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from mlabench.kernels.mla_decode_launch import LaunchConfig, check_inputs, mla_decode_config
 
 try:
     import triton
@@ -39,26 +41,11 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     tl = None
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "mla_decode", "triton_unavailable_reason", "default_num_splits"]
-
-_SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-# Launch defaults, chosen for Hopper with DeepSeek shapes (dv = 512, d_r = 64) and kept
-# as the starting point of the tuning log in NOTES.md. BLOCK_H = 16 is the smallest M that
-# tl.dot / wgmma accepts; a [16, 512] fp32 accumulator is 64 registers per thread at
-# 4 warps, which leaves room for the score tile and the pipelined KV loads.
-_BLOCK_H = 16
-_BLOCK_N = 32
-_NUM_WARPS = 4
-_NUM_STAGES = 2
-# Split-KV heuristic: aim for about one wave of programs on an H100 (132 SMs), but never
-# cut a sequence so finely that a split owns fewer than this many KV blocks (the fixed
-# cost of a split - Q load, partial write, combine read - must stay amortised).
-_DEFAULT_NUM_SMS = 132
-_MIN_BLOCKS_PER_SPLIT = 4
-_MAX_SPLITS = 64
+__all__ = ["HAS_TRITON", "LaunchConfig", "mla_decode", "mla_decode_config", "triton_unavailable_reason"]
 
 _LOG2E = 1.4426950408889634
+# CUDA caps gridDim.x at 2^31 - 1; the split kernel's grid is one-dimensional.
+_MAX_GRID = 2**31 - 1
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
@@ -73,32 +60,6 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
         # counts is TRITON_INTERPRET at import time, not the environment now.
         return None if _INTERPRETED else "needs a CUDA device or TRITON_INTERPRET=1 (set before import)"
     return f"unsupported device type {device.type!r}"
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return _DEFAULT_NUM_SMS
-
-
-def default_num_splits(
-    batch: int,
-    num_row_blocks: int,
-    max_seqlen: int,
-    block_n: int = _BLOCK_N,
-    num_sms: int = _DEFAULT_NUM_SMS,
-) -> int:
-    """Number of KV splits per (sequence, row block) when the caller passes ``None``.
-
-    Enough programs to fill ``num_sms`` once (batch * row blocks * splits ~ num_sms), capped
-    so that a split of a ``max_seqlen``-token sequence still covers at least
-    ``_MIN_BLOCKS_PER_SPLIT`` KV blocks, and at ``_MAX_SPLITS``. Uses only host-side
-    numbers (``max_seqlen`` is the cache capacity T_max), so it never syncs the device.
-    """
-    base = max(1, batch * num_row_blocks)
-    want = -(-num_sms // base)  # ceil
-    max_by_len = max(1, max_seqlen // (_MIN_BLOCKS_PER_SPLIT * block_n))
-    return int(max(1, min(want, max_by_len, _MAX_SPLITS)))
 
 
 if HAS_TRITON:
@@ -122,9 +83,15 @@ if HAS_TRITON:
         # bf16 tiles are widened to fp32 (exact) before each dot. Always False when compiled.
         UPCAST_DOT: tl.constexpr,
     ):
-        pid_b = tl.program_id(0)
-        pid_m = tl.program_id(1)
-        pid_s = tl.program_id(2)
+        # One-dimensional grid, row block fastest, then split, then sequence: CUDA issues CTAs
+        # in linear order, so the row blocks that read the same KV chunk run side by side
+        # (the later ones hit L2) and all CTAs of a sequence are issued together. A flat grid
+        # also avoids the 65535 limit on gridDim.y/z for large batches.
+        pid = tl.program_id(0)
+        num_row_blocks = tl.cdiv(S * H, BLOCK_H)
+        pid_m = pid % num_row_blocks
+        pid_s = (pid // num_row_blocks) % num_splits
+        pid_b = pid // (num_row_blocks * num_splits)
 
         seqlen = tl.load(SEQLENS + pid_b)
         # Per-sequence chunking keeps the work balanced when lengths differ in a batch; the
@@ -254,69 +221,6 @@ else:  # pragma: no cover
     _INTERPRETED = False
 
 
-def _check_inputs(
-    q: Tensor, kv_cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, softmax_scale: float,
-    num_splits: int | None,
-) -> None:
-    """Raise ValueError naming the first offending argument."""
-    if not isinstance(q, Tensor) or q.dim() != 4:
-        raise ValueError(f"q must be a 4-D tensor [B, S, H, D], got {_desc(q)}")
-    if not isinstance(kv_cache, Tensor) or kv_cache.dim() != 3:
-        raise ValueError(
-            f"kv_cache must be a 3-D tensor [B, T_max, D] (squeeze the KV-head dim), got {_desc(kv_cache)}"
-        )
-    if not isinstance(cache_seqlens, Tensor) or cache_seqlens.dim() != 1:
-        raise ValueError(f"cache_seqlens must be a 1-D tensor [B], got {_desc(cache_seqlens)}")
-    B, S, H, D = q.shape
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise ValueError(f"q dtype must be one of bf16/fp16/fp32, got {q.dtype}")
-    if kv_cache.dtype != q.dtype:
-        raise ValueError(f"kv_cache dtype {kv_cache.dtype} must match q dtype {q.dtype}")
-    if cache_seqlens.dtype != torch.int32:
-        raise ValueError(f"cache_seqlens must be int32, got {cache_seqlens.dtype}")
-    if kv_cache.device != q.device:
-        raise ValueError(f"kv_cache is on {kv_cache.device} but q is on {q.device}")
-    if cache_seqlens.device != q.device:
-        raise ValueError(f"cache_seqlens is on {cache_seqlens.device} but q is on {q.device}")
-    if S < 1 or H < 1 or D < 2:
-        raise ValueError(f"q shape {tuple(q.shape)} needs S >= 1, H >= 1 and D >= 2")
-    if kv_cache.shape[0] != B:
-        raise ValueError(f"kv_cache batch {kv_cache.shape[0]} does not match q batch {B}")
-    if kv_cache.shape[2] != D:
-        raise ValueError(f"kv_cache last dim {kv_cache.shape[2]} does not match q head dim {D}")
-    if kv_cache.shape[1] > 0 and kv_cache.stride(2) != 1:
-        raise ValueError(f"kv_cache last dim must be contiguous (stride 1), got strides {kv_cache.stride()}")
-    if cache_seqlens.shape[0] != B:
-        raise ValueError(f"cache_seqlens has {cache_seqlens.shape[0]} entries, q batch is {B}")
-    if isinstance(head_dim_v, bool) or not isinstance(head_dim_v, int) or not 0 < head_dim_v < D:
-        raise ValueError(f"head_dim_v must be an int with 0 < head_dim_v < D={D}, got {head_dim_v!r}")
-    if (
-        isinstance(softmax_scale, bool)
-        or not isinstance(softmax_scale, (int, float))
-        or not math.isfinite(softmax_scale)
-        or softmax_scale <= 0
-    ):
-        raise ValueError(f"softmax_scale must be a finite positive float, got {softmax_scale!r}")
-    if num_splits is not None and (
-        isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1
-    ):
-        raise ValueError(f"num_splits must be None or an int >= 1, got {num_splits!r}")
-    # Value checks only where they cost no device sync.
-    if cache_seqlens.device.type == "cpu" and B > 0:
-        lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
-        if lo < S or hi > kv_cache.shape[1]:
-            raise ValueError(
-                f"cache_seqlens must lie in [S={S}, T_max={kv_cache.shape[1]}] (they include the S new "
-                f"tokens), got min {lo}, max {hi}"
-            )
-
-
-def _desc(x: object) -> str:
-    if isinstance(x, Tensor):
-        return f"shape {tuple(x.shape)}"
-    return type(x).__name__
-
-
 def mla_decode(
     q: Tensor,
     kv_cache: Tensor,
@@ -325,10 +229,10 @@ def mla_decode(
     softmax_scale: float,
     num_splits: int | None = None,
     *,
-    block_h: int = _BLOCK_H,
-    block_n: int = _BLOCK_N,
-    num_warps: int = _NUM_WARPS,
-    num_stages: int = _NUM_STAGES,
+    block_h: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> Tensor:
     """Absorbed-MLA decode attention with split-KV; returns ``[B, S, H, head_dim_v]`` in q's dtype.
 
@@ -337,17 +241,16 @@ def mla_decode(
         but the last dim must have stride 1.
     cache_seqlens: (B,) int32 valid tokens per sequence, including the S new ones.
     softmax_scale: multiplies q . k; always explicit (DeepSeek: d_qk**-0.5 times the YaRN factor).
-    num_splits: KV splits per sequence; None picks ``default_num_splits``.
-    block_h, block_n, num_warps, num_stages: launch tuning knobs (keyword-only).
+    num_splits, block_h, block_n, num_warps, num_stages: launch knobs; None picks the default
+        (``mla_decode_config`` returns the resulting configuration; NOTES.md explains it).
     """
     device = q.device if isinstance(q, Tensor) else torch.device("cpu")
     reason = triton_unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"mla_decode cannot run on {device}: {reason}")
-    _check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, num_splits)
-    for name, val in (("block_h", block_h), ("block_n", block_n)):
-        if not isinstance(val, int) or val < 16 or val & (val - 1):
-            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot minimum), got {val!r}")
+    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale)
+    cfg = mla_decode_config(q, kv_cache, num_splits, block_h=block_h, block_n=block_n,
+                            num_warps=num_warps, num_stages=num_stages)
 
     B, S, H, D = q.shape
     dv = head_dim_v
@@ -359,9 +262,9 @@ def mla_decode(
         q = q.contiguous()
 
     rows = S * H
-    num_row_blocks = triton.cdiv(rows, block_h)
-    if num_splits is None:
-        num_splits = default_num_splits(B, num_row_blocks, kv_cache.shape[1], block_n, _num_sms(q.device))
+    num_programs = B * triton.cdiv(rows, cfg.block_h) * cfg.num_splits
+    if num_programs > _MAX_GRID:
+        raise ValueError(f"num_splits={cfg.num_splits} gives {num_programs} programs, above the grid limit")
 
     block_dv = max(16, triton.next_power_of_2(dv))
     block_dr = max(16, triton.next_power_of_2(dr))
@@ -369,18 +272,17 @@ def mla_decode(
     upcast_dot = _INTERPRETED and q.dtype == torch.bfloat16
     precision = "ieee" if q.dtype == torch.float32 or upcast_dot else "tf32"
 
-    write_final = num_splits == 1
+    write_final = cfg.num_splits == 1
     if write_final:
         # Unused placeholders: the single-split path stores straight into `out`.
         o_part = out.new_empty((1, 1, 1, 1), dtype=torch.float32)
         lse_part = out.new_empty((1, 1, 1), dtype=torch.float32)
     else:
         # Row-major by (row, split) so the combine kernel reads one row's splits contiguously.
-        o_part = q.new_empty((B, rows, num_splits, dv), dtype=torch.float32)  # (B, S*H, NS, dv)
-        lse_part = q.new_empty((B, rows, num_splits), dtype=torch.float32)  # (B, S*H, NS)
+        o_part = q.new_empty((B, rows, cfg.num_splits, dv), dtype=torch.float32)  # (B, S*H, NS, dv)
+        lse_part = q.new_empty((B, rows, cfg.num_splits), dtype=torch.float32)  # (B, S*H, NS)
 
-    grid = (B, num_row_blocks, num_splits)
-    _mla_decode_split_kernel[grid](
+    _mla_decode_split_kernel[(num_programs,)](
         q, kv_cache, cache_seqlens, o_part, lse_part, out,
         q.stride(0), q.stride(1), q.stride(2),
         kv_cache.stride(0), kv_cache.stride(1),
@@ -388,11 +290,11 @@ def mla_decode(
         lse_part.stride(0), lse_part.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
         float(softmax_scale) * _LOG2E,
-        S, H, num_splits,
+        S, H, cfg.num_splits,
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr,
-        BLOCK_H=block_h, BLOCK_N=block_n,
+        BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
         WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot,
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not write_final:
         _mla_decode_combine_kernel[(B, rows)](
@@ -400,9 +302,9 @@ def mla_decode(
             o_part.stride(0), o_part.stride(1), o_part.stride(2),
             lse_part.stride(0), lse_part.stride(1),
             out.stride(0), out.stride(1), out.stride(2),
-            H, num_splits,
+            H, cfg.num_splits,
             DV=dv, BLOCK_DV=block_dv,
-            BLOCK_SPLITS=max(2, triton.next_power_of_2(num_splits)),
+            BLOCK_SPLITS=max(2, triton.next_power_of_2(cfg.num_splits)),
             num_warps=4 if block_dv >= 256 else 1,
         )
     return out
