@@ -30,14 +30,17 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """Measure a single case and print it."""
+    from mlabench import schema
     from mlabench.backends import check_options, served_variants
+    from mlabench.config import VARIANTS
     from mlabench.measure.envinfo import device_label, resolve_device
     from mlabench.measure.memory import open_nvml
     from mlabench.measure.timing import TimingSettings
     from mlabench.runner import RunContext, run_case
-    from mlabench.suites import Suite, expand
+    from mlabench.suites import Suite, check_settings, expand
     from mlabench.sweep import measure_peaks
 
+    budget = check_settings({"budget_s": budget}, "--budget")["budget_s"]  # nan, inf or -1 would never return
     dev = resolve_device(device)
     shape_axes = parse_assignments(assignments)
     for key, values in shape_axes.items():
@@ -48,6 +51,8 @@ def run(
     options = {k: v for k, v in {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel}.items() if v}
     suite = Suite(name="run", description="", path="", grids=(grid,), options=options)
     served = served_variants()
+    if variant not in VARIANTS:  # before the backend check, which would blame the backend
+        raise UsageError(f"--variant: unknown variant {variant!r} (choose from {', '.join(VARIANTS)})")
     if backend in served and variant not in served[backend]:
         raise UsageError(f"--backend: {backend} does not serve {variant} (it serves {', '.join(served[backend])})")
     case = expand(suite, device_label(dev), served).cases[0]
@@ -64,5 +69,5 @@ def run(
             if v is not None and v != "":
                 table.add_row(f"[bold]{k}[/]", f"{v:.6g}" if isinstance(v, float) else str(v))
         out_console.print(table)
-    if result.status in ("oom", "error", "inaccurate"):
+    if result.status in schema.FAILED_STATUSES:
         raise typer.Exit(1)
