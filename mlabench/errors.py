@@ -31,3 +31,7 @@ class UnsupportedError(MlabenchError):
 
 class SkippedError(MlabenchError):
     """A case that is not run here (missing library/hardware, would not fit); becomes `skipped`."""
+
+
+class CaseTimeout(MlabenchError):
+    """A case past its wall limit (`timeout_s`); becomes status `timeout`, and the sweep goes on."""

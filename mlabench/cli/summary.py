@@ -9,7 +9,7 @@ from rich.table import Table
 
 from mlabench.cli.common import clean_for_json, human_bytes, out_console, print_json
 
-STATUS_STYLE = {"ok": "green", "inaccurate": "red", "error": "red", "oom": "red", "skipped": "yellow",
+STATUS_STYLE = {"ok": "green", "inaccurate": "red", "error": "red", "oom": "red", "timeout": "red", "skipped": "yellow",
                 "unsupported": "dim"}
 
 

@@ -7,7 +7,10 @@
   calls are grouped into calibrated blocks long enough for the clock, and every
   block's per-call time is a sample.
 
-Warm-up always runs first; the budget bounds the sampling time of one case.
+Warm-up always runs first; the budget bounds the sampling time of one case and
+`max_samples` its sample count. A `deadline` (the case's wall limit) is checked
+between calls: a step is never interrupted, so one call that alone runs past
+the deadline ends the case at the next check, after it returns.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from mlabench.errors import CaseTimeout
 
 
 @dataclass(frozen=True)
@@ -36,33 +41,50 @@ class Timing:
     timer: str  # how they were taken, recorded in the `timer` column
 
 
-def time_step(fn: Callable[[], object], device: torch.device, settings: TimingSettings) -> Timing:
+def time_step(fn: Callable[[], object], device: torch.device, settings: TimingSettings,
+              deadline: float | None = None) -> Timing:
+    """Time `fn`; `deadline` is a `time.perf_counter()` value past which the case times out."""
     if device.type == "cuda":
-        return _time_cuda(fn, settings)
-    return _time_cpu(fn, settings)
+        return _time_cuda(fn, settings, deadline)
+    return _time_cpu(fn, settings, deadline)
 
 
-def _time_cpu(fn: Callable[[], object], settings: TimingSettings) -> Timing:
+def check_deadline(deadline: float | None, stage: str) -> None:
+    """Raise CaseTimeout naming the stage when the case's wall limit has passed."""
+    if deadline is not None and time.perf_counter() > deadline:
+        raise CaseTimeout(stage)
+
+
+def _time_cpu(fn: Callable[[], object], settings: TimingSettings, deadline: float | None = None) -> Timing:
     from torch.utils.benchmark import Timer
 
     threads = settings.threads or torch.get_num_threads()
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    deadline = time.perf_counter() + settings.warmup_s
+    warm_until = time.perf_counter() + settings.warmup_s
     while True:  # warm-up: at least one call, then until warmup_s
         fn()
-        if time.perf_counter() >= deadline:
+        check_deadline(deadline, "warm-up")
+        if time.perf_counter() >= warm_until:
             break
-    samples = [t * 1e3 for t in timer.blocked_autorange(min_run_time=settings.budget_s).times]
-    # A slow step yields few blocks in the budget: top up one call at a time.
-    while len(samples) < settings.min_samples:
+    budget = settings.budget_s
+    if deadline is not None:  # sampling never plans past the wall limit
+        budget = min(budget, max(deadline - time.perf_counter(), 0.0))
+    samples = [t * 1e3 for t in timer.blocked_autorange(min_run_time=budget).times]
+    check_deadline(deadline, "sampling")
+    # A slow step yields few blocks in the budget: top up one call at a time, never past max_samples.
+    while len(samples) < min(settings.min_samples, settings.max_samples):
         samples.append(timer.timeit(1).mean * 1e3)
+        check_deadline(deadline, "sampling")
     return Timing(samples[: settings.max_samples], f"cpu-blocked threads={threads}")
 
 
-def _time_cuda(fn: Callable[[], object], settings: TimingSettings) -> Timing:
+def _time_cuda(fn: Callable[[], object], settings: TimingSettings, deadline: float | None = None) -> Timing:
     torch.cuda.synchronize()
     first = _one_cuda_call_ms(fn)  # also a warm-up
+    check_deadline(deadline, "warm-up")
     rep_ms = max(settings.budget_s * 1e3, first * settings.min_samples)
+    if deadline is not None:  # do_bench cannot be stopped midway: plan it inside the wall limit
+        rep_ms = min(rep_ms, max((deadline - time.perf_counter()) * 1e3, first))
     warmup_ms = max(settings.warmup_s * 1e3, first)
     try:
         from triton import testing
