@@ -56,8 +56,9 @@ def compare(
     fmt = OutputFormat.json if as_json else output_format
     settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change,
                             noise_floor=noise_floor, max_missing=max_missing)
-    err_console.print(f"comparing {baseline} -> {candidate}", markup=False)
     result = compare_paths(baseline, candidate, settings)
+    # After loading, so that a refused input is the only line printed.
+    err_console.print(f"comparing {baseline} -> {candidate}", markup=False, soft_wrap=True)
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
