@@ -135,9 +135,19 @@ def _non_negative(shape: AttentionShape, *names: str) -> None:
             raise ShapeError(n, f"must be a non-negative integer, got {v!r}")
 
 
+def _finite(shape: AttentionShape, *names: str) -> None:
+    for n in names:
+        v = getattr(shape, n)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ShapeError(n, f"must be a finite number, got {v!r}")
+
+
 def validate_shape(shape: AttentionShape) -> None:
     """Checks that hold for every variant; variant-specific checks live in `validate_for_variant`."""
     _positive(shape, "hidden_size", "num_heads", "head_dim", "num_layers", "rope_original_max_position")
+    # Types before the range checks below, which would raise TypeError on a string.
+    _finite(shape, "rope_theta", "rope_scaling_factor", "rope_mscale_all_dim", "rope_beta_fast", "rope_beta_slow",
+            "rms_norm_eps")
     _non_negative(shape, "q_lora_rank", "kv_lora_rank", "rope_head_dim", "v_head_dim")
     if shape.num_kv_heads is not None:
         _positive(shape, "num_kv_heads")

@@ -56,3 +56,5 @@ STICKY_CUDA_MARKERS: tuple[str, ...] = (
 def is_sticky_cuda_error(exc: BaseException) -> bool:
     """True for a CUDA error that poisons the process's context (illegal address, device assert, ...)."""
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in STICKY_CUDA_MARKERS)
+class CaseTimeout(MlabenchError):
+    """A case past its wall limit (`timeout_s`); becomes status `timeout`, and the sweep goes on."""

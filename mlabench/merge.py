@@ -1,15 +1,24 @@
-"""Joining run directories (one per shard, host or GPU) into one run directory."""
+"""Joining run directories (one per shard, host or GPU) into one run directory.
+
+Every input is read through the same validated reader as `report` and `compare`
+(`report.load`): a binary or malformed file, an unknown status, a non-numeric
+cell or a torn last row is refused with one line. The set must also make one
+run: the same suite and case list (`--allow-mixed` to join different ones), every
+shard of a K/N split and every input finished (`--allow-partial` to join what is
+there), one device (exit 3 otherwise).
+"""
 
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlabench import schema
 from mlabench.errors import NotComparableError, UsageError
-from mlabench.results import RunWriter, read_rows
+from mlabench.report.load import read_meta, read_results, read_samples
+from mlabench.results import RunWriter, check_out_dir, read_rows
 
 
 @dataclass(frozen=True)
@@ -18,54 +27,114 @@ class MergeSummary:
     samples: int
 
 
-def _read_meta(run: Path) -> dict:
-    path = run / schema.META_JSON
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc.msg})") from None
+@dataclass
+class _Input:
+    path: Path
+    rows: list[dict[str, str]]  # the text of each row, copied as written
+    samples: dict[str, list[float]]
+    meta: dict[str, Any]
+
+    @property
+    def suites(self) -> set[str]:
+        found = {r["suite"] for r in self.rows}
+        return found or ({str(self.meta["suite"])} if self.meta.get("suite") else set())
 
 
-def merge_runs(run_dirs: list[Path], out: Path) -> MergeSummary:
+def _read_input(run: Path) -> _Input:
+    if not run.is_dir():
+        raise UsageError(f"merge: {run} is not a run directory" if run.exists() else f"merge: {run} not found")
+    results = run / schema.RESULTS_CSV
+    if not results.is_file():
+        raise UsageError(f"merge: {results} not found")
+    read_results(results, torn="refuse")  # validates every cell; the rows themselves are copied as text
+    with results.open(newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), None)
+    if header != list(schema.COLUMNS):
+        raise UsageError(f"merge: {results} does not have this mlabench's results columns")
+    samples_frame = read_samples(run / schema.SAMPLES_CSV)
+    samples: dict[str, list[float]] = {}
+    if samples_frame is not None:
+        for cid, latency in zip(samples_frame["case_id"], samples_frame["latency_ms"], strict=True):
+            samples.setdefault(cid, []).append(float(latency))
+    return _Input(run, read_rows(results), samples, read_meta(run / schema.META_JSON))
+
+
+def _check_one_run(inputs: list[_Input], allow_partial: bool, allow_mixed: bool) -> None:
+    """Refuse sets that do not make one run unless asked; every message names the inputs at fault."""
+    suites = {s: i.path for i in inputs for s in i.suites}
+    if len(suites) > 1 and not allow_mixed:
+        shown = ", ".join(f"{s} ({p})" for s, p in sorted(suites.items()))
+        raise UsageError(f"merge: runs of different suites: {shown} (add --allow-mixed to merge them anyway)")
+    grids = {i.meta.get("run", {}).get("grid_sha1") for i in inputs} - {None}
+    if len(grids) > 1 and not allow_mixed:
+        raise UsageError("merge: runs of one suite with different case lists (other axes, --set or suite file); "
+                         "add --allow-mixed to merge them anyway")
+    shards = [(i.path, i.meta.get("shard")) for i in inputs]
+    given = [(p, s) for p, s in shards if s]
+    if given:
+        splits = {str(s).split("/")[1] for _, s in given}
+        if len(splits) > 1 or len(given) != len(inputs):
+            shown = ", ".join(f"{s or 'whole'} ({p})" for p, s in shards)
+            raise UsageError(f"merge: inputs are not slices of one split: {shown}")
+        n = int(splits.pop())
+        have = [int(str(s).split("/")[0]) for _, s in given]
+        twice = sorted({k for k in have if have.count(k) > 1})
+        if twice:
+            raise UsageError(f"merge: shard {twice[0]}/{n} is given twice")
+        missing = sorted(set(range(1, n + 1)) - set(have))
+        if missing and not allow_partial:
+            raise UsageError(f"merge: incomplete shard set: missing {', '.join(f'{k}/{n}' for k in missing)} "
+                             "(add --allow-partial to merge what is there)")
+    for i in inputs:
+        expected = i.meta.get("cases")
+        unfinished = i.meta.get("interrupted") is True or (i.meta and "finished_utc" not in i.meta)
+        short = isinstance(expected, int) and len(i.rows) < expected
+        if (unfinished or short) and not allow_partial:
+            count = f" ({len(i.rows)} of {expected} cases)" if isinstance(expected, int) else ""
+            raise UsageError(f"merge: {i.path} is unfinished{count}; finish it with `mlabench sweep ... --resume` "
+                             "(or add --allow-partial)")
+
+
+def merge_runs(run_dirs: list[Path], out: Path, allow_partial: bool = False,
+               allow_mixed: bool = False) -> MergeSummary:
     if not run_dirs:
         raise UsageError("merge: give at least one run directory")
-    metas, all_rows, all_samples = [], [], []
+    check_out_dir(out)
+    if any(out.resolve() == r.resolve() for r in run_dirs):
+        raise UsageError(f"--out: {out} is one of the inputs")
+    inputs = [_read_input(run) for run in run_dirs]
     owner: dict[str, Path] = {}
-    for run in run_dirs:
-        results = run / schema.RESULTS_CSV
-        if not results.is_file():
-            raise UsageError(f"merge: {results} not found")
-        with results.open(newline="") as f:
-            header = next(csv.reader(f), None)
-        if header != list(schema.COLUMNS):
-            raise UsageError(f"merge: {results} does not have mlabench's results columns")
-        rows = read_rows(results)
-        for row in rows:
+    for i in inputs:
+        for row in i.rows:
             cid = row["case_id"]
             if cid in owner:
                 raise UsageError(f"merge: case {cid} ({row['variant']}/{row['backend']} {row['mode']} "
-                                 f"b={row['batch']} T={row['seq_len']}) is in both {owner[cid]} and {run}")
-            owner[cid] = run
-        all_rows.extend(rows)
-        samples = run / schema.SAMPLES_CSV
-        if samples.is_file():
-            all_samples.extend(read_rows(samples))
-        metas.append(_read_meta(run))
+                                 f"b={row['batch']} T={row['seq_len']}) is in both {owner[cid]} and {i.path}")
+            owner[cid] = i.path
+    _check_one_run(inputs, allow_partial, allow_mixed)
+    metas = [i.meta for i in inputs]
     devices = {m.get("device", {}).get("name") for m in metas if m}
     if len(devices) > 1:
         raise NotComparableError(f"merge: runs come from different devices: {', '.join(sorted(map(str, devices)))}")
-    writer = RunWriter(out, resume=False)
-    by_case: dict[str, list[float]] = {}
-    for s in all_samples:
-        by_case.setdefault(s["case_id"], []).append(float(s["latency_ms"]))
-    for row in all_rows:
-        writer.append({k: (v if v != "" else None) for k, v in row.items()}, by_case.get(row["case_id"], []))
-    meta = dict(metas[0]) if metas and metas[0] else {}
-    meta["merged_from"] = [str(r) for r in run_dirs]
-    meta["shards"] = [m.get("shard") for m in metas]
-    meta["shard"] = None
-    meta["cases"] = len(all_rows)
-    writer.write_meta(meta)
-    return MergeSummary(rows=len(all_rows), samples=len(all_samples))
+    total_rows = sum(len(i.rows) for i in inputs)
+    total_samples = 0
+    with RunWriter(out, resume=False) as writer:
+        for i in inputs:
+            for row in i.rows:
+                samples = i.samples.get(row["case_id"], [])  # samples of a case without a row are dropped
+                total_samples += len(samples)
+                writer.append({k: (v if v != "" else None) for k, v in row.items()}, samples)
+        meta = dict(metas[0]) if metas and metas[0] else {}
+        meta["merged_from"] = [str(r) for r in run_dirs]
+        meta["shards"] = [m.get("shard") for m in metas]
+        meta["shard"] = None
+        meta["cases"] = total_rows
+        if isinstance(meta.get("run"), dict):
+            # The merged rows are the whole grid only when every shard was there in full.
+            whole = not allow_partial and not allow_mixed and total_rows == meta["run"].get("grid_cases")
+            meta["run"] = {**meta["run"], "shard": None, "cases": total_rows,
+                           "cases_sha1": meta["run"].get("grid_sha1") if whole else None}
+        meta["partial"] = allow_partial
+        meta["mixed"] = allow_mixed and len({s for i in inputs for s in i.suites}) > 1
+        writer.write_meta(meta)
+    return MergeSummary(rows=total_rows, samples=total_samples)

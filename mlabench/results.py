@@ -4,15 +4,20 @@ A case's raw samples are written before its row, so a row on disk always has its
 samples; a kill loses at most the case in flight. On resume a torn last line
 (the kill hit mid-write) is cut off and samples of unfinished cases dropped, so
 re-running them leaves no duplicates.
+
+A writer holds an exclusive lock (flock on `.mlabench.lock`) on its directory for
+its whole life, so two sweeps can never append to one run; the kernel releases
+it when the process dies, however it dies.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +40,99 @@ def _cut_torn_tail(path: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
+LOCK_FILE = ".mlabench.lock"
+
+
+def check_out_dir(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, a path that cannot become a writable run directory."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option}: {path} exists and is not a directory")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option}: {path} is under {existing}, which is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option}: {existing} is not writable")
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
 
 
-class RunWriter:
-    """Appends rows and samples to a run directory; `finished` holds case ids already on disk."""
+def read_meta_file(run_dir: Path) -> dict[str, Any] | None:
+    """meta.json as a dict; None when absent; UsageError when it is not a JSON object."""
+    path = run_dir / schema.META_JSON
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: corrupt JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: expected a JSON object at the top level")
+    return meta
 
-    def __init__(self, run_dir: Path, resume: bool):
+
+# Called on resume, before anything in the directory changes, with the run's meta.json (None
+# when absent) and whether results.csv holds rows; raises to refuse the resume.
+ResumeCheck = Callable[[dict[str, Any] | None, bool], None]
+
+
+class RunWriter:
+    """Appends rows and samples to a run directory; `finished` holds case ids already on disk.
+
+    Holds the directory's lock until `close()` (or the end of a `with` block)."""
+
+    def __init__(self, run_dir: Path, resume: bool, check_resume: ResumeCheck | None = None):
         self.dir = run_dir
         self.results_path = run_dir / schema.RESULTS_CSV
         self.samples_path = run_dir / schema.SAMPLES_CSV
         self.finished: set[str] = set()
-        if self.results_path.exists() and self.results_path.stat().st_size > 0:
-            if not resume:
-                raise UsageError(f"--out: {run_dir} already holds results "
-                                 "(add --resume to continue it, or pick another --out)")
-            self._load_existing()
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self._start(self.results_path, schema.COLUMNS)
-            self._start(self.samples_path, schema.SAMPLE_COLUMNS)
+        self.previous_meta: dict[str, Any] | None = None
+        check_out_dir(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = self._acquire_lock(run_dir)
+        try:
+            if self.results_path.exists() and self.results_path.stat().st_size > 0:
+                if not resume:
+                    raise UsageError(f"--out: {run_dir} already holds results "
+                                     "(add --resume to continue it, or pick another --out)")
+                self.previous_meta = read_meta_file(run_dir)
+                if check_resume is not None:
+                    check_resume(self.previous_meta, len(self.results_path.read_bytes().splitlines()) > 1)
+                self._load_existing()
+            else:
+                self._start(self.results_path, schema.COLUMNS)
+                self._start(self.samples_path, schema.SAMPLE_COLUMNS)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _acquire_lock(run_dir: Path) -> Any:
+        handle = (run_dir / LOCK_FILE).open("a")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UsageError(f"--out: {run_dir} is in use by another mlabench process (wait for it, "
+                             "or pick another --out)") from None
+        return handle
+
+    def close(self) -> None:
+        """Release the directory's lock; the writer appends nothing after this."""
+        if self._lock is not None:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     @staticmethod
     def _start(path: Path, columns: Iterable[str]) -> None:

@@ -22,12 +22,12 @@ from mlabench import analytic
 from mlabench.backends import BACKENDS, StepInputs
 from mlabench.backends.library import LoadFailure
 from mlabench.case import Case
-from mlabench.errors import SkippedError, UnsupportedError, is_sticky_cuda_error
+from mlabench.errors import CaseTimeout, SkippedError, UnsupportedError, is_sticky_cuda_error
 from mlabench.measure import accuracy as acc
 from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_case_bytes, measure_allocation
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.scope import scoped_call
-from mlabench.measure.timing import TimingSettings, device_scope, time_step
+from mlabench.measure.timing import TimingSettings, check_deadline, device_scope, time_step
 from mlabench.variants import build_variant
 from mlabench.variants.registry import torch_dtype
 
@@ -42,7 +42,7 @@ class RunContext:
     nvml: NvmlDevice | None = None
     accuracy: bool = True
     seed: int = 0
-    timeout_s: float = 300.0  # one call slower than this is not sampled further
+    timeout_s: float = 300.0  # wall limit of one case, checked between steps (a running call is never cut)
 
 
 @dataclass
@@ -111,12 +111,14 @@ def run_case(case: Case, ctx: RunContext) -> CaseResult:
         row.update(status="unsupported", error=str(exc))
     except SkippedError as exc:
         row.update(status="skipped", error=str(exc))
-    except torch.OutOfMemoryError as exc:
+    except CaseTimeout as exc:
+        row.update(status="timeout", error=f"past the case's wall limit of {ctx.timeout_s:g} s (checked after {exc})")
+    except (torch.OutOfMemoryError, MemoryError) as exc:
         row.update(status="oom", error=_first_line(exc))
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one broken case must not end the sweep
-        row.update(status="error", error=_first_line(exc))
+        row.update(status="oom" if _is_cpu_oom(exc) else "error", error=_first_line(exc))
         fatal = ctx.device.type == "cuda" and is_sticky_cuda_error(exc)
     finally:
         # Reference counting already freed the case's tensors with _measure's frame; a full
@@ -132,7 +134,13 @@ def run_case(case: Case, ctx: RunContext) -> CaseResult:
     return CaseResult(row, samples, fatal)
 
 
+def _is_cpu_oom(exc: Exception) -> bool:
+    """torch's CPU allocator reports a failed allocation as a plain RuntimeError."""
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
 def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
+    deadline = time.perf_counter() + ctx.timeout_s
     device, sh, step = ctx.device, case.shape, case.step
     dtype = torch_dtype(case.dtype)
     module = build_variant(case.variant, sh, device, dtype, seed=ctx.seed)
@@ -155,23 +163,22 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
     row.update(backend_detail=prepared.detail, compile_ms=prepared.compile_ms,
                backend_cache_bytes=prepared.extra_cache_bytes)
     timed = scoped_call(case, module, prepared, inputs)
+    check_deadline(deadline, "setup and compilation")
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
     out = timed.fn()
     _sync(device)
-    first_s = time.perf_counter() - t0
+    check_deadline(deadline, "the first call")
     if device.type == "cuda":
         row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
 
     if ctx.accuracy:
         _check_accuracy(case, row, out, timed.reference, device)
     del out
-    if first_s > ctx.timeout_s:
-        raise TimeoutError(f"one step took {first_s:.0f} s (limit {ctx.timeout_s:.0f} s); not sampled")
+    check_deadline(deadline, "the accuracy check")
 
-    timing = time_step(timed.fn, device, ctx.timing)
+    timing = time_step(timed.fn, device, ctx.timing, deadline)
     _summarize(case, ctx, row, timing.samples_ms)
     row.update(timer=timing.timer, sample_calls=timing.sample_calls)
     l2 = l2_cache_bytes(device)

@@ -91,8 +91,8 @@ COLUMNS: tuple[str, ...] = (
 
 SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms")
 
-STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped", "unsupported", "inaccurate")
-FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate"})
+STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped", "unsupported", "inaccurate", "timeout")
+FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate", "timeout"})
 
 # Deterministic metrics: equal code on equal shapes must give equal values.
 EXACT_COLUMNS: tuple[str, ...] = ("kv_cache_bytes", "kv_cache_bytes_measured", "params", "flops", "bytes")

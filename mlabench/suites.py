@@ -28,6 +28,8 @@ that keeps no case is an error.
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -60,7 +62,21 @@ SETTINGS = {
     "seed": int,
     "cuda_graph": bool,  # GPU: time inside a CUDA graph (hot, launch overhead removed)
     "accuracy": bool,  # compare each case to the float64 reference
+    "timeout_s": float,  # wall limit of one case; past it the case ends as a `timeout` row
 }
+# Inclusive bounds per numeric setting. Past them a sweep would never return (an hour of
+# sampling per case, a billion samples) or the runtime aborts (tens of thousands of threads).
+SETTING_BOUNDS: dict[str, tuple[float, float]] = {
+    "budget_s": (0.0, 3600.0),
+    "warmup_s": (0.0, 600.0),
+    "min_samples": (1, 100_000),
+    "max_samples": (1, 100_000),
+    "threads": (0, 1024),
+    "seed": (0, 2**63 - 1),
+    "timeout_s": (0.001, 86_400.0),
+}
+# Suite names become directory names (results/runs/<time>-<suite>-<device>): no separators, no "..".
+SUITE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,24 @@ def _as_list(key: str, value: Any) -> list[Any]:
     return values
 
 
+_FLOAT_FIELDS = frozenset(f.name for f in fields(AttentionShape) if f.type in (float, "float"))
+_STRING_AXES = frozenset({"model", "variant", "backend", "mode", "dtype"})
+
+
+def _check_type(key: str, value: Any, where: str) -> None:
+    """Shape fields are numbers of their declared kind, and float fields finite: a string or NaN
+    in `rope_theta` must be refused by name, not crash inside a layer or be silently measured."""
+    if key in _STRING_AXES:
+        if not isinstance(value, str):
+            raise UsageError(f"suite: {key} must be a name, got {value!r} in {where}")
+        return
+    if key in _FLOAT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UsageError(f"suite: {key} must be a finite number, got {value!r} in {where}")
+    elif isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"suite: {key} must be an integer, got {value!r} in {where}")
+
+
 def _check_axes(where: str, table: Mapping[str, Any]) -> dict[str, list[Any]]:
     out = {}
     for key, value in table.items():
@@ -127,13 +161,19 @@ def _check_axes(where: str, table: Mapping[str, Any]) -> dict[str, list[Any]]:
         if key not in CASE_AXES and key not in SHAPE_AXES:
             raise UsageError(f"suite: unknown key {key!r} in {where} (axes: {', '.join(CASE_AXES + SHAPE_AXES)})")
         out[key] = _as_list(key, value)
+        for v in out[key]:
+            _check_type(key, v, where)
     return out
 
 
 def load_suite(name_or_path: str) -> Suite:
     path = resolve_suite(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UsageError(f"suite: {path.name} is not a UTF-8 text file (binary content?)") from None
+    except OSError as exc:
+        raise UsageError(f"suite: cannot read {path} ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"suite: {path.name} is not valid TOML: {exc}") from None
     unknown = set(data) - TOP_LEVEL_KEYS
@@ -145,27 +185,43 @@ def load_suite(name_or_path: str) -> Suite:
         raise UsageError(f"suite: {path.name} needs at least one [[grid]] table")
     defaults = _check_axes("[defaults]", data.get("defaults", {}))
     expanded = tuple({**defaults, **_check_axes(f"[[grid]] #{i + 1}", g)} for i, g in enumerate(grids))
-    settings = check_settings(data.get("settings", {}), f"[settings] of {path.name}")
+    settings = check_settings(data.get("settings", {}), f"suite: [settings] of {path.name}")
     options = data.get("options", {})
     if not isinstance(options, dict):
         raise UsageError(f"suite: [options] of {path.name} must be a table")
-    return Suite(name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not SUITE_NAME.fullmatch(name) or set(name) == {"."}:
+        raise UsageError(f"suite: name {name!r} in {path.name} must be letters, digits, '.', '_' or '-' "
+                         "(it becomes part of a directory name)")
+    return Suite(name=name, description=str(data.get("description", "")),
                  path=str(path), grids=expanded, settings=settings, options=dict(options))
 
 
 def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Type and range of every measurement setting: finite, within SETTING_BOUNDS, and
+    min_samples <= max_samples when both are given. `where` starts each message."""
     out = {}
     for key, value in settings.items():
         if key not in SETTINGS:
-            raise UsageError(f"suite: unknown setting {key!r} in {where} (allowed: {', '.join(SETTINGS)})")
+            raise UsageError(f"{where}: unknown setting {key!r} (allowed: {', '.join(SETTINGS)})")
         kind = SETTINGS[key]
-        ok = isinstance(value, bool) if kind is bool else (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)
-        if kind is int and ok:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise UsageError(f"{where}: setting {key!r} must be true or false, got {value!r}")
+            out[key] = value
+            continue
+        low, high = SETTING_BOUNDS[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and kind is int:
             ok = float(value).is_integer()
+        what = "an integer" if kind is int else "a finite number"
         if not ok:
-            raise UsageError(f"suite: setting {key!r} in {where} must be a non-negative {kind.__name__}, got {value!r}")
+            raise UsageError(f"{where}: setting {key!r} must be {what}, got {value!r}")
+        if not low <= value <= high:
+            raise UsageError(f"{where}: setting {key!r} must be between {low:g} and {high:g}, got {value!r}")
         out[key] = kind(value)
+    if out.get("min_samples", 0) > out.get("max_samples", math.inf):
+        raise UsageError(f"{where}: min_samples ({out['min_samples']}) exceeds max_samples ({out['max_samples']})")
     return out
 
 

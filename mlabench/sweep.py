@@ -2,11 +2,17 @@
 
 The loop knows nothing about terminals: the CLI passes callbacks for progress
 and a `should_stop` predicate for Ctrl-C.
+
+meta.json records what a run is (`run`: suite, axis overrides, shard, and a hash of
+the expanded case list) beside the environment and settings, so `--resume` can
+refuse to mix runs: a different environment or measurement settings is exit 3,
+a different suite, case list or overrides exit 2, each naming what differs.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +24,7 @@ import torch
 from mlabench import schema
 from mlabench.backends import apply_options, served_variants
 from mlabench.case import Case
+from mlabench.errors import NotComparableError, UsageError
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
@@ -30,7 +37,7 @@ from mlabench.suites import Suite, expand, shard
 # 0.84 ms at 1 thread and 220 ms at 2 on a busy 2-core machine); `--threads` raises it.
 DEFAULT_SETTINGS: dict[str, Any] = {
     "budget_s": 0.5, "warmup_s": 0.1, "min_samples": 10, "max_samples": 1000, "threads": 1, "seed": 0,
-    "cuda_graph": False, "accuracy": True,
+    "cuda_graph": False, "accuracy": True, "timeout_s": 300.0,
 }
 
 
@@ -44,6 +51,9 @@ class SweepPlan:
     settings: dict[str, Any]
     out_dir: Path
     shard: tuple[int, int] | None = None
+    overrides: dict[str, list[Any]] = field(default_factory=dict)
+    grid_sha1: str = ""  # the whole grid's case list, before sharding (shards of one grid share it)
+    grid_cases: int = 0
 
 
 @dataclass
@@ -63,6 +73,11 @@ class SweepOutcome:
         return any(r.status in schema.FAILED_STATUSES for r in self.results)
 
 
+def cases_sha1(cases: list[Case]) -> str:
+    """A hash of a case list that changes with any case field (shape, options), in any order."""
+    return hashlib.sha1("\n".join(sorted(repr(c) for c in cases)).encode()).hexdigest()
+
+
 def default_out_dir(suite: str, device: torch.device) -> Path:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Path("results") / "runs" / f"{stamp}-{suite}-{device_label(device).replace(':', '')}"
@@ -76,11 +91,93 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Mapping[str, list[
                          {**suite.options, **options})
     expansion = expand(merged_suite, device_label(device), served_variants(), overrides)
     cases = apply_options(expansion.cases, merged_suite.options)
+    grid = cases
     if shard_spec:
         cases = shard(cases, *shard_spec)
+        if not cases:
+            raise UsageError(f"--shard {shard_spec[0]}/{shard_spec[1]}: this slice of the grid's {len(grid)} cases "
+                             "is empty (use fewer shards)")
     merged = {**DEFAULT_SETTINGS, **suite.settings, **settings}
+    if merged["min_samples"] > merged["max_samples"]:
+        raise UsageError(f"min_samples ({merged['min_samples']}) exceeds max_samples ({merged['max_samples']})")
     return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, merged,
-                     out_dir or default_out_dir(suite.name, device), shard_spec)
+                     out_dir or default_out_dir(suite.name, device), shard_spec,
+                     {k: list(v) for k, v in overrides.items()}, cases_sha1(grid), len(grid))
+
+
+def run_record(plan: SweepPlan) -> dict[str, Any]:
+    """What a run is: resume and merge check it."""
+    auto = "bfloat16" if plan.device.type == "cuda" else "float32"
+    return {
+        "suite": plan.suite.name,
+        "overrides": plan.overrides,
+        "options": plan.suite.options,
+        "shard": f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
+        "cases": len(plan.cases),
+        "cases_sha1": cases_sha1(plan.cases),
+        "grid_cases": plan.grid_cases,
+        "grid_sha1": plan.grid_sha1,
+        "dtype_policy": f"auto={auto}",
+    }
+
+
+def _differences(pairs: list[tuple[str, Any, Any]]) -> list[str]:
+    return [f"{name} {old!r} -> {new!r}" for name, old, new in pairs if old != new]
+
+
+def check_resume(out_dir: Path, meta: Mapping[str, Any]) -> Callable[[dict[str, Any] | None, bool], None]:
+    """The check RunWriter runs on resume: the recorded run must be this run, in this environment."""
+
+    def check(previous: dict[str, Any] | None, has_rows: bool) -> None:
+        if previous is None or "run" not in previous:
+            if not has_rows:
+                return  # killed before its first row: nothing to mix
+            raise UsageError(f"--resume: {out_dir} has rows but no run record in meta.json (written by an "
+                             "older mlabench, or meta.json lost); start a new --out")
+        old_run, new_run = previous["run"], meta["run"]
+        old_settings = {k: v for k, v in previous.get("settings", {}).items() if k != "options"}
+        new_settings = {k: v for k, v in meta["settings"].items() if k != "options"}
+        env = _differences([
+            ("device", previous.get("device", {}).get("name"), meta["device"]["name"]),
+            ("torch", previous.get("torch"), meta["torch"]),
+            ("triton", previous.get("triton"), meta["triton"]),
+            ("dtype policy", old_run.get("dtype_policy"), new_run["dtype_policy"]),
+        ]) + _differences([(k, old_settings.get(k), new_settings.get(k))
+                           for k in sorted(set(old_settings) | set(new_settings))])
+        if env:
+            raise NotComparableError(f"--resume: {out_dir} was measured differently: {'; '.join(env)} "
+                                     "(resume with the same device, software and settings, or start a new --out)")
+        what = _differences([(k, old_run.get(k), new_run[k]) for k in ("suite", "overrides", "options", "shard")])
+        if not what and old_run.get("cases_sha1") != new_run["cases_sha1"]:
+            what = [f"case list ({old_run.get('cases')} cases -> {new_run['cases']}, the suite file changed)"]
+        if what:
+            raise UsageError(f"--resume: {out_dir} holds another run: {'; '.join(what)} "
+                             "(give the same suite and options, or start a new --out)")
+
+    return check
+
+
+def open_run(plan: SweepPlan, resume: bool) -> tuple[RunWriter, dict[str, Any]]:
+    """Lock and check the run directory, record the run in meta.json; nothing is measured yet."""
+    meta: dict[str, Any] = {
+        **fingerprint(plan.device),
+        "suite": plan.suite.name,
+        "suite_path": plan.suite.path,
+        "shard": f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
+        "settings": {**plan.settings, "options": plan.suite.options},
+        "cases": len(plan.cases),
+        "run": run_record(plan),
+    }
+    writer = RunWriter(plan.out_dir, resume, check_resume(plan.out_dir, meta))
+    try:
+        if writer.previous_meta and "run" in writer.previous_meta:
+            meta["created_utc"] = writer.previous_meta.get("created_utc", meta["created_utc"])
+            meta["resumed_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        writer.write_meta(meta)
+    except BaseException:
+        writer.close()
+        raise
+    return writer, meta
 
 
 def measure_peaks(device: torch.device, dtypes: list[str], probe: bool) -> Peaks:
@@ -96,51 +193,63 @@ def measure_peaks(device: torch.device, dtypes: list[str], probe: bool) -> Peaks
 def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
               on_start: Callable[[Case, int, int], None] | None = None,
               on_end: Callable[[CaseResult], None] | None = None,
-              should_stop: Callable[[], bool] = lambda: False) -> SweepOutcome:
-    writer = RunWriter(plan.out_dir, resume)
-    todo = [c for c in plan.cases if c.case_id not in writer.finished]
-    outcome = SweepOutcome(plan.out_dir, skipped_finished=len(plan.cases) - len(todo))
-    s = plan.settings
-    if s["threads"] and plan.device.type == "cpu":
-        torch.set_num_threads(int(s["threads"]))
-    dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
-    peaks = measure_peaks(plan.device, dtypes, probe)
-    meta = {
-        **fingerprint(plan.device),
-        "suite": plan.suite.name,
-        "suite_path": plan.suite.path,
-        "shard": f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
-        "peaks": peaks.as_meta(dtypes[0] if dtypes else None),
-        "settings": {**s, "options": plan.suite.options},
-        "cases": len(plan.cases),
-    }
-    writer.write_meta(meta)
-    ctx = RunContext(
-        device=plan.device,
-        timing=TimingSettings(budget_s=s["budget_s"], warmup_s=s["warmup_s"], min_samples=s["min_samples"],
-                              max_samples=s["max_samples"], threads=s["threads"], cuda_graph=s["cuda_graph"]),
-        peaks=peaks, nvml=open_nvml(plan.device), accuracy=s["accuracy"], seed=s["seed"],
-    )
+              should_stop: Callable[[], bool] = lambda: False,
+              opened: tuple[RunWriter, dict[str, Any]] | None = None) -> SweepOutcome:
+    """Measure the plan's unfinished cases. `opened` is `open_run`'s result when the caller
+    checked the directory first; the directory's lock is released on return."""
+    writer, meta = opened or open_run(plan, resume)
+    write_error: OSError | None = None
     try:
-        for i, case in enumerate(todo):
-            if should_stop():
-                outcome.interrupted = True
-                break
-            if on_start:
-                on_start(case, i, len(todo))
-            result = run_case(case, ctx)
-            writer.append(result.row, result.samples_ms)
-            outcome.results.append(result)
-            if on_end:
-                on_end(result)
-            if result.fatal:  # the CUDA context is gone: every later case would fail the same way
-                outcome.device_lost = str(result.row.get("error", ""))
-                break
-    except KeyboardInterrupt:
-        outcome.interrupted = True
-    meta["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    meta["interrupted"] = outcome.interrupted
-    if outcome.device_lost:
-        meta["device_lost"] = outcome.device_lost
-    writer.write_meta(meta)
+        todo = [c for c in plan.cases if c.case_id not in writer.finished]
+        outcome = SweepOutcome(plan.out_dir, skipped_finished=len(plan.cases) - len(todo))
+        s = plan.settings
+        if s["threads"] and plan.device.type == "cpu":
+            torch.set_num_threads(int(s["threads"]))
+        dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
+        peaks = measure_peaks(plan.device, dtypes, probe)
+        meta["peaks"] = peaks.as_meta(dtypes[0] if dtypes else None)
+        writer.write_meta(meta)
+        ctx = RunContext(
+            device=plan.device,
+            timing=TimingSettings(budget_s=s["budget_s"], warmup_s=s["warmup_s"], min_samples=s["min_samples"],
+                                  max_samples=s["max_samples"], threads=s["threads"], cuda_graph=s["cuda_graph"]),
+            peaks=peaks, nvml=open_nvml(plan.device), accuracy=s["accuracy"], seed=s["seed"],
+            timeout_s=s["timeout_s"],
+        )
+        try:
+            for i, case in enumerate(todo):
+                if should_stop():
+                    outcome.interrupted = True
+                    break
+                if on_start:
+                    on_start(case, i, len(todo))
+                result = run_case(case, ctx)
+                try:
+                    writer.append(result.row, result.samples_ms)
+                except OSError as exc:  # disk full, directory gone: rows on disk stay valid for --resume
+                    write_error = exc
+                    outcome.interrupted = True
+                    break
+                outcome.results.append(result)
+                if on_end:
+                    on_end(result)
+                if result.fatal:  # the CUDA context is gone: every later case would fail the same way
+                    outcome.device_lost = str(result.row.get("error", ""))
+                    break
+        except KeyboardInterrupt:
+            outcome.interrupted = True
+        meta["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        meta["interrupted"] = outcome.interrupted
+        if outcome.device_lost:
+            meta["device_lost"] = outcome.device_lost
+        try:
+            writer.write_meta(meta)
+        except OSError:
+            if write_error is None:
+                raise
+    finally:
+        writer.close()
+    if write_error is not None:
+        raise UsageError(f"cannot write to {plan.out_dir} ({write_error.strerror or write_error}); "
+                         f"{len(writer.finished)} rows on disk are kept: fix it and rerun with --resume")
     return outcome

@@ -107,8 +107,11 @@ def test_resume_after_sigkill_has_no_duplicates(tmp_path: Path, suite: Path,
     assert 3 <= done_before < 16
     with results.open("a") as f:  # as if the kill hit in the middle of writing a row
         f.write("unit,tiny,mha,eager,pre")
-    suite.write_text(SUITE)
     resume = ["sweep", "--suite", str(suite), "--out", str(out), "--resume", "--no-report", "--no-probe"]
+    suite.write_text(SUITE)  # another budget: the run's rows would mix two measurement settings
+    code, _, stderr = run_cli(resume, capsys)
+    assert code == 3 and "budget_s 0.3 -> 0.005" in stderr
+    suite.write_text(slow)
     assert run_cli(resume, capsys)[0] == 0
     rows = read(results)
     assert len(rows) == 16

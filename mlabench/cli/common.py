@@ -6,6 +6,7 @@ Nothing here imports torch, so `report` and `compare` stay light.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def parse_bytes(option: str, text: str) -> int:
         value = float(num)
     except ValueError:
         raise UsageError(f"{option}: cannot read {text!r} as a size (e.g. 80GiB)") from None
-    if unit not in units or value <= 0:
+    if unit not in units or not math.isfinite(value) or value <= 0:
         raise UsageError(f"{option}: cannot read {text!r} as a positive size (e.g. 80GiB, 96GB)")
     return int(value * units[unit])
 

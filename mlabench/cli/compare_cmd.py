@@ -2,7 +2,9 @@
 
 Thin: parse options, call `mlabench.compare`, render. Exit 0 pass, 1 a
 regression (or, with --strict, an inconclusive or one-sided case), 2 bad input,
-3 not comparable. With --json, stdout carries exactly one JSON document.
+3 not comparable. Baseline cases missing from the candidate are always listed
+and fail the gate past --max-missing. With --json, stdout carries exactly one
+JSON document.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def compare(
                                                    "dtype or shapes differ (pairs cases ignoring them).")] = False,
     noise_floor: Annotated[bool, typer.Option("--noise-floor/--no-noise-floor", help="Raise the threshold to the "
                                               "run-to-run scatter seen across all cases (noisy hosts).")] = True,
+    max_missing: Annotated[float, typer.Option(help="Fail when more than this share of the baseline's cases is "
+                                                    "missing from the candidate (0.1 = 10%; the count is always "
+                                                    "shown).")] = 0.1,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output on stdout.",
                                                         case_sensitive=False)] = OutputFormat.table,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json: one JSON document on "
@@ -50,9 +55,10 @@ def compare(
 
     fmt = OutputFormat.json if as_json else output_format
     settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change,
-                            noise_floor=noise_floor)
-    err_console.print(f"comparing {baseline} -> {candidate}", markup=False)
+                            noise_floor=noise_floor, max_missing=max_missing)
     result = compare_paths(baseline, candidate, settings)
+    # After loading, so that a refused input is the only line printed.
+    err_console.print(f"comparing {baseline} -> {candidate}", markup=False, soft_wrap=True)
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)

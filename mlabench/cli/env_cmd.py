@@ -19,7 +19,8 @@ def env(
 ) -> None:
     """Show the environment (device, driver, CUDA, torch, triton, CPU) and optionally probe peaks."""
     from mlabench.cli.common import split_list
-    from mlabench.config import canonical_dtype
+    from mlabench.config import ShapeError, canonical_dtype
+    from mlabench.errors import UsageError
     from mlabench.measure.envinfo import fingerprint, resolve_device
     from mlabench.measure.peaks import probe_peaks, spec_peaks
 
@@ -27,8 +28,11 @@ def env(
     info = fingerprint(dev)
     info.pop("created_utc")
     info.pop("command")
-    dtypes = [canonical_dtype(d) for d in (split_list("--dtype", dtype) if dtype else
-                                           ["bfloat16" if dev.type == "cuda" else "float32"])]
+    try:
+        dtypes = [canonical_dtype(d) for d in (split_list("--dtype", dtype) if dtype else
+                                               ["bfloat16" if dev.type == "cuda" else "float32"])]
+    except ShapeError as exc:
+        raise UsageError(f"--{exc}") from None
     peaks = probe_peaks(dev, dtypes) if probe else spec_peaks(info["device"]["name"], dtypes)
     info["peaks"] = peaks.as_meta(dtypes[0])
     if as_json:

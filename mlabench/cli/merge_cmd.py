@@ -15,11 +15,15 @@ def merge(
                                                    show_default=False)],
     out: Annotated[Path, typer.Option(help="Directory for the merged run.", show_default=False)],
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Merge an incomplete shard set or "
+                                                "unfinished runs (refused by default).")] = False,
+    allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Merge runs of different suites or case "
+                                              "lists (refused by default).")] = False,
 ) -> None:
     """Join run directories: rows and samples concatenated, duplicates by case refused."""
     from mlabench.merge import merge_runs
 
-    summary = merge_runs(run_dirs, out)
+    summary = merge_runs(run_dirs, out, allow_partial=allow_partial, allow_mixed=allow_mixed)
     err_console.print(f"merged {len(run_dirs)} runs: {summary.rows} rows, {summary.samples} samples")
     if report:
         path = write_report_or_warn(out)

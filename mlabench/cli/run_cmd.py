@@ -35,14 +35,18 @@ def run(
     """Measure a single case and print it."""
     import torch
 
+    from mlabench import schema
     from mlabench.backends import apply_options, served_variants
     from mlabench.measure.envinfo import device_label, resolve_device
     from mlabench.measure.memory import open_nvml
     from mlabench.measure.timing import TimingSettings
     from mlabench.runner import RunContext, run_case
-    from mlabench.suites import Suite, expand
+    from mlabench.suites import Suite, check_settings, expand
     from mlabench.sweep import measure_peaks
+    from mlabench.variants import variant_names
 
+    budget = check_settings({"budget_s": budget}, "--budget")["budget_s"]  # nan, inf or -1 would never return
+    threads = check_settings({"threads": threads}, "--threads")["threads"]
     dev = resolve_device(device)
     shape_axes = parse_assignments(assignments)
     for key, values in shape_axes.items():
@@ -53,6 +57,8 @@ def run(
     options = {k: v for k, v in {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel}.items() if v}
     suite = Suite(name="run", description="", path="", grids=(grid,), options=options)
     served = served_variants()
+    if variant not in variant_names():  # before the backend check, which would blame the backend
+        raise UsageError(f"--variant: unknown variant {variant!r} (choose from {', '.join(variant_names())})")
     if backend in served and variant not in served[backend]:
         raise UsageError(f"--backend: {backend} does not serve {variant} (it serves {', '.join(served[backend])})")
     case = apply_options(expand(suite, device_label(dev), served).cases, options)[0]
@@ -71,5 +77,5 @@ def run(
             if v is not None and v != "":
                 table.add_row(f"[bold]{k}[/]", f"{v:.6g}" if isinstance(v, float) else str(v))
         out_console.print(table)
-    if result.status in ("oom", "error", "inaccurate"):
+    if result.status in schema.FAILED_STATUSES:
         raise typer.Exit(1)

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from mlabench.cli.common import clean_for_json, human_bytes, out_console, print_json
 
-STATUS_STYLE = {"ok": "green", "inaccurate": "red", "error": "red", "oom": "red", "skipped": "yellow",
+STATUS_STYLE = {"ok": "green", "inaccurate": "red", "error": "red", "oom": "red", "timeout": "red", "skipped": "yellow",
                 "unsupported": "dim"}
 
 
@@ -64,7 +64,7 @@ def print_summary(outcome: Any, report_path: Path | None, as_json: bool) -> None
         table, notes = rows_table(rows)
         out_console.print(table)
         for note in notes:
-            out_console.print(f"  [dim]{note}[/]", overflow="fold")
+            out_console.print(f"  [dim]{note}[/]", soft_wrap=True)  # one line each, however long (CI logs)
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing new"
     if outcome.skipped_finished:
         tally += f"; {outcome.skipped_finished} already finished"

@@ -1,8 +1,10 @@
 """`mlabench sweep`: run a suite's grid on one device into a run directory.
 
-Thin: parse flags, plan (every check before any work), run with a rich progress
-bar on stderr, write the report, print the summary. Exit 0 all good, 1 a case
-failed (oom, error, inaccurate), 2 bad input, 130 interrupted (rows kept).
+Thin: parse flags, plan (every check before any work), lock and check the run
+directory, run with a rich progress bar on stderr, write the report, print the
+summary. Exit 0 all good, 1 a case failed (oom, error, inaccurate, timeout), 2 bad
+input, 3 `--resume` of a run measured differently, 130 interrupted by Ctrl-C and
+143 by SIGTERM (rows kept either way).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ import typer
 from mlabench.cli.common import err_console, parse_assignments, split_list, write_report_or_warn
 from mlabench.errors import UsageError
 
-Axis = Annotated[str | None, typer.Option(show_default=False)]
+
+def _axis(what: str) -> Any:
+    return typer.Option(help=f"{what}, comma-separated; replaces the suite's axis.", show_default=False)
+
+
+# The command-line flag that sets each measurement setting, for messages.
+SETTING_FLAGS = {"budget_s": "--budget", "warmup_s": "--warmup", "min_samples": "--min-samples",
+                 "max_samples": "--max-samples", "threads": "--threads", "cuda_graph": "--cuda-graph",
+                 "accuracy": "--accuracy", "seed": "--seed", "timeout_s": "--timeout"}
 
 
 def collect_overrides(model: str | None, variant: str | None, backend: str | None, mode: str | None,
@@ -50,33 +60,43 @@ def sweep(
                                          help="Continue the run in --out, skipping finished cases.")] = False,
     shard: Annotated[str | None, typer.Option(help="Run the K-th of N deterministic slices of the grid, e.g. 2/4.",
                                               show_default=False)] = None,
-    model: Axis = None,
-    variant: Axis = None,
-    backend: Axis = None,
-    mode: Axis = None,
-    batch: Axis = None,
-    seq_len: Axis = None,
-    q_len: Axis = None,
-    dtype: Axis = None,
-    kv_lora_rank: Axis = None,
-    num_kv_heads: Axis = None,
+    model: Annotated[str | None, _axis("Model presets (see `mlabench list`)")] = None,
+    variant: Annotated[str | None, _axis("Attention variants, e.g. mha,mla-absorbed")] = None,
+    backend: Annotated[str | None, _axis("Backends, e.g. eager,sdpa")] = None,
+    mode: Annotated[str | None, _axis("Modes: prefill, decode")] = None,
+    batch: Annotated[str | None, _axis("Batch sizes, e.g. 1,8")] = None,
+    seq_len: Annotated[str | None, _axis("Context lengths, e.g. 1024,4096")] = None,
+    q_len: Annotated[str | None, _axis("New tokens per decode step")] = None,
+    dtype: Annotated[str | None, _axis("Dtypes: auto, bfloat16, float16, float32")] = None,
+    kv_lora_rank: Annotated[str | None, _axis("Latent ranks (MLA d_c, lowrank-kv r, linformer k)")] = None,
+    num_kv_heads: Annotated[str | None, _axis("KV head counts (GQA groups)")] = None,
     scope: Annotated[str | None, typer.Option(
         help="Timing scope: step (the whole layer), core (the attention core alone), or both: step,core.",
         show_default=False)] = None,
     assignments: Annotated[list[str] | None, typer.Option(
         "--set", help="Override any shape field as an axis: --set rope_theta=1e6 (repeatable).")] = None,
-    budget: Annotated[float | None, typer.Option(help="Seconds of sampling per case [suite's, else 0.5].",
-                                                 show_default=False)] = None,
-    warmup: Annotated[float | None, typer.Option(help="Seconds of warm-up per case.", show_default=False)] = None,
-    min_samples: Annotated[int | None, typer.Option(help="Fewest samples per case.", show_default=False)] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (1; 0 = all).", show_default=False)] = None,
+    budget: Annotated[float | None, typer.Option(help="Seconds of sampling per case, 0-3600 [default: the suite's, "
+                                                      "else 0.5].", show_default=False)] = None,
+    warmup: Annotated[float | None, typer.Option(help="Seconds of warm-up per case, 0-600 [default: the suite's, "
+                                                      "else 0.1].", show_default=False)] = None,
+    min_samples: Annotated[int | None, typer.Option(help="Fewest samples per case, 1-100000 [default: the suite's, "
+                                                         "else 10].", show_default=False)] = None,
+    max_samples: Annotated[int | None, typer.Option(help="Most samples kept per case, 1-100000 [default: the "
+                                                         "suite's, else 1000].", show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option(help="Wall limit of one case in seconds; past it the case ends "
+                                                       "as a `timeout` row at the next check between calls (a call "
+                                                       "in flight is never cut) [default: the suite's, else 300].",
+                                                  show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads, 0-1024 (0 = torch default, all cores) [default: "
+                                                     "the suite's, else 1].", show_default=False)] = None,
     cuda_graph: Annotated[bool | None, typer.Option("--cuda-graph/--no-cuda-graph",
                                                     help="GPU: time inside a CUDA graph (hot).",
                                                     show_default=False)] = None,
     accuracy: Annotated[bool | None, typer.Option("--accuracy/--no-accuracy",
                                                   help="Check every case against the float64 reference.",
                                                   show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs.", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs [default: the suite's, else 0].",
+                                             show_default=False)] = None,
     compile_mode: Annotated[str | None, typer.Option(help="torch.compile mode for the compiled backend.",
                                                      show_default=False)] = None,
     sdpa_kernel: Annotated[str | None, typer.Option(help="SDPA kernel: auto, flash, efficient, cudnn, math.",
@@ -90,46 +110,67 @@ def sweep(
     """Sweep a suite's grid (sequence length, batch, latent rank, ...) and record every case."""
     from mlabench.measure.envinfo import resolve_device
     from mlabench.suites import check_settings, load_suite, parse_shard
-    from mlabench.sweep import plan_sweep
+    from mlabench.sweep import open_run, plan_sweep
 
     if resume and out is None:
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
+    given = {"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples, "max_samples": max_samples,
+             "threads": threads, "cuda_graph": cuda_graph, "accuracy": accuracy, "seed": seed, "timeout_s": timeout}
+    settings: dict[str, Any] = {}
+    for key, value in given.items():
+        if value is not None:
+            settings.update(check_settings({key: value}, SETTING_FLAGS[key]))
+    shard_spec = parse_shard(shard) if shard else None
     suite_obj = load_suite(suite)
     dev = _dry_run_device(device) if dry_run else resolve_device(device)
     overrides = collect_overrides(model, variant, backend, mode, batch, seq_len, q_len, dtype, kv_lora_rank,
                                   num_kv_heads, assignments)
     if scope is not None:
         overrides["scope"] = split_list("--scope", scope) or []
-    given = {"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples, "threads": threads,
-             "cuda_graph": cuda_graph, "accuracy": accuracy, "seed": seed}
-    settings = check_settings({k: v for k, v in given.items() if v is not None}, "the command line")
     options = {k: v for k, v in {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel}.items() if v is not None}
-    plan = plan_sweep(suite_obj, dev, overrides, settings, out, parse_shard(shard) if shard else None, options)
+    plan = plan_sweep(suite_obj, dev, overrides, settings, out, shard_spec, options)
     if dry_run:
         _print_estimate(plan, as_json)
         return
+    opened = open_run(plan, resume)  # locks and checks the directory: the last refusal comes before any output
 
     err_console.print(f"[bold]mlabench sweep[/] suite [cyan]{plan.suite.name}[/] on [cyan]{dev}[/]: "
-                      f"{len(plan.cases)} cases" + (f" ({len(plan.dropped)} combinations dropped as invalid)"
-                                                    if plan.dropped else "") + f" -> {plan.out_dir}")
+                      f"{len(plan.cases)} cases -> {plan.out_dir}", soft_wrap=True)
+    if plan.dropped:
+        reasons = list(dict.fromkeys(plan.dropped))
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else "")
+        err_console.print(f"[dim]{len(plan.dropped)} grid combination(s) dropped as invalid: {shown}[/]",
+                          soft_wrap=True, markup=True)
     for line in plan.merged[:5]:  # an axis that does not apply must say so, not vanish
-        err_console.print(f"  merged: {line}", highlight=False)
+        err_console.print(f"  merged: {line}", highlight=False, soft_wrap=True)
     if len(plan.merged) > 5:
         err_console.print(f"  ... {len(plan.merged) - 5} more grid points merged the same way")
-    outcome = _run_with_progress(plan, resume, probe)
-    report_path = write_report_or_warn(plan.out_dir) if report else None
-    from mlabench.cli.summary import print_summary
+    stopper = _Stopper()
+    with stopper:
+        outcome = _run_with_progress(plan, resume, probe, stopper, opened)
+        report_path = None
+        if report:
+            stopper.in_report = True
+            try:
+                report_path = write_report_or_warn(plan.out_dir)
+            except KeyboardInterrupt:  # a signal while writing: the rows matter, the report can wait
+                err_console.print(f"report skipped; write it with `mlabench report {plan.out_dir}`", soft_wrap=True)
+            stopper.in_report = False
+        from mlabench.cli.summary import print_summary
 
-    print_summary(outcome, report_path, as_json)
-    if outcome.interrupted:
-        err_console.print(f"interrupted: rows so far are kept; continue with "
-                          f"`mlabench sweep --suite {suite} --out {plan.out_dir} --resume`")
-        raise typer.Exit(130)
+        print_summary(outcome, report_path, as_json)
+        again = "--resume" if out is not None else f"--out {plan.out_dir} --resume"
+        if outcome.interrupted:
+            err_console.print(f"interrupted: rows so far are kept; continue with the same command plus `{again}`",
+                              soft_wrap=True, markup=False)
+        if outcome.device_lost:
+            err_console.print(f"stopped: a sticky CUDA error left the device unusable in this process "
+                              f"({outcome.device_lost}). Rows so far are kept, the failing case among them; "
+                              f"continue in a new process with the same command plus `{again}`",
+                              soft_wrap=True, markup=False)
+    if stopper.signum is not None:
+        raise typer.Exit(128 + stopper.signum)  # 130 Ctrl-C, 143 SIGTERM: the shell's convention
     if outcome.device_lost:
-        err_console.print(f"[red]stopped: a sticky CUDA error left the device unusable in this process[/] "
-                          f"({outcome.device_lost}). Rows so far are kept, the failing case among them; "
-                          f"continue in a new process with "
-                          f"`mlabench sweep --suite {suite} --out {plan.out_dir} --resume`")
         raise typer.Exit(1)
     if outcome.failed:
         raise typer.Exit(1)
@@ -177,7 +218,42 @@ def _print_estimate(plan: Any, as_json: bool) -> None:
         out_console.print("(No CUDA here: `--device cuda --dry-run` sizes the run for a GPU.)")
 
 
-def _run_with_progress(plan: Any, resume: bool, probe: bool) -> Any:
+class _Stopper:
+    """SIGINT and SIGTERM (how CI cancels a job) stop a sweep the same way: the first after
+    the case in flight, a second one abandons that case. After the last case a signal only
+    cuts the report short, so the summary and the resume hint are always printed."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.count = 0
+        self.in_case = False
+        self.in_report = False
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.count += 1
+        self.signum = self.signum or signum
+        if self.in_report or (self.in_case and self.count > 1):
+            raise KeyboardInterrupt
+        if self.count == 1:
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            err_console.print(f"[yellow]{name}: stopping after the current case (again to stop now)[/]")
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+    def __enter__(self) -> _Stopper:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_with_progress(plan: Any, resume: bool, probe: bool, stopper: _Stopper, opened: Any) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -189,33 +265,23 @@ def _run_with_progress(plan: Any, resume: bool, probe: bool) -> Any:
 
     from mlabench.sweep import run_sweep
 
-    stop = {"requested": False}
-
-    def on_sigint(_signum: int, _frame: object) -> None:
-        if stop["requested"]:
-            raise KeyboardInterrupt  # second Ctrl-C: abandon the case in flight
-        stop["requested"] = True
-        err_console.print("[yellow]Ctrl-C: stopping after the current case (again to stop now)[/]")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[case]}"))
-    try:
-        with Progress(*columns, console=err_console) as bar:
-            task = bar.add_task("sweep", total=None, case="probing peaks")
+    with Progress(*columns, console=err_console) as bar:
+        task = bar.add_task("sweep", total=None, case="probing peaks")
 
-            def on_start(case: Any, i: int, n: int) -> None:
-                bar.update(task, total=n, completed=i, case=case.label())
+        def on_start(case: Any, i: int, n: int) -> None:
+            stopper.in_case = True
+            bar.update(task, total=n, completed=i, case=case.label())
 
-            def on_end(result: Any) -> None:
-                bar.advance(task)
-                if result.status not in ("ok", "skipped", "unsupported"):
-                    bar.console.print(f"  [red]{result.status}[/] {result.row['variant']}/{result.row['backend']} "
-                                      f"{result.row['mode']} b={result.row['batch']} T={result.row['seq_len']}: "
-                                      f"{result.row.get('error', '')}")
+        def on_end(result: Any) -> None:
+            stopper.in_case = False
+            bar.advance(task)
+            if result.status not in ("ok", "skipped", "unsupported"):
+                bar.console.print(f"  [red]{result.status}[/] {result.row['variant']}/{result.row['backend']} "
+                                  f"{result.row['mode']} b={result.row['batch']} T={result.row['seq_len']}: "
+                                  f"{result.row.get('error', '')}")
 
-            outcome = run_sweep(plan, resume, probe, on_start, on_end, lambda: stop["requested"])
-            bar.update(task, case="done")
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        outcome = run_sweep(plan, resume, probe, on_start, on_end, lambda: stopper.requested, opened)
+        bar.update(task, case="done")
     return outcome

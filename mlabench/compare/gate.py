@@ -47,8 +47,13 @@ class GateSettings:
     strict: bool = False
     allow_env_change: bool = False
     noise_floor: bool = True  # raise the threshold to the run-to-run scatter seen across cases
+    # Share of baseline cases the candidate may lack before the gate fails: a killed or
+    # partial candidate sweep must not pass by having measured less.
+    max_missing: float = 0.1
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_missing <= 1:
+            raise UsageError(f"--max-missing must be a share between 0 and 1 (0.1 = 10%), got {self.max_missing}")
         if not 0 < self.threshold < 1:
             raise UsageError(f"--threshold must be between 0 and 1 (a fraction, 0.05 = 5%), got {self.threshold}")
         if not 0 < self.alpha < 1:
@@ -99,8 +104,22 @@ class Comparison:
         return [c for c in self.cases if c.fails(self.settings.strict)]
 
     @property
+    def missing(self) -> int:
+        """Baseline cases the candidate does not have."""
+        return sum(c.verdict == "only-baseline" for c in self.cases)
+
+    @property
+    def missing_share(self) -> float:
+        in_baseline = sum(c.verdict != "only-candidate" for c in self.cases)
+        return self.missing / in_baseline if in_baseline else 0.0
+
+    @property
+    def too_many_missing(self) -> bool:
+        return self.missing_share > self.settings.max_missing
+
+    @property
     def passed(self) -> bool:
-        return not self.failing
+        return not self.failing and not self.too_many_missing
 
     @property
     def exit_code(self) -> int:
@@ -265,6 +284,12 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
     # Worst first: by verdict, then the biggest change in that verdict's direction.
     cases = sorted((_finish(e) for e in entries.values()), key=lambda r: (
         SEVERITY.index(r.verdict), (r.ratio or 1.0) if r.verdict == "improved" else -(r.ratio or 0.0), r.label))
+    missing = sum(c.verdict == "only-baseline" for c in cases)
+    if missing:  # always shown, whether or not it fails the gate
+        in_baseline = sum(c.verdict != "only-candidate" for c in cases)
+        joined.notes.append(f"{missing} of {in_baseline} baseline cases missing from the candidate "
+                            f"({missing / in_baseline:.0%}; the gate fails past --max-missing "
+                            f"{settings.max_missing:.0%})")
     return Comparison(
         baseline=str(base.path), candidate=str(cand.path), settings=settings, cases=tuple(cases),
         env_notes=tuple(joined.notes), joined_ignoring=joined.ignored, tested=sum(s.has_test for s in time_stats),

@@ -40,6 +40,8 @@ def summary(cmp: Comparison) -> str:
     if cmp.noise_floor > s.threshold:
         rule += f", raised to a {cmp.noise_floor:.0%} run-noise floor"
     rule += ", strict" if s.strict else ""
+    if cmp.missing:
+        rule += f", {cmp.missing_share:.0%} of baseline cases missing (limit {s.max_missing:.0%})"
     return f"{head}: {counts or 'no cases'} ({rule})"
 
 
@@ -162,7 +164,9 @@ def to_dict(cmp: Comparison) -> dict[str, Any]:
         "baseline": cmp.baseline,
         "candidate": cmp.candidate,
         "settings": {"threshold": s.threshold, "alpha": s.alpha, "strict": s.strict,
-                     "allow_env_change": s.allow_env_change, "noise_floor": s.noise_floor},
+                     "allow_env_change": s.allow_env_change, "noise_floor": s.noise_floor,
+                     "max_missing": s.max_missing},
+        "missing": cmp.missing,
         "noise_floor": cmp.noise_floor,
         "effective_threshold": max(s.threshold, cmp.noise_floor),
         "method": cmp.method,

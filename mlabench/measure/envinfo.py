@@ -39,7 +39,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda", index)
     if dev.type != "cpu":
         raise UsageError(f"--device: unsupported device type {dev.type!r} (auto, cpu, cuda, cuda:N)")
-    return dev
+    if dev.index not in (None, 0):  # torch accepts any cpu index; there is one CPU device
+        raise UsageError(f"--device: {name} does not exist (the CPU is `cpu`)")
+    return torch.device("cpu")
 
 
 def device_label(device: torch.device) -> str:

@@ -75,19 +75,49 @@ def measure_allocation(allocate: Callable[[], None], device: torch.device, nvml:
     return AllocationDelta(alloc, nv)
 
 
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (cgroup v2) means no limit
+
+
+def cgroup_available_bytes() -> int | None:
+    """Room left under this process's cgroup memory limit (v2, then v1); None without a limit.
+
+    A container's limit is usually far below the host's MemAvailable, and the kernel kills
+    the process at the limit, so the pre-flight must see it."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 2**60:  # v1 writes a huge number for "none"
+            return max(limit - usage, 0)
+    return None
+
+
 def available_ram_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else free physical pages."""
+    """MemAvailable from /proc/meminfo (Linux), else free physical pages; capped by the cgroup limit."""
+    host: int | None = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    host = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    if host is None:
+        try:
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            host = None
+    room = cgroup_available_bytes()
+    if room is None:
+        return host
+    return room if host is None else min(host, room)
 
 
 def estimate_case_bytes(case: Case, accuracy: bool) -> int:

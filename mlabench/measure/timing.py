@@ -17,7 +17,10 @@
 and `sample_calls` the calls behind one sample: both go into the row. Everything runs with
 the case's device current (`device_scope`): CUDA events, do_bench's flush buffer, Triton
 launches and a bare `torch.cuda.synchronize()` all use the current device, which is
-cuda:0 unless set. Warm-up always runs first; the budget bounds the sampling time of one case.
+cuda:0 unless set. Warm-up always runs first; the budget bounds the sampling time of one
+case and `max_samples` its sample count. A `deadline` (the case's wall limit) is checked
+between calls: a step is never interrupted, so one call that alone runs past the deadline
+ends the case at the next check, after it returns.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from mlabench.errors import CaseTimeout
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,19 @@ def device_scope(device: torch.device) -> contextlib.AbstractContextManager[Any]
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def time_step(fn: Callable[[], object], device: torch.device, settings: TimingSettings) -> Timing:
+def time_step(fn: Callable[[], object], device: torch.device, settings: TimingSettings,
+              deadline: float | None = None) -> Timing:
+    """Time `fn`; `deadline` is a `time.perf_counter()` value past which the case times out."""
     if device.type == "cuda":
         with device_scope(device):
-            return _time_cuda(fn, settings)
-    return _time_cpu(fn, settings)
+            return _time_cuda(fn, settings, deadline)
+    return _time_cpu(fn, settings, deadline)
+
+
+def check_deadline(deadline: float | None, stage: str) -> None:
+    """Raise CaseTimeout naming the stage when the case's wall limit has passed."""
+    if deadline is not None and time.perf_counter() > deadline:
+        raise CaseTimeout(stage)
 
 
 def graph_plan(call_ms: float, settings: TimingSettings) -> tuple[int, int]:
@@ -97,29 +110,36 @@ def capture_graph(fn: Callable[[], object], calls: int) -> Any:
     return graph
 
 
-def _time_cpu(fn: Callable[[], object], settings: TimingSettings) -> Timing:
+def _time_cpu(fn: Callable[[], object], settings: TimingSettings, deadline: float | None = None) -> Timing:
     from torch.utils.benchmark import Timer
 
     threads = settings.threads or torch.get_num_threads()
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    deadline = time.perf_counter() + settings.warmup_s
+    warm_until = time.perf_counter() + settings.warmup_s
     while True:  # warm-up: at least one call, then until warmup_s
         fn()
-        if time.perf_counter() >= deadline:
+        check_deadline(deadline, "warm-up")
+        if time.perf_counter() >= warm_until:
             break
-    measurement = timer.blocked_autorange(min_run_time=settings.budget_s)
+    budget = settings.budget_s
+    if deadline is not None:  # sampling never plans past the wall limit
+        budget = min(budget, max(deadline - time.perf_counter(), 0.0))
+    measurement = timer.blocked_autorange(min_run_time=budget)
     number = int(measurement.number_per_run)
     samples = [t * 1e3 for t in measurement.times]
-    # A slow step yields few blocks in the budget: top up with blocks of the same size.
-    while len(samples) < settings.min_samples:
+    check_deadline(deadline, "sampling")
+    # A slow step yields few blocks in the budget: top up with blocks of the same size, never past max_samples.
+    while len(samples) < min(settings.min_samples, settings.max_samples):
         samples.append(timer.timeit(number).mean * 1e3)
+        check_deadline(deadline, "sampling")
     return Timing(samples[: settings.max_samples], f"cpu-blocked threads={threads}, sample = mean of {_calls(number)}",
                   sample_calls=number)
 
 
-def _time_cuda(fn: Callable[[], object], settings: TimingSettings) -> Timing:
+def _time_cuda(fn: Callable[[], object], settings: TimingSettings, deadline: float | None = None) -> Timing:
     torch.cuda.synchronize()
     first = _one_cuda_call_ms(fn)  # also a warm-up
+    check_deadline(deadline, "warm-up")
     note = ""
     if settings.cuda_graph:
         try:
@@ -128,6 +148,8 @@ def _time_cuda(fn: Callable[[], object], settings: TimingSettings) -> Timing:
             torch.cuda.synchronize()
             note = f"; cuda graph refused: {str(exc).splitlines()[0][:80]}"
     rep_ms = max(settings.budget_s * 1e3, first * settings.min_samples)
+    if deadline is not None:  # do_bench cannot be stopped midway: plan it inside the wall limit
+        rep_ms = min(rep_ms, max((deadline - time.perf_counter()) * 1e3, first))
     warmup_ms = max(settings.warmup_s * 1e3, first)
     try:
         from triton import testing

@@ -1,17 +1,25 @@
 """Read a run directory (results.csv, samples.csv, meta.json) into typed pandas frames.
 
-Shared by `report` and `compare`. Every malformed input raises `UsageError`
-with one line that names the file and the column or row at fault, so the CLI
-exits 2 instead of printing a pandas traceback. Imports no torch.
+Shared by `report`, `compare` and `merge`. Every malformed input raises
+`UsageError` with one line that names the file and the column or row at fault,
+so the CLI exits 2 instead of printing a pandas traceback. Imports no torch.
+
+A torn last row (no final newline: the sweep was killed while writing it) is the
+case that was in flight, which a killed sweep loses by design. `report` and
+`compare` drop it with a warning on stderr, so a killed sweep can still be read
+(compare then shows that case as missing); `merge`, which writes a new run,
+refuses it: finish the run with `--resume` first.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -30,6 +38,9 @@ STRING_COLUMNS: frozenset[str] = frozenset(
      "backend_detail", "timer", "fits_l2", "options"}
 )
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
+
+# What to do with a torn last row: drop it with a warning, drop it silently, or refuse the file.
+Torn = Literal["warn", "quiet", "refuse"]
 
 
 @dataclass(frozen=True)
@@ -77,29 +88,50 @@ def join_ids(keys: pd.DataFrame, ignore: tuple[str, ...] | frozenset[str] = ()) 
     return pd.Series(ids, index=keys.index, dtype=str)
 
 
-def _read_csv_text(path: Path, what: str) -> pd.DataFrame:
-    """Every cell as text (empty stays ''), or UsageError naming the file."""
+def _read_csv_text(path: Path, what: str, torn: Torn = "warn", required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Every cell as text (empty stays ''), or UsageError naming the file.
+
+    `required` columns are checked on the header before the rows, so a file that is not ours
+    is named as such; then every row must have as many fields as the header."""
     try:
-        if path.stat().st_size == 0 or not path.read_bytes().strip():
-            return pd.DataFrame()
-        with path.open(newline="", encoding="utf-8") as fh:
-            head = fh.readline()
-        if "\x00" in head:
-            raise UsageError(f"{path}: not a CSV file (binary content)")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8")
-    except UsageError:
-        raise
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: {what} not found") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path}: not a UTF-8 CSV file") from None
-    except (pd.errors.ParserError, csv.Error) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path}: corrupt CSV ({first})") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame
+    if not data.strip():
+        return pd.DataFrame()
+    if b"\x00" in data:
+        raise UsageError(f"{path}: not a CSV file (binary content)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a UTF-8 CSV file") from None
+    if not text.endswith("\n"):
+        if torn == "refuse":
+            raise UsageError(f"{path}: the last row is torn (the sweep was killed while writing it); "
+                             "finish the run with `mlabench sweep ... --resume` first")
+        if torn == "warn":
+            print(f"mlabench: warning: {path}: dropped a torn last row (the sweep was killed while writing it; "
+                  "`--resume` measures that case again)", file=sys.stderr)
+        text = text[: text.rfind("\n") + 1]
+    try:
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""), strict=True) if r]
+    except csv.Error as exc:
+        raise UsageError(f"{path}: corrupt CSV ({exc})") from None
+    if not rows:
+        return pd.DataFrame()
+    header = [c.strip() for c in rows[0]]
+    missing = [c for c in required if c not in header]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
+        raise UsageError(f"{path}: missing required column(s): {shown}")
+    if len(set(header)) != len(header):
+        raise UsageError(f"{path}: corrupt CSV (a column name repeats in the header)")
+    for i, row in enumerate(rows[1:]):
+        if len(row) != len(header):
+            raise UsageError(f"{path}: corrupt CSV (row {i + 2} has {len(row)} fields, the header {len(header)})")
+    return pd.DataFrame(rows[1:], columns=header, dtype=str)
 
 
 def _to_numeric(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
@@ -113,9 +145,9 @@ def _to_numeric(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
     return numbers.astype("float64")
 
 
-def read_results(path: Path) -> pd.DataFrame:
+def read_results(path: Path, torn: Torn = "warn") -> pd.DataFrame:
     """results.csv -> frame with all `schema.COLUMNS` (+ any extra), typed; validates the contract."""
-    raw = _read_csv_text(path, schema.RESULTS_CSV)
+    raw = _read_csv_text(path, schema.RESULTS_CSV, torn, REQUIRED_COLUMNS)
     if raw.empty and len(raw.columns) == 0:
         # A sweep killed before its header was flushed: a run with no rows.
         raw = pd.DataFrame({c: pd.Series([], dtype=str) for c in schema.COLUMNS})
@@ -158,7 +190,8 @@ def read_samples(path: Path) -> pd.DataFrame | None:
     """samples.csv -> frame (case_id, sample, latency_ms), or None if the run has none."""
     if not path.exists():
         return None
-    raw = _read_csv_text(path, schema.SAMPLES_CSV)
+    # A torn samples line belongs to the case in flight, which has no row: dropped without a word.
+    raw = _read_csv_text(path, schema.SAMPLES_CSV, "quiet", schema.SAMPLE_COLUMNS)
     if raw.empty and len(raw.columns) == 0:
         return pd.DataFrame({"case_id": pd.Series([], dtype=str), "sample": [], "latency_ms": []})
     missing = [c for c in schema.SAMPLE_COLUMNS if c not in raw.columns]
@@ -186,12 +219,12 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_run(path: str | Path, *, samples: bool = True) -> RunData:
+def load_run(path: str | Path, *, samples: bool = True, torn: Torn = "warn") -> RunData:
     """Load a run directory (or a results.csv and its neighbours)."""
     run_dir, results_path = resolve(path)
     if not results_path.exists():
         raise UsageError(f"{results_path}: {schema.RESULTS_CSV} not found")
-    results = read_results(results_path)
+    results = read_results(results_path, torn)
     meta = read_meta(run_dir / schema.META_JSON)
     sample_frame = read_samples(run_dir / schema.SAMPLES_CSV) if samples else None
     return RunData(path=run_dir, results_path=results_path, results=results, meta=meta, samples=sample_frame)
