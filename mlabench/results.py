@@ -13,6 +13,7 @@ it when the process dies, however it dies.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import json
 import math
@@ -170,14 +171,13 @@ class RunWriter:
             f.flush()
             os.fsync(f.fileno())
 
-    def append(self, row: Mapping[str, Any], samples_ms: list[float]) -> None:
-        unknown = set(row) - set(schema.COLUMNS)
-        if unknown:
-            raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
-        cid = row["case_id"]
+    def append(self, row: schema.ResultRow | Mapping[str, Any], samples_ms: list[float]) -> None:
+        if not isinstance(row, schema.ResultRow):
+            row = schema.ResultRow.from_mapping(row)
+        cid = row.case_id
         if samples_ms:
             self._append(self.samples_path, ([cid, str(i), repr(float(s))] for i, s in enumerate(samples_ms)))
-        self._append(self.results_path, [[_format(row.get(c)) for c in schema.COLUMNS]])
+        self._append(self.results_path, [[_format(getattr(row, f.name)) for f in dataclasses.fields(row)]])
         self.finished.add(cid)
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:

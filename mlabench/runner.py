@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from mlabench import analytic
+from mlabench import analytic, schema
 from mlabench.backends import BACKENDS, StepInputs
 from mlabench.backends.library import LoadFailure
 from mlabench.case import Case
@@ -47,13 +47,13 @@ class RunContext:
 
 @dataclass
 class CaseResult:
-    row: dict[str, Any]
+    row: schema.ResultRow
     samples_ms: list[float]
     fatal: bool = False  # a sticky CUDA error: no later case can run in this process
 
     @property
     def status(self) -> str:
-        return str(self.row["status"])
+        return self.row.status
 
 
 # A row whose p90 exceeds its p10 by more than this factor is marked `unstable`: its samples
@@ -131,7 +131,8 @@ def run_case(case: Case, ctx: RunContext) -> CaseResult:
     if row["status"] not in ("ok", "inaccurate"):
         samples = []
     row["wall_s"] = round(time.perf_counter() - started, 3)
-    return CaseResult(row, samples, fatal)
+    # Built while the case ran as a plain mapping; frozen here, where a misspelt column fails.
+    return CaseResult(schema.ResultRow.from_mapping(row), samples, fatal)
 
 
 def _is_cpu_oom(exc: Exception) -> bool:

@@ -1,4 +1,4 @@
-"""The results contract: run-directory file names, CSV columns, row statuses, case ids.
+"""The results contract: run-directory file names, the typed results row, statuses, case ids.
 
 Everything that reads or writes a run directory (sweep, merge, report, compare)
 takes its names from here. This module imports no torch, so reports and the
@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 RESULTS_CSV = "results.csv"
@@ -18,76 +19,121 @@ SAMPLES_CSV = "samples.csv"  # long format: case_id, sample, latency_ms
 META_JSON = "meta.json"
 REPORT_HTML = "report.html"
 
-# The identity of a case. Resume, merge and compare join on these columns.
-KEY_COLUMNS: tuple[str, ...] = (
-    "suite",
-    "model",
-    "variant",
-    "backend",
-    "mode",
-    "scope",
-    "dtype",
-    "device",
-    "batch",
-    "seq_len",
-    "q_len",
-    "num_heads",
-    "num_kv_heads",
-    "head_dim",
-    "q_lora_rank",
-    "kv_lora_rank",
-    "rope_head_dim",
-    "v_head_dim",
-    # The rest of the shape: every field that changes the computation is part of the identity.
-    "hidden_size",
-    "num_layers",
-    "rope_theta",
-    "rope_scaling_factor",
-    "rope_mscale_all_dim",
-    "rope_original_max_position",
-    "rope_beta_fast",
-    "rope_beta_slow",
-    "rms_norm_eps",
-    # Backend options that apply to this case's backend, canonical "name=value;..." ('' for none).
-    "options",
-)
+def _column(group: str, key: bool = False) -> Any:
+    """A results.csv column: its group in the contract, and whether it is part of the case key."""
+    if key:
+        return field(metadata={"group": group, "key": True})
+    return field(default=None, metadata={"group": group})
 
-OUTCOME_COLUMNS: tuple[str, ...] = ("status", "error")
-TIME_COLUMNS: tuple[str, ...] = (
-    "latency_ms",
-    "latency_ms_p10",
-    "latency_ms_p90",
-    "latency_ms_iqr",
-    "n_samples",
-    "compile_ms",
-    "tokens_per_s",
-)
-WORK_COLUMNS: tuple[str, ...] = ("flops", "bytes", "tflops", "gbps", "roofline_pct")
-MEMORY_COLUMNS: tuple[str, ...] = (
-    "kv_cache_bytes",
-    "kv_cache_bytes_measured",
-    "kv_cache_bytes_allocator",
-    "kv_cache_bytes_nvml",
-    "backend_cache_bytes",
-    "peak_mem_bytes",
-    "params",
-)
-ACCURACY_COLUMNS: tuple[str, ...] = ("max_abs_err", "rel_err", "cos_diff")
-# Columns beyond the documented contract: how the case was run. `sample_calls`: calls
-# averaged into one sample (CUDA-graph replays, CPU blocks); `fits_l2`: on hot (graph) rows,
-# whether the case's bytes fit in the GPU's L2, where gbps may exceed the HBM roofline.
-EXTRA_COLUMNS: tuple[str, ...] = ("case_id", "backend_detail", "timer", "sample_calls", "fits_l2", "threads",
-                                  "unstable", "wall_s")
 
-COLUMNS: tuple[str, ...] = (
-    KEY_COLUMNS
-    + OUTCOME_COLUMNS
-    + TIME_COLUMNS
-    + WORK_COLUMNS
-    + MEMORY_COLUMNS
-    + ACCURACY_COLUMNS
-    + EXTRA_COLUMNS
-)
+@dataclass(frozen=True)
+class ResultRow:
+    """One row of results.csv. Its fields, in this order, ARE the CSV's columns: the writer
+    iterates them and every column tuple below is derived from them."""
+
+    # The identity of a case (resume, merge and compare join on these): every field that
+    # changes the computation.
+    suite: str = _column("key", key=True)
+    model: str = _column("key", key=True)
+    variant: str = _column("key", key=True)
+    backend: str = _column("key", key=True)
+    mode: str = _column("key", key=True)
+    scope: str = _column("key", key=True)
+    dtype: str = _column("key", key=True)
+    device: str = _column("key", key=True)
+    batch: int = _column("key", key=True)
+    seq_len: int = _column("key", key=True)
+    q_len: int = _column("key", key=True)
+    num_heads: int = _column("key", key=True)
+    num_kv_heads: int = _column("key", key=True)
+    head_dim: int = _column("key", key=True)
+    q_lora_rank: int = _column("key", key=True)
+    kv_lora_rank: int = _column("key", key=True)
+    rope_head_dim: int = _column("key", key=True)
+    v_head_dim: int = _column("key", key=True)
+    hidden_size: int = _column("key", key=True)
+    num_layers: int = _column("key", key=True)
+    rope_theta: float = _column("key", key=True)
+    rope_scaling_factor: float = _column("key", key=True)
+    rope_mscale_all_dim: float = _column("key", key=True)
+    rope_original_max_position: int = _column("key", key=True)
+    rope_beta_fast: float = _column("key", key=True)
+    rope_beta_slow: float = _column("key", key=True)
+    rms_norm_eps: float = _column("key", key=True)
+    options: str = _column("key", key=True)  # this backend's options, "name=value;..." ('' for none)
+    # Outcome
+    status: str = _column("outcome", key=True)  # required like a key field, though not part of the key
+    error: str | None = _column("outcome")
+    # Time
+    latency_ms: float | None = _column("time")  # median
+    latency_ms_p10: float | None = _column("time")
+    latency_ms_p90: float | None = _column("time")
+    latency_ms_iqr: float | None = _column("time")
+    n_samples: int | None = _column("time")
+    compile_ms: float | None = _column("time")
+    tokens_per_s: float | None = _column("time")
+    # Work
+    flops: int | None = _column("work")
+    bytes: int | None = _column("work")
+    tflops: float | None = _column("work")
+    gbps: float | None = _column("work")
+    roofline_pct: float | None = _column("work")
+    # Memory
+    kv_cache_bytes: int | None = _column("memory")  # analytic
+    kv_cache_bytes_measured: int | None = _column("memory")  # nbytes of the cache tensors
+    kv_cache_bytes_allocator: int | None = _column("memory")
+    kv_cache_bytes_nvml: int | None = _column("memory")
+    backend_cache_bytes: int | None = _column("memory")  # a second copy a backend keeps (paged pool)
+    peak_mem_bytes: int | None = _column("memory")
+    params: int | None = _column("memory")  # counted on the module
+    # Accuracy (element-wise vs the float64 reference, first and last sequence)
+    max_abs_err: float | None = _column("accuracy")
+    rel_err: float | None = _column("accuracy")
+    cos_diff: float | None = _column("accuracy")
+    # How the case was run. `sample_calls`: calls averaged into one sample (CUDA-graph replays,
+    # CPU blocks); `fits_l2`: on hot (graph) rows, whether the case's bytes fit in the GPU's L2,
+    # where gbps may exceed the HBM roofline.
+    case_id: str | None = _column("extra")
+    backend_detail: str | None = _column("extra")
+    timer: str | None = _column("extra")
+    sample_calls: int | None = _column("extra")
+    fits_l2: bool | None = _column("extra")
+    threads: int | None = _column("extra")
+    unstable: int | None = _column("extra")  # 1 when p90/p10 > 1.5
+    wall_s: float | None = _column("extra")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ResultRow:
+        """A row from a column -> value mapping; a name outside the schema is an error, not a
+        column silently dropped."""
+        unknown = set(values) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
+        return cls(**values)
+
+    def get(self, column: str, default: Any = None) -> Any:
+        value = getattr(self, column)
+        return default if value is None else value
+
+    def __getitem__(self, column: str) -> Any:
+        return getattr(self, column)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {c: getattr(self, c) for c in COLUMNS}
+
+
+def _columns(group: str) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(ResultRow) if f.metadata["group"] == group)
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ResultRow))
+KEY_COLUMNS: tuple[str, ...] = _columns("key")
+OUTCOME_COLUMNS: tuple[str, ...] = _columns("outcome")
+TIME_COLUMNS: tuple[str, ...] = _columns("time")
+WORK_COLUMNS: tuple[str, ...] = _columns("work")
+MEMORY_COLUMNS: tuple[str, ...] = _columns("memory")
+ACCURACY_COLUMNS: tuple[str, ...] = _columns("accuracy")
+EXTRA_COLUMNS: tuple[str, ...] = _columns("extra")
 
 SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import gc
 import json
 from pathlib import Path
@@ -313,7 +314,8 @@ def test_sweep_stops_on_a_sticky_error_keeps_rows_and_resumes(tmp_path: Path, mo
         calls.append(1)
         result = real(case, ctx)
         if len(calls) == 2:
-            result.row.update(status="error", error=f"RuntimeError: {ILLEGAL.splitlines()[0]}")
+            result.row = dataclasses.replace(result.row, status="error",
+                                             error=f"RuntimeError: {ILLEGAL.splitlines()[0]}")
             result.samples_ms = []
             result.fatal = True
         return result

@@ -70,10 +70,10 @@ def run(
                      peaks=measure_peaks(dev, [case.dtype], probe=True))
     result = run_case(case, ctx)
     if as_json:
-        print_json(clean_for_json(result.row))
+        print_json(clean_for_json(result.row.as_dict()))
     else:
         table = Table(show_header=False, box=None)
-        for k, v in result.row.items():
+        for k, v in result.row.as_dict().items():
             if v is not None and v != "":
                 table.add_row(f"[bold]{k}[/]", f"{v:.6g}" if isinstance(v, float) else str(v))
         out_console.print(table)
