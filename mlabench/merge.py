@@ -57,11 +57,15 @@ def merge_runs(run_dirs: list[Path], out: Path) -> MergeSummary:
     if len(devices) > 1:
         raise NotComparableError(f"merge: runs come from different devices: {', '.join(sorted(map(str, devices)))}")
     writer = RunWriter(out, resume=False)
-    by_case: dict[str, list[float]] = {}
+    # Samples keep their round (files without the column are round 0).
+    by_case: dict[str, dict[int, list[float]]] = {}
     for s in all_samples:
-        by_case.setdefault(s["case_id"], []).append(float(s["latency_ms"]))
+        rounds = by_case.setdefault(s["case_id"], {})
+        rounds.setdefault(int(s.get("round") or 0), []).append(float(s["latency_ms"]))
     for row in all_rows:
-        writer.append({k: (v if v != "" else None) for k, v in row.items()}, by_case.get(row["case_id"], []))
+        for r, draws in sorted(by_case.get(row["case_id"], {}).items()):
+            writer.append_samples(row["case_id"], draws, r)
+        writer.append({k: (v if v != "" else None) for k, v in row.items()}, [])
     meta = dict(metas[0]) if metas and metas[0] else {}
     meta["merged_from"] = [str(r) for r in run_dirs]
     meta["shards"] = [m.get("shard") for m in metas]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 RESULTS_CSV = "results.csv"
-SAMPLES_CSV = "samples.csv"  # long format: case_id, sample, latency_ms
+SAMPLES_CSV = "samples.csv"  # long format: case_id, sample, latency_ms, round
 META_JSON = "meta.json"
 REPORT_HTML = "report.html"
 
@@ -71,7 +71,9 @@ COLUMNS: tuple[str, ...] = (
     + EXTRA_COLUMNS
 )
 
-SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms")
+# `round`: which pass over the case list (sweep --rounds) took the sample; files
+# written before rounds existed have no such column and read as round 0.
+SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms", "round")
 
 STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped", "unsupported", "inaccurate")
 FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate"})

@@ -56,6 +56,7 @@ SETTINGS = {
     "seed": int,
     "cuda_graph": bool,  # GPU: time inside a CUDA graph (hot, launch overhead removed)
     "accuracy": bool,  # compare each case to the float64 reference
+    "rounds": int,  # passes over the case list, each in its own seeded order (the gate's replicates)
 }
 
 

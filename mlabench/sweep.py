@@ -2,10 +2,20 @@
 
 The loop knows nothing about terminals: the CLI passes callbacks for progress
 and a `should_stop` predicate for Ctrl-C.
+
+With `rounds` R > 1 the case list runs R times, each round in its own seeded
+order (`mlabench.rounds`). Every round re-runs the whole case (build, cache fill,
+backend prepare, timing) in this process; only the float64 accuracy check is
+limited to the first round. Samples are written per round as they are taken; a
+case's results row, summarising all its rounds, is appended when its last round
+ends, so a killed sweep keeps the cases whose last round finished and `--resume`
+runs the others again from round 0. Cases that were skipped, unsupported or
+failed in round 0 are not re-run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -18,17 +28,19 @@ import torch
 from mlabench import schema
 from mlabench.backends import check_options, served_variants
 from mlabench.case import Case
+from mlabench.errors import UsageError
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
 from mlabench.measure.timing import TimingSettings
 from mlabench.results import RunWriter
+from mlabench.rounds import combine_rounds, round_order
 from mlabench.runner import CaseResult, RunContext, run_case
 from mlabench.suites import Suite, expand, shard
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "budget_s": 0.5, "warmup_s": 0.1, "min_samples": 10, "max_samples": 1000, "threads": 0, "seed": 0,
-    "cuda_graph": False, "accuracy": True,
+    "cuda_graph": False, "accuracy": True, "rounds": 1,
 }
 
 
@@ -76,6 +88,8 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Mapping[str, list[
     if shard_spec:
         cases = shard(cases, *shard_spec)
     merged = {**DEFAULT_SETTINGS, **suite.settings, **settings}
+    if int(merged["rounds"]) < 1:
+        raise UsageError(f"rounds must be at least 1, got {merged['rounds']}")
     return SweepPlan(merged_suite, device, cases, expansion.dropped, merged,
                      out_dir or default_out_dir(suite.name, device), shard_spec)
 
@@ -118,21 +132,54 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
                               max_samples=s["max_samples"], threads=s["threads"], cuda_graph=s["cuda_graph"]),
         peaks=peaks, nvml=open_nvml(plan.device), accuracy=s["accuracy"], seed=s["seed"],
     )
+    rounds = max(1, int(s.get("rounds", 1)))
     try:
-        for i, case in enumerate(todo):
-            if should_stop():
-                outcome.interrupted = True
-                break
-            if on_start:
-                on_start(case, i, len(todo))
-            result = run_case(case, ctx)
-            writer.append(result.row, result.samples_ms)
-            outcome.results.append(result)
-            if on_end:
-                on_end(result)
+        if rounds == 1:
+            for i, case in enumerate(todo):
+                if should_stop():
+                    outcome.interrupted = True
+                    break
+                if on_start:
+                    on_start(case, i, len(todo))
+                result = run_case(case, ctx)
+                writer.append(result.row, result.samples_ms)
+                outcome.results.append(result)
+                if on_end:
+                    on_end(result)
+        else:
+            _run_rounds(todo, rounds, ctx, writer, outcome, on_start, on_end, should_stop)
     except KeyboardInterrupt:
         outcome.interrupted = True
     meta["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta["interrupted"] = outcome.interrupted
     writer.write_meta(meta)
     return outcome
+
+
+def _run_rounds(todo: list[Case], rounds: int, ctx: RunContext, writer: RunWriter, outcome: SweepOutcome,
+                on_start: Callable[[Case, int, int], None] | None, on_end: Callable[[CaseResult], None] | None,
+                should_stop: Callable[[], bool]) -> None:
+    """Every case `rounds` times, round by round in shuffled order; a row appended after the case's last round."""
+    later = dataclasses.replace(ctx, accuracy=False)  # the reference check is deterministic: once is enough
+    done: dict[str, list[CaseResult]] = {c.case_id: [] for c in todo}
+    step, total = 0, len(todo) * rounds
+    for r in range(rounds):
+        for case in round_order(todo, ctx.seed, r):
+            history = done[case.case_id]
+            if history and history[0].status not in ("ok", "inaccurate"):
+                continue  # skipped, unsupported or failed in round 0: its row is already written
+            if should_stop():
+                outcome.interrupted = True
+                return
+            if on_start:
+                on_start(case, step, total)
+            step += 1
+            result = run_case(case, ctx if r == 0 else later)
+            writer.append_samples(case.case_id, result.samples_ms, r)
+            history.append(result)
+            if on_end:
+                on_end(result)
+            if r == rounds - 1 or (r == 0 and result.status not in ("ok", "inaccurate")):
+                row = combine_rounds([h.row for h in history], [h.samples_ms for h in history])
+                writer.append(row, [])
+                outcome.results.append(CaseResult(row, [x for h in history for x in h.samples_ms]))

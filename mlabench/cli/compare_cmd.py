@@ -31,13 +31,14 @@ def compare(
     threshold: Annotated[float, typer.Option(help="Smallest slowdown that counts, as a fraction of the "
                                                   "baseline median (0.05 = 5%).")] = 0.05,
     alpha: Annotated[float, typer.Option(help="Family-wise error rate for the significance test "
-                                              "(Holm-corrected over all cases).")] = 0.05,
-    strict: Annotated[bool, typer.Option("--strict", help="Also fail on inconclusive cases and on cases "
-                                                          "present on one side only.")] = False,
+                                              "(Holm-corrected over all cases).")] = 0.01,
+    strict: Annotated[bool, typer.Option("--strict", help="Also fail on inconclusive cases, on cases present on "
+                                                          "one side only, and when most timed cases are "
+                                                          "underpowered.")] = False,
     allow_env_change: Annotated[bool, typer.Option("--allow-env-change", help="Compare even when device, torch, "
                                                    "dtype or shapes differ (pairs cases ignoring them).")] = False,
-    noise_floor: Annotated[bool, typer.Option("--noise-floor/--no-noise-floor", help="Raise the threshold to the "
-                                              "run-to-run scatter seen across all cases (noisy hosts).")] = True,
+    noise_floor: Annotated[bool | None, typer.Option("--noise-floor/--no-noise-floor", hidden=True,
+                                                     help="No effect: run noise now comes from rounds.")] = None,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output on stdout.",
                                                         case_sensitive=False)] = OutputFormat.table,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json: one JSON document on "
@@ -49,8 +50,10 @@ def compare(
     from mlabench.compare import GateSettings, compare_paths, render
 
     fmt = OutputFormat.json if as_json else output_format
-    settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change,
-                            noise_floor=noise_floor)
+    if noise_floor is not None:
+        err_console.print("note: --noise-floor has no effect any more; run-to-run noise is measured with rounds "
+                          "(sweep --rounds, mlabench ab)", markup=False)
+    settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change)
     err_console.print(f"comparing {baseline} -> {candidate}", markup=False)
     result = compare_paths(baseline, candidate, settings)
     if output is not None:

@@ -74,6 +74,9 @@ def sweep(
                                                   help="Check every case against the float64 reference.",
                                                   show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs.", show_default=False)] = None,
+    rounds: Annotated[int | None, typer.Option(help="Run the case list this many times, each round in its own "
+                                               "seeded order; compare tests on the rounds [suite's, else 1].",
+                                               show_default=False)] = None,
     compile_mode: Annotated[str | None, typer.Option(help="torch.compile mode for the compiled backend.",
                                                      show_default=False)] = None,
     sdpa_kernel: Annotated[str | None, typer.Option(help="SDPA kernel: auto, flash, efficient, cudnn, math.",
@@ -94,7 +97,7 @@ def sweep(
     overrides = collect_overrides(model, variant, backend, mode, batch, seq_len, q_len, dtype, kv_lora_rank,
                                   num_kv_heads, assignments)
     given = {"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples, "threads": threads,
-             "cuda_graph": cuda_graph, "accuracy": accuracy, "seed": seed}
+             "cuda_graph": cuda_graph, "accuracy": accuracy, "seed": seed, "rounds": rounds}
     settings = check_settings({k: v for k, v in given.items() if v is not None}, "the command line")
     options = {k: v for k, v in {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel}.items() if v is not None}
     plan = plan_sweep(suite_obj, dev, overrides, settings, out, parse_shard(shard) if shard else None, options)
