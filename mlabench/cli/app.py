@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from mlabench.cli.ab_cmd import ab
 from mlabench.cli.compare_cmd import compare
 from mlabench.cli.env_cmd import env
 from mlabench.cli.kv_cmd import kv
@@ -38,6 +39,7 @@ app.command("kv")(kv)
 app.command("merge")(merge)
 app.command("report")(report)
 app.command("compare")(compare)
+app.command("ab")(ab)
 
 
 def main(argv: list[str] | None = None) -> None:

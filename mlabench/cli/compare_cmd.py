@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,6 +22,7 @@ class OutputFormat(str, Enum):
     table = "table"
     markdown = "markdown"
     json = "json"
+    html = "html"
 
 
 def compare(
@@ -47,7 +48,7 @@ def compare(
                                                 "this file (e.g. for a PR comment).")] = None,
 ) -> None:
     """Compare two runs case by case; exit 1 on a statistically significant regression."""
-    from mlabench.compare import GateSettings, compare_paths, render
+    from mlabench.compare import GateSettings, compare_paths
 
     fmt = OutputFormat.json if as_json else output_format
     if noise_floor is not None:
@@ -56,6 +57,15 @@ def compare(
     settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change)
     err_console.print(f"comparing {baseline} -> {candidate}", markup=False)
     result = compare_paths(baseline, candidate, settings)
+    render_comparison(result, fmt, output)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def render_comparison(result: Any, fmt: OutputFormat, output: Path | None) -> None:
+    """Write the markdown file when asked, then the chosen format on stdout (shared with `ab`)."""
+    from mlabench.compare import render
+
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +76,9 @@ def compare(
         sys.stdout.write(render.to_json(result) + "\n")
     elif fmt is OutputFormat.markdown:
         sys.stdout.write(render.to_markdown(result))
+    elif fmt is OutputFormat.html:
+        from mlabench.compare.html import render_html
+
+        sys.stdout.write(render_html(result))
     else:
         render.print_table(result)
-    if not result.passed:
-        raise typer.Exit(1)
