@@ -21,14 +21,15 @@ Method, and why:
 - Without rounds the test is a one-sided Mann-Whitney U test on the raw samples,
   as before. It cannot see run-to-run noise, so its verdict is weak (the
   comparison says so) and a case past the threshold is never called `same`.
-- p-values are Holm-corrected over all tested cases, one family per direction: a
-  single false alarm fails the whole PR, which is the family-wise error rate Holm
-  bounds at `alpha`.
+- p-values are Holm-corrected over all tested cases and both directions at once
+  (2m one-sided tests, i.e. two-sided): a single false alarm fails the whole PR,
+  and a reported improvement should be as trustworthy as a regression, so the
+  family-wise error rate Holm bounds at `alpha` covers every flagged case.
 - Power: each case states the smallest change it could call significant, the
-  change whose expected test statistic reaches the critical value at alpha/m (the
-  first Holm step, m tested cases). A case that is not significant and whose
+  change whose expected test statistic reaches the critical value at alpha/(2m)
+  (the first Holm step, m tested cases). A case that is not significant and whose
   detectable change is larger than the threshold is `underpowered`, never `same`;
-  so is a case whose test cannot reach alpha/m at all (too few samples for U).
+  so is a case whose test cannot reach alpha/(2m) at all (too few samples for U).
 - A case regresses only when the effect exceeds 1 + threshold AND the corrected
   test is significant.
 Without samples a case falls back to the recorded medians and is never tested.
@@ -293,7 +294,7 @@ def detectable_changes(cases: Sequence[TimeStats], alpha: float) -> np.ndarray:
     out = np.full(len(cases), math.inf)
     if not tested:
         return out
-    level = alpha / tested
+    level = alpha / (2 * tested)  # the first Holm step over both directions
     idx = [i for i, s in enumerate(cases) if s.has_test and s.se is not None and s.df is not None and s.min_p <= level]
     if idx:
         se = np.array([cases[i].se for i in idx], dtype=float)
@@ -359,8 +360,8 @@ def classify(s: TimeStats, p_slower_adj: float | None, p_faster_adj: float | Non
 
 def judge(cases: Sequence[TimeStats], threshold: float, alpha: float) -> list[TimeResult]:
     """Verdicts for all compared cases at once: the correction and the power statement span the sweep."""
-    slower = holm([s.p_slower for s in cases])
-    faster = holm([s.p_faster for s in cases])
+    both = holm([s.p_slower for s in cases] + [s.p_faster for s in cases])
+    slower, faster = both[: len(cases)], both[len(cases):]
     detect = detectable_changes(cases, alpha)
     return [classify(s, ps, pf, threshold, alpha, float(dt))
             for s, ps, pf, dt in zip(cases, slower, faster, detect, strict=True)]
