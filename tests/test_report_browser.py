@@ -64,7 +64,8 @@ def test_full_report_renders_every_chart(browser: Any, tmp_path: Path) -> None:
     html = write_report(make_run(tmp_path / "run"))
     page, problems = open_page(browser, html)
     states = chart_states(page)
-    assert set(states) == {"chart-latency", "chart-kv", "chart-speedup", "chart-roofline", "chart-rank"}
+    assert set(states) == {"chart-tradeoff", "chart-latency", "chart-kv", "chart-speedup", "chart-roofline",
+                           "chart-rank"}
     assert all(n > 0 for n in states.values()), states
     # Filter: one oom row; "not ok" shows every failed/skipped/unsupported row.
     total = page.locator("#rows tbody tr").count()
