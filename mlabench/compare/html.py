@@ -51,10 +51,11 @@ def ratio_figure(cmp: Comparison) -> go.Figure | None:
     t = cmp.settings.threshold
     for x, dash in ((1.0, "solid"), (1 + t, "dash"), (1 - t, "dash")):
         fig.add_vline(x=x, line_dash=dash, line_color="#888", line_width=1)
-    fig.update_yaxes(categoryorder="array", categoryarray=order[::-1], tickfont=dict(size=10))
+    fig.update_yaxes(categoryorder="array", categoryarray=order[::-1], tickfont=dict(size=10),
+                     range=[-0.5, len(order) - 0.5])
     fig.update_xaxes(type="log", title_text="candidate / baseline (log scale; dashed: threshold)")
     fig.update_layout(template="plotly_white", height=max(320, 90 + ROW_HEIGHT * len(cases)),
-                      margin=dict(l=20, r=20, t=30, b=50), legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+                      margin=dict(l=20, r=20, t=30, b=50))
     return fig
 
 
