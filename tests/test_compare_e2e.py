@@ -87,10 +87,12 @@ def test_same_code_twice_plumbing(runs: tuple[Path, Path, Path], capsys: pytest.
     assert doc["counts"]["changed"] == 0  # KV bytes, params, FLOPs: equal code, equal values
 
 
-def test_fifteen_percent_slower_candidate_fails(runs: tuple[Path, Path, Path], tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_half_again_slower_candidate_fails(runs: tuple[Path, Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Samples only (no rounds), 15 a side, alpha 0.01 over 2 x 16 tests: a 1.5x shift is within reach;
+    a 15% one on noisy CPU samples need not be (the case is then reported underpowered)."""
     _, a, _ = runs
-    slow = slowed_copy(a, tmp_path / "slow", 1.15)
+    slow = slowed_copy(a, tmp_path / "slow", 1.5)
     code, out, _ = run_cli(["compare", str(a), str(slow)], capsys)
     assert code == 1
     assert "regressed" in out
