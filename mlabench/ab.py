@@ -14,16 +14,20 @@ Each side is one of:
 - a Python interpreter (a file, e.g. `venv-a/bin/python`): an environment with
   mlabench installed.
 
-Every round of a side is one `python -m mlabench sweep` process (a fresh process
-per round, like asv's rounds and pyperf's workers, so process-level state is
-replicated too) writing its own run directory; `rounds.assemble_rounds` then
-joins each side's rounds into one run directory whose samples carry their round.
-Only flags every mlabench sweep has are used, so an older baseline still runs.
+When both sides have `mlabench.ab_worker`, each side is one multi-round sweep
+process and the two take turns case by case (`ab_worker`): the same case is
+measured on both sides seconds apart, in the same seeded order, so load that
+comes and goes on a shared machine hits both alike. Otherwise (an older
+baseline) every round of a side is one `python -m mlabench sweep` process, the
+sides taking turns round by round, and `rounds.assemble_rounds` joins each side's
+rounds into one run directory whose samples carry their round; only flags every
+mlabench sweep has are used, so the older code still runs.
 Imports no torch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -155,20 +159,130 @@ def _sweep(side: Side, suite: str, out: Path, extra: Sequence[str], accuracy: bo
         raise UsageError(f"{side.name} sweep failed (exit {proc.returncode}, log {log}): " + " | ".join(tail))
 
 
-def run_ab(sides: tuple[Side, Side], suite: str, rounds: int, out: Path, sweep_args: Sequence[str] = (),
-           on_round: Callable[[RoundEvent], None] | None = None,
-           should_stop: Callable[[], bool] = lambda: False) -> tuple[Path, Path]:
+def has_lockstep(side: Side) -> bool:
+    """Whether the side's mlabench has the lockstep worker (older code runs whole sweeps per round)."""
+    proc = subprocess.run([side.python, "-c", "import mlabench.ab_worker"], env=side.env(), cwd=side.cwd,
+                          capture_output=True, check=False)
+    return proc.returncode == 0
+
+
+class _Worker:
+    """A lockstep worker process and its protocol channel."""
+
+    def __init__(self, side: Side, args: dict[str, object], log: Path):
+        self.side = side
+        self.log = log
+        self._log = log.open("w", encoding="utf-8")
+        self.proc = subprocess.Popen([side.python, "-m", "mlabench.ab_worker", json.dumps(args)], env=side.env(),
+                                     cwd=side.cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._log, text=True, bufsize=1)
+        self.round = -1
+
+    def message(self) -> dict[str, object] | None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(msg, dict):
+                return msg
+        return None  # the process ended
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> int:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        code = self.proc.wait()
+        self._log.close()
+        return code
+
+    def fail(self, code: int) -> UsageError:
+        tail = self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-LOG_TAIL:]
+        return UsageError(f"{self.side.name} worker failed (exit {code}, log {self.log}): " + " | ".join(tail))
+
+
+def _run_lockstep(sides: tuple[Side, Side], suite: str, rounds: int, out: Path, device: str,
+                  settings: dict[str, object], on_round: Callable[[RoundEvent], None] | None,
+                  should_stop: Callable[[], bool]) -> None:
+    """Both sides as multi-round sweeps, given turns case by case; each writes its own run directory."""
+    workers = []
+    for side in sides:
+        (out / side.name).mkdir(parents=True, exist_ok=True)
+        args = {"suite": suite, "out": str(out / side.name), "device": device,
+                "settings": {**settings, "rounds": rounds}}
+        workers.append(_Worker(side, args, out / f"{side.name}.log"))
+    started = {w.side.name: time.perf_counter() for w in workers}
+    active = list(workers)
+    turn = 0
+    try:
+        while active:
+            if should_stop():
+                raise KeyboardInterrupt
+            # Which side measures first alternates, so neither always gets the warmer (or colder) slot.
+            for w in (active if turn % 2 == 0 else active[::-1]):
+                msg = w.message()
+                if msg is None or "finished" in msg:
+                    active.remove(w)
+                    continue
+                step, total = int(msg.get("step", 0)), max(1, int(msg.get("total", 1)))
+                current = min(rounds - 1, step * rounds // total)
+                if current != w.round:
+                    if w.round >= 0 and on_round:
+                        on_round(RoundEvent(w.round, rounds, w.side.name, time.perf_counter() - started[w.side.name]))
+                    w.round, started[w.side.name] = current, time.perf_counter()
+                w.go()
+                done = w.message()
+                if done is None:
+                    active.remove(w)
+            turn += 1
+    finally:
+        codes = [(w, w.close()) for w in workers]
+    for w, code in codes:
+        if code not in (0, 1):
+            raise w.fail(code)
+    if on_round:
+        for w in workers:
+            on_round(RoundEvent(rounds - 1, rounds, w.side.name, time.perf_counter() - started[w.side.name]))
+
+
+def _settings_flags(settings: dict[str, object]) -> list[str]:
+    flags = {"budget_s": "--budget", "min_samples": "--min-samples", "warmup_s": "--warmup", "threads": "--threads"}
+    return [x for k, v in settings.items() if k in flags for x in (flags[k], str(v))]
+
+
+def run_ab(sides: tuple[Side, Side], suite: str, rounds: int, out: Path, device: str = "auto",
+           settings: dict[str, object] | None = None, on_round: Callable[[RoundEvent], None] | None = None,
+           should_stop: Callable[[], bool] = lambda: False, lockstep: bool | None = None) -> tuple[Path, Path]:
     """Run `rounds` rounds of both sides alternately; returns the baseline and candidate run directories.
 
-    The accuracy check runs in the first round only: it is deterministic and costs
-    more than the timing. A stop request ends after the round in flight; the
-    rounds finished so far are still assembled (at least one of each side).
+    Lockstep (both sides have `mlabench.ab_worker`): the two sides take turns case
+    by case. Otherwise each round of a side is one whole sweep process, the sides
+    taking turns round by round. Either way the accuracy check runs in the first
+    round only: it is deterministic and costs more than the timing.
     """
     if rounds < 2:
         raise UsageError(f"--rounds must be at least 2 (the test needs replicates of both sides), got {rounds}")
     job = uuid.uuid4().hex[:12]
     out = out.resolve()  # the sweeps start in the side's own directory
+    settings = dict(settings or {})
+    if lockstep is None:
+        lockstep = all(has_lockstep(s) for s in sides)
+    if lockstep:
+        _run_lockstep(sides, suite, rounds, out, device, settings, on_round, should_stop)
+        for side in sides:
+            meta_path = out / side.name / "meta.json"
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta.update(rounds=rounds, ab={"job": job, "side": side.name, "source": side.describe, "rounds": rounds,
+                                           "interleave": "case"})
+            meta_path.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+        return out / sides[0].name, out / sides[1].name
     done: dict[str, list[Path]] = {s.name: [] for s in sides}
+    extra = ["--device", device, *_settings_flags(settings)]
     for r in range(rounds):
         order = sides if r % 2 == 0 else sides[::-1]  # neither side always goes first
         for side in order:
@@ -176,7 +290,7 @@ def run_ab(sides: tuple[Side, Side], suite: str, rounds: int, out: Path, sweep_a
             if target.exists():
                 shutil.rmtree(target)
             started = time.perf_counter()
-            _sweep(side, suite, target, sweep_args, accuracy=r == 0)
+            _sweep(side, suite, target, extra, accuracy=r == 0)
             done[side.name].append(target)
             if on_round:
                 on_round(RoundEvent(r, rounds, side.name, time.perf_counter() - started))
@@ -186,7 +300,7 @@ def run_ab(sides: tuple[Side, Side], suite: str, rounds: int, out: Path, sweep_a
     for side in sides:
         run_dir = out / side.name
         assemble_rounds(done[side.name], run_dir, {"ab": {"job": job, "side": side.name, "source": side.describe,
-                                                          "rounds": len(done[side.name])}})
+                                                          "rounds": len(done[side.name]), "interleave": "round"}})
         dirs.append(run_dir)
     return dirs[0], dirs[1]
 

@@ -47,6 +47,9 @@ def ab(
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the markdown verdict here.")
                       ] = None,
+    interleave: Annotated[str, typer.Option(help="case: the sides take turns case by case (both need "
+                                                 "mlabench.ab_worker); round: whole sweeps in turn; auto: case "
+                                                 "when both sides can.")] = "auto",
 ) -> None:
     """Measure BASELINE and CANDIDATE alternately in one job and gate on the difference."""
     from mlabench import ab as ablib
@@ -56,6 +59,8 @@ def ab(
     settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict)  # bad values fail before any work
     if rounds < 2:
         raise typer.BadParameter("must be at least 2", param_hint="--rounds")
+    if interleave not in ("auto", "case", "round"):
+        raise typer.BadParameter("choose auto, case or round", param_hint="--interleave")
     workspace = ablib.Workspace()
     try:
         sides = (ablib.resolve_side("baseline", baseline, repo, workspace),
@@ -66,11 +71,8 @@ def ab(
         suite_path = ablib.suite_for(suite, sides[1])
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out_dir = out or Path("results") / "ab" / f"{stamp}-{Path(suite_path).stem}"
-        extra = ["--device", device]
-        if budget is not None:
-            extra += ["--budget", str(budget)]
-        if min_samples is not None:
-            extra += ["--min-samples", str(min_samples)]
+        given = {"budget_s": budget, "min_samples": min_samples}
+        settings_in = {k: v for k, v in given.items() if v is not None}
         err_console.print(f"[bold]mlabench ab[/] suite {suite_path}, {rounds} rounds per side -> {out_dir}")
         stop = {"requested": False}
 
@@ -85,8 +87,9 @@ def ab(
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            base_dir, cand_dir = ablib.run_ab(sides, suite_path, rounds, out_dir, extra, on_round,
-                                              lambda: stop["requested"])
+            base_dir, cand_dir = ablib.run_ab(sides, suite_path, rounds, out_dir, device, settings_in, on_round,
+                                              lambda: stop["requested"], lockstep=None if interleave == "auto"
+                                              else interleave == "case")
         finally:
             signal.signal(signal.SIGINT, previous)
     finally:
