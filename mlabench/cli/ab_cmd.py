@@ -85,13 +85,18 @@ def ab(
         def on_round(ev: ablib.RoundEvent) -> None:
             err_console.print(f"  round {ev.round_index + 1}/{ev.rounds} {ev.side}: {ev.seconds:.0f} s", markup=False)
 
+        def on_sigterm(_signum: int, _frame: object) -> None:
+            raise KeyboardInterrupt  # unwind, so the temporary worktrees are removed
+
         previous = signal.signal(signal.SIGINT, on_sigint)
+        previous_term = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             base_dir, cand_dir = ablib.run_ab(sides, suite_path, rounds, out_dir, device, settings_in, on_round,
                                               lambda: stop["requested"], lockstep=None if interleave == "auto"
                                               else interleave == "case")
         finally:
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)
     finally:
         workspace.close()
     result = compare_paths(base_dir, cand_dir, settings)
