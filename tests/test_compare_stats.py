@@ -99,14 +99,14 @@ def test_mixed_changes_with_few_rounds_are_never_same() -> None:
 def test_power_is_stated_and_shrinks_with_rounds() -> None:
     rng = np.random.default_rng(106)
     detect = {}
-    for rounds in (3, 10, 30):
+    for rounds in (2, 10, 30):
         base = round_medians(rng, np.ones((1, 50)), rounds=rounds)[0]
         cand = round_medians(rng, np.ones((1, 50)), rounds=rounds)[0]
         results = judge(compare_rounds(base, cand, paired=True), THRESHOLD, ALPHA)
         detect[rounds] = float(np.median([r.detectable for r in results]))
-    assert detect[3] > detect[10] > detect[30]
-    assert detect[10] < THRESHOLD  # 10 rounds at 2% round noise can see a 5% change
-    assert detect[3] > THRESHOLD  # 3 rounds cannot: those cases are underpowered, not same
+    assert detect[2] > detect[10] > detect[30]
+    assert detect[10] < 2 * THRESHOLD  # 10 rounds at 2% round noise see a change just past 5%
+    assert detect[2] > 2 * THRESHOLD  # 2 rounds cannot: those cases are underpowered, not same
 
 
 def test_underpowered_cases_are_not_same() -> None:
@@ -197,7 +197,8 @@ def test_classify_needs_the_ci_inside_the_threshold_to_call_a_significant_change
     assert classify(inside, 1e-4, 1.0, THRESHOLD, ALPHA).verdict == "same"
     noisy = TimeStats(1.0, 1.04, 30, 30, p_slower=0.3, p_faster=0.7, ci_low=0.9, ci_high=1.2)
     assert classify(noisy, 0.3, 0.7, THRESHOLD, ALPHA, detectable=0.03).verdict == "same"
-    assert classify(noisy, 0.3, 0.7, THRESHOLD, ALPHA, detectable=0.08).verdict == "underpowered"
+    assert classify(noisy, 0.3, 0.7, THRESHOLD, ALPHA, detectable=0.08).verdict == "same"  # sees 2x threshold
+    assert classify(noisy, 0.3, 0.7, THRESHOLD, ALPHA, detectable=0.12).verdict == "underpowered"
     beyond = TimeStats(1.0, 1.30, 30, 30, p_slower=0.3, p_faster=0.7, ci_low=0.9, ci_high=1.6)
     assert classify(beyond, 0.3, 0.7, THRESHOLD, ALPHA, detectable=0.03).verdict == "inconclusive"
 

@@ -7,7 +7,7 @@ Verdicts, in order of severity:
 - inconclusive: neither clearly the same nor clearly different (fails with --strict);
 - only-baseline / only-candidate: the case exists on one side (fails with --strict);
 - underpowered: not significant, and the test could not have detected a change of
-  the threshold's size (too few rounds or samples, too noisy); never `same`. A
+  twice the threshold (too few rounds or samples, too noisy); never `same`. A
   suite whose tested cases are mostly underpowered fails with --strict;
 - improved: faster past the threshold and significant, or a failed case now ok;
 - not-timed: not ok on both sides, nothing to compare;

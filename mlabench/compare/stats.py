@@ -27,9 +27,11 @@ Method, and why:
   family-wise error rate Holm bounds at `alpha` covers every flagged case.
 - Power: each case states the smallest change it could call significant, the
   change whose expected test statistic reaches the critical value at alpha/(2m)
-  (the first Holm step, m tested cases). A case that is not significant and whose
-  detectable change is larger than the threshold is `underpowered`, never `same`;
-  so is a case whose test cannot reach alpha/(2m) at all (too few samples for U).
+  (the first Holm step, m tested cases). A case that is not significant and
+  cannot detect even twice the threshold (UNDERPOWERED_FACTOR) is `underpowered`,
+  never `same`: it could not tell a change well past the threshold from noise.
+  So is a case whose test cannot reach alpha/(2m) at all (too few samples for U).
+  Between one and two thresholds a `same` is given with its detectable change.
 - A case regresses only when the effect exceeds 1 + threshold AND the corrected
   test is significant.
 Without samples a case falls back to the recorded medians and is never tested.
@@ -47,6 +49,7 @@ from scipy import special, stats
 
 TimeVerdict = Literal["regressed", "improved", "same", "inconclusive", "underpowered"]
 Method = Literal["rounds", "samples", "medians"]
+UNDERPOWERED_FACTOR = 2.0  # not significant and cannot detect this many thresholds: underpowered
 BOOTSTRAP_RESAMPLES = 1000  # enough for a percentile interval (Efron: >= 1000)
 METHOD_ROUNDS = ("moderated t-test on per-round medians (empirical-Bayes variance), Holm correction")
 METHOD_SAMPLES = "Mann-Whitney U (one-sided) on samples with Holm correction; percentile bootstrap CI"
@@ -345,7 +348,7 @@ def classify(s: TimeStats, p_slower_adj: float | None, p_faster_adj: float | Non
             return TimeResult(s, "same", p_dir, detectable)
         return TimeResult(s, "inconclusive", p_dir, detectable,
                           f"{change} is within threshold but the CI [{s.ci_low:.3f}, {s.ci_high:.3f}] reaches past it")
-    weak = detectable > threshold
+    weak = detectable > UNDERPOWERED_FACTOR * threshold
     reach = ("cannot reach significance" if math.isinf(detectable)
              else f"detects only changes of {detectable:.0%} or more")
     if beyond:
