@@ -31,7 +31,7 @@ class MergeSummary:
 class _Input:
     path: Path
     rows: list[dict[str, str]]  # the text of each row, copied as written
-    samples: dict[str, list[float]]
+    samples: dict[str, dict[int, list[float]]]  # case id -> round -> samples
     meta: dict[str, Any]
 
     @property
@@ -52,10 +52,11 @@ def _read_input(run: Path) -> _Input:
     if header != list(schema.COLUMNS):
         raise UsageError(f"merge: {results} does not have this mlabench's results columns")
     samples_frame = read_samples(run / schema.SAMPLES_CSV)
-    samples: dict[str, list[float]] = {}
-    if samples_frame is not None:
-        for cid, latency in zip(samples_frame["case_id"], samples_frame["latency_ms"], strict=True):
-            samples.setdefault(cid, []).append(float(latency))
+    samples: dict[str, dict[int, list[float]]] = {}
+    if samples_frame is not None:  # runs written before rounds existed read as round 0
+        for cid, latency, r in zip(samples_frame["case_id"], samples_frame["latency_ms"], samples_frame["round"],
+                                   strict=True):
+            samples.setdefault(cid, {}).setdefault(int(r), []).append(float(latency))
     return _Input(run, read_rows(results), samples, read_meta(run / schema.META_JSON))
 
 
@@ -121,9 +122,11 @@ def merge_runs(run_dirs: list[Path], out: Path, allow_partial: bool = False,
     with RunWriter(out, resume=False) as writer:
         for i in inputs:
             for row in i.rows:
-                samples = i.samples.get(row["case_id"], [])  # samples of a case without a row are dropped
-                total_samples += len(samples)
-                writer.append({k: (v if v != "" else None) for k, v in row.items()}, samples)
+                # Samples keep their round; samples of a case without a row are dropped.
+                for r, draws in sorted(i.samples.get(row["case_id"], {}).items()):
+                    writer.append_samples(row["case_id"], draws, r)
+                    total_samples += len(draws)
+                writer.append({k: (v if v != "" else None) for k, v in row.items()}, [])
         meta = dict(metas[0]) if metas and metas[0] else {}
         meta["merged_from"] = [str(r) for r in run_dirs]
         meta["shards"] = [m.get("shard") for m in metas]

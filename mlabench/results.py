@@ -171,12 +171,17 @@ class RunWriter:
             f.flush()
             os.fsync(f.fileno())
 
-    def append(self, row: schema.ResultRow | Mapping[str, Any], samples_ms: list[float]) -> None:
+    def append_samples(self, case_id: str, samples_ms: list[float], round_index: int = 0) -> None:
+        """One round's raw samples of a case (numbered from 0 within the round)."""
+        if samples_ms:
+            self._append(self.samples_path, ([case_id, str(i), repr(float(s)), str(round_index)]
+                                             for i, s in enumerate(samples_ms)))
+
+    def append(self, row: schema.ResultRow | Mapping[str, Any], samples_ms: list[float], round_index: int = 0) -> None:
         if not isinstance(row, schema.ResultRow):
             row = schema.ResultRow.from_mapping(row)
         cid = row.case_id
-        if samples_ms:
-            self._append(self.samples_path, ([cid, str(i), repr(float(s))] for i, s in enumerate(samples_ms)))
+        self.append_samples(cid, samples_ms, round_index)
         self._append(self.results_path, [[_format(getattr(row, f.name)) for f in dataclasses.fields(row)]])
         self.finished.add(cid)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 RESULTS_CSV = "results.csv"
-SAMPLES_CSV = "samples.csv"  # long format: case_id, sample, latency_ms
+SAMPLES_CSV = "samples.csv"  # long format: case_id, sample, latency_ms, round
 META_JSON = "meta.json"
 REPORT_HTML = "report.html"
 
@@ -135,7 +135,9 @@ MEMORY_COLUMNS: tuple[str, ...] = _columns("memory")
 ACCURACY_COLUMNS: tuple[str, ...] = _columns("accuracy")
 EXTRA_COLUMNS: tuple[str, ...] = _columns("extra")
 
-SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms")
+# `round`: which pass over the case list (sweep --rounds) took the sample; files
+# written before rounds existed have no such column and read as round 0.
+SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms", "round")
 
 STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped", "unsupported", "inaccurate", "timeout")
 FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate", "timeout"})

@@ -63,6 +63,7 @@ SETTINGS = {
     "cuda_graph": bool,  # GPU: time inside a CUDA graph (hot, launch overhead removed)
     "accuracy": bool,  # compare each case to the float64 reference
     "timeout_s": float,  # wall limit of one case; past it the case ends as a `timeout` row
+    "rounds": int,  # passes over the case list, each in its own seeded order (the gate's replicates)
 }
 # Inclusive bounds per numeric setting. Past them a sweep would never return (an hour of
 # sampling per case, a billion samples) or the runtime aborts (tens of thousands of threads).
@@ -74,6 +75,7 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "threads": (0, 1024),
     "seed": (0, 2**63 - 1),
     "timeout_s": (0.001, 86_400.0),
+    "rounds": (1, 1000),
 }
 # Suite names become directory names (results/runs/<time>-<suite>-<device>): no separators, no "..".
 SUITE_NAME = re.compile(r"[A-Za-z0-9._-]+")

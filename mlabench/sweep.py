@@ -7,10 +7,19 @@ meta.json records what a run is (`run`: suite, axis overrides, shard, and a hash
 the expanded case list) beside the environment and settings, so `--resume` can
 refuse to mix runs: a different environment or measurement settings is exit 3,
 a different suite, case list or overrides exit 2, each naming what differs.
+With `rounds` R > 1 the case list runs R times, each round in its own seeded
+order (`mlabench.rounds`). Every round re-runs the whole case (build, cache fill,
+backend prepare, timing) in this process; only the float64 accuracy check is
+limited to the first round. Samples are written per round as they are taken; a
+case's results row, summarising all its rounds, is appended when its last round
+ends, so a killed sweep keeps the cases whose last round finished and `--resume`
+runs the others again from round 0. Cases that were skipped, unsupported or
+failed in round 0 are not re-run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 from collections import Counter
@@ -30,6 +39,7 @@ from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
 from mlabench.measure.timing import TimingSettings
 from mlabench.results import RunWriter
+from mlabench.rounds import combine_rounds, round_order
 from mlabench.runner import CaseResult, RunContext, run_case
 from mlabench.suites import Suite, expand, shard
 
@@ -37,7 +47,7 @@ from mlabench.suites import Suite, expand, shard
 # 0.84 ms at 1 thread and 220 ms at 2 on a busy 2-core machine); `--threads` raises it.
 DEFAULT_SETTINGS: dict[str, Any] = {
     "budget_s": 0.5, "warmup_s": 0.1, "min_samples": 10, "max_samples": 1000, "threads": 1, "seed": 0,
-    "cuda_graph": False, "accuracy": True, "timeout_s": 300.0,
+    "cuda_graph": False, "accuracy": True, "timeout_s": 300.0, "rounds": 1,
 }
 
 
@@ -100,6 +110,8 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Mapping[str, list[
     merged = {**DEFAULT_SETTINGS, **suite.settings, **settings}
     if merged["min_samples"] > merged["max_samples"]:
         raise UsageError(f"min_samples ({merged['min_samples']}) exceeds max_samples ({merged['max_samples']})")
+    if int(merged["rounds"]) < 1:
+        raise UsageError(f"rounds must be at least 1, got {merged['rounds']}")
     return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, merged,
                      out_dir or default_out_dir(suite.name, device), shard_spec,
                      {k: list(v) for k, v in overrides.items()}, cases_sha1(grid), len(grid))
@@ -216,7 +228,11 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
             peaks=peaks, nvml=open_nvml(plan.device), accuracy=s["accuracy"], seed=s["seed"],
             timeout_s=s["timeout_s"],
         )
+        rounds = max(1, int(s.get("rounds", 1)))
         try:
+            if rounds > 1:
+                write_error = _run_rounds(todo, rounds, ctx, writer, outcome, on_start, on_end, should_stop)
+                todo = []  # measured round by round above
             for i, case in enumerate(todo):
                 if should_stop():
                     outcome.interrupted = True
@@ -253,3 +269,42 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
         raise UsageError(f"cannot write to {plan.out_dir} ({write_error.strerror or write_error}); "
                          f"{len(writer.finished)} rows on disk are kept: fix it and rerun with --resume")
     return outcome
+
+
+def _run_rounds(todo: list[Case], rounds: int, ctx: RunContext, writer: RunWriter, outcome: SweepOutcome,
+                on_start: Callable[[Case, int, int], None] | None, on_end: Callable[[CaseResult], None] | None,
+                should_stop: Callable[[], bool]) -> OSError | None:
+    """Every case `rounds` times, round by round in shuffled order; a row appended after the case's last round.
+    Returns the write error that stopped it, if one did."""
+    later = dataclasses.replace(ctx, accuracy=False)  # the reference check is deterministic: once is enough
+    done: dict[str, list[CaseResult]] = {c.case_id: [] for c in todo}
+    step, total = 0, len(todo) * rounds
+    for r in range(rounds):
+        for case in round_order(todo, ctx.seed, r):
+            history = done[case.case_id]
+            if history and history[0].status not in ("ok", "inaccurate"):
+                continue  # skipped, unsupported or failed in round 0: its row is already written
+            if should_stop():
+                outcome.interrupted = True
+                return
+            if on_start:
+                on_start(case, step, total)
+            step += 1
+            result = run_case(case, ctx if r == 0 else later)
+            try:
+                writer.append_samples(case.case_id, result.samples_ms, r)
+                history.append(result)
+                if on_end:
+                    on_end(result)
+                if r == rounds - 1 or (r == 0 and result.status not in ("ok", "inaccurate")) or result.fatal:
+                    row = schema.ResultRow.from_mapping(
+                        combine_rounds([h.row.as_dict() for h in history], [h.samples_ms for h in history]))
+                    writer.append(row, [])
+                    outcome.results.append(CaseResult(row, [x for h in history for x in h.samples_ms],
+                                                      result.fatal))
+            except OSError as exc:  # disk full, directory gone: rows on disk stay valid for --resume
+                outcome.interrupted = True
+                return exc
+            if result.fatal:  # the CUDA context is gone: every later case would fail the same way
+                outcome.device_lost = str(result.row.get("error", ""))
+                return None

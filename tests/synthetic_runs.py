@@ -266,3 +266,43 @@ def make_single_point_run(path: Path) -> Path:
 def make_empty_run(path: Path) -> Path:
     """A run whose results.csv has the header and no rows (meta present)."""
     return write_run(path, [], [], make_meta())
+
+
+def round_medians(rng: np.random.Generator, factors: np.ndarray, *, rounds: int = 10, samples: int = 10,
+                  sample_noise: float = 0.05, round_noise: float = 0.02, job: np.ndarray | None = None,
+                  heavy: bool = False) -> np.ndarray:
+    """Per-round medians, shape (trials, cases, rounds), of cases whose true latency is `factors` (trials, cases).
+
+    Each round shifts every case on its own (lognormal sigma `round_noise`, or a
+    Student t with 3 degrees of freedom of the same scale when `heavy`: the odd
+    round 2-3x off), on top of independent sample noise; `job` multiplies whole
+    cases (a per-job shift shared by both sides of one job).
+    """
+    shape = (*factors.shape, rounds)
+    shift = rng.standard_t(3, size=shape) * round_noise if heavy else rng.normal(0.0, round_noise, size=shape)
+    draws = np.exp(rng.normal(0.0, sample_noise, size=(*shape, samples)))
+    scale = factors if job is None else factors * job
+    return np.median(draws, axis=-1) * np.exp(shift) * scale[..., None]
+
+
+def make_rounds_run(path: Path, *, rounds: int, seed: int, slowdown: float = 1.0,
+                    slow: Callable[[dict[str, Any]], bool] | None = None, round_noise: float = 0.02,
+                    ab_job: str | None = None, **grid: Any) -> Path:
+    """A run directory whose samples come in `rounds` rounds, each round shifting every case on its own."""
+    rows, _ = build_rows(seed=seed, slowdown=slowdown, slow=slow, **grid)
+    rng = np.random.default_rng(seed + 1000)
+    n = int(grid.get("n_samples", 30))
+    noise = float(grid.get("noise", 0.03))
+    samples = []
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        for r in range(rounds):
+            level = float(row["latency_ms"]) * np.exp(rng.normal(0.0, round_noise))
+            for i, x in enumerate(level * np.exp(rng.normal(0.0, noise, size=n))):
+                samples.append({"case_id": row["case_id"], "sample": i, "latency_ms": float(x), "round": r})
+    meta = make_meta(suite=grid.get("suite", "decode"))
+    meta["rounds"] = rounds
+    if ab_job:
+        meta["ab"] = {"job": ab_job, "rounds": rounds}
+    return write_run(path, rows, samples, meta)

@@ -87,13 +87,16 @@ def test_same_code_twice_plumbing(runs: tuple[Path, Path, Path], capsys: pytest.
     assert doc["counts"]["changed"] == 0  # KV bytes, params, FLOPs: equal code, equal values
 
 
-def test_fifteen_percent_slower_candidate_fails(runs: tuple[Path, Path, Path], tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_slowed_copy_is_never_same(runs: tuple[Path, Path, Path], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Real samples scaled by 1.5: whether a rank test on 15 of them reaches significance depends on how
+    much the machine scattered them, so only what holds either way is asserted: no timed case is `same`
+    or `improved`; the unscaled copy passes."""
     _, a, _ = runs
-    slow = slowed_copy(a, tmp_path / "slow", 1.15)
-    code, out, _ = run_cli(["compare", str(a), str(slow)], capsys)
-    assert code == 1
-    assert "regressed" in out
+    code, out, _ = run_cli(["compare", str(a), str(slowed_copy(a, tmp_path / "slow", 1.5)), "--json"], capsys)
+    timed = [c for c in json.loads(out)["cases"] if c["method"]]
+    assert timed and all(c["verdict"] in ("regressed", "underpowered", "inconclusive") for c in timed)
+    assert code == (1 if any(c["verdict"] == "regressed" for c in timed) else 0)
     code, _, _ = run_cli(["compare", str(a), str(slowed_copy(a, tmp_path / "same", 1.0))], capsys)
     assert code == 0
 
@@ -122,3 +125,62 @@ def test_different_dtype_is_not_comparable(runs: tuple[Path, Path, Path], tmp_pa
     code, _, err = run_cli(["compare", str(a), str(f64)], capsys)
     assert code == 3
     assert "dtype" in err
+
+
+TINY = """
+name = "tiny-rounds"
+[settings]
+budget_s = 0.01
+warmup_s = 0.002
+min_samples = 4
+threads = 1
+[[grid]]
+model = "tiny"
+variant = ["mha", "mla-absorbed"]
+backend = ["eager", "flashmla"]
+mode = ["decode"]
+batch = [1]
+seq_len = [32]
+"""
+
+
+def test_sweep_rounds_tags_samples_and_summarises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY)
+    run = sweep(suite, tmp_path / "run", capsys, "--rounds", "3")
+    with (run / schema.SAMPLES_CSV).open(newline="") as f:
+        samples = list(csv.DictReader(f))
+    with (run / schema.RESULTS_CSV).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(rows) == 3 and len(ok) == 2  # flashmla (MLA only): skipped on the CPU, once, not per round
+    for row in ok:
+        mine = [s for s in samples if s["case_id"] == row["case_id"]]
+        assert {s["round"] for s in mine} == {"0", "1", "2"}
+        assert int(row["n_samples"]) == len(mine)
+        assert row["rel_err"]  # the accuracy check ran in round 0
+    assert json.loads((run / schema.META_JSON).read_text())["settings"]["rounds"] == 3
+    code, out, _ = run_cli(["compare", str(run), str(run), "--json"], capsys)
+    assert json.loads(out)["evidence"] == "rounds"
+
+
+def test_ab_of_one_tree_against_itself_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Plumbing only: two sides, two rounds, both run directories and the verdict files. The timing
+    verdict of real CPU runs depends on the machine's load and is not asserted."""
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY.replace('variant = ["mha", "mla-absorbed"]', 'variant = ["mha"]'))
+    tree = str(Path(__file__).resolve().parent.parent)
+    code, out, err = run_cli(["ab", tree, tree, "--suite", str(suite), "--rounds", "2", "--device", "cpu",
+                              "--out", str(tmp_path / "ab"), "--json"], capsys)
+    assert code in (0, 1), err
+    doc = json.loads(out)
+    assert doc["evidence"] == "rounds" and doc["paired"]
+    for side in ("baseline", "candidate"):
+        meta = json.loads((tmp_path / "ab" / side / schema.META_JSON).read_text())
+        assert meta["rounds"] == 2 and meta["ab"]["side"] == side
+    assert {p.name for p in (tmp_path / "ab").iterdir()} >= {"compare.json", "compare.md", "compare.html"}
+
+
+def test_ab_rejects_a_side_it_cannot_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["ab", "no-such-ref-anywhere", str(tmp_path), "--rounds", "2"], capsys)
+    assert code == 2 and "baseline" in err

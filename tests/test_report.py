@@ -19,7 +19,7 @@ from mlabench.cli.app import main
 from mlabench.report.load import load_run
 
 PLOTLY_BANNER = "* plotly.js v"
-CHARTS = ("chart-latency", "chart-kv", "chart-speedup", "chart-roofline", "chart-rank")
+CHARTS = ("chart-tradeoff", "chart-latency", "chart-kv", "chart-speedup", "chart-roofline", "chart-rank")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synthetic_runs import make_empty_run, make_run, make_single_point_run
+from synthetic_runs import make_empty_run, make_rounds_run, make_run, make_single_point_run
 
 from mlabench.report.html import write_report
 
@@ -64,7 +64,8 @@ def test_full_report_renders_every_chart(browser: Any, tmp_path: Path) -> None:
     html = write_report(make_run(tmp_path / "run"))
     page, problems = open_page(browser, html)
     states = chart_states(page)
-    assert set(states) == {"chart-latency", "chart-kv", "chart-speedup", "chart-roofline", "chart-rank"}
+    assert set(states) == {"chart-tradeoff", "chart-latency", "chart-kv", "chart-speedup", "chart-roofline",
+                           "chart-rank"}
     assert all(n > 0 for n in states.values()), states
     # Filter: one oom row; "not ok" shows every failed/skipped/unsupported row.
     total = page.locator("#rows tbody tr").count()
@@ -101,3 +102,33 @@ def test_small_reports_render_cleanly(browser: Any, tmp_path: Path, kind: str) -
         assert "has no rows" in page.inner_text("body")
     assert problems == []
     page.close()
+
+
+def test_rounds_report_draws_tradeoff_and_round_spread(browser: Any, tmp_path: Path) -> None:
+    html = write_report(make_rounds_run(tmp_path / "run", rounds=4, seed=0, claims=False))
+    page, problems = open_page(browser, html)
+    states = chart_states(page)
+    assert {"chart-tradeoff", "chart-rounds"} <= set(states) and all(n > 0 for n in states.values()), states
+    assert page.locator("table.headline").count() >= 1
+    # The Pareto front is drawn as a line in the trade-off panel.
+    assert page.evaluate("document.getElementById('chart-tradeoff').data.some(t => t.name === 'Pareto front')")
+    assert not problems, problems
+
+
+def test_compare_html_draws_the_ratio_chart(browser: Any, tmp_path: Path) -> None:
+    from mlabench.compare import GateSettings, compare_paths
+    from mlabench.compare.html import render_html
+
+    base = make_rounds_run(tmp_path / "a", rounds=4, seed=0, claims=False, ab_job="j")
+    cand = make_rounds_run(tmp_path / "b", rounds=4, seed=1, claims=False, ab_job="j", slowdown=1.3,
+                           slow=lambda k: k["variant"] == "gqa")
+    out = tmp_path / "compare.html"
+    out.write_text(render_html(compare_paths(base, cand, GateSettings())), encoding="utf-8")
+    page, problems = open_page(browser, out)
+    states = chart_states(page)
+    assert set(states) == {"chart-ratio"} and states["chart-ratio"] > 0
+    points = page.evaluate("document.getElementById('chart-ratio').data.reduce((n, t) => n + t.x.length, 0)")
+    assert points > 10
+    assert "FAIL" in page.inner_text("#sec-verdict")
+    page.screenshot(path=str(tmp_path / "compare.png"), full_page=False)
+    assert not problems, problems

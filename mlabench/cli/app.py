@@ -17,6 +17,7 @@ from typing import NoReturn
 import typer
 
 import mlabench
+from mlabench.cli.ab_cmd import ab
 from mlabench.cli.compare_cmd import compare
 from mlabench.cli.env_cmd import env
 from mlabench.cli.kv_cmd import kv
@@ -60,6 +61,7 @@ app.command("kv")(kv)
 app.command("merge")(merge)
 app.command("report")(report)
 app.command("compare")(compare)
+app.command("ab")(ab)
 
 
 # Typer re-exports click's BadParameter but not its base class, UsageError, which every parse

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,6 +24,7 @@ class OutputFormat(str, Enum):
     table = "table"
     markdown = "markdown"
     json = "json"
+    html = "html"
 
 
 def compare(
@@ -33,13 +34,14 @@ def compare(
     threshold: Annotated[float, typer.Option(help="Smallest slowdown that counts, as a fraction of the "
                                                   "baseline median (0.05 = 5%).")] = 0.05,
     alpha: Annotated[float, typer.Option(help="Family-wise error rate for the significance test "
-                                              "(Holm-corrected over all cases).")] = 0.05,
-    strict: Annotated[bool, typer.Option("--strict", help="Also fail on inconclusive cases and on cases "
-                                                          "present on one side only.")] = False,
+                                              "(Holm-corrected over all cases).")] = 0.01,
+    strict: Annotated[bool, typer.Option("--strict", help="Also fail on inconclusive cases, on cases present on "
+                                                          "one side only, and when most timed cases are "
+                                                          "underpowered.")] = False,
     allow_env_change: Annotated[bool, typer.Option("--allow-env-change", help="Compare even when device, torch, "
                                                    "dtype or shapes differ (pairs cases ignoring them).")] = False,
-    noise_floor: Annotated[bool, typer.Option("--noise-floor/--no-noise-floor", help="Raise the threshold to the "
-                                              "run-to-run scatter seen across all cases (noisy hosts).")] = True,
+    noise_floor: Annotated[bool | None, typer.Option("--noise-floor/--no-noise-floor", hidden=True,
+                                                     help="No effect: run noise now comes from rounds.")] = None,
     max_missing: Annotated[float, typer.Option(help="Fail when more than this share of the baseline's cases is "
                                                     "missing from the candidate (0.1 = 10%; the count is always "
                                                     "shown).")] = 0.1,
@@ -51,14 +53,26 @@ def compare(
                                                 "this file (e.g. for a PR comment).")] = None,
 ) -> None:
     """Compare two runs case by case; exit 1 on a statistically significant regression."""
-    from mlabench.compare import GateSettings, compare_paths, render
+    from mlabench.compare import GateSettings, compare_paths
 
     fmt = OutputFormat.json if as_json else output_format
+    if noise_floor is not None:
+        err_console.print("note: --noise-floor has no effect any more; run-to-run noise is measured with rounds "
+                          "(sweep --rounds, mlabench ab)", markup=False)
     settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change,
-                            noise_floor=noise_floor, max_missing=max_missing)
+                            max_missing=max_missing)
     result = compare_paths(baseline, candidate, settings)
     # After loading, so that a refused input is the only line printed.
     err_console.print(f"comparing {baseline} -> {candidate}", markup=False, soft_wrap=True)
+    render_comparison(result, fmt, output)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def render_comparison(result: Any, fmt: OutputFormat, output: Path | None) -> None:
+    """Write the markdown file when asked, then the chosen format on stdout (shared with `ab`)."""
+    from mlabench.compare import render
+
     if output is not None:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +83,9 @@ def compare(
         sys.stdout.write(render.to_json(result) + "\n")
     elif fmt is OutputFormat.markdown:
         sys.stdout.write(render.to_markdown(result))
+    elif fmt is OutputFormat.html:
+        from mlabench.compare.html import render_html
+
+        sys.stdout.write(render_html(result))
     else:
         render.print_table(result)
-    if not result.passed:
-        raise typer.Exit(1)

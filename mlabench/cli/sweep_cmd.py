@@ -26,7 +26,7 @@ def _axis(what: str) -> Any:
 # The command-line flag that sets each measurement setting, for messages.
 SETTING_FLAGS = {"budget_s": "--budget", "warmup_s": "--warmup", "min_samples": "--min-samples",
                  "max_samples": "--max-samples", "threads": "--threads", "cuda_graph": "--cuda-graph",
-                 "accuracy": "--accuracy", "seed": "--seed", "timeout_s": "--timeout"}
+                 "accuracy": "--accuracy", "seed": "--seed", "timeout_s": "--timeout", "rounds": "--rounds"}
 
 
 def collect_overrides(model: str | None, variant: str | None, backend: str | None, mode: str | None,
@@ -97,6 +97,9 @@ def sweep(
                                                   show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs [default: the suite's, else 0].",
                                              show_default=False)] = None,
+    rounds: Annotated[int | None, typer.Option(help="Run the case list this many times, each round in its own "
+                                               "seeded order; compare tests on the rounds [default: the suite's, "
+                                               "else 1].", show_default=False)] = None,
     compile_mode: Annotated[str | None, typer.Option(help="torch.compile mode for the compiled backend.",
                                                      show_default=False)] = None,
     sdpa_kernel: Annotated[str | None, typer.Option(help="SDPA kernel: auto, flash, efficient, cudnn, math.",
@@ -115,7 +118,8 @@ def sweep(
     if resume and out is None:
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
     given = {"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples, "max_samples": max_samples,
-             "threads": threads, "cuda_graph": cuda_graph, "accuracy": accuracy, "seed": seed, "timeout_s": timeout}
+             "threads": threads, "cuda_graph": cuda_graph, "accuracy": accuracy, "seed": seed, "timeout_s": timeout,
+             "rounds": rounds}
     settings: dict[str, Any] = {}
     for key, value in given.items():
         if value is not None:

@@ -6,10 +6,15 @@ Verdicts, in order of severity:
 - changed: a deterministic metric (schema.EXACT_COLUMNS) differs at all;
 - inconclusive: neither clearly the same nor clearly different (fails with --strict);
 - only-baseline / only-candidate: the case exists on one side (fails with --strict);
+- underpowered: not significant, and the test could not have detected a change of
+  twice the threshold (too few rounds or samples, too noisy); never `same`. A
+  suite whose tested cases are mostly underpowered fails with --strict;
 - improved: faster past the threshold and significant, or a failed case now ok;
 - not-timed: not ok on both sides, nothing to compare;
 - same.
-Imports no torch.
+Cases with two or more rounds on both sides are tested on their per-round
+medians (paired when both runs come from one `mlabench ab` job); the others on
+their samples, a weak test that cannot see run-to-run noise. Imports no torch.
 """
 
 from __future__ import annotations
@@ -30,23 +35,26 @@ from mlabench.report.labels import case_labels
 from mlabench.report.load import RunData, join_ids, key_frame, normalize_key_value
 
 Verdict = Literal[
-    "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "improved", "not-timed", "same"
+    "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "underpowered", "improved",
+    "not-timed", "same"
 ]
 SEVERITY: tuple[str, ...] = (
-    "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "improved", "not-timed", "same"
+    "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "underpowered", "improved",
+    "not-timed", "same"
 )
 FAILING: frozenset[str] = frozenset({"regressed", "changed"})
 STRICT_FAILING: frozenset[str] = frozenset({"inconclusive", "only-baseline", "only-candidate"})
 REL_ERR_GROWTH = 10.0  # noted (not failed) when rel_err grows this much while still within tolerance
+UNDERPOWERED_SHARE = 0.5  # --strict fails when more than this share of tested cases is underpowered
+MIN_ROUNDS = 2  # per side, for the round-based test
 
 
 @dataclass(frozen=True)
 class GateSettings:
     threshold: float = 0.05
-    alpha: float = 0.05
+    alpha: float = 0.01
     strict: bool = False
     allow_env_change: bool = False
-    noise_floor: bool = True  # raise the threshold to the run-to-run scatter seen across cases
     # Share of baseline cases the candidate may lack before the gate fails: a killed or
     # partial candidate sweep must not pass by having measured less.
     max_missing: float = 0.1
@@ -76,6 +84,10 @@ class CaseResult:
     p_value: float | None = None  # Holm-adjusted, in the direction of the change
     n_base: int = 0
     n_cand: int = 0
+    rounds_base: int = 0
+    rounds_cand: int = 0
+    method: str = ""  # rounds | samples | medians; empty when not timed
+    detectable: float | None = None  # smallest change this case could call significant (fraction)
     notes: tuple[str, ...] = ()
 
     def fails(self, strict: bool) -> bool:
@@ -91,13 +103,35 @@ class Comparison:
     env_notes: tuple[str, ...] = ()
     joined_ignoring: tuple[str, ...] = ()
     tested: int = 0  # cases in the multiple-comparison family
-    noise_floor: float = 0.0  # run-noise floor estimated from the sweep (0 when off or too few cases)
-    method: str = field(default=stats.METHOD)
+    evidence: str = "none"  # rounds | samples (weak: no run-to-run noise seen) | mixed | none
+    paired: bool = False  # rounds paired: both runs from one `ab` job
+    method: str = field(default=stats.METHOD_ROUNDS)
 
     @property
     def counts(self) -> dict[str, int]:
         found = Counter(c.verdict for c in self.cases)
         return {v: found.get(v, 0) for v in SEVERITY}
+
+    @property
+    def weak(self) -> bool:
+        """Some tested case was judged on samples alone, blind to run-to-run noise."""
+        return self.evidence in ("samples", "mixed")
+
+    @property
+    def detectable(self) -> float | None:
+        """The median over tested cases of the smallest change each could detect."""
+        values = [math.inf if c.detectable is None else c.detectable for c in self.cases
+                  if c.method in ("rounds", "samples")]
+        return float(np.median(values)) if values else None
+
+    @property
+    def underpowered_share(self) -> float:
+        timed = [c for c in self.cases if c.method]
+        return sum(c.verdict == "underpowered" for c in timed) / len(timed) if timed else 0.0
+
+    @property
+    def mostly_underpowered(self) -> bool:
+        return self.underpowered_share > UNDERPOWERED_SHARE
 
     @property
     def failing(self) -> list[CaseResult]:
@@ -119,7 +153,8 @@ class Comparison:
 
     @property
     def passed(self) -> bool:
-        return not self.failing and not self.too_many_missing
+        underpowered = self.settings.strict and self.mostly_underpowered
+        return not self.failing and not self.too_many_missing and not underpowered
 
     @property
     def exit_code(self) -> int:
@@ -134,11 +169,27 @@ def _finite(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _sample_map(run: RunData) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class _CaseSamples:
+    samples: np.ndarray  # every sample, rounds in order
+    rounds: np.ndarray  # per-round medians, by round number
+
+
+def _sample_map(run: RunData) -> dict[str, _CaseSamples]:
     if run.samples is None or run.samples.empty:
         return {}
-    ordered = run.samples.sort_values(["case_id", "sample"])
-    return {str(cid): g["latency_ms"].to_numpy(dtype=float) for cid, g in ordered.groupby("case_id", sort=False)}
+    frame = run.samples[np.isfinite(run.samples["latency_ms"])]
+    ordered = frame.sort_values(["case_id", "round", "sample"])
+    medians = ordered.groupby(["case_id", "round"], sort=True)["latency_ms"].median()
+    out = {}
+    for cid, g in ordered.groupby("case_id", sort=False):
+        out[str(cid)] = _CaseSamples(g["latency_ms"].to_numpy(dtype=float), medians.loc[cid].to_numpy(dtype=float))
+    return out
+
+
+def _ab_job(run: RunData) -> str | None:
+    ab = run.meta.get("ab") if isinstance(run.meta, dict) else None
+    return str(ab.get("job")) if isinstance(ab, dict) and ab.get("job") else None
 
 
 def _exact_changes(b: dict[str, Any], c: dict[str, Any]) -> list[str]:
@@ -253,7 +304,7 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
     base_samples, cand_samples = _sample_map(base), _sample_map(cand)
     entries: dict[str, dict[str, Any]] = {}
     timed: list[str] = []
-    pairs: list[tuple[Any, Any, float, float]] = []
+    pairs: list[tuple[_CaseSamples | None, _CaseSamples | None, float, float]] = []
     for jid in joined.order:
         br, cr = joined.base.get(jid), joined.cand.get(jid)
         row = cr or br
@@ -269,17 +320,40 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
         pairs.append((base_samples.get(str(br["case_id"])), cand_samples.get(str(cr["case_id"])),
                       entry["base_ms"] or math.nan, entry["cand_ms"] or math.nan))
 
-    # One call for all timed cases: the multiple-comparison correction spans the whole sweep.
-    time_stats = stats.compare_many(pairs, confidence=1 - settings.alpha)
-    floor = stats.noise_floor(time_stats) if settings.noise_floor else 0.0
-    verdicts = stats.judge(time_stats, settings.threshold, settings.alpha, floor)
+    # Rounds where both sides have them; samples otherwise. One Holm family for all.
+    paired = _ab_job(base) is not None and _ab_job(base) == _ab_job(cand)
+    confidence = 1 - settings.alpha
+    by_round = [i for i, (b, c, _, _) in enumerate(pairs)
+                if b is not None and c is not None and len(b.rounds) >= MIN_ROUNDS and len(c.rounds) >= MIN_ROUNDS]
+    by_sample = [i for i in range(len(pairs)) if i not in set(by_round)]
+    time_stats: list[stats.TimeStats | None] = [None] * len(pairs)
+    if by_round:
+        found = stats.compare_rounds([pairs[i][0].rounds for i in by_round], [pairs[i][1].rounds for i in by_round],
+                                     paired=paired, confidence=confidence,
+                                     n_base=[len(pairs[i][0].samples) for i in by_round],
+                                     n_cand=[len(pairs[i][1].samples) for i in by_round])
+        for i, st in zip(by_round, found, strict=True):
+            time_stats[i] = st
+    if by_sample:
+        found = stats.compare_many(
+            [(pairs[i][0].samples if pairs[i][0] is not None else None,
+              pairs[i][1].samples if pairs[i][1] is not None else None, pairs[i][2], pairs[i][3]) for i in by_sample],
+            confidence=confidence)
+        for i, st in zip(by_sample, found, strict=True):
+            time_stats[i] = st
+    all_stats = [st for st in time_stats if st is not None]
+    verdicts = stats.judge(all_stats, settings.threshold, settings.alpha)
     for jid, result in zip(timed, verdicts, strict=True):
         s = result.stats
         entries[jid].update(verdict=result.verdict, base_ms=s.base_median, cand_ms=s.cand_median,
                             ratio=s.ratio if math.isfinite(s.ratio) else None, ci_low=s.ci_low, ci_high=s.ci_high,
-                            p_value=result.p_adjusted, n_base=s.n_base, n_cand=s.n_cand)
+                            p_value=result.p_adjusted, n_base=s.n_base, n_cand=s.n_cand, rounds_base=s.rounds_base,
+                            rounds_cand=s.rounds_cand, method=s.method,
+                            detectable=result.detectable if math.isfinite(result.detectable) else None)
         if result.note:
             entries[jid]["notes"].insert(0, result.note)
+    methods = {s.method for s in all_stats if s.has_test}
+    evidence = "none" if not methods else methods.pop() if len(methods) == 1 else "mixed"
 
     # Worst first: by verdict, then the biggest change in that verdict's direction.
     cases = sorted((_finish(e) for e in entries.values()), key=lambda r: (
@@ -292,6 +366,8 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
                             f"{settings.max_missing:.0%})")
     return Comparison(
         baseline=str(base.path), candidate=str(cand.path), settings=settings, cases=tuple(cases),
-        env_notes=tuple(joined.notes), joined_ignoring=joined.ignored, tested=sum(s.has_test for s in time_stats),
-        noise_floor=floor,
+        env_notes=tuple(joined.notes), joined_ignoring=joined.ignored, tested=sum(s.has_test for s in all_stats),
+        evidence=evidence, paired=paired and bool(by_round),
+        method=stats.METHOD_ROUNDS if evidence == "rounds" else stats.METHOD_SAMPLES if evidence == "samples"
+        else f"{stats.METHOD_ROUNDS} where both runs have rounds; else {stats.METHOD_SAMPLES}",
     )

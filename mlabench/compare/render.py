@@ -20,28 +20,47 @@ from mlabench.compare.gate import CaseResult, Comparison
 
 VERDICT_STYLE = {
     "regressed": "bold red", "changed": "bold red", "inconclusive": "yellow", "only-baseline": "yellow",
-    "only-candidate": "cyan", "improved": "green", "not-timed": "dim", "same": "dim",
+    "only-candidate": "cyan", "underpowered": "magenta", "improved": "green", "not-timed": "dim", "same": "dim",
 }
 VERDICT_MARK = {
     "regressed": "❌", "changed": "❌", "inconclusive": "⚠️", "only-baseline": "➖", "only-candidate": "➕",
-    "improved": "✅", "not-timed": "·", "same": "·",
+    "underpowered": "🔍", "improved": "✅", "not-timed": "·", "same": "·",
 }
-QUIET = frozenset({"same", "not-timed"})
+QUIET = frozenset({"same", "not-timed", "underpowered"})
 # GitHub rejects comments over 65,536 characters; unchanged rows are the ones to cut.
 MD_QUIET_ROWS = 250
 
 
+def _pct(v: float) -> str:
+    return f"{v:.1%}" if v < 0.1 else f"{v:.0%}"
+
+
+def evidence_text(cmp: Comparison) -> str:
+    """How the timing verdicts were reached, and how much to trust them."""
+    if cmp.evidence == "rounds":
+        return "rounds, paired (one ab job)" if cmp.paired else "rounds"
+    if cmp.evidence == "samples":
+        return "WEAK: samples only, run-to-run noise not measured (use sweep --rounds or mlabench ab)"
+    if cmp.evidence == "mixed":
+        return "partly WEAK: some cases without rounds on both sides were tested on samples only"
+    return "no timing test"
+
+
 def summary(cmp: Comparison) -> str:
-    """'FAIL: 1 regressed, 2 inconclusive, 190 same (...)': the one line a reviewer reads."""
+    """'FAIL: 1 regressed, 190 same (...)': the one line a reviewer reads, with the gate's power."""
     head = "PASS" if cmp.passed else "FAIL"
     counts = ", ".join(f"{n} {v}" for v, n in cmp.counts.items() if n)
     s = cmp.settings
-    rule = f"threshold {s.threshold:.0%}, alpha {s.alpha:g}, {cmp.tested} cases tested"
-    if cmp.noise_floor > s.threshold:
-        rule += f", raised to a {cmp.noise_floor:.0%} run-noise floor"
-    rule += ", strict" if s.strict else ""
+    rule = f"threshold {_pct(s.threshold)}, alpha {s.alpha:g}, {cmp.tested} cases tested"
+    det = cmp.detectable
+    if det is not None:
+        rule += f", detects {_pct(det)} (median case)" if math.isfinite(det) else ", cannot reach significance"
+    rule += f"; {evidence_text(cmp)}"
+    if s.strict and cmp.mostly_underpowered:
+        rule += f"; {cmp.underpowered_share:.0%} of timed cases underpowered (strict)"
     if cmp.missing:
-        rule += f", {cmp.missing_share:.0%} of baseline cases missing (limit {s.max_missing:.0%})"
+        rule += f"; {cmp.missing_share:.0%} of baseline cases missing (limit {s.max_missing:.0%})"
+    rule += "; strict" if s.strict else ""
     return f"{head}: {counts or 'no cases'} ({rule})"
 
 
@@ -67,6 +86,20 @@ def _p(c: CaseResult) -> str:
     return "-" if c.p_value is None else f"{c.p_value:.2g}"
 
 
+def _detectable(c: CaseResult) -> str:
+    if not c.method or c.method == "medians":
+        return "-"
+    return "none" if c.detectable is None else f"{c.detectable * 100:.1f}%"
+
+
+def _replicates(c: CaseResult) -> str:
+    if c.method == "rounds":
+        return f"{c.rounds_base}/{c.rounds_cand} rounds"
+    if c.method == "samples":
+        return f"{c.n_base}/{c.n_cand} samples"
+    return "-"
+
+
 def _status(c: CaseResult) -> str:
     if c.base_status == c.cand_status:
         return c.base_status or "-"
@@ -75,10 +108,12 @@ def _status(c: CaseResult) -> str:
 
 def _row(c: CaseResult) -> list[str]:
     return [c.verdict, c.label, _status(c), _ms(c.base_ms), _ms(c.cand_ms), _change(c), _ci(c), _p(c),
-            "; ".join(c.notes)]
+            _detectable(c), _replicates(c), "; ".join(c.notes)]
 
 
-HEADERS = ["verdict", "case", "status", "base ms", "cand ms", "change", "CI (change)", "p (Holm)", "note"]
+HEADERS = ["verdict", "case", "status", "base ms", "cand ms", "change", "CI (change)", "p (Holm)", "detects",
+           "replicates", "note"]
+TERMINAL_HEADERS = [h for h in HEADERS if h != "replicates"]  # the summary line says rounds or samples
 
 
 def print_table(cmp: Comparison, console: Console | None = None) -> None:
@@ -86,14 +121,14 @@ def print_table(cmp: Comparison, console: Console | None = None) -> None:
     if console is None:
         console = Console()
         if not console.is_terminal:
-            console = Console(width=200)  # piped output: keep each case on one line
+            console = Console(width=240)  # piped output: keep each case on one line
     table = Table(title=f"{cmp.baseline} -> {cmp.candidate}", title_justify="left", show_lines=False)
-    for h in HEADERS:
-        table.add_column(h, overflow="fold", justify="right" if h in ("base ms", "cand ms", "change", "p (Holm)")
-                         else "left")
+    for h in TERMINAL_HEADERS:
+        table.add_column(h, overflow="fold", justify="right" if h in ("base ms", "cand ms", "change", "p (Holm)",
+                                                                      "detects") else "left")
     loud = [c for c in cmp.cases if c.verdict not in QUIET]
     for c in loud:
-        cells = _row(c)
+        cells = [x for h, x in zip(HEADERS, _row(c), strict=True) if h in TERMINAL_HEADERS]
         cells[0] = f"[{VERDICT_STYLE[c.verdict]}]{c.verdict}[/]"
         table.add_row(*cells[:1], *(_escape(x) for x in cells[1:]))
     if loud:
@@ -164,11 +199,13 @@ def to_dict(cmp: Comparison) -> dict[str, Any]:
         "baseline": cmp.baseline,
         "candidate": cmp.candidate,
         "settings": {"threshold": s.threshold, "alpha": s.alpha, "strict": s.strict,
-                     "allow_env_change": s.allow_env_change, "noise_floor": s.noise_floor,
-                     "max_missing": s.max_missing},
+                     "allow_env_change": s.allow_env_change, "max_missing": s.max_missing},
         "missing": cmp.missing,
-        "noise_floor": cmp.noise_floor,
-        "effective_threshold": max(s.threshold, cmp.noise_floor),
+        "evidence": cmp.evidence,
+        "weak": cmp.weak,
+        "paired": cmp.paired,
+        "detectable": _num(cmp.detectable),
+        "underpowered_share": cmp.underpowered_share,
         "method": cmp.method,
         "tested": cmp.tested,
         "notes": list(cmp.env_notes),
@@ -180,7 +217,8 @@ def to_dict(cmp: Comparison) -> dict[str, Any]:
                 "base_status": c.base_status, "cand_status": c.cand_status,
                 "base_ms": _num(c.base_ms), "cand_ms": _num(c.cand_ms), "ratio": _num(c.ratio),
                 "ci_low": _num(c.ci_low), "ci_high": _num(c.ci_high), "p_value": _num(c.p_value),
-                "n_base": c.n_base, "n_cand": c.n_cand, "notes": list(c.notes),
+                "n_base": c.n_base, "n_cand": c.n_cand, "rounds_base": c.rounds_base, "rounds_cand": c.rounds_cand,
+                "method": c.method or None, "detectable": _num(c.detectable), "notes": list(c.notes),
             }
             for c in cmp.cases
         ],

@@ -1,4 +1,5 @@
-"""The report's plotly figures: latency, KV-cache bytes, speedup, roofline, latent-rank trade-off.
+"""The report's plotly figures: latency, KV-cache bytes, speedup, roofline, latent-rank trade-off,
+the KV-bytes-per-token vs latency trade-off with its Pareto front, and round-to-round spread.
 
 Each builder takes the loaded results (and meta where needed) and returns a
 `Chart`: a figure, or None plus a note saying why it is not drawn (no baseline
@@ -18,12 +19,13 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mlabench.report.labels import series_labels
+from mlabench.report.labels import case_labels, series_labels
 
 PALETTE = px.colors.qualitative.Plotly + px.colors.qualitative.D3 + px.colors.qualitative.Dark24
 # Columns a (variant, backend) is matched on against the speedup baseline: the workload, not the design.
 MATCH_COLUMNS = ("suite", "model", "mode", "dtype", "device", "batch", "seq_len", "q_len", "num_heads")
 FACET_HEIGHT = 300
+SPREAD_CASES = 40  # cases drawn in the round-spread chart
 
 
 @dataclass(frozen=True)
@@ -333,3 +335,34 @@ def rank_chart(df: pd.DataFrame) -> Chart | None:
     return Chart("chart-rank", "Latent-rank trade-off",
                  f"KV-cache bytes and latency against the latent rank (kv_lora_rank), at {context}.",
                  _style(fig, 420))
+
+
+def round_spread_chart(df: pd.DataFrame, samples: pd.DataFrame | None) -> Chart | None:
+    """Each case's per-round medians relative to the median over rounds; None for a one-round run."""
+    if samples is None or samples.empty or "round" not in samples or samples["round"].nunique() < 2:
+        return None
+    medians = samples.groupby(["case_id", "round"])["latency_ms"].median().rename("round_ms").reset_index()
+    medians = medians[medians.groupby("case_id")["round"].transform("nunique") >= 2]
+    if medians.empty:
+        return None
+    center = medians.groupby("case_id")["round_ms"].transform("median")
+    medians = medians.assign(dev=100 * (medians["round_ms"] / center - 1))
+    labels = dict(zip(df["case_id"], case_labels(df), strict=True))
+    medians["case"] = medians["case_id"].map(labels).fillna(medians["case_id"])
+    # Spread per case: the robust SD of its log round medians, in percent.
+    spread = medians.groupby("case")["dev"].agg(lambda d: 1.4826 * float((d - d.median()).abs().median()))
+    # Hundreds of boxes are unreadable: the widest cases, with the whole sweep summarised in the text.
+    order = list(spread.sort_values(ascending=False).index[:SPREAD_CASES])
+    medians = medians[medians["case"].isin(order)]
+    fig = px.box(medians, x="case", y="dev", points="all", category_orders={"case": order},
+                 labels={"case": "", "dev": "round median vs median of rounds (%)"},
+                 hover_data={"round": True, "round_ms": ":.4g", "case_id": True})
+    fig.add_hline(y=0, line_color="#888", line_dash="dot")
+    fig.update_xaxes(tickangle=-45, tickfont=dict(size=9))
+    rounds = int(samples["round"].nunique())
+    return Chart("chart-rounds", "Round-to-round spread",
+                 f"{rounds} rounds: each point is one round's median latency of a case, relative to the median "
+                 f"over its rounds; the {len(order)} widest of {len(spread)} cases. Median spread over all cases "
+                 f"{spread.median():.1f}% (robust SD), widest {spread.max():.1f}%. This is the noise the regression "
+                 "gate tests against.",
+                 _style(fig, 460))

@@ -1,8 +1,10 @@
 """Assemble report.html: one self-contained page (plotly.js inlined once) that opens offline.
 
-Layout: header with the environment fingerprint and row counts, the charts
-(`charts`), the claims table when the run has `claims` rows, and every row in
-a sortable, filterable table. No torch; plotly only renders JSON to HTML.
+Layout: header with the environment fingerprint and row counts, the headline
+table (per variant: KV bytes per token, best backend and latency, ratios to MHA),
+the charts (`charts`, `tradeoff`; round-to-round spread when the run has rounds),
+the claims table when the run has `claims` rows, and every row in a sortable,
+filterable table. No torch; plotly only renders JSON to HTML.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from plotly.offline import get_plotlyjs
 
 from mlabench import claims, schema
 from mlabench.errors import UsageError
-from mlabench.report import charts, tables
+from mlabench.report import charts, tables, tradeoff
 from mlabench.report.load import RunData, load_run
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
@@ -24,7 +26,7 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions":
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
 main{max-width:1400px;margin:0 auto;padding:18px 28px 60px}
-h1{font-size:22px;margin:8px 0 2px}h2{font-size:18px;margin:0 0 4px}
+h1{font-size:22px;margin:8px 0 2px}h2{font-size:18px;margin:0 0 4px}h3{font-size:15px;margin:12px 0 4px}
 .sub{color:#57606a;margin:0 0 12px}
 section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:16px 18px;margin:16px 0}
 .desc{color:#57606a;margin:0 0 8px}
@@ -123,8 +125,13 @@ def render_report(run: RunData, baseline: str = "mha:eager") -> str:
                                  "recorded no case, so there is nothing to chart.</p>"))
     else:
         perf = performance_rows(df)
-        built = [charts.latency_chart(perf), charts.kv_chart(perf), charts.speedup_chart(perf, base),
-                 charts.roofline_chart(perf, meta), charts.rank_chart(perf)]
+        sections.append(_section("sec-headline", "Headline", tradeoff.headline_table(perf),
+                                 "Per variant: KV-cache bytes per token (one layer), and at each sequence length "
+                                 "the fastest backend, its median latency, and both as ratios to MHA."))
+        nav.append(("sec-headline", "Headline"))
+        built = [tradeoff.tradeoff_chart(perf), charts.latency_chart(perf), charts.kv_chart(perf),
+                 charts.speedup_chart(perf, base), charts.roofline_chart(perf, meta), charts.rank_chart(perf),
+                 charts.round_spread_chart(df, run.samples)]
         for chart in (c for c in built if c is not None):
             sections.append(_chart_html(chart))
             nav.append((f"sec-{chart.id}", chart.title))
@@ -155,7 +162,7 @@ def render_report(run: RunData, baseline: str = "mha:eager") -> str:
 
 def write_report(run_dir: str | Path, output: str | Path | None = None, baseline: str = "mha:eager") -> Path:
     """Render the run directory's report to `output` (default RUN_DIR/report.html); returns the path."""
-    run = load_run(run_dir, samples=False)
+    run = load_run(run_dir)  # samples: the round-to-round spread chart
     page = render_report(run, baseline)
     target = Path(output) if output is not None else run.path / schema.REPORT_HTML
     try:

@@ -37,6 +37,7 @@ STRING_COLUMNS: frozenset[str] = frozenset(
     {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "device", "status", "error", "case_id",
      "backend_detail", "timer", "fits_l2", "options"}
 )
+SAMPLE_REQUIRED: tuple[str, ...] = ("case_id", "sample", "latency_ms")  # `round` is optional
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
 
 # What to do with a torn last row: drop it with a warning, drop it silently, or refuse the file.
@@ -51,7 +52,7 @@ class RunData:
     results_path: Path
     results: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
-    samples: pd.DataFrame | None = None  # case_id, sample, latency_ms; None when the file is absent
+    samples: pd.DataFrame | None = None  # case_id, sample, latency_ms, round; None when absent
 
     @property
     def label(self) -> str:
@@ -187,23 +188,26 @@ def read_results(path: Path, torn: Torn = "warn") -> pd.DataFrame:
 
 
 def read_samples(path: Path) -> pd.DataFrame | None:
-    """samples.csv -> frame (case_id, sample, latency_ms), or None if the run has none."""
+    """samples.csv -> frame (case_id, sample, latency_ms, round), or None if the run has none."""
     if not path.exists():
         return None
     # A torn samples line belongs to the case in flight, which has no row: dropped without a word.
     raw = _read_csv_text(path, schema.SAMPLES_CSV, "quiet", schema.SAMPLE_COLUMNS)
     if raw.empty and len(raw.columns) == 0:
-        return pd.DataFrame({"case_id": pd.Series([], dtype=str), "sample": [], "latency_ms": []})
-    missing = [c for c in schema.SAMPLE_COLUMNS if c not in raw.columns]
+        return pd.DataFrame({"case_id": pd.Series([], dtype=str), "sample": [], "latency_ms": [], "round": []})
+    missing = [c for c in SAMPLE_REQUIRED if c not in raw.columns]
     if missing:
         raise UsageError(f"{path}: missing required column(s): {', '.join(missing)}")
+    # Runs written before rounds existed (or rows of a resumed old run) are round 0.
+    rounds = _to_numeric(raw, "round", path).fillna(0.0) if "round" in raw.columns else 0.0
     return pd.DataFrame(
         {
             "case_id": raw["case_id"].astype(str).str.strip(),
             "sample": _to_numeric(raw, "sample", path),
             "latency_ms": _to_numeric(raw, "latency_ms", path),
+            "round": rounds,
         }
-    )
+    ).astype({"round": "int64"})
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""The design question in one picture and one table: KV-cache bytes per token against latency.
+
+`tradeoff_chart` puts every variant x backend of a model and mode at one context
+on memory-vs-time axes and marks the Pareto front (the designs nothing beats on
+both). `headline_table` is the page's first table: per variant, its KV bytes per
+token, the fastest backend and its latency at each context, and both as ratios
+to MHA. Both pick one batch per model and mode, where the most pairs ran.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from mlabench.report.charts import Chart, _colors, _log_ticks, _style, natural_key, ok_rows
+from mlabench.report.labels import series_labels
+from mlabench.report.tables import human_bytes
+
+
+def kv_per_token(rows: pd.DataFrame) -> pd.Series:
+    """KV-cache bytes per cached token (one layer): the analytic bytes over batch x seq_len."""
+    return rows["kv_cache_bytes"] / (rows["batch"] * rows["seq_len"])
+
+
+def headline_context(rows: pd.DataFrame) -> tuple[int, int]:
+    """(batch, seq_len) where the most variant x backend pairs ran: longest context, then smallest batch."""
+    counts = rows.groupby(["batch", "seq_len"]).size().reset_index(name="n")
+    best = counts.sort_values(["n", "seq_len", "batch"], ascending=[False, False, True]).iloc[0]
+    return int(best["batch"]), int(best["seq_len"])
+
+
+def pareto_front(x: pd.Series, y: pd.Series) -> pd.Series:
+    """True where no other point is at least as small on both axes and smaller on one (both minimised)."""
+    order = sorted(range(len(x)), key=lambda i: (x.iloc[i], y.iloc[i]))
+    front = pd.Series(False, index=x.index)
+    best = math.inf
+    for i in order:
+        if y.iloc[i] < best:
+            front.iloc[i] = True
+            best = y.iloc[i]
+    return front
+
+
+def tradeoff_chart(df: pd.DataFrame) -> Chart:
+    """KV bytes per token against latency, one panel per model and mode, the Pareto front marked."""
+    chart = Chart("chart-tradeoff", "Trade-off: KV-cache bytes per token vs latency",
+                  "Every variant x backend at one context per model and mode (the batch and sequence length "
+                  "where most of them ran). Lower-left is better on both; the line joins the Pareto front, "
+                  "the designs no other design beats on both memory and time.")
+    ok = ok_rows(df)
+    ok = ok[ok["kv_cache_bytes"].notna() & (ok["kv_cache_bytes"] > 0)]
+    if ok.empty:
+        return Chart(chart.id, chart.title, chart.description, note="No ok row records both KV bytes and latency.")
+    panels = []
+    for (model, mode), rows in ok.groupby(["model", "mode"], sort=True):
+        batch, seq = headline_context(rows)
+        at = rows[(rows["batch"] == batch) & (rows["seq_len"] == seq)]
+        at = at.assign(kv_token=kv_per_token(at),
+                       series=series_labels(at, exclude=("seq_len", "mode", "batch", "model", "q_len")))
+        # One point per series: several rows of a series at one context (q_len, ...) keep the fastest.
+        at = at.sort_values("latency_ms").drop_duplicates("series")
+        panels.append((f"{model}, {mode} (batch {batch}, seq_len {seq})", at.assign(front=pareto_front(
+            at["kv_token"], at["latency_ms"]))))
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[t for t, _ in panels], vertical_spacing=0.12
+                        if len(panels) > 1 else 0.0)
+    colors = _colors(pd.concat([p["series"] for _, p in panels]))
+    shown: set[str] = set()
+    for i, (_, at) in enumerate(panels, start=1):
+        for label, g in at.groupby("series", sort=True):
+            fig.add_trace(go.Scatter(
+                x=g["kv_token"], y=g["latency_ms"], mode="markers", name=label, legendgroup=label,
+                showlegend=label not in shown, marker=dict(color=colors[label], size=11,
+                                                           line=dict(width=2, color="#1f2328") if g["front"].any()
+                                                           else dict(width=0)),
+                customdata=g[["case_id"]], hovertemplate=f"{label}<br>%{{x:.4g}} B/token<br>%{{y:.4g}} ms"
+                "<br>%{customdata[0]}<extra></extra>"), row=i, col=1)
+            shown.add(label)
+        front = at[at["front"]].sort_values("kv_token")
+        fig.add_trace(go.Scatter(x=front["kv_token"], y=front["latency_ms"], mode="lines", line_shape="hv",
+                                 name="Pareto front", legendgroup="front", showlegend=i == 1,
+                                 line=dict(color="#1f2328", dash="dot", width=1.5), hoverinfo="skip"), row=i, col=1)
+        fig.update_xaxes(type="log", title_text="KV cache per token, one layer (bytes)", row=i, col=1,
+                         **_log_ticks(at["kv_token"], si=True))
+        fig.update_yaxes(type="log", title_text="latency (ms)", row=i, col=1, **_log_ticks(at["latency_ms"]))
+    return Chart(chart.id, chart.title, chart.description, _style(fig, max(420, 360 * len(panels))))
+
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    if reference is None or not reference or not math.isfinite(value):
+        return ""
+    return f"{value / reference:.2f}x"
+
+
+def headline_table(df: pd.DataFrame) -> str:
+    """Per model and mode: one row per variant with KV bytes/token, best backend and latency per seq_len."""
+    ok = ok_rows(df)
+    ok = ok[ok["kv_cache_bytes"].notna()]
+    if ok.empty:
+        return '<p class="empty">No ok row with KV bytes and latency.</p>'
+    parts = []
+    for (model, mode), rows in ok.groupby(["model", "mode"], sort=True):
+        batch, _ = headline_context(rows)
+        rows = rows[rows["batch"] == batch].assign(kv_token=lambda r: kv_per_token(r))
+        seqs = sorted(rows["seq_len"].unique())
+        best = rows.sort_values("latency_ms").drop_duplicates(["variant", "seq_len"]).set_index(["variant", "seq_len"])
+        variants = sorted(rows["variant"].unique(), key=natural_key)
+        mha_kv = rows.loc[rows["variant"] == "mha", "kv_token"].min() if "mha" in variants else None
+        head = "<th>variant</th><th>KV bytes/token</th><th>vs MHA</th>" + "".join(
+            f"<th>seq_len {int(s)}: best backend</th><th>ms</th><th>vs MHA</th>" for s in seqs)
+        body = []
+        for v in variants:
+            kv = float(rows.loc[rows["variant"] == v, "kv_token"].min())
+            cells = [f"<td>{escape(v)}</td>", f'<td class="num">{escape(human_bytes(kv))}</td>',
+                     f'<td class="num">{_ratio(kv, mha_kv)}</td>']
+            for s in seqs:
+                if (v, s) not in best.index:
+                    cells += ["<td>-</td>", "<td></td>", "<td></td>"]
+                    continue
+                r = best.loc[(v, s)]
+                ref = float(best.loc[("mha", s), "latency_ms"]) if ("mha", s) in best.index else None
+                cells += [f"<td>{escape(str(r['backend']))}</td>", f'<td class="num">{r["latency_ms"]:.4g}</td>',
+                          f'<td class="num">{_ratio(float(r["latency_ms"]), ref)}</td>']
+            body.append(f"<tr>{''.join(cells)}</tr>")
+        parts.append(f"<h3>{escape(str(model))}, {escape(str(mode))} (batch {batch})</h3>"
+                     f'<div class="scroll"><table class="headline"><thead><tr>{head}</tr></thead>'
+                     f"<tbody>{''.join(body)}</tbody></table></div>")
+    return "".join(parts)
