@@ -130,6 +130,7 @@ def flashinfer_backend_option(case: Case) -> str:
     modes=("decode",),
     fused=True,
     unavailable=flashinfer_unavailable,
+    options={"flashinfer_backend": flashinfer_backend_option},
 )
 def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     check_deepseek_latent(module, "flashinfer")

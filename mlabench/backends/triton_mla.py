@@ -16,6 +16,7 @@ which is for tests, not timing.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -32,31 +33,12 @@ _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _launch_option(case: Case, name: str) -> int | None:
+    """The case's launch knob `name`, validated (None: the kernel picks)."""
     value = case.option(name)
     err = launch_value_error(name, value)
     if err is not None:
         raise UsageError(f"{name}: {err}")
     return value
-
-
-def block_h_option(case: Case) -> int | None:
-    return _launch_option(case, "block_h")
-
-
-def block_n_option(case: Case) -> int | None:
-    return _launch_option(case, "block_n")
-
-
-def num_warps_option(case: Case) -> int | None:
-    return _launch_option(case, "num_warps")
-
-
-def num_stages_option(case: Case) -> int | None:
-    return _launch_option(case, "num_stages")
-
-
-def num_splits_option(case: Case) -> int | None:
-    return _launch_option(case, "num_splits")
 
 
 def launch_options(case: Case) -> dict[str, int | None]:
@@ -104,6 +86,7 @@ class TritonMLACore:
     modes=("decode",),
     fused=True,
     unavailable=triton_unavailable_reason,
+    options={name: functools.partial(_launch_option, name=name) for name in LAUNCH_KNOBS},
 )
 def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     if module.name != "mla-absorbed":
