@@ -133,7 +133,7 @@ def _as_list(key: str, value: Any) -> list[Any]:
 
 
 _FLOAT_FIELDS = frozenset(f.name for f in fields(AttentionShape) if f.type in (float, "float"))
-_STRING_AXES = frozenset({"model", "variant", "backend", "mode", "dtype"})
+_STRING_AXES = frozenset({"model", "variant", "backend", "mode", "dtype", "scope"})
 
 
 def _check_type(key: str, value: Any, where: str) -> None:
