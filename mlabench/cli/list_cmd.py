@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.table import Table
 
-from mlabench.cli.common import out_console, print_json
+from mlabench.cli.common import DeviceOpt, JsonOpt, out_console, print_json
 
 
 def list_(
-    device: Annotated[str, typer.Option(help="Device to check backend availability on.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """List variants, backends (available here or why not), suites and model presets."""
     from mlabench.backends import BACKENDS
