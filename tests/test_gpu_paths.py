@@ -133,7 +133,7 @@ def test_device_scope_makes_the_case_device_current(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(torch.cuda, "device", FakeDevice)
     seen: list[list[int]] = []
 
-    def fake_time_cuda(fn: Any, settings: TimingSettings) -> Timing:
+    def fake_time_cuda(fn: Any, settings: TimingSettings, deadline: float | None = None) -> Timing:
         seen.append(list(FakeDevice.current))
         return Timing([1.0], "cuda-cold")
 
@@ -265,7 +265,8 @@ def test_hot_rows_say_whether_they_fit_in_l2(monkeypatch: pytest.MonkeyPatch, ho
                                              expected: bool | None) -> None:
     import mlabench.runner as runner
 
-    monkeypatch.setattr(runner, "time_step", lambda fn, device, settings: Timing([1.0, 1.1], "t", 7, hot))
+    monkeypatch.setattr(runner, "time_step",
+                        lambda fn, device, settings, deadline=None: Timing([1.0, 1.1], "t", 7, hot))
     monkeypatch.setattr(runner, "l2_cache_bytes", lambda device: l2)
     row = run_case(_case(), RunContext(device=CPU, timing=FAST)).row
     assert row["sample_calls"] == 7 and row.get("fits_l2") is expected
