@@ -51,6 +51,16 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """What a command line changes about a suite, built once from the flags: axes that replace
+    the suite's, measurement settings over its [settings], backend options over its [options]."""
+
+    axes: Mapping[str, list[Any]] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # already checked (suites.check_settings)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class SweepPlan:
     suite: Suite
@@ -93,13 +103,13 @@ def default_out_dir(suite: str, device: torch.device) -> Path:
     return Path("results") / "runs" / f"{stamp}-{suite}-{device_label(device).replace(':', '')}"
 
 
-def plan_sweep(suite: Suite, device: torch.device, overrides: Mapping[str, list[Any]],
-               settings: Mapping[str, Any], out_dir: Path | None, shard_spec: tuple[int, int] | None,
-               options: Mapping[str, Any]) -> SweepPlan:
-    """Everything checked before any work: names, shapes, settings, the output directory."""
+def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overrides(), out_dir: Path | None = None,
+               shard_spec: tuple[int, int] | None = None) -> SweepPlan:
+    """Everything checked before any work: names, shapes, settings, the output directory.
+    `sweep` plans a suite; `run` plans a one-case suite the same way."""
     merged_suite = Suite(suite.name, suite.description, suite.path, suite.grids, suite.settings,
-                         {**suite.options, **options})
-    expansion = expand(merged_suite, device_label(device), served_variants(), overrides)
+                         {**suite.options, **overrides.options})
+    expansion = expand(merged_suite, device_label(device), served_variants(), overrides.axes)
     cases = apply_options(expansion.cases, merged_suite.options)
     grid = cases
     if shard_spec:
@@ -107,14 +117,14 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Mapping[str, list[
         if not cases:
             raise UsageError(f"--shard {shard_spec[0]}/{shard_spec[1]}: this slice of the grid's {len(grid)} cases "
                              "is empty (use fewer shards)")
-    merged = {**DEFAULT_SETTINGS, **suite.settings, **settings}
+    merged = {**DEFAULT_SETTINGS, **suite.settings, **overrides.settings}
     if merged["min_samples"] > merged["max_samples"]:
         raise UsageError(f"min_samples ({merged['min_samples']}) exceeds max_samples ({merged['max_samples']})")
     if int(merged["rounds"]) < 1:
         raise UsageError(f"rounds must be at least 1, got {merged['rounds']}")
     return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, merged,
                      out_dir or default_out_dir(suite.name, device), shard_spec,
-                     {k: list(v) for k, v in overrides.items()}, cases_sha1(grid), len(grid))
+                     {k: list(v) for k, v in overrides.axes.items()}, cases_sha1(grid), len(grid))
 
 
 def run_record(plan: SweepPlan) -> dict[str, Any]:
@@ -202,6 +212,26 @@ def measure_peaks(device: torch.device, dtypes: list[str], probe: bool) -> Peaks
     return spec_peaks(name, dtypes)
 
 
+def _dtypes(plan: SweepPlan) -> list[str]:
+    """The plan's dtypes, most frequent first (the first one's peak is the run's headline)."""
+    return sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
+
+
+def run_context(plan: SweepPlan, probe: bool = True) -> RunContext:
+    """What every case of the plan runs in: CPU threads set, peaks measured (or the spec table),
+    timing and case settings from the plan. `run_sweep` and `mlabench run` both measure in it."""
+    s = plan.settings
+    if s["threads"] and plan.device.type == "cpu":
+        torch.set_num_threads(int(s["threads"]))
+    return RunContext(
+        device=plan.device,
+        timing=TimingSettings(budget_s=s["budget_s"], warmup_s=s["warmup_s"], min_samples=s["min_samples"],
+                              max_samples=s["max_samples"], threads=s["threads"], cuda_graph=s["cuda_graph"]),
+        peaks=measure_peaks(plan.device, _dtypes(plan), probe), nvml=open_nvml(plan.device), accuracy=s["accuracy"],
+        seed=s["seed"], timeout_s=s["timeout_s"],
+    )
+
+
 def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
               on_start: Callable[[Case, int, int], None] | None = None,
               on_end: Callable[[CaseResult], None] | None = None,
@@ -214,21 +244,11 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
     try:
         todo = [c for c in plan.cases if c.case_id not in writer.finished]
         outcome = SweepOutcome(plan.out_dir, skipped_finished=len(plan.cases) - len(todo))
-        s = plan.settings
-        if s["threads"] and plan.device.type == "cpu":
-            torch.set_num_threads(int(s["threads"]))
-        dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
-        peaks = measure_peaks(plan.device, dtypes, probe)
-        meta["peaks"] = peaks.as_meta(dtypes[0] if dtypes else None)
+        ctx = run_context(plan, probe)
+        dtypes = _dtypes(plan)
+        meta["peaks"] = ctx.peaks.as_meta(dtypes[0] if dtypes else None)
         writer.write_meta(meta)
-        ctx = RunContext(
-            device=plan.device,
-            timing=TimingSettings(budget_s=s["budget_s"], warmup_s=s["warmup_s"], min_samples=s["min_samples"],
-                                  max_samples=s["max_samples"], threads=s["threads"], cuda_graph=s["cuda_graph"]),
-            peaks=peaks, nvml=open_nvml(plan.device), accuracy=s["accuracy"], seed=s["seed"],
-            timeout_s=s["timeout_s"],
-        )
-        rounds = max(1, int(s.get("rounds", 1)))
+        rounds = max(1, int(plan.settings.get("rounds", 1)))
         try:
             if rounds > 1:
                 write_error = _run_rounds(todo, rounds, ctx, writer, outcome, on_start, on_end, should_stop)

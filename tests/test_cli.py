@@ -23,6 +23,8 @@ def test_list_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert backends["eager"]["available"] is True
     for b in backends.values():
         assert b["available"] or b["reason"]  # unavailable always says why
+    assert backends["triton"]["options"] == ["block_h", "block_n", "num_warps", "num_stages", "num_splits"]
+    assert backends["sdpa"]["options"] == ["sdpa_kernel"] and backends["eager"]["options"] == []
     assert {"smoke", "decode", "prefill", "latent-rank", "claims"} <= {s["name"] for s in doc["suites"]}
     assert "deepseek-v3" in {p["name"] for p in doc["presets"]}
 

@@ -67,6 +67,21 @@ def test_unknown_option_is_refused_even_without_its_backend() -> None:
         apply_options(cases, {"num_split": 4})
 
 
+def test_options_are_declared_by_their_backend() -> None:
+    """Each option is validated by the check its backend registered, and only that backend's cases carry it."""
+    from mlabench.backends import BACKENDS, option_names
+
+    assert set(BACKENDS["triton"].options) == {"block_h", "block_n", "num_warps", "num_stages", "num_splits"}
+    assert set(BACKENDS["compiled"].options) == {"compile_mode", "cpp_min_chunk_size"}
+    assert not BACKENDS["eager"].options
+    assert set(option_names()) == {name for spec in BACKENDS.values() for name in spec.options}
+    grid = {"model": "tiny", "variant": "mla-absorbed", "backend": ["eager", "triton"], "mode": "decode"}
+    cases = apply_options(expand(suite(grid), "cpu", served_variants()).cases, {"num_splits": 4})
+    assert {c.backend: c.options for c in cases} == {"eager": (), "triton": (("num_splits", 4),)}
+    with pytest.raises(UsageError, match=r"^num_splits: must be"):
+        apply_options(cases, {"num_splits": 0})
+
+
 def test_irrelevant_axis_is_merged_with_a_message() -> None:
     """num_kv_heads does not apply to mla-absorbed (one latent head): two grid points, one case, said."""
     grid = {"model": "tiny", "variant": ["gqa", "mla-absorbed"], "num_kv_heads": [2, 4]}

@@ -1,7 +1,11 @@
-"""Backends. Importing this package registers every one of them (explicit imports, no scanning)."""
+"""Backends. Importing this package registers every one of them (explicit imports, no scanning).
+
+Backend options are declared where each backend is registered (`register_backend(options=...)`);
+`apply_options` hands every case its own backend's share of a suite's or the command line's options.
+"""
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from mlabench.backends import compiled, eager, flashinfer, flashmla, sdpa, triton_mla  # noqa: F401  (registration)
@@ -9,38 +13,31 @@ from mlabench.backends.registry import BACKENDS, BackendSpec, Prepared, StepInpu
 from mlabench.case import Case
 from mlabench.errors import UsageError
 
-# Backend options a suite's [options] table or a flag may set: name -> (the backend it
-# configures, that backend's check). A case carries only its own backend's options, so
-# `compile_mode` changes the identity of `compiled` cases and of no other.
-OPTIONS: dict[str, tuple[str, Callable[[Case], object]]] = {
-    "compile_mode": ("compiled", compiled.compile_mode),
-    "cpp_min_chunk_size": ("compiled", compiled.cpp_min_chunk_size),
-    "sdpa_kernel": ("sdpa", sdpa.sdpa_kernel_option),
-    "num_splits": ("triton", triton_mla.num_splits_option),
-    "block_h": ("triton", triton_mla.block_h_option),
-    "block_n": ("triton", triton_mla.block_n_option),
-    "num_warps": ("triton", triton_mla.num_warps_option),
-    "num_stages": ("triton", triton_mla.num_stages_option),
-    "flashinfer_backend": ("flashinfer", flashinfer.flashinfer_backend_option),
-}
+
+def option_names() -> list[str]:
+    """Every backend option name, in registration order, once."""
+    return list(dict.fromkeys(name for spec in BACKENDS.values() for name in spec.options))
 
 
 def apply_options(cases: list[Case], options: Mapping[str, Any]) -> list[Case]:
-    """Give each case the options of its own backend, checked (UsageError names the option).
+    """Give each case the options its own backend declares, checked (UsageError names the option),
+    so `compile_mode` changes the identity of `compiled` cases and of no other.
 
     Unknown names are refused even when no case of their backend is in the grid: a typo
     must not pass silently."""
+    known = option_names()
     for name in options:
-        if name not in OPTIONS:
-            raise UsageError(f"options: unknown backend option {name!r} (choose from {', '.join(OPTIONS)})")
+        if name not in known:
+            raise UsageError(f"options: unknown backend option {name!r} (choose from {', '.join(known)})")
     out = []
     for case in cases:
-        own = tuple(sorted((k, v) for k, v in options.items() if OPTIONS[k][0] == case.backend))
+        checks = BACKENDS[case.backend].options if case.backend in BACKENDS else {}
+        own = tuple(sorted((k, v) for k, v in options.items() if k in checks))
         case = dataclasses.replace(case, options=own) if own != case.options else case
         for name, _ in own:
-            OPTIONS[name][1](case)
+            checks[name](case)
         out.append(case)
     return out
 
 
-__all__ = ["BACKENDS", "OPTIONS", "BackendSpec", "Prepared", "StepInputs", "apply_options", "served_variants"]
+__all__ = ["BACKENDS", "BackendSpec", "Prepared", "StepInputs", "apply_options", "option_names", "served_variants"]

@@ -19,38 +19,27 @@ Option `flashinfer_backend`: auto | fa2 | fa3 (FlashInfer's own choice by defaul
 
 from __future__ import annotations
 
-import functools
-import importlib
-import time
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mlabench.backends.library import LoadFailure, loading
-from mlabench.backends.paged import BLOCK_SIZE, PagedCache, check_deepseek_latent, pages_for_step, write_rows
+from mlabench.backends.latent import first_call_ms
+from mlabench.backends.library import loading, optional_library
+from mlabench.backends.paged import BLOCK_SIZE, PagedCache, PagedLatentCore, check_deepseek_latent
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError, UsageError
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.mla import LatentStep
 
 INSTALL_HINT = "pip install flashinfer-python"
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k workspace
 FLASHINFER_BACKENDS = ("auto", "fa2", "fa3")
 
 
-@functools.cache
-def _load_library() -> tuple[ModuleType | None, str | None]:
-    """(flashinfer, None) or (None, why not); imported once per process."""
-    try:
-        lib = importlib.import_module("flashinfer")
-        importlib.import_module("flashinfer.mla")
-        return lib, None
-    except ImportError:
-        return None, f"flashinfer is not installed ({INSTALL_HINT})"
-    except Exception as err:  # a broken install (CUDA/ABI mismatch) raises OSError, RuntimeError, ...
-        return None, LoadFailure(f"flashinfer failed to import: {type(err).__name__}: {err}")
+# (flashinfer, None) or (None, why not); flashinfer.mla is the part this backend calls.
+_load_library = optional_library("flashinfer", INSTALL_HINT, "mla")
 
 
 def flashinfer_unavailable(device: torch.device) -> str | None:
@@ -69,38 +58,28 @@ def flashinfer_unavailable(device: torch.device) -> str | None:
     return None
 
 
-class FlashInferMLACore:
-    """core(q', latent, latent[..., :d_c], tau, True) -> o_lat through a planned BatchMLAPagedAttentionWrapper."""
+class FlashInferMLACore(PagedLatentCore):
+    """A LatentStep -> o_lat through a planned BatchMLAPagedAttentionWrapper on views of the page pool."""
 
-    def __init__(self, wrapper: Any, paged: PagedCache, slots: Tensor, head_dim_ckv: int, sm_scale: float):
-        self.wrapper = wrapper
-        self.paged = paged
-        self.slots = slots  # (B, S) flat pool slots of this step's tokens
-        self.head_dim_ckv = head_dim_ckv
+    library = "flashinfer"
+
+    def __init__(self, module: AttentionVariant, inputs: StepInputs, sm_scale: float):
+        super().__init__(module, inputs, BLOCK_SIZE)
+        d_c = module.shape.kv_lora_rank
         self.sm_scale = sm_scale  # fixed at plan time
-        self.ckv = paged.pool[..., :head_dim_ckv]  # (num_pages, 64, d_c) view
-        self.kpe = paged.pool[..., head_dim_ckv:]  # (num_pages, 64, d_r) view
-        self._checked = False
+        self.ckv = self.paged.pool[..., :d_c]  # (num_pages, 64, d_c) view
+        self.kpe = self.paged.pool[..., d_c:]  # (num_pages, 64, d_r) view
+        self.wrapper: Any = None  # planned in prepare
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
-        s, t = q.shape[1], k.shape[1]
-        # The variant wrote this step's latent rows into our contiguous cache (k is a view of
-        # it); mirror them into the pool the kernel reads.
-        write_rows(self.paged.pool, self.slots, k[:, t - s:, 0])  # (B, S, D)
-        return self.attend(q, k, v, scale, causal)
+    def check(self, step: LatentStep) -> None:
+        if step.scale != self.sm_scale:
+            raise RuntimeError(f"flashinfer core planned for scale {self.sm_scale}; called with scale {step.scale}")
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
-        """The library kernel alone on the pool (scope "core"): the pool already holds the
-        step's rows, mirrored by the step `prepare` ran once."""
-        if not self._checked:
-            if scale != self.sm_scale or not causal:
-                raise RuntimeError(f"flashinfer core planned for causal, scale {self.sm_scale}; called with "
-                                   f"causal={causal}, scale {scale}")
-            self._checked = True
-        b, s, h, d = q.shape
-        qf = q.reshape(b * s, h, d)  # (B*S, H, D): ragged rows in sequence order, as qo_indptr says
-        o = self.wrapper.run(qf[..., : self.head_dim_ckv], qf[..., self.head_dim_ckv:], self.ckv, self.kpe)
-        return o.reshape(b, s, h, self.head_dim_ckv)  # (B, S, H, d_c)
+    def attend(self, step: LatentStep) -> Tensor:
+        b, s, h, d = step.q.shape
+        qf = step.q.reshape(b * s, h, d)  # (B*S, H, D): ragged rows in sequence order, as qo_indptr says
+        o = self.wrapper.run(qf[..., : step.d_c], qf[..., step.d_c:], self.ckv, self.kpe)
+        return o.reshape(b, s, h, step.d_c)  # (B, S, H, d_c)
 
 
 def plan_arguments(paged: PagedCache, q_len: int) -> dict[str, Tensor]:
@@ -130,6 +109,7 @@ def flashinfer_backend_option(case: Case) -> str:
     modes=("decode",),
     fused=True,
     unavailable=flashinfer_unavailable,
+    options={"flashinfer_backend": flashinfer_backend_option},
 )
 def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     check_deepseek_latent(module, "flashinfer")
@@ -138,36 +118,34 @@ def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs)
     if lib is None:
         raise UnsupportedError(str(reason))
     x, start = inputs.x, inputs.start_pos
-    b, s = x.shape[:2]
+    s = x.shape[1]
     sh = module.shape
     dtype = module.weight_dtype
-    paged, slots = pages_for_step(module.cache_tensors()["kv_cache"], b, start, start + s, BLOCK_SIZE)
     scale = sh.mla_softmax_scale
+    core = FlashInferMLACore(module, inputs, scale)
 
-    t0 = time.perf_counter()
-    # FlashInfer builds its kernels just in time in plan()/the first run: without nvcc, or
-    # with an API other than this one, that is `unsupported` with the reason, not `error`.
-    with loading("flashinfer"):
-        workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=x.device)
-        wrapper = lib.mla.BatchMLAPagedAttentionWrapper(workspace, backend=backend)
-        args = plan_arguments(paged, s)
-        wrapper.plan(
-            args["qo_indptr"], args["kv_indptr"], args["kv_indices"], args["kv_len_arr"],
-            sh.num_heads, sh.kv_lora_rank, sh.rope_head_dim, BLOCK_SIZE,
-            True,  # causal, bottom-right aligned
-            scale,
-            dtype,  # q_data_type
-            dtype,  # kv_data_type
-        )
-        core = FlashInferMLACore(wrapper, paged, slots, sh.kv_lora_rank, scale)
+    def fn() -> Tensor:
+        return module(x, start, core)
 
-        def fn() -> Tensor:
-            return module(x, start, core)
+    def plan_and_first_call() -> None:
+        # FlashInfer builds its kernels just in time in plan()/the first run: without nvcc, or
+        # with an API other than this one, that is `unsupported` with the reason, not `error`.
+        with loading("flashinfer"):
+            workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=x.device)
+            wrapper = lib.mla.BatchMLAPagedAttentionWrapper(workspace, backend=backend)
+            args = plan_arguments(core.paged, s)
+            wrapper.plan(
+                args["qo_indptr"], args["kv_indptr"], args["kv_indices"], args["kv_len_arr"],
+                sh.num_heads, sh.kv_lora_rank, sh.rope_head_dim, BLOCK_SIZE,
+                True,  # causal, bottom-right aligned
+                scale,
+                dtype,  # q_data_type
+                dtype,  # kv_data_type
+            )
+            core.wrapper = wrapper
+            fn()
 
-        fn()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    compile_ms = (time.perf_counter() - t0) * 1e3
+    compile_ms = first_call_ms(plan_and_first_call, x.device)
     version = getattr(lib, "__version__", "?")
     return Prepared(fn=fn, detail=f"flashinfer:{version},{backend},page={BLOCK_SIZE}", compile_ms=compile_ms,
-                    core=core.attend, extra_cache_bytes=paged.pool.nbytes + paged.block_table.nbytes)
+                    core=core.alone, extra_cache_bytes=core.extra_cache_bytes)

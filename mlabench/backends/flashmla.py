@@ -20,34 +20,23 @@ Hopper kernel). Served shapes: d_c = 512, d_r = 64 (DeepSeek), bf16 or fp16.
 
 from __future__ import annotations
 
-import functools
-import importlib
-import time
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mlabench.backends.library import LoadFailure, loading
-from mlabench.backends.paged import BLOCK_SIZE, PagedCache, check_deepseek_latent, pages_for_step, write_rows
+from mlabench.backends.latent import first_call_ms
+from mlabench.backends.library import loading, optional_library
+from mlabench.backends.paged import BLOCK_SIZE, PagedLatentCore, check_deepseek_latent
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.mla import LatentStep
 
 INSTALL_HINT = "build it from source: git clone https://github.com/deepseek-ai/FlashMLA; pip install -v ./FlashMLA"
 
-
-@functools.cache
-def _load_library() -> tuple[ModuleType | None, str | None]:
-    """(flash_mla, None) or (None, why not); imported once per process."""
-    try:
-        return importlib.import_module("flash_mla"), None
-    except ImportError:
-        return None, f"flash_mla is not installed ({INSTALL_HINT})"
-    except Exception as err:  # a broken build (CUDA/ABI mismatch) raises OSError, RuntimeError, ...
-        return None, LoadFailure(f"flash_mla failed to import: {type(err).__name__}: {err}")
+_load_library = optional_library("flash_mla", INSTALL_HINT)  # (flash_mla, None) or (None, why not)
 
 
 def flashmla_unavailable(device: torch.device) -> str | None:
@@ -66,40 +55,30 @@ def flashmla_unavailable(device: torch.device) -> str | None:
     return None
 
 
-class FlashMLACore:
-    """core(q', latent, latent[..., :d_c], tau, True) -> o_lat through flash_mla_with_kvcache on the page pool."""
+class FlashMLACore(PagedLatentCore):
+    """A LatentStep -> o_lat through flash_mla_with_kvcache on the page pool."""
 
-    def __init__(self, lib: Any, paged: PagedCache, slots: Tensor, cache_seqlens: Tensor, head_dim_v: int,
-                 tile_scheduler_metadata: Any, num_splits: Any):
+    library = "flashmla"
+
+    def __init__(self, module: AttentionVariant, inputs: StepInputs, lib: Any):
+        super().__init__(module, inputs, BLOCK_SIZE)
         self.lib = lib
-        self.paged = paged
-        self.k_cache = paged.pool.unsqueeze(2)  # (num_pages, 64, 1, D): FlashMLA's layout, a view
-        self.slots = slots  # (B, S) flat pool slots of this step's tokens
-        self.cache_seqlens = cache_seqlens  # (B,) int32
-        self.head_dim_v = head_dim_v
-        self.tile_scheduler_metadata = tile_scheduler_metadata
-        self.num_splits = num_splits
+        self.k_cache = self.paged.pool.unsqueeze(2)  # (num_pages, 64, 1, D): FlashMLA's layout, a view
+        self.schedule: tuple[Any, Any] | None = None  # (tile_scheduler_metadata, num_splits), once per case
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
-        s, t = q.shape[1], k.shape[1]
-        # The variant wrote this step's latent rows into our contiguous cache (k is a view of
-        # it); mirror them into the pool the kernel reads.
-        write_rows(self.paged.pool, self.slots, k[:, t - s:, 0])  # (B, S, D)
-        return self.attend(q, k, v, scale, causal)
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
-        """The library kernel alone on the pool (scope "core"): the pool already holds the
-        step's rows, mirrored by the step `prepare` ran once."""
+    def attend(self, step: LatentStep) -> Tensor:
+        assert self.schedule is not None, "get_mla_metadata runs in prepare"
+        tile_scheduler_metadata, num_splits = self.schedule
         o, _lse = self.lib.flash_mla_with_kvcache(
-            q,  # (B, S, H, D)
+            step.q,  # (B, S, H, D)
             self.k_cache,
             self.paged.block_table,
-            self.cache_seqlens,
-            self.head_dim_v,
-            self.tile_scheduler_metadata,
-            self.num_splits,
-            softmax_scale=scale,
-            causal=causal,
+            step.cache_seqlens,
+            step.d_c,  # head_dim_v
+            tile_scheduler_metadata,
+            num_splits,
+            softmax_scale=step.scale,
+            causal=True,
         )
         return o  # (B, S, H, d_c)
 
@@ -118,25 +97,20 @@ def prepare_flashmla(module: AttentionVariant, case: Case, inputs: StepInputs) -
     if lib is None:
         raise UnsupportedError(str(reason))
     x, start = inputs.x, inputs.start_pos
-    b, s = x.shape[:2]
-    h, d_c = module.shape.num_heads, module.shape.kv_lora_rank
-    paged, slots = pages_for_step(module.cache_tensors()["kv_cache"], b, start, start + s, BLOCK_SIZE)
-    cache_seqlens = torch.full((b,), start + s, dtype=torch.int32, device=x.device)
+    s, h = x.shape[1], module.shape.num_heads
+    core = FlashMLACore(module, inputs, lib)
 
-    t0 = time.perf_counter()
-    # Metadata, first call (lazy scheduling in newer releases, kernel load): where a build
-    # without dense SM90 kernels or a different API fails, which is `unsupported`, not `error`.
-    with loading("flash_mla"):
-        tile_md, num_splits = lib.get_mla_metadata(cache_seqlens, s * h // 1, 1)  # one KV head
-        core = FlashMLACore(lib, paged, slots, cache_seqlens, d_c, tile_md, num_splits)
+    def fn() -> Tensor:
+        return module(x, start, core)
 
-        def fn() -> Tensor:
-            return module(x, start, core)
+    def schedule_and_first_call() -> None:
+        # Metadata, first call (lazy scheduling in newer releases, kernel load): where a build
+        # without dense SM90 kernels or a different API fails, which is `unsupported`, not `error`.
+        with loading("flash_mla"):
+            core.schedule = lib.get_mla_metadata(core.cache_seqlens, s * h // 1, 1)  # one KV head
+            fn()
 
-        fn()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    compile_ms = (time.perf_counter() - t0) * 1e3
+    compile_ms = first_call_ms(schedule_and_first_call, x.device)
     version = getattr(lib, "__version__", "?")
-    return Prepared(fn=fn, detail=f"flashmla:{version},block={BLOCK_SIZE}", compile_ms=compile_ms, core=core.attend,
-                    extra_cache_bytes=paged.pool.nbytes + paged.block_table.nbytes)
+    return Prepared(fn=fn, detail=f"flashmla:{version},block={BLOCK_SIZE}", compile_ms=compile_ms, core=core.alone,
+                    extra_cache_bytes=core.extra_cache_bytes)

@@ -1,4 +1,8 @@
-"""Third-party kernel libraries that cannot load or build here: `unsupported` with the reason.
+"""Third-party kernel libraries: loading them once, and the ones that cannot load or build here.
+
+`optional_library` is each library backend's loader: imported once per process, a library
+that is not installed is a reason to skip (`skipped`), one that is installed but fails to
+import is a LoadFailure (`unsupported`).
 
 FlashMLA and FlashInfer can be installed yet unusable: a wheel built without SM90 kernels,
 FlashInfer's just-in-time build without nvcc, an older or newer API than the one called.
@@ -10,9 +14,12 @@ error is never translated: it must stop the sweep (errors.is_sticky_cuda_error).
 
 from __future__ import annotations
 
+import functools
+import importlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 from mlabench.errors import UnsupportedError, is_sticky_cuda_error
 
@@ -20,6 +27,30 @@ from mlabench.errors import UnsupportedError, is_sticky_cuda_error
 class LoadFailure(str):
     """An `unavailable()` reason for a library that is installed but fails to import: the runner
     records it as `unsupported` (a broken installation), where a missing one is `skipped`."""
+
+
+Loader = Callable[[], tuple[ModuleType | None, str | None]]
+
+
+def optional_library(name: str, install_hint: str, *submodules: str) -> Loader:
+    """A loader returning (the module, None) or (None, why not), imported on first use and then cached.
+
+    `submodules` are imported too (`flashinfer.mla`): a library missing the part a backend
+    calls is as unusable as a missing one."""
+
+    @functools.cache
+    def load() -> tuple[ModuleType | None, str | None]:
+        try:
+            lib = importlib.import_module(name)
+            for sub in submodules:
+                importlib.import_module(f"{name}.{sub}")
+            return lib, None
+        except ImportError:
+            return None, f"{name} is not installed ({install_hint})"
+        except Exception as err:  # a broken build (CUDA/ABI mismatch) raises OSError, RuntimeError, ...
+            return None, LoadFailure(f"{name} failed to import: {type(err).__name__}: {err}")
+
+    return load
 
 
 # Exception types that, raised by a library's load/plan/first call, mean "this build or API

@@ -8,6 +8,8 @@ the layout logic is tested on any device against the contiguous cache it mirrors
 
 The pool is built once in `prepare`; the timed step writes only its own new rows into it
 (`write_rows`, with slot indices precomputed by `slot_indices`), as a serving engine does.
+`PagedLatentCore` is that for a fused latent core (latent.py): FlashMLA's and FlashInfer's
+cores subclass it and only call their library in `attend`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mlabench.backends.latent import LatentCore
+from mlabench.backends.registry import StepInputs
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.mla import LatentStep
 
 BLOCK_SIZE = 64  # FlashMLA's only page size; FlashInfer takes any and gets the same pages
 _LIBRARY_DTYPES = (torch.bfloat16, torch.float16)
@@ -102,6 +107,27 @@ def pages_for_step(cache: Tensor, batch: int, start: int, stop: int,
     table = block_table_for(batch, stop, block_size, device=cache.device)
     paged = to_pages(cache, stop, table, block_size)
     return paged, slot_indices(paged.block_table, start, stop, block_size)
+
+
+class PagedLatentCore(LatentCore):
+    """A fused latent core that reads a page pool: the pool is a copy of the cache built here,
+    once; inside a step the core first mirrors the step's new latent rows into it."""
+
+    def __init__(self, module: AttentionVariant, inputs: StepInputs, block_size: int = BLOCK_SIZE):
+        super().__init__(module, inputs)
+        b, s = inputs.x.shape[:2]
+        start = inputs.start_pos
+        self.paged, self.slots = pages_for_step(module.cache_tensors()["kv_cache"], b, start, start + s, block_size)
+
+    @property
+    def extra_cache_bytes(self) -> int:
+        """The second copy of the cache the step needs: the pool and its block table."""
+        return self.paged.pool.nbytes + self.paged.block_table.nbytes
+
+    def step(self, step: LatentStep) -> Tensor:
+        # The variant wrote this step's rows into our contiguous cache; the kernel reads the pool.
+        write_rows(self.paged.pool, self.slots, step.new_rows)  # (B, S, D)
+        return self.attend(step)
 
 
 def check_deepseek_latent(module: AttentionVariant, library: str) -> None:

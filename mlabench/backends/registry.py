@@ -7,6 +7,11 @@ outside the closure. A backend that cannot run here says why through
 `unavailable(device)`; one that cannot serve a particular case raises
 `UnsupportedError` (status `unsupported`) or `SkippedError` (status `skipped`).
 
+A backend's options (launch knobs, a compile mode, a kernel choice) are declared in the
+same decorator, `options={"num_splits": check, ...}`: each check takes a case and
+validates `case.option(name)`, raising UsageError naming the option. Options are part of
+a case's identity, and a case carries only its own backend's (`backends.apply_options`).
+
 `Prepared.core` is the attention core the backend swaps into the step (the core contract
 of variants/base.py), for timing scope "core": the runner calls it alone on the tensors
 `module.core_inputs` returns. It is set up by the same `prepare` (plans, page pools,
@@ -15,8 +20,9 @@ compilation), so the core timed alone is the core the step runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 from torch import Tensor
@@ -46,6 +52,7 @@ class Prepared:
 
 
 Prepare = Callable[[AttentionVariant, Case, StepInputs], Prepared]
+OptionCheck = Callable[[Case], object]  # validates case.option(name); raises UsageError naming the option
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class BackendSpec:
     fused: bool
     prepare: Prepare
     unavailable: Callable[[torch.device], str | None]  # None when usable on that device, else why not
+    options: Mapping[str, OptionCheck] = field(default_factory=dict, hash=False)  # option name -> its check
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -79,12 +87,14 @@ def register_backend(
     modes: tuple[str, ...] = MODES,
     fused: bool = False,
     unavailable: Callable[[torch.device], str | None] = _always_available,
+    options: Mapping[str, OptionCheck] | None = None,
 ) -> Callable[[Prepare], Prepare]:
     def deco(prepare: Prepare) -> Prepare:
         if name in BACKENDS:
             raise ValueError(f"backend {name!r} registered twice")
         served = tuple(variants) if variants is not None else None
-        BACKENDS[name] = BackendSpec(name, description, served, tuple(modes), fused, prepare, unavailable)
+        BACKENDS[name] = BackendSpec(name, description, served, tuple(modes), fused, prepare, unavailable,
+                                     MappingProxyType(dict(options or {})))
         return prepare
 
     return deco

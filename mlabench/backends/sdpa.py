@@ -132,6 +132,7 @@ def _no_kernel_reason(
     "sdpa",
     description="torch scaled_dot_product_attention core (flash / efficient / cudnn / math, or auto)",
     fused=True,
+    options={"sdpa_kernel": sdpa_kernel_option},
 )
 def prepare_sdpa(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     kernel = sdpa_kernel_option(case)

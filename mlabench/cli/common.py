@@ -1,6 +1,8 @@
-"""Shared pieces of the command modules: consoles, list parsing, formatting, JSON output.
+"""Shared pieces of the command modules: options declared once, consoles, parsing, formatting, JSON output.
 
-Nothing here imports torch, so `report` and `compare` stay light.
+An option two commands share is one `Annotated` alias here, so its flag and help text are
+the same everywhere; each command gives only its default. Nothing here imports torch, so
+`report` and `compare` stay light.
 """
 
 from __future__ import annotations
@@ -8,9 +10,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
 from mlabench.errors import UsageError
@@ -21,6 +25,64 @@ err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
 
 INT_AXES = {"batch", "seq_len", "q_len"}
+
+# --- options shared by several commands -------------------------------------------------------
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="Device: auto (the best one present), cpu, cuda or cuda:N.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a shape field, FIELD=VALUE (repeatable); `sweep` takes several values as an axis: "
+                  "--set num_kv_heads=4,8.", show_default=False)]
+OptionOpt = Annotated[list[str] | None, typer.Option(
+    "--option", help="Backend option NAME=VALUE, e.g. num_splits=4 (repeatable; `mlabench list` shows each "
+                     "backend's options; a case takes only its own backend's).", show_default=False)]
+CompileModeOpt = Annotated[str | None, typer.Option(
+    help="Same as --option compile_mode=MODE: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs.",
+    show_default=False)]
+SdpaKernelOpt = Annotated[str | None, typer.Option(
+    help="Same as --option sdpa_kernel=KERNEL: auto, flash, efficient, cudnn, math.", show_default=False)]
+ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write report.html in the run directory.")]
+ProbeOpt = Annotated[bool, typer.Option("--probe/--no-probe", help="Measure roofline peaks first (else spec table).")]
+
+# Measurement settings (`run` and `sweep`); unset ones come from the suite, else sweep.DEFAULT_SETTINGS.
+BudgetOpt = Annotated[float | None, typer.Option(
+    help="Seconds of sampling per case, 0-3600 [default: the suite's, else 0.5; `run`: 1].", show_default=False)]
+WarmupOpt = Annotated[float | None, typer.Option(
+    help="Seconds of warm-up per case, 0-600 [default: the suite's, else 0.1].", show_default=False)]
+MinSamplesOpt = Annotated[int | None, typer.Option(
+    help="Fewest samples per case, 1-100000 [default: the suite's, else 10].", show_default=False)]
+MaxSamplesOpt = Annotated[int | None, typer.Option(
+    help="Most samples kept per case, 1-100000 [default: the suite's, else 1000].", show_default=False)]
+TimeoutOpt = Annotated[float | None, typer.Option(
+    help="Wall limit of one case in seconds; past it the case ends as a `timeout` row at the next check between "
+         "calls (a call in flight is never cut) [default: the suite's, else 300].", show_default=False)]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    help="CPU threads, 0-1024 (0 = torch default, all cores) [default: the suite's, else 1].", show_default=False)]
+CudaGraphOpt = Annotated[bool | None, typer.Option(
+    "--cuda-graph/--no-cuda-graph", help="GPU: time inside a CUDA graph (hot) [default: the suite's, else no].",
+    show_default=False)]
+AccuracyOpt = Annotated[bool | None, typer.Option(
+    "--accuracy/--no-accuracy", help="Check every case against the float64 reference [default: the suite's, "
+                                     "else yes].", show_default=False)]
+SeedOpt = Annotated[int | None, typer.Option(
+    help="Seed for weights and inputs [default: the suite's, else 0].", show_default=False)]
+
+# The command-line flag that sets each measurement setting, for messages.
+SETTING_FLAGS = {"budget_s": "--budget", "warmup_s": "--warmup", "min_samples": "--min-samples",
+                 "max_samples": "--max-samples", "threads": "--threads", "cuda_graph": "--cuda-graph",
+                 "accuracy": "--accuracy", "seed": "--seed", "timeout_s": "--timeout", "rounds": "--rounds"}
+
+
+def flag_settings(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The measurement settings given on the command line (None: not given), each checked and
+    named by its flag in a refusal."""
+    from mlabench.suites import check_settings
+
+    settings: dict[str, Any] = {}
+    for key, value in given.items():
+        if value is not None:
+            settings.update(check_settings({key: value}, SETTING_FLAGS[key]))
+    return settings
 
 
 def split_list(option: str, text: str | None, kind: type = str) -> list[Any] | None:
@@ -42,6 +104,16 @@ def split_list(option: str, text: str | None, kind: type = str) -> list[Any] | N
     return out
 
 
+def _number_or_text(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
 def parse_assignments(items: list[str] | None) -> dict[str, list[Any]]:
     """--set num_kv_heads=4,8 --set rope_theta=1e6 -> {'num_kv_heads': [4, 8], 'rope_theta': [1e6]}."""
     out: dict[str, list[Any]] = {}
@@ -49,17 +121,30 @@ def parse_assignments(items: list[str] | None) -> dict[str, list[Any]]:
         if "=" not in item:
             raise UsageError(f"--set: expected FIELD=VALUE[,VALUE...], got {item!r}")
         key, _, raw = item.partition("=")
-        values: list[Any] = []
-        for v in raw.split(","):
-            v = v.strip()
-            try:
-                values.append(int(v))
-            except ValueError:
-                try:
-                    values.append(float(v))
-                except ValueError:
-                    values.append(v)
-        out[key.strip()] = values
+        out[key.strip()] = [_number_or_text(v.strip()) for v in raw.split(",")]
+    return out
+
+
+def parse_options(items: list[str] | None, aliases: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """--option num_splits=4 --option compile_mode=max-autotune -> {'num_splits': 4, 'compile_mode': 'max-autotune'}.
+
+    A value is read as --set reads one (an integer, else a number, else text), and true/false
+    as a boolean. `aliases` are the dedicated flags (`--compile-mode`): option name -> value or
+    None when not given. Names are checked against the backends by `backends.apply_options`."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not name or not raw:
+            raise UsageError(f"--option: expected NAME=VALUE, got {item!r}")
+        if name in out:
+            raise UsageError(f"--option {name}: given twice")
+        out[name] = {"true": True, "false": False}.get(raw.lower(), _number_or_text(raw))
+    for name, value in (aliases or {}).items():
+        if value is None:
+            continue
+        if name in out and out[name] != value:
+            raise UsageError(f"--option {name}={out[name]} and --{name.replace('_', '-')} {value} disagree")
+        out[name] = value
     return out
 
 

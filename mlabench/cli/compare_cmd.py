@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mlabench.cli.common import err_console
+from mlabench.cli.common import JsonOpt, err_console
 from mlabench.errors import UsageError
 
 
@@ -47,8 +47,7 @@ def compare(
                                                     "shown).")] = 0.1,
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output on stdout.",
                                                         case_sensitive=False)] = OutputFormat.table,
-    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json: one JSON document on "
-                                                         "stdout.")] = False,
+    as_json: JsonOpt = False,  # the same as --format json
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the markdown report to "
                                                 "this file (e.g. for a PR comment).")] = None,
 ) -> None:

@@ -7,15 +7,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mlabench.cli.common import clean_for_json, out_console, print_json
+from mlabench.cli.common import DeviceOpt, JsonOpt, clean_for_json, out_console, print_json
 
 
 def env(
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     probe: Annotated[bool, typer.Option("--probe", help="Measure copy and read bandwidth and matmul rate.")] = False,
     dtype: Annotated[str, typer.Option(help="Comma-separated dtypes to probe the matmul rate for "
                                             "[default: bfloat16 on CUDA, float32 on CPU].", show_default=False)] = "",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show the environment (device, driver, CUDA, torch, triton, CPU) and optionally probe peaks."""
     from mlabench.cli.common import split_list

@@ -8,6 +8,8 @@ import typer
 from rich.table import Table
 
 from mlabench.cli.common import (
+    JsonOpt,
+    SetOpt,
     err_console,
     human_bytes,
     out_console,
@@ -28,9 +30,8 @@ def kv(
                                                     "context that fits.", show_default=False)] = None,
     variant: Annotated[str | None, typer.Option(help="Comma-separated variants [default: all the preset can run].",
                                                 show_default=False)] = None,
-    assignments: Annotated[list[str] | None, typer.Option("--set", help="Override a shape field, e.g. "
-                                                          "--set num_kv_heads=4 (repeatable).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    assignments: SetOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """KV-cache bytes per token per layer, per token for the whole model, for the batch, per variant."""
     from mlabench import analytic

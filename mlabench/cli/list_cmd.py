@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.table import Table
 
-from mlabench.cli.common import out_console, print_json
+from mlabench.cli.common import DeviceOpt, JsonOpt, out_console, print_json
 
 
 def list_(
-    device: Annotated[str, typer.Option(help="Device to check backend availability on.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
 ) -> None:
     """List variants, backends (available here or why not), suites and model presets."""
     from mlabench.backends import BACKENDS
@@ -37,7 +36,7 @@ def list_(
         reason = spec.unavailable(dev)
         doc["backends"].append({"name": spec.name, "available": reason is None, "reason": reason,
                                 "fused": spec.fused, "modes": list(spec.modes), "variants": list(served[spec.name]),
-                                "description": spec.description})
+                                "options": list(spec.options), "description": spec.description})
     for name, path in available_suites().items():
         try:
             description = load_suite(str(path)).description
@@ -63,11 +62,12 @@ def _render(doc: dict[str, Any]) -> None:
         t.add_row(v["name"], v["caches"], v["elements_per_token_per_layer"], "yes" if v["decode"] else "no")
     out_console.print(t)
     t = Table(title=f"backends on {doc['device']}", title_justify="left", header_style="bold")
-    for col in ("name", "available", "modes", "serves", "description / reason"):
+    for col in ("name", "available", "modes", "serves", "options (--option NAME=VALUE)", "description / reason"):
         t.add_column(col, overflow="fold")
     for b in doc["backends"]:
         serves = "all" if len(b["variants"]) == len(doc["variants"]) else ", ".join(b["variants"])
         t.add_row(b["name"], "[green]yes[/]" if b["available"] else "[yellow]no[/]", ", ".join(b["modes"]), serves,
+                  ", ".join(b["options"]) or "-",
                   b["description"] if b["available"] else f"[yellow]{b['reason']}[/]")
     out_console.print(t)
     t = Table(title="suites", title_justify="left", header_style="bold")

@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from mlabench.cli.common import err_console, out_console, write_report_or_warn
+from mlabench.cli.common import ReportOpt, err_console, out_console, write_report_or_warn
 
 
 def merge(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to join (e.g. one per shard).",
                                                    show_default=False)],
     out: Annotated[Path, typer.Option(help="Directory for the merged run.", show_default=False)],
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
+    report: ReportOpt = True,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Merge an incomplete shard set or "
                                                 "unfinished runs (refused by default).")] = False,
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="Merge runs of different suites or case "

@@ -1,14 +1,48 @@
-"""`mlabench run`: one case from flags, measured and printed (a table, or --json)."""
+"""`mlabench run`: one case from flags, measured and printed (a table, or --json).
+
+A one-case `sweep`: the flags become a one-point suite named `run`, planned by
+`sweep.plan_sweep` and measured in `sweep.run_context`, so `run` and `sweep` share
+validation, settings, backend options, peaks and the runner, and the same case has the
+same key. Nothing is written unless `--out DIR` asks for a run directory.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from mlabench.cli.common import clean_for_json, err_console, out_console, parse_assignments, print_json
+from mlabench.cli.common import (
+    AccuracyOpt,
+    BudgetOpt,
+    CompileModeOpt,
+    CudaGraphOpt,
+    DeviceOpt,
+    JsonOpt,
+    MaxSamplesOpt,
+    MinSamplesOpt,
+    OptionOpt,
+    ProbeOpt,
+    SdpaKernelOpt,
+    SeedOpt,
+    SetOpt,
+    ThreadsOpt,
+    TimeoutOpt,
+    WarmupOpt,
+    clean_for_json,
+    err_console,
+    flag_settings,
+    out_console,
+    parse_assignments,
+    parse_options,
+    print_json,
+)
 from mlabench.errors import UsageError
+
+# `run` samples one case for longer than a sweep samples each of many.
+RUN_SETTINGS = {"budget_s": 1.0}
 
 
 def run(
@@ -22,53 +56,64 @@ def run(
     dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
     scope: Annotated[str, typer.Option(help="Timing scope: step (the whole layer) or core (the attention "
                                             "core alone).")] = "step",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    assignments: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a shape field: --set kv_lora_rank=256 (repeatable).")] = None,
-    budget: Annotated[float, typer.Option(help="Seconds of sampling.")] = 1.0,
-    threads: Annotated[int, typer.Option(help="CPU threads (1 keeps samples steady; 0 = all cores).")] = 1,
-    compile_mode: Annotated[str | None, typer.Option(help="torch.compile mode.", show_default=False)] = None,
-    sdpa_kernel: Annotated[str | None, typer.Option(help="SDPA kernel.", show_default=False)] = None,
-    accuracy: Annotated[bool, typer.Option("--accuracy/--no-accuracy", help="Check against float64.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    device: DeviceOpt = "auto",
+    assignments: SetOpt = None,
+    option: OptionOpt = None,
+    compile_mode: CompileModeOpt = None,
+    sdpa_kernel: SdpaKernelOpt = None,
+    budget: BudgetOpt = None,
+    warmup: WarmupOpt = None,
+    min_samples: MinSamplesOpt = None,
+    max_samples: MaxSamplesOpt = None,
+    timeout: TimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    cuda_graph: CudaGraphOpt = None,
+    accuracy: AccuracyOpt = None,
+    seed: SeedOpt = None,
+    probe: ProbeOpt = True,
+    out: Annotated[Path | None, typer.Option(help="Also record the case in this run directory (results.csv, "
+                                                  "samples, meta.json) [default: write nothing].",
+                                             show_default=False)] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Measure a single case and print it."""
-    import torch
-
     from mlabench import schema
-    from mlabench.backends import apply_options, served_variants
-    from mlabench.measure.envinfo import device_label, resolve_device
-    from mlabench.measure.memory import open_nvml
-    from mlabench.measure.timing import TimingSettings
-    from mlabench.runner import RunContext, run_case
-    from mlabench.suites import Suite, check_settings, expand
-    from mlabench.sweep import measure_peaks
+    from mlabench.backends import served_variants
+    from mlabench.measure.envinfo import resolve_device
+    from mlabench.runner import run_case
+    from mlabench.suites import Suite
+    from mlabench.sweep import Overrides, plan_sweep, run_context, run_sweep
     from mlabench.variants import variant_names
 
-    budget = check_settings({"budget_s": budget}, "--budget")["budget_s"]  # nan, inf or -1 would never return
-    threads = check_settings({"threads": threads}, "--threads")["threads"]
+    settings = flag_settings({"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples,
+                              "max_samples": max_samples, "threads": threads, "cuda_graph": cuda_graph,
+                              "accuracy": accuracy, "seed": seed, "timeout_s": timeout})
+    options = parse_options(option, {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel})
     dev = resolve_device(device)
     shape_axes = parse_assignments(assignments)
     for key, values in shape_axes.items():
         if len(values) != 1:
             raise UsageError(f"--set {key}: `run` measures one case; give one value")
-    grid = {"model": [model], "variant": [variant], "backend": [backend], "mode": [mode], "batch": [batch],
-            "seq_len": [seq_len], "q_len": [q_len], "dtype": [dtype], "scope": [scope], **shape_axes}
-    options = {k: v for k, v in {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel}.items() if v}
-    suite = Suite(name="run", description="", path="", grids=(grid,), options=options)
+    # A sweep drops a (variant, backend) pair the backend cannot serve; one case must say why instead.
     served = served_variants()
     if variant not in variant_names():  # before the backend check, which would blame the backend
         raise UsageError(f"--variant: unknown variant {variant!r} (choose from {', '.join(variant_names())})")
     if backend in served and variant not in served[backend]:
         raise UsageError(f"--backend: {backend} does not serve {variant} (it serves {', '.join(served[backend])})")
-    case = apply_options(expand(suite, device_label(dev), served).cases, options)[0]
+    grid = {"model": [model], "variant": [variant], "backend": [backend], "mode": [mode], "batch": [batch],
+            "seq_len": [seq_len], "q_len": [q_len], "dtype": [dtype], "scope": [scope], **shape_axes}
+    suite = Suite(name="run", description="one case from `mlabench run`", path="", grids=(grid,),
+                  settings=RUN_SETTINGS)
+    plan = plan_sweep(suite, dev, Overrides(settings=settings, options=options), out)
+    (case,) = plan.cases  # one value per axis: one case
     err_console.print(f"measuring {case.label()} on {dev}")
-    if threads and dev.type == "cpu":
-        torch.set_num_threads(threads)
-    ctx = RunContext(device=dev, timing=TimingSettings(budget_s=budget, threads=threads), nvml=open_nvml(dev),
-                     accuracy=accuracy,
-                     peaks=measure_peaks(dev, [case.dtype], probe=True))
-    result = run_case(case, ctx)
+    if out is None:
+        result = run_case(case, run_context(plan, probe))
+    else:
+        results = run_sweep(plan, resume=False, probe=probe).results
+        if not results:  # Ctrl-C during the case: nothing measured, nothing to print
+            raise typer.Exit(130)
+        result = results[0]
     if as_json:
         print_json(clean_for_json(result.row.as_dict()))
     else:

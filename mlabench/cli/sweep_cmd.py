@@ -15,7 +15,31 @@ from typing import Annotated, Any
 
 import typer
 
-from mlabench.cli.common import err_console, parse_assignments, split_list, write_report_or_warn
+from mlabench.cli.common import (
+    AccuracyOpt,
+    BudgetOpt,
+    CompileModeOpt,
+    CudaGraphOpt,
+    DeviceOpt,
+    JsonOpt,
+    MaxSamplesOpt,
+    MinSamplesOpt,
+    OptionOpt,
+    ProbeOpt,
+    ReportOpt,
+    SdpaKernelOpt,
+    SeedOpt,
+    SetOpt,
+    ThreadsOpt,
+    TimeoutOpt,
+    WarmupOpt,
+    err_console,
+    flag_settings,
+    parse_assignments,
+    parse_options,
+    split_list,
+    write_report_or_warn,
+)
 from mlabench.errors import UsageError
 
 
@@ -23,37 +47,29 @@ def _axis(what: str) -> Any:
     return typer.Option(help=f"{what}, comma-separated; replaces the suite's axis.", show_default=False)
 
 
-# The command-line flag that sets each measurement setting, for messages.
-SETTING_FLAGS = {"budget_s": "--budget", "warmup_s": "--warmup", "min_samples": "--min-samples",
-                 "max_samples": "--max-samples", "threads": "--threads", "cuda_graph": "--cuda-graph",
-                 "accuracy": "--accuracy", "seed": "--seed", "timeout_s": "--timeout", "rounds": "--rounds"}
+# Axis flags: the case field each sets, its flag, and the type of its items.
+AXIS_FLAGS: dict[str, tuple[str, type]] = {
+    "model": ("--model", str), "variant": ("--variant", str), "backend": ("--backend", str), "mode": ("--mode", str),
+    "batch": ("--batch", int), "seq_len": ("--seq-len", int), "q_len": ("--q-len", int), "dtype": ("--dtype", str),
+    "kv_lora_rank": ("--kv-lora-rank", int), "num_kv_heads": ("--num-kv-heads", int), "scope": ("--scope", str),
+}
 
 
-def collect_overrides(model: str | None, variant: str | None, backend: str | None, mode: str | None,
-                      batch: str | None, seq_len: str | None, q_len: str | None, dtype: str | None,
-                      kv_lora_rank: str | None, num_kv_heads: str | None, assignments: list[str] | None
-                      ) -> dict[str, list[Any]]:
-    """Command-line axis overrides, each replacing the suite's whole axis."""
-    axes: dict[str, list[Any] | None] = {
-        "model": split_list("--model", model),
-        "variant": split_list("--variant", variant),
-        "backend": split_list("--backend", backend),
-        "mode": split_list("--mode", mode),
-        "batch": split_list("--batch", batch, int),
-        "seq_len": split_list("--seq-len", seq_len, int),
-        "q_len": split_list("--q-len", q_len, int),
-        "dtype": split_list("--dtype", dtype),
-        "kv_lora_rank": split_list("--kv-lora-rank", kv_lora_rank, int),
-        "num_kv_heads": split_list("--num-kv-heads", num_kv_heads, int),
-    }
-    out = {k: v for k, v in axes.items() if v is not None}
-    out.update(parse_assignments(assignments))
-    return out
+def axis_overrides(given: dict[str, str | None], assignments: list[str] | None) -> dict[str, list[Any]]:
+    """Command-line axis overrides ({field: comma-separated text or None}, and --set), each
+    replacing the suite's whole axis."""
+    def parsed(names: list[str]) -> dict[str, list[Any]]:
+        lists = {name: split_list(AXIS_FLAGS[name][0], given[name], AXIS_FLAGS[name][1]) for name in names}
+        return {name: values for name, values in lists.items() if values is not None}
+
+    # --scope last: it wins over --set scope=..., as it always has, and keeps the axes' order.
+    return {**parsed([n for n in given if n != "scope"]), **parse_assignments(assignments),
+            **parsed([n for n in given if n == "scope"])}
 
 
 def sweep(
     suite: Annotated[str, typer.Option(help="Suite name (see `mlabench list`) or path to a .toml file.")] = "smoke",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     out: Annotated[Path | None, typer.Option(help="Run directory [default: results/runs/<UTC time>-<suite>-<device>].",
                                              show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume",
@@ -73,66 +89,46 @@ def sweep(
     scope: Annotated[str | None, typer.Option(
         help="Timing scope: step (the whole layer), core (the attention core alone), or both: step,core.",
         show_default=False)] = None,
-    assignments: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override any shape field as an axis: --set rope_theta=1e6 (repeatable).")] = None,
-    budget: Annotated[float | None, typer.Option(help="Seconds of sampling per case, 0-3600 [default: the suite's, "
-                                                      "else 0.5].", show_default=False)] = None,
-    warmup: Annotated[float | None, typer.Option(help="Seconds of warm-up per case, 0-600 [default: the suite's, "
-                                                      "else 0.1].", show_default=False)] = None,
-    min_samples: Annotated[int | None, typer.Option(help="Fewest samples per case, 1-100000 [default: the suite's, "
-                                                         "else 10].", show_default=False)] = None,
-    max_samples: Annotated[int | None, typer.Option(help="Most samples kept per case, 1-100000 [default: the "
-                                                         "suite's, else 1000].", show_default=False)] = None,
-    timeout: Annotated[float | None, typer.Option(help="Wall limit of one case in seconds; past it the case ends "
-                                                       "as a `timeout` row at the next check between calls (a call "
-                                                       "in flight is never cut) [default: the suite's, else 300].",
-                                                  show_default=False)] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads, 0-1024 (0 = torch default, all cores) [default: "
-                                                     "the suite's, else 1].", show_default=False)] = None,
-    cuda_graph: Annotated[bool | None, typer.Option("--cuda-graph/--no-cuda-graph",
-                                                    help="GPU: time inside a CUDA graph (hot).",
-                                                    show_default=False)] = None,
-    accuracy: Annotated[bool | None, typer.Option("--accuracy/--no-accuracy",
-                                                  help="Check every case against the float64 reference.",
-                                                  show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for weights and inputs [default: the suite's, else 0].",
-                                             show_default=False)] = None,
+    assignments: SetOpt = None,
+    option: OptionOpt = None,
+    compile_mode: CompileModeOpt = None,
+    sdpa_kernel: SdpaKernelOpt = None,
+    budget: BudgetOpt = None,
+    warmup: WarmupOpt = None,
+    min_samples: MinSamplesOpt = None,
+    max_samples: MaxSamplesOpt = None,
+    timeout: TimeoutOpt = None,
+    threads: ThreadsOpt = None,
+    cuda_graph: CudaGraphOpt = None,
+    accuracy: AccuracyOpt = None,
+    seed: SeedOpt = None,
     rounds: Annotated[int | None, typer.Option(help="Run the case list this many times, each round in its own "
                                                "seeded order; compare tests on the rounds [default: the suite's, "
                                                "else 1].", show_default=False)] = None,
-    compile_mode: Annotated[str | None, typer.Option(help="torch.compile mode for the compiled backend.",
-                                                     show_default=False)] = None,
-    sdpa_kernel: Annotated[str | None, typer.Option(help="SDPA kernel: auto, flash, efficient, cudnn, math.",
-                                                    show_default=False)] = None,
-    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Measure roofline peaks first.")] = True,
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    probe: ProbeOpt = True,
+    report: ReportOpt = True,
+    as_json: JsonOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the case count and an estimated run time, "
                                                             "then exit; nothing runs, no run directory.")] = False,
 ) -> None:
     """Sweep a suite's grid (sequence length, batch, latent rank, ...) and record every case."""
     from mlabench.measure.envinfo import resolve_device
-    from mlabench.suites import check_settings, load_suite, parse_shard
-    from mlabench.sweep import open_run, plan_sweep
+    from mlabench.suites import load_suite, parse_shard
+    from mlabench.sweep import Overrides, open_run, plan_sweep
 
     if resume and out is None:
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
-    given = {"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples, "max_samples": max_samples,
-             "threads": threads, "cuda_graph": cuda_graph, "accuracy": accuracy, "seed": seed, "timeout_s": timeout,
-             "rounds": rounds}
-    settings: dict[str, Any] = {}
-    for key, value in given.items():
-        if value is not None:
-            settings.update(check_settings({key: value}, SETTING_FLAGS[key]))
+    settings = flag_settings({"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples,
+                              "max_samples": max_samples, "threads": threads, "cuda_graph": cuda_graph,
+                              "accuracy": accuracy, "seed": seed, "timeout_s": timeout, "rounds": rounds})
     shard_spec = parse_shard(shard) if shard else None
     suite_obj = load_suite(suite)
     dev = _dry_run_device(device) if dry_run else resolve_device(device)
-    overrides = collect_overrides(model, variant, backend, mode, batch, seq_len, q_len, dtype, kv_lora_rank,
-                                  num_kv_heads, assignments)
-    if scope is not None:
-        overrides["scope"] = split_list("--scope", scope) or []
-    options = {k: v for k, v in {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel}.items() if v is not None}
-    plan = plan_sweep(suite_obj, dev, overrides, settings, out, shard_spec, options)
+    axes = axis_overrides({"model": model, "variant": variant, "backend": backend, "mode": mode, "batch": batch,
+                           "seq_len": seq_len, "q_len": q_len, "dtype": dtype, "kv_lora_rank": kv_lora_rank,
+                           "num_kv_heads": num_kv_heads, "scope": scope}, assignments)
+    options = parse_options(option, {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel})
+    plan = plan_sweep(suite_obj, dev, Overrides(axes, settings, options), out, shard_spec)
     if dry_run:
         _print_estimate(plan, as_json)
         return

@@ -12,16 +12,23 @@ they attend (MLA.md section 2):
 
 The latent cache is one tensor (B, T, d_c + d_r) whose first d_c columns are
 c_kv: V is a view of K, never a copy, exactly the layout FlashMLA reads.
+
+Fused latent kernels (triton, FlashMLA, FlashInfer) read that tensor in place rather than
+the core's generic (q, k, v) views: `MLAAbsorbed.latent_step` hands them a `LatentStep`,
+the absorbed query and the cache tensor itself with the step's position and lengths, and
+is the one place that checks the views really are the cache.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from mlabench.config import AttentionShape, ShapeError
+from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant, RMSNorm, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
@@ -229,6 +236,37 @@ class MLALatent(_LatentCacheMLA):
     core_output = _MLABase._out
 
 
+@dataclass(frozen=True)
+class LatentStep:
+    """One absorbed step as a fused latent kernel reads it: query rows q[b] attend, causal and
+    bottom-right aligned, over cache[b, :end], with V the first d_c columns of the same rows;
+    the kernel returns o_lat (B, S, H, d_c)."""
+
+    q: Tensor  # (B, S, H, d_c + d_r): q' = [q_nope W_UK, q_pe]
+    cache: Tensor  # (B_max, T_max, d_c + d_r): the module's kv_cache tensor itself, never a copy
+    batch: int  # B
+    start: int  # position of the step's first new token
+    new_tokens: int  # S
+    d_c: int  # V's width
+    scale: float  # tau, always explicit: DeepSeek's is d_qk**-0.5 times the YaRN factor, not D**-0.5
+    cache_seqlens: Tensor  # (B,) int32, `end` for every sequence; allocated once per case by the caller
+
+    @property
+    def end(self) -> int:
+        """Tokens each sequence holds after this step (T)."""
+        return self.start + self.new_tokens
+
+    @property
+    def kv(self) -> Tensor:
+        """(B, T, d_c + d_r) view of the cache, its strides kept: what the step attends over."""
+        return self.cache[: self.batch, : self.end]
+
+    @property
+    def new_rows(self) -> Tensor:
+        """(B, S, d_c + d_r) view of this step's cache rows, already written by the variant."""
+        return self.cache[: self.batch, self.start : self.end]
+
+
 @register_variant
 class MLAAbsorbed(_LatentCacheMLA):
     name = "mla-absorbed"
@@ -283,6 +321,32 @@ class MLAAbsorbed(_LatentCacheMLA):
         cos, sin = (t[start_pos:start_pos + s] for t in self._rope)
         latent = self._write_latent(x, start_pos, cos, sin)[:, :, None, :]  # (B, T, 1, d_c + d_r)
         return q, latent, latent[..., :d_c], self.shape.mla_softmax_scale, True
+
+    def latent_step(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, cache_seqlens: Tensor,
+                    check: bool = True) -> LatentStep:
+        """The core's arguments (from `core_inputs`) as a LatentStep. With `check` (a fused core's
+        first call), prove what the kernels rely on: causal, one KV head, k a view of this
+        module's cache with its strides (so the kernel reads the cache in place, not a copy) and
+        v = k[..., :d_c] (V never materialized)."""
+        b, s = q.shape[:2]
+        cache = self._cache["kv_cache"]  # (B_max, T_max, d_c + d_r)
+        d_c = self.shape.kv_lora_rank
+        if check:
+            if not causal:
+                raise UnsupportedError("fused latent cores are causal only")
+            if k.dim() != 4 or k.shape[2] != 1:
+                raise UnsupportedError(f"fused latent cores take one KV head, got k of shape {tuple(k.shape)}")
+            kv = k.squeeze(2)  # (B, T, D) view
+            if (kv.untyped_storage().data_ptr() != cache.untyped_storage().data_ptr()
+                    or kv.data_ptr() != cache.data_ptr() or kv.stride() != cache.stride()):
+                raise RuntimeError(f"{self.name}: k is not a view of the module's kv_cache "
+                                   "(a kernel would read a copy)")
+            if v.data_ptr() != k.data_ptr() or v.stride() != k.stride() or v.shape[-1] != d_c:
+                raise RuntimeError(f"{self.name}: v must be k[..., :{d_c}], a view of the same latent")
+            if k.shape[0] != b or cache_seqlens.shape != (b,) or k.shape[1] < s:
+                raise RuntimeError(f"{self.name}: q {tuple(q.shape)}, k {tuple(k.shape)} and cache_seqlens "
+                                   f"{tuple(cache_seqlens.shape)} do not describe one step")
+        return LatentStep(q, cache, b, k.shape[1] - s, s, d_c, scale, cache_seqlens)
 
     def core_output(self, o_lat: Tensor) -> Tensor:
         """o_lat (B, S, H, d_c) -> W_UV per head -> o_proj."""

@@ -1,0 +1,77 @@
+"""Fused latent cores (triton, flashmla, flashinfer): the part of their contract they share.
+
+MLAAbsorbed calls its core as every variant does, core(q', latent, latent[..., :d_c], tau,
+True) with `latent` a (B, T, 1, d_c + d_r) view of its cache tensor. A fused kernel wants the
+cache tensor itself, the step's position and lengths: `LatentCore` turns the core's
+arguments into that record, a `LatentStep` (variants/mla.py), checking the in-place contract
+on the first call only (so timed calls pay for no checks), with `cache_seqlens` allocated
+once per case. A kernel's core is then `attend(step)`; paged cores also mirror the step's
+new rows into their pool first (`step`, see paged.py).
+
+`first_call_ms` times a backend's first call (kernel JIT compile or load, lazy scheduling):
+that is the row's `compile_ms`, never latency.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from mlabench.backends.registry import StepInputs
+from mlabench.errors import UnsupportedError
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.mla import LatentStep, MLAAbsorbed
+
+
+def first_call_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call of `fn`, synchronized on CUDA so the kernel's work is in it."""
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+class LatentCore:
+    """core(q', latent, latent[..., :d_c], tau, True) -> o_lat (B, S, H, d_c) through `attend(LatentStep)`.
+
+    Called as the core of a whole step (`__call__`, which runs `step`), or alone on the
+    core's inputs in scope "core" (`alone`, which runs `attend`)."""
+
+    library = "a fused latent core"  # for messages: the backend's name
+
+    def __init__(self, module: AttentionVariant, inputs: StepInputs):
+        if not isinstance(module, MLAAbsorbed):
+            raise UnsupportedError(f"{self.library} serves mla-absorbed only, not {module.name}")
+        b, s = inputs.x.shape[:2]
+        self.module = module
+        self.cache_seqlens = torch.full((b,), inputs.start_pos + s, dtype=torch.int32, device=inputs.x.device)
+        self._checked = False
+
+    def latent_step(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> LatentStep:
+        step = self.module.latent_step(q, k, v, scale, causal, self.cache_seqlens, check=not self._checked)
+        if not self._checked:
+            self.check(step)
+            self._checked = True
+        return step
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+        return self.step(self.latent_step(q, k, v, scale, causal))
+
+    def alone(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+        """The kernel alone (scope "core"): no cache mirroring, which the step `prepare` ran once did."""
+        return self.attend(self.latent_step(q, k, v, scale, causal))
+
+    def check(self, step: LatentStep) -> None:
+        """A backend's own once-per-case checks of the first step (beyond the shared contract)."""
+
+    def step(self, step: LatentStep) -> Tensor:
+        """The core inside a whole step."""
+        return self.attend(step)
+
+    def attend(self, step: LatentStep) -> Tensor:
+        """The kernel: o_lat (B, S, H, d_c)."""
+        raise NotImplementedError
