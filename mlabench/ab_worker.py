@@ -28,11 +28,11 @@ def main(argv: list[str]) -> int:
     os.dup2(2, 1)  # library and torch output must not corrupt the protocol
     from mlabench.measure.envinfo import resolve_device
     from mlabench.suites import check_settings, load_suite
-    from mlabench.sweep import plan_sweep, run_sweep
+    from mlabench.sweep import Overrides, plan_sweep, run_sweep
 
     settings = check_settings(args.get("settings", {}), "ab")
-    plan = plan_sweep(load_suite(args["suite"]), resolve_device(args.get("device", "auto")), {}, settings,
-                      Path(args["out"]), None, {})
+    plan = plan_sweep(load_suite(args["suite"]), resolve_device(args.get("device", "auto")),
+                      Overrides(settings=settings), Path(args["out"]))
 
     def on_start(case: Any, step: int, total: int) -> None:
         proto.write(json.dumps({"ready": case.case_id, "step": step, "total": total}) + "\n")
