@@ -192,7 +192,7 @@ def read_samples(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     # A torn samples line belongs to the case in flight, which has no row: dropped without a word.
-    raw = _read_csv_text(path, schema.SAMPLES_CSV, "quiet", schema.SAMPLE_COLUMNS)
+    raw = _read_csv_text(path, schema.SAMPLES_CSV, "quiet", SAMPLE_REQUIRED)
     if raw.empty and len(raw.columns) == 0:
         return pd.DataFrame({"case_id": pd.Series([], dtype=str), "sample": [], "latency_ms": [], "round": []})
     missing = [c for c in SAMPLE_REQUIRED if c not in raw.columns]
