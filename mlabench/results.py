@@ -62,9 +62,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def read_meta_file(run_dir: Path) -> dict[str, Any] | None:
-    """meta.json as a dict; None when absent; UsageError when it is not a JSON object."""
-    path = run_dir / schema.META_JSON
+def read_meta_json(path: Path) -> dict[str, Any] | None:
+    """A meta.json file as a dict; None when absent; UsageError when it is not a JSON object.
+    The one reader of meta.json: resume, merge, report and compare all come through here."""
     if not path.exists():
         return None
     try:
@@ -100,7 +100,7 @@ class RunWriter:
                 if not resume:
                     raise UsageError(f"--out: {run_dir} already holds results "
                                      "(add --resume to continue it, or pick another --out)")
-                self.previous_meta = read_meta_file(run_dir)
+                self.previous_meta = read_meta_json(run_dir / schema.META_JSON)
                 if check_resume is not None:
                     check_resume(self.previous_meta, len(self.results_path.read_bytes().splitlines()) > 1)
                 self._load_existing()

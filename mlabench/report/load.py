@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import UsageError
+from mlabench.results import read_meta_json
 from mlabench.schema import normalize_key_value
 
 # Columns a results.csv must have. The rest of the contract is optional so
@@ -211,16 +211,8 @@ def read_samples(path: Path) -> pd.DataFrame | None:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    """meta.json as a dict; {} when absent (a bare results.csv was given)."""
-    if not path.exists():
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: corrupt JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(meta, dict):
-        raise UsageError(f"{path}: expected a JSON object at the top level")
-    return meta
+    """meta.json (`path`) as a dict; {} when absent (a bare results.csv was given)."""
+    return read_meta_json(path) or {}
 
 
 def load_run(path: str | Path, *, samples: bool = True, torn: Torn = "warn") -> RunData:
