@@ -26,7 +26,8 @@ from mlabench import schema
 from mlabench.errors import UsageError
 
 
-def _format(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A value as results.csv writes it: '' for None and NaN, repr for floats (round-trips)."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -182,7 +183,7 @@ class RunWriter:
             row = schema.ResultRow.from_mapping(row)
         cid = row.case_id
         self.append_samples(cid, samples_ms, round_index)
-        self._append(self.results_path, [[_format(getattr(row, f.name)) for f in dataclasses.fields(row)]])
+        self._append(self.results_path, [[format_cell(getattr(row, f.name)) for f in dataclasses.fields(row)]])
         self.finished.add(cid)
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:

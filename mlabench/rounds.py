@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mlabench import schema
+from mlabench.results import format_cell
 
 T = TypeVar("T")
 # Columns inversely proportional to latency: rescaled when the pooled median replaces one round's.
@@ -99,14 +100,6 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), rows
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return str(value)
-
-
 def assemble_rounds(round_dirs: Sequence[Path], out: Path, meta_extra: Mapping[str, Any] | None = None) -> int:
     """Write one run directory to `out` from run directories that each hold one round; returns its rows.
 
@@ -139,7 +132,7 @@ def assemble_rounds(round_dirs: Sequence[Path], out: Path, meta_extra: Mapping[s
             entries.sort(key=lambda e: e[0])
             rounds = draws.get(cid, {})
             row = combine_rounds([r for _, r in entries], [rounds.get(k, []) for k, _ in entries])
-            w.writerow([_cell(row.get(c)) for c in header])
+            w.writerow([format_cell(row.get(c)) for c in header])
     meta_path = round_dirs[0] / schema.META_JSON if round_dirs else None
     meta: dict[str, Any] = {}
     if meta_path is not None and meta_path.is_file():
