@@ -1,7 +1,7 @@
 """Joining run directories (one per shard, host or GPU) into one run directory.
 
 Every input is read through the same validated reader as `report` and `compare`
-(`report.load`): a binary or malformed file, an unknown status, a non-numeric
+(`rundir.read`): a binary or malformed file, an unknown status, a non-numeric
 cell or a torn last row is refused with one line. The set must also make one
 run: the same suite and case list (`--allow-mixed` to join different ones), every
 shard of a K/N split and every input finished (`--allow-partial` to join what is
@@ -17,8 +17,7 @@ from typing import Any
 
 from mlabench import schema
 from mlabench.errors import NotComparableError, UsageError
-from mlabench.report.load import read_meta, read_results, read_samples
-from mlabench.results import RunWriter, check_out_dir, read_rows
+from mlabench.rundir import RunWriter, check_out_dir, read_meta, read_results, read_rows, read_samples
 
 
 @dataclass(frozen=True)

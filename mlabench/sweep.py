@@ -38,8 +38,8 @@ from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
 from mlabench.measure.timing import TimingSettings
-from mlabench.results import RunWriter
 from mlabench.rounds import combine_rounds, round_order
+from mlabench.rundir import RunWriter
 from mlabench.runner import CaseResult, RunContext, run_case
 from mlabench.suites import Suite, expand, shard
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import NotComparableError
-from mlabench.report.load import RunData, join_ids
+from mlabench.rundir import RunData, join_ids
 
 # Fields that make timings incomparable, and fields only worth a note.
 BLOCKING_META: tuple[tuple[str, tuple[str, ...]], ...] = (

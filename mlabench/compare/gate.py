@@ -31,8 +31,7 @@ from mlabench import schema
 from mlabench.compare import stats
 from mlabench.compare.env import check_environment, check_keys, check_timing, drift_join_columns
 from mlabench.errors import UsageError
-from mlabench.report.labels import case_labels
-from mlabench.report.load import RunData, join_ids, key_frame, normalize_key_value
+from mlabench.rundir import RunData, case_labels, join_ids, key_frame
 
 Verdict = Literal[
     "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "underpowered", "improved",
@@ -311,7 +310,7 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
         assert row is not None
         entries[jid] = entry = dict(
             case_id=str(row["case_id"]), label=joined.labels[jid],
-            key={k: normalize_key_value(row[k]) for k in schema.KEY_COLUMNS}, notes=[],
+            key={k: schema.normalize_key_value(row[k]) for k in schema.KEY_COLUMNS}, notes=[],
         )
         if _untimed_entry(br, cr, joined.ignored, entry):
             continue

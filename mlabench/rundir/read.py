@@ -24,7 +24,7 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import UsageError
-from mlabench.results import read_meta_json
+from mlabench.rundir.write import read_meta_json
 from mlabench.schema import normalize_key_value
 
 # Columns a results.csv must have. The rest of the contract is optional so
