@@ -37,18 +37,11 @@ from mlabench.errors import NotComparableError, UsageError
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
-from mlabench.measure.timing import TimingSettings
 from mlabench.rounds import combine_rounds, round_order
 from mlabench.rundir import RunWriter
 from mlabench.runner import CaseResult, RunContext, run_case
+from mlabench.settings import SweepSettings
 from mlabench.suites import Suite, expand, shard
-
-# CPU threads default to one: on a shared host more threads make samples bimodal (a step read
-# 0.84 ms at 1 thread and 220 ms at 2 on a busy 2-core machine); `--threads` raises it.
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "budget_s": 0.5, "warmup_s": 0.1, "min_samples": 10, "max_samples": 1000, "threads": 1, "seed": 0,
-    "cuda_graph": False, "accuracy": True, "timeout_s": 300.0, "rounds": 1,
-}
 
 
 @dataclass(frozen=True)
@@ -57,7 +50,7 @@ class Overrides:
     the suite's, measurement settings over its [settings], backend options over its [options]."""
 
     axes: Mapping[str, list[Any]] = field(default_factory=dict)
-    settings: Mapping[str, Any] = field(default_factory=dict)  # already checked (suites.check_settings)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # already checked (SweepSettings.check)
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -68,7 +61,7 @@ class SweepPlan:
     cases: list[Case]  # this shard's cases, including those already finished
     dropped: list[str]
     merged: list[str]  # grid points that are the same case as an earlier one (see suites.Expansion)
-    settings: dict[str, Any]
+    settings: SweepSettings
     out_dir: Path
     shard: tuple[int, int] | None = None
     overrides: dict[str, list[Any]] = field(default_factory=dict)
@@ -117,12 +110,8 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overri
         if not cases:
             raise UsageError(f"--shard {shard_spec[0]}/{shard_spec[1]}: this slice of the grid's {len(grid)} cases "
                              "is empty (use fewer shards)")
-    merged = {**DEFAULT_SETTINGS, **suite.settings, **overrides.settings}
-    if merged["min_samples"] > merged["max_samples"]:
-        raise UsageError(f"min_samples ({merged['min_samples']}) exceeds max_samples ({merged['max_samples']})")
-    if int(merged["rounds"]) < 1:
-        raise UsageError(f"rounds must be at least 1, got {merged['rounds']}")
-    return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, merged,
+    settings = SweepSettings.resolve(suite.settings, overrides.settings)
+    return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, settings,
                      out_dir or default_out_dir(suite.name, device), shard_spec,
                      {k: list(v) for k, v in overrides.axes.items()}, cases_sha1(grid), len(grid))
 
@@ -186,7 +175,7 @@ def open_run(plan: SweepPlan, resume: bool) -> tuple[RunWriter, dict[str, Any]]:
         "suite": plan.suite.name,
         "suite_path": plan.suite.path,
         "shard": f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
-        "settings": {**plan.settings, "options": plan.suite.options},
+        "settings": {**plan.settings.as_dict(), "options": plan.suite.options},
         "cases": len(plan.cases),
         "run": run_record(plan),
     }
@@ -221,14 +210,11 @@ def run_context(plan: SweepPlan, probe: bool = True) -> RunContext:
     """What every case of the plan runs in: CPU threads set, peaks measured (or the spec table),
     timing and case settings from the plan. `run_sweep` and `mlabench run` both measure in it."""
     s = plan.settings
-    if s["threads"] and plan.device.type == "cpu":
-        torch.set_num_threads(int(s["threads"]))
+    if s.threads and plan.device.type == "cpu":
+        torch.set_num_threads(s.threads)
     return RunContext(
-        device=plan.device,
-        timing=TimingSettings(budget_s=s["budget_s"], warmup_s=s["warmup_s"], min_samples=s["min_samples"],
-                              max_samples=s["max_samples"], threads=s["threads"], cuda_graph=s["cuda_graph"]),
-        peaks=measure_peaks(plan.device, _dtypes(plan), probe), nvml=open_nvml(plan.device), accuracy=s["accuracy"],
-        seed=s["seed"], timeout_s=s["timeout_s"],
+        device=plan.device, timing=s.timing, peaks=measure_peaks(plan.device, _dtypes(plan), probe),
+        nvml=open_nvml(plan.device), accuracy=s.accuracy, seed=s.seed, timeout_s=s.timeout_s,
     )
 
 
@@ -248,7 +234,7 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
         dtypes = _dtypes(plan)
         meta["peaks"] = ctx.peaks.as_meta(dtypes[0] if dtypes else None)
         writer.write_meta(meta)
-        rounds = max(1, int(plan.settings.get("rounds", 1)))
+        rounds = plan.settings.rounds
         try:
             if rounds > 1:
                 write_error = _run_rounds(todo, rounds, ctx, writer, outcome, on_start, on_end, should_stop)

@@ -491,7 +491,7 @@ def test_commit_from_the_environment_without_git(tmp_path: Path, monkeypatch: py
 def test_gpu_baseline_covers_the_plan_and_fits_eight_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     from mlabench.estimate import estimate_sweep
-    from mlabench.sweep import DEFAULT_SETTINGS
+    from mlabench.settings import SweepSettings
 
     suite = load_suite("gpu-baseline")
     cases = expand(suite, "cuda:0", SERVED).cases
@@ -508,7 +508,7 @@ def test_gpu_baseline_covers_the_plan_and_fits_eight_minutes(tmp_path: Path, mon
     claims = [c for c in cases if c.suite == "claims"]
     assert len(claims) == 9
     for graph in (False, True):
-        settings = {**DEFAULT_SETTINGS, **suite.settings, "cuda_graph": graph}
+        settings = SweepSettings.resolve(suite.settings, {"cuda_graph": graph})
         assert estimate_sweep(cases, settings, "cuda", "NVIDIA H100 80GB HBM3").seconds < 8 * 60
     # The dry run prints count and estimate, exits 0 and creates nothing.
     monkeypatch.chdir(tmp_path)

@@ -207,7 +207,7 @@ def _print_estimate(plan: Any, as_json: bool) -> None:
     if as_json:
         print_json({"suite": plan.suite.name, "device": str(dev), **est.as_dict()})
         return
-    mode = "CUDA-graph (hot)" if plan.settings.get("cuda_graph") else "cold"
+    mode = "CUDA-graph (hot)" if plan.settings.cuda_graph else "cold"
     out_console.print(f"{plan.suite.name} on {dev}: {est.cases} cases, estimated {est.seconds / 60:.1f} min "
                       f"({est.seconds:.0f} s; {mode} timing, assuming {est.device})")
     for backend, seconds in sorted(est.by_backend.items(), key=lambda kv: -kv[1]):
