@@ -134,7 +134,8 @@ def test_device_scope_makes_the_case_device_current(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(torch.cuda, "device", FakeDevice)
     seen: list[list[int]] = []
 
-    def fake_time_cuda(fn: Any, settings: TimingSettings, deadline: float | None = None) -> Timing:
+    def fake_time_cuda(fn: Any, settings: TimingSettings, deadline: float | None = None,
+                       ranges: Any = None) -> Timing:
         seen.append(list(FakeDevice.current))
         return Timing([1.0], "cuda-cold")
 
