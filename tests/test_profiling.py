@@ -85,8 +85,8 @@ def test_sweep_profile_match_profiles_only_the_cases_it_names(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     prof, out_dir = tmp_path / "prof", tmp_path / "run"
     code, _, err = run_cli(["sweep", *FAST, "--model", "tiny", "--variant", "mla-absorbed", "--backend", "eager",
-                            "--mode", "decode", "--batch", "1", "--seq-len", "32", "--q-len", "1", "--scope", "step,core",
-                            "--out", str(out_dir), "--no-report", "--profile", str(prof),
+                            "--mode", "decode", "--batch", "1", "--seq-len", "32", "--q-len", "1",
+                            "--scope", "step,core", "--out", str(out_dir), "--no-report", "--profile", str(prof),
                             "--profile-match", "scope=core"], capsys)
     assert code == 0, err
     with (out_dir / schema.RESULTS_CSV).open(newline="") as f:
@@ -128,7 +128,8 @@ def test_nvtx_ranges_wrap_warmup_each_timed_call_then_the_profiled_steps(
     request = ProfileRequest(tmp_path, nvtx=True)
     result = run_case(_case(), RunContext(device=torch.device("cpu"), timing=TIMING, profile=request))
     assert result.status == "ok" and result.row.profiled == 1 and depth[0] == 0
-    assert log.count(nvtx.WARMUP) == 1
+    assert log.count(nvtx.WARMUP) == 1 and log.count(nvtx.SAMPLES) == 1
+    assert log.index(nvtx.WARMUP) < log.index(nvtx.SAMPLES) < log.index(nvtx.SAMPLE)
     samples = [i for i, n in enumerate(log) if n == nvtx.SAMPLE]
     steps = [i for i, n in enumerate(log) if n == nvtx.PROFILE_STEP]
     assert len(steps) == PROFILE_STEPS + 1  # the profiler's unrecorded warm-up step, then the recorded ones
@@ -233,7 +234,8 @@ def _file(d: Path) -> Path:
 # --- compare ---------------------------------------------------------------------------------
 def test_compare_refuses_a_profiled_run_against_an_unprofiled_one(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    base = make_run(tmp_path / "base", claims=False, failures=False, seq_lens=(512,), batches=(1,))
+    base = make_run(tmp_path / "base", claims=False, failures=False, seq_lens=(512, 1024), batches=(1,),
+                    variants=("gqa", "mla-absorbed"), backends=("eager",), modes=("decode",), ranks=(128,))
     cand = tmp_path / "cand"
     shutil.copytree(base, cand)
     path = cand / schema.RESULTS_CSV

@@ -22,10 +22,10 @@ case and `max_samples` its sample count. A `deadline` (the case's wall limit) is
 between calls: a step is never interrupted, so one call that alone runs past the deadline
 ends the case at the next check, after it returns.
 
-With `ranges` (an NVTX range factory, profiling/nvtx.py) warm-up, graph capture and every timed
-call or graph replay run inside named NVTX ranges for Nsight. In cold mode `do_bench` runs its
-own warm-up calls through the same wrapped step, so those carry the sample range too. Without
-`ranges` the step is timed unwrapped.
+With `ranges` (an NVTX range factory, profiling/nvtx.py) warm-up, graph capture, the sampling
+phase as a whole and every timed call or graph replay in it run inside named NVTX ranges for
+Nsight. In cold mode `do_bench` runs its own warm-up calls through the same wrapped step, so
+those carry the sample range too. Without `ranges` the step is timed unwrapped.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from mlabench.errors import CaseTimeout
-from mlabench.profiling.nvtx import CAPTURE, SAMPLE, WARMUP, Mark, marked, no_range
+from mlabench.profiling.nvtx import CAPTURE, SAMPLE, SAMPLES, WARMUP, Mark, marked, no_range
 
 
 @dataclass(frozen=True)
@@ -134,14 +134,15 @@ def _time_cpu(fn: Callable[[], object], settings: TimingSettings, deadline: floa
     budget = settings.budget_s
     if deadline is not None:  # sampling never plans past the wall limit
         budget = min(budget, max(deadline - time.perf_counter(), 0.0))
-    measurement = timer.blocked_autorange(min_run_time=budget)
-    number = int(measurement.number_per_run)
-    samples = [t * 1e3 for t in measurement.times]
-    check_deadline(deadline, "sampling")
-    # A slow step yields few blocks in the budget: top up with blocks of the same size, never past max_samples.
-    while len(samples) < min(settings.min_samples, settings.max_samples):
-        samples.append(timer.timeit(number).mean * 1e3)
+    with (ranges or no_range)(SAMPLES):
+        measurement = timer.blocked_autorange(min_run_time=budget)
+        number = int(measurement.number_per_run)
+        samples = [t * 1e3 for t in measurement.times]
         check_deadline(deadline, "sampling")
+        # A slow step yields few blocks in the budget: top up with blocks of the same size, never past max_samples.
+        while len(samples) < min(settings.min_samples, settings.max_samples):
+            samples.append(timer.timeit(number).mean * 1e3)
+            check_deadline(deadline, "sampling")
     return Timing(samples[: settings.max_samples], f"cpu-blocked threads={threads}, sample = mean of {_calls(number)}",
                   sample_calls=number)
 
@@ -168,8 +169,9 @@ def _time_cuda(fn: Callable[[], object], settings: TimingSettings, deadline: flo
     except ImportError:
         cold = _time_cuda_events(fn, settings, first, ranges or no_range)
         return Timing(cold.samples_ms, cold.timer + note)
-    samples = testing.do_bench(marked(fn, ranges, SAMPLE) if ranges else fn, warmup=warmup_ms, rep=rep_ms,
-                               return_mode="all")
+    with (ranges or no_range)(SAMPLES):
+        samples = testing.do_bench(marked(fn, ranges, SAMPLE) if ranges else fn, warmup=warmup_ms, rep=rep_ms,
+                                   return_mode="all")
     return Timing(_cap(samples, settings), COLD_TIMER + note)
 
 
@@ -192,12 +194,13 @@ def _time_cuda_graph(fn: Callable[[], object], settings: TimingSettings, first_m
     torch.cuda.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    for i in range(replays):
-        with mark(SAMPLE):
-            starts[i].record()
-            graph.replay()
-            ends[i].record()
-    torch.cuda.synchronize()
+    with mark(SAMPLES):
+        for i in range(replays):
+            with mark(SAMPLE):
+                starts[i].record()
+                graph.replay()
+                ends[i].record()
+        torch.cuda.synchronize()
     samples = [s.elapsed_time(e) / calls for s, e in zip(starts, ends, strict=True)]
     del graph
     return Timing(samples, f"cuda-graph (hot): sample = mean of {_calls(calls)} in one graph replay",
@@ -233,11 +236,12 @@ def _time_cuda_events(fn: Callable[[], object], settings: TimingSettings, first_
     n = int(min(settings.max_samples, max(settings.min_samples, wanted)))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for i in range(n):
-        flush.zero_()
-        with mark(SAMPLE):
-            starts[i].record()
-            fn()
-            ends[i].record()
-    torch.cuda.synchronize()
+    with mark(SAMPLES):
+        for i in range(n):
+            flush.zero_()
+            with mark(SAMPLE):
+                starts[i].record()
+                fn()
+                ends[i].record()
+        torch.cuda.synchronize()
     return Timing([s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], COLD_TIMER)

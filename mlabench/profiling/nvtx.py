@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 WARMUP = "mlabench:warmup"
+SAMPLES = "mlabench:samples"  # the whole sampling phase of a case: one range for `nsys -c nvtx`
 SAMPLE = "mlabench:sample"  # one timed call (CUDA cold and CPU) or one graph replay (CUDA graph)
 CAPTURE = "mlabench:graph-capture"
 PROFILE_STEP = "mlabench:profile-step"
