@@ -71,7 +71,7 @@ def test_run_profile_writes_a_trace_a_breakdown_and_prints_the_table(
     assert [float(r["total_us"]) for r in rows] == sorted((float(r["total_us"]) for r in rows), reverse=True)
     assert any(r["name"] == "aten::einsum" and float(r["calls_per_step"]) >= 1 for r in rows)
     # The table (on stderr under --json), the core-share check and exactly one snapshot line.
-    assert "top 10 by CPU operator" in err and "share %" in err
+    assert "top 10 by CPU operator (self time)" in err and "share %" in err
     assert "% of the profiled step (trace) vs core/step latency" in err
     assert [line for line in err.splitlines() if "snapshot" in line] == [
         "memory snapshots are CUDA-only (the CUDA caching allocator records them); none taken on cpu"]

@@ -13,7 +13,9 @@ TOP = 10
 def print_profile(profile: Any, console: Console) -> None:
     """`profile` is a profiling.case.ProfileResult (not imported here: this module stays torch-free)."""
     bd = profile.breakdown
-    table = Table(title=f"{profile.label}: top {TOP} by {bd.unit}, per profiled step", title_justify="left")
+    console.print(f"{profile.label}: top {TOP} by {bd.unit}, over the profiled steps", soft_wrap=True,
+                  markup=False, highlight=False)
+    table = Table()
     table.add_column("name", overflow="fold")
     for col in ("calls/step", "total us", "share %"):
         table.add_column(col, justify="right")
