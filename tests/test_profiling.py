@@ -195,7 +195,7 @@ def test_cpu_breakdown_uses_self_time_so_nested_operators_count_once() -> None:
 # --- bad input: one line, exit 2, before any case ---------------------------------------------
 @pytest.mark.parametrize("make_args, message", [
     (lambda d: ["--profile", str(_file(d))], "exists and is not a directory"),
-    (lambda d: ["--profile", str(_file(d) / "sub")], "cannot write to"),
+    (lambda d: ["--profile", str(_file(d) / "sub")], "which is a file, not a directory"),
     (lambda d: ["--profile", str(d / "p"), "--profile-match", "backend=triton"], "names none of the"),
     (lambda d: ["--profile", str(d / "p"), "--profile-match", "colour=red"], "unknown field 'colour'"),
     (lambda d: ["--profile-match", "backend=eager"], "give --profile DIR too"),
@@ -221,8 +221,8 @@ def test_unwritable_profile_directory_is_refused(
 
     monkeypatch.setattr(request.tempfile, "TemporaryFile", denied)  # root ignores file modes
     code, _, err = run_cli(["run", *CASE, *FAST, "--profile", str(tmp_path / "p")], capsys)
-    assert code == 2 and err.strip() == f"mlabench: error: --profile: cannot write to {tmp_path / 'p'} " \
-                                        "(Permission denied)"
+    assert code == 2 and err.strip() == f"mlabench: error: --profile: cannot write to {tmp_path} (Permission denied)"
+    assert not (tmp_path / "p").exists()
 
 
 def _file(d: Path) -> Path:
@@ -279,3 +279,14 @@ def test_cuda_profile_has_kernels_a_snapshot_and_real_nvtx(tmp_path: Path) -> No
         snapshot = pickle.load(f)
     assert snapshot["segments"] and snapshot["device_traces"]
     assert sum(s["total_size"] for s in snapshot["segments"]) >= result.row.kv_cache_bytes_measured
+
+
+def test_dry_run_checks_the_profile_flags_and_creates_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["sweep", "--device", "cpu", "--model", "tiny", "--variant", "mla-absorbed", "--backend", "eager",
+            "--dry-run", "--profile", str(tmp_path / "p")]
+    code, out, err = run_cli([*args, "--profile-match", "mode=decode"], capsys)
+    assert code == 0 and "cases, estimated" in out, err
+    assert not (tmp_path / "p").exists()
+    code, _, err = run_cli([*args, "--profile-match", "mode=sideways"], capsys)
+    assert code == 2 and "names none of the" in err

@@ -82,6 +82,7 @@ def profile_case(target: ProfileTarget, request: ProfileRequest, device: torch.d
                  mark: Mark) -> ProfileResult:
     assert request.out_dir is not None
     case, out = target.case, request.out_dir
+    out.mkdir(parents=True, exist_ok=True)  # checked writable before the run (request.check_request)
     stem = case.case_id
     notes: list[str] = []
     why_not: str | None = None

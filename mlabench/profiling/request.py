@@ -2,7 +2,7 @@
 
 Checked before any case runs (exit 2 on bad input): the directory must be creatable and
 writable, and a `--profile-match` must name at least one planned case. This module imports no
-torch, so the checks are cheap.
+torch, so the checks are cheap and create nothing.
 """
 
 from __future__ import annotations
@@ -81,13 +81,19 @@ def check_request(request: ProfileRequest | None, cases: Sequence[Case]) -> None
 
 
 def check_writable_dir(path: Path, option: str) -> None:
-    """Create `path` if needed and write a probe file in it: a permission test alone misses a
-    read-only filesystem (and is always true for root)."""
+    """Refuse a path that cannot become a writable directory, creating nothing (a dry run stays
+    without side effects; the first profile creates it). Writability is tested by writing a
+    temporary file in the nearest existing directory: a permission test alone misses a read-only
+    filesystem, and is always true for root."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option}: {path} exists and is not a directory")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option}: {path} is under {existing}, which is a file, not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise UsageError(f"{option}: cannot write to {path} ({exc.strerror or exc})") from None
+        raise UsageError(f"{option}: cannot write to {existing} ({exc.strerror or exc})") from None
