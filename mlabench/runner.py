@@ -9,7 +9,8 @@ lost, so the sweep must stop there. The case runs with its device current (`devi
 
 A case selected for profiling (`RunContext.profile`) is profiled after its timed samples, on
 the same module and step (profiling/case.py); its row says `profiled`. A profile that fails
-(a full disk) costs the profile only: the measured row stays, its error naming the failure.
+(a full disk, a profiler error) costs the profile only: the measured row stays, its error
+naming the failure.
 """
 
 from __future__ import annotations
@@ -210,8 +211,13 @@ def _profile(target: ProfileTarget, request: ProfileRequest, ctx: RunContext, ra
              row: dict[str, Any], profiled: list[ProfileResult]) -> None:
     try:
         profiled.append(profile_case(target, request, ctx.device, ctx.timing, ranges or no_range))
-    except OSError as exc:  # the trace directory filled up or vanished: the measurement stands
-        note = f"profile not written: {exc.strerror or exc}"
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a full disk, a profiler failure: the measurement taken before it stands
+        if is_sticky_cuda_error(exc):  # except a lost CUDA context, which ends the sweep
+            raise
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+        note = f"profile not written: {text}"
         row["error"] = f"{row['error']}; {note}" if row.get("error") else note
 
 

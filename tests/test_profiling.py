@@ -149,6 +149,17 @@ def test_unprofiled_case_is_timed_unwrapped_and_marked_unprofiled(
     assert not list(tmp_path.iterdir())
 
 
+def test_a_failed_profile_keeps_the_measured_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(*_a: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "profile_case", full_disk)
+    result = run_case(_case(), RunContext(device=torch.device("cpu"), timing=TIMING,
+                                          profile=ProfileRequest(tmp_path)))
+    assert result.status == "ok" and result.row.latency_ms > 0 and result.samples_ms
+    assert result.row.profiled == 1 and result.row.error == "profile not written: No space left on device"
+
+
 # --- the breakdown's arithmetic --------------------------------------------------------------
 def _event(name: str, device: str, self_cpu: float = 0.0, cpu: float = 0.0, device_us: float = 0.0) -> Any:
     return SimpleNamespace(name=name, device_type=f"DeviceType.{device}", self_cpu_time_total=self_cpu,
