@@ -99,17 +99,9 @@ def test_sweep_profile_match_profiles_only_the_cases_it_names(
 # --- NVTX ranges, through a stand-in ---------------------------------------------------------
 def test_nvtx_ranges_wrap_warmup_each_timed_call_then_the_profiled_steps(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    log: list[str] = []
-    depth = [0]
-
-    def push(name: str) -> None:
-        log.append(name)
-        depth[0] += 1
-
-    def pop() -> None:
-        depth[0] -= 1
-
-    monkeypatch.setattr(runner, "nvtx_ranges", lambda device: nvtx.NvtxRanges(push, pop))
+    ranges = RangeLog()
+    log = ranges.pushed
+    monkeypatch.setattr(runner, "nvtx_ranges", lambda device: ranges.ranges)
     calls = [0]
     original = BACKENDS["eager"].prepare
 
@@ -127,7 +119,7 @@ def test_nvtx_ranges_wrap_warmup_each_timed_call_then_the_profiled_steps(
         **{**BACKENDS["eager"].__dict__, "prepare": counting_prepare}))
     request = ProfileRequest(tmp_path, nvtx=True)
     result = run_case(_case(), RunContext(device=torch.device("cpu"), timing=TIMING, profile=request))
-    assert result.status == "ok" and result.row.profiled == 1 and depth[0] == 0
+    assert result.status == "ok" and result.row.profiled == 1 and ranges.depth == 0
     assert log.count(nvtx.WARMUP) == 1 and log.count(nvtx.SAMPLES) == 1
     assert log.index(nvtx.WARMUP) < log.index(nvtx.SAMPLES) < log.index(nvtx.SAMPLE)
     samples = [i for i, n in enumerate(log) if n == nvtx.SAMPLE]
@@ -138,6 +130,49 @@ def test_nvtx_ranges_wrap_warmup_each_timed_call_then_the_profiled_steps(
     # One call before timing (accuracy), the warm-up calls, the timed ones, the profiled steps.
     assert calls[0] - 1 - (PROFILE_STEPS + 1) > len(samples)
     assert result.profile is not None and result.profile.breakdown.core_share_pct is not None
+
+
+class RangeLog:
+    """A stand-in for torch.cuda.nvtx: logs every push, checks pops balance."""
+
+    def __init__(self) -> None:
+        self.pushed: list[str] = []
+        self.depth = 0
+        self.ranges = nvtx.NvtxRanges(self.push, self.pop)
+
+    def push(self, name: str) -> None:
+        self.pushed.append(name)
+        self.depth += 1
+
+    def pop(self) -> None:
+        self.depth -= 1
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_cuda_timing_puts_warmup_capture_and_each_sample_in_ranges(
+        monkeypatch: pytest.MonkeyPatch, graph: bool) -> None:
+    from test_gpu_paths import FakeCuda
+
+    from mlabench.measure import timing
+
+    FakeCuda(elapsed_ms=5.0).install(monkeypatch)
+    bench_calls = 7
+
+    def fake_do_bench(fn: Any, warmup: float, rep: float, return_mode: str) -> list[float]:
+        for _ in range(bench_calls):
+            fn()
+        return [1.0] * bench_calls
+
+    import triton.testing
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    log = RangeLog()
+    settings = TimingSettings(budget_s=0.05, warmup_s=0.0, min_samples=4, cuda_graph=graph)
+    result = timing._time_cuda(lambda: None, settings, None, log.ranges)
+    assert log.depth == 0 and log.pushed[0] == nvtx.WARMUP and log.pushed.count(nvtx.SAMPLES) == 1
+    samples = log.pushed[log.pushed.index(nvtx.SAMPLES) + 1:]
+    assert samples == [nvtx.SAMPLE] * len(result.samples_ms)  # one range per sample, nothing else inside
+    assert (nvtx.CAPTURE in log.pushed) == graph
 
 
 def test_unprofiled_case_is_timed_unwrapped_and_marked_unprofiled(
