@@ -201,9 +201,11 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any], profiled: list[Pr
         # roofline_pct of such a row may exceed the memory roofline.
         row["fits_l2"] = bool(row["bytes"] <= l2)
     if request is not None and request.traces(case):  # strictly after the samples above
-        check_deadline(deadline, "sampling")
-        target = ProfileTarget(case, module, prepared, inputs, timed.fn, row["latency_ms"])
-        _profile(target, request, ctx, ranges, row, profiled)
+        if time.perf_counter() > deadline:  # the samples stand; a profile past the wall limit is dropped
+            _note(row, f"profile skipped: past the case's wall limit of {ctx.timeout_s:g} s")
+        else:
+            target = ProfileTarget(case, module, prepared, inputs, timed.fn, row["latency_ms"])
+            _profile(target, request, ctx, ranges, row, profiled)
     return timing.samples_ms
 
 
@@ -217,8 +219,12 @@ def _profile(target: ProfileTarget, request: ProfileRequest, ctx: RunContext, ra
         if is_sticky_cuda_error(exc):  # except a lost CUDA context, which ends the sweep
             raise
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
-        note = f"profile not written: {text}"
-        row["error"] = f"{row['error']}; {note}" if row.get("error") else note
+        _note(row, f"profile not written: {text}")
+
+
+def _note(row: dict[str, Any], note: str) -> None:
+    """Add a note to the row's error column, keeping what is there (its status stays)."""
+    row["error"] = f"{row['error']}; {note}" if row.get("error") else note
 
 
 def _check_accuracy(case: Case, row: dict[str, Any], out: torch.Tensor, reference: Any,
