@@ -100,6 +100,9 @@ class ResultRow:
     fits_l2: bool | None = _column("extra")
     threads: int | None = _column("extra")
     unstable: int | None = _column("extra")  # 1 when p90/p10 > 1.5
+    # 1 when the case was profiled (--profile, --nvtx): its samples precede its trace, but NVTX
+    # ranges wrap its timed calls, and compare refuses to gate profiled against unprofiled rows.
+    profiled: int | None = _column("extra")
     wall_s: float | None = _column("extra")
 
     @classmethod

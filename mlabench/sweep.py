@@ -37,6 +37,7 @@ from mlabench.errors import NotComparableError, UsageError
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
+from mlabench.profiling.request import ProfileRequest
 from mlabench.rounds import combine_rounds, round_order
 from mlabench.rundir import RunWriter
 from mlabench.runner import CaseResult, RunContext, run_case
@@ -206,15 +207,16 @@ def _dtypes(plan: SweepPlan) -> list[str]:
     return sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
 
 
-def run_context(plan: SweepPlan, probe: bool = True) -> RunContext:
+def run_context(plan: SweepPlan, probe: bool = True, profile: ProfileRequest | None = None) -> RunContext:
     """What every case of the plan runs in: CPU threads set, peaks measured (or the spec table),
-    timing and case settings from the plan. `run_sweep` and `mlabench run` both measure in it."""
+    timing and case settings from the plan, and which cases to profile. `run_sweep` and
+    `mlabench run` both measure in it."""
     s = plan.settings
     if s.threads and plan.device.type == "cpu":
         torch.set_num_threads(s.threads)
     return RunContext(
         device=plan.device, timing=s.timing, peaks=measure_peaks(plan.device, _dtypes(plan), probe),
-        nvml=open_nvml(plan.device), accuracy=s.accuracy, seed=s.seed, timeout_s=s.timeout_s,
+        nvml=open_nvml(plan.device), accuracy=s.accuracy, seed=s.seed, timeout_s=s.timeout_s, profile=profile,
     )
 
 
@@ -222,15 +224,17 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
               on_start: Callable[[Case, int, int], None] | None = None,
               on_end: Callable[[CaseResult], None] | None = None,
               should_stop: Callable[[], bool] = lambda: False,
-              opened: tuple[RunWriter, dict[str, Any]] | None = None) -> SweepOutcome:
+              opened: tuple[RunWriter, dict[str, Any]] | None = None,
+              profile: ProfileRequest | None = None) -> SweepOutcome:
     """Measure the plan's unfinished cases. `opened` is `open_run`'s result when the caller
-    checked the directory first; the directory's lock is released on return."""
+    checked the directory first; the directory's lock is released on return. `profile`
+    (checked by the caller, profiling.request.check_request) profiles the cases it selects."""
     writer, meta = opened or open_run(plan, resume)
     write_error: OSError | None = None
     try:
         todo = [c for c in plan.cases if c.case_id not in writer.finished]
         outcome = SweepOutcome(plan.out_dir, skipped_finished=len(plan.cases) - len(todo))
-        ctx = run_context(plan, probe)
+        ctx = run_context(plan, probe, profile)
         dtypes = _dtypes(plan)
         meta["peaks"] = ctx.peaks.as_meta(dtypes[0] if dtypes else None)
         writer.write_meta(meta)
@@ -283,6 +287,8 @@ def _run_rounds(todo: list[Case], rounds: int, ctx: RunContext, writer: RunWrite
     """Every case `rounds` times, round by round in shuffled order; a row appended after the case's last round.
     Returns the write error that stopped it, if one did."""
     later = dataclasses.replace(ctx, accuracy=False)  # the reference check is deterministic: once is enough
+    if ctx.profile is not None:  # one trace per case, after round 0's samples; NVTX ranges in every round
+        later.profile = dataclasses.replace(ctx.profile, out_dir=None, memory_snapshot=False)
     done: dict[str, list[CaseResult]] = {c.case_id: [] for c in todo}
     step, total = 0, len(todo) * rounds
     for r in range(rounds):

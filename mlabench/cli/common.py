@@ -44,6 +44,18 @@ SdpaKernelOpt = Annotated[str | None, typer.Option(
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write report.html in the run directory.")]
 ProbeOpt = Annotated[bool, typer.Option("--probe/--no-probe", help="Measure roofline peaks first (else spec table).")]
 
+# Profiling (`run` and `sweep`): after a case's timed samples, never among them (docs/profiling.md).
+ProfileOpt = Annotated[Path | None, typer.Option(
+    "--profile", help="After each case's timed samples, profile a few more steps into DIR: a Perfetto trace "
+                      "(<case_id>.trace.json.gz) and a per-kernel breakdown (<case_id>.breakdown.csv).",
+    show_default=False)]
+MemorySnapshotOpt = Annotated[bool, typer.Option(
+    "--memory-snapshot", help="With --profile: also dump the CUDA allocator's history around the profiled steps "
+                              "(<case_id>.memory.pickle, for pytorch.org/memory_viz); CUDA only.")]
+NvtxOpt = Annotated[bool, typer.Option(
+    "--nvtx", help="NVTX ranges around warm-up, each timed call and each profiled step, for nsys/ncu "
+                   "(CUDA only; the rows are marked profiled).")]
+
 # Measurement settings (`run` and `sweep`); unset ones come from the suite, else settings.SweepSettings.
 BudgetOpt = Annotated[float | None, typer.Option(
     help="Seconds of sampling per case, 0-3600 [default: the suite's, else 0.5; `run`: 1].", show_default=False)]

@@ -23,9 +23,12 @@ from mlabench.cli.common import (
     DeviceOpt,
     JsonOpt,
     MaxSamplesOpt,
+    MemorySnapshotOpt,
     MinSamplesOpt,
+    NvtxOpt,
     OptionOpt,
     ProbeOpt,
+    ProfileOpt,
     ReportOpt,
     SdpaKernelOpt,
     SeedOpt,
@@ -105,6 +108,13 @@ def sweep(
     rounds: Annotated[int | None, typer.Option(help="Run the case list this many times, each round in its own "
                                                "seeded order; compare tests on the rounds [default: the suite's, "
                                                "else 1].", show_default=False)] = None,
+    profile: ProfileOpt = None,
+    profile_match: Annotated[list[str] | None, typer.Option(
+        help="With --profile: profile only the cases matching FIELD=VALUE[,FIELD=VALUE...] (key columns, e.g. "
+             "'variant=mla-absorbed,backend=triton'; repeatable: any may match) [default: every case].",
+        show_default=False)] = None,
+    memory_snapshot: MemorySnapshotOpt = False,
+    nvtx: NvtxOpt = False,
     probe: ProbeOpt = True,
     report: ReportOpt = True,
     as_json: JsonOpt = False,
@@ -112,7 +122,9 @@ def sweep(
                                                             "then exit; nothing runs, no run directory.")] = False,
 ) -> None:
     """Sweep a suite's grid (sequence length, batch, latent rank, ...) and record every case."""
+    from mlabench.cli.profile_view import announce_profile
     from mlabench.measure.envinfo import resolve_device
+    from mlabench.profiling.request import build_request, check_request
     from mlabench.suites import load_suite, parse_shard
     from mlabench.sweep import Overrides, open_run, plan_sweep
 
@@ -128,7 +140,9 @@ def sweep(
                            "seq_len": seq_len, "q_len": q_len, "dtype": dtype, "kv_lora_rank": kv_lora_rank,
                            "num_kv_heads": num_kv_heads, "scope": scope}, assignments)
     options = parse_options(option, {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel})
+    request = build_request(profile, profile_match, memory_snapshot, nvtx)
     plan = plan_sweep(suite_obj, dev, Overrides(axes, settings, options), out, shard_spec)
+    check_request(request, plan.cases)
     if dry_run:
         _print_estimate(plan, as_json)
         return
@@ -141,13 +155,14 @@ def sweep(
         shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else "")
         err_console.print(f"[dim]{len(plan.dropped)} grid combination(s) dropped as invalid: {shown}[/]",
                           soft_wrap=True, markup=True)
+    announce_profile(request, dev.type, err_console)
     for line in plan.merged[:5]:  # an axis that does not apply must say so, not vanish
         err_console.print(f"  merged: {line}", highlight=False, soft_wrap=True)
     if len(plan.merged) > 5:
         err_console.print(f"  ... {len(plan.merged) - 5} more grid points merged the same way")
     stopper = _Stopper()
     with stopper:
-        outcome = _run_with_progress(plan, resume, probe, stopper, opened)
+        outcome = _run_with_progress(plan, resume, probe, stopper, opened, request)
         report_path = None
         if report:
             stopper.in_report = True
@@ -253,7 +268,8 @@ class _Stopper:
             signal.signal(sig, handler)
 
 
-def _run_with_progress(plan: Any, resume: bool, probe: bool, stopper: _Stopper, opened: Any) -> Any:
+def _run_with_progress(plan: Any, resume: bool, probe: bool, stopper: _Stopper, opened: Any,
+                       request: Any = None) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -263,6 +279,7 @@ def _run_with_progress(plan: Any, resume: bool, probe: bool, stopper: _Stopper, 
         TimeRemainingColumn,
     )
 
+    from mlabench.cli.profile_view import print_profile
     from mlabench.sweep import run_sweep
 
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -281,7 +298,9 @@ def _run_with_progress(plan: Any, resume: bool, probe: bool, stopper: _Stopper, 
                 bar.console.print(f"  [red]{result.status}[/] {result.row['variant']}/{result.row['backend']} "
                                   f"{result.row['mode']} b={result.row['batch']} T={result.row['seq_len']}: "
                                   f"{result.row.get('error', '')}")
+            if result.profile is not None:
+                print_profile(result.profile, bar.console)
 
-        outcome = run_sweep(plan, resume, probe, on_start, on_end, lambda: stopper.requested, opened)
+        outcome = run_sweep(plan, resume, probe, on_start, on_end, lambda: stopper.requested, opened, request)
         bar.update(task, case="done")
     return outcome

@@ -14,7 +14,7 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import NotComparableError
-from mlabench.rundir import RunData, join_ids
+from mlabench.rundir import RunData, join_ids, key_frame
 
 # Fields that make timings incomparable, and fields only worth a note.
 BLOCKING_META: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -77,6 +77,27 @@ def check_timing(base: RunData, cand: RunData, allow: bool) -> list[str]:
     if not bm or not cm or bm == cm:
         return []
     text = f"timing mode differs: baseline {'/'.join(sorted(bm))}, candidate {'/'.join(sorted(cm))}"
+    if not allow:
+        raise NotComparableError(f"{text} {HINT}")
+    return [text]
+
+
+def profiled_cases(run: RunData) -> set[str]:
+    """Join ids of the run's rows marked `profiled` (runs written before the column have none)."""
+    if "profiled" not in run.results.columns:
+        return set()
+    flags = pd.to_numeric(run.results["profiled"], errors="coerce").fillna(0)
+    return set(join_ids(key_frame(run.results[flags == 1])))
+
+
+def check_profiled(base: RunData, cand: RunData, allow: bool) -> list[str]:
+    """Raise when a case was profiled on one side only: NVTX ranges wrap a profiled case's timed
+    calls, so its latency is not the unprofiled code's, however small the difference."""
+    bp, cp = profiled_cases(base), profiled_cases(cand)
+    if bp == cp:
+        return []
+    text = (f"profiling differs: {len(bp - cp)} case(s) profiled in the baseline only, {len(cp - bp)} in the "
+            "candidate only (a profiled run is not gated against an unprofiled one)")
     if not allow:
         raise NotComparableError(f"{text} {HINT}")
     return [text]

@@ -29,7 +29,7 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.compare import stats
-from mlabench.compare.env import check_environment, check_keys, check_timing, drift_join_columns
+from mlabench.compare.env import check_environment, check_keys, check_profiled, check_timing, drift_join_columns
 from mlabench.errors import UsageError
 from mlabench.rundir import RunData, case_labels, join_ids, key_frame
 
@@ -233,6 +233,7 @@ def _join(base: RunData, cand: RunData, settings: GateSettings) -> _Joined:
             raise UsageError(f"{run.results_path}: has no rows; nothing to compare")
     notes = check_environment(base, cand, settings.allow_env_change)
     notes += check_timing(base, cand, settings.allow_env_change)
+    notes += check_profiled(base, cand, settings.allow_env_change)
     bk, ck = key_frame(base.results), key_frame(cand.results)
     notes += check_keys(bk, ck, settings.allow_env_change)
     ignored = drift_join_columns(bk, ck) if settings.allow_env_change else ()
