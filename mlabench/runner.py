@@ -15,7 +15,9 @@ naming the failure.
 
 from __future__ import annotations
 
+import functools
 import gc
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from mlabench.backends.library import LoadFailure
 from mlabench.case import Case
 from mlabench.errors import CaseTimeout, SkippedError, UnsupportedError, is_sticky_cuda_error
 from mlabench.measure import accuracy as acc
+from mlabench.measure.envinfo import cpu_model
 from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_case_bytes, measure_allocation
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.scope import scoped_call
@@ -60,6 +63,9 @@ class CaseResult:
     samples_ms: list[float]
     fatal: bool = False  # a sticky CUDA error: no later case can run in this process
     profile: ProfileResult | None = None
+    # The fingerprint (envinfo.device_info) of the device, when another process ran the case:
+    # meta.json keeps one per device kind.
+    device: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -80,6 +86,16 @@ def analytic_columns(case: Case) -> dict[str, Any]:
         "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
         "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
     }
+
+
+@functools.cache
+def where(device: torch.device) -> dict[str, str]:
+    """The `host` and `device_name` columns: the machine and the device kind a case ran on."""
+    try:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    except (RuntimeError, AssertionError):  # no usable CUDA here: the row still says where it ran
+        name = ""
+    return {"host": socket.gethostname(), "device_name": name}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -109,7 +125,8 @@ def _preflight(case: Case, ctx: RunContext) -> None:
 
 
 def run_case(case: Case, ctx: RunContext) -> CaseResult:
-    row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok"}
+    row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok",
+                           **where(ctx.device)}
     started = time.perf_counter()
     samples: list[float] = []
     fatal = False

@@ -92,7 +92,9 @@ class ResultRow:
     cos_diff: float | None = _column("accuracy")
     # How the case was run. `sample_calls`: calls averaged into one sample (CUDA-graph replays,
     # CPU blocks); `fits_l2`: on hot (graph) rows, whether the case's bytes fit in the GPU's L2,
-    # where gbps may exceed the HBM roofline.
+    # where gbps may exceed the HBM roofline. `host` and `device_name`: where the case ran (the
+    # machine, and the GPU or CPU model), since a sweep spread over a cluster may land cases on
+    # different machines and device kinds.
     case_id: str | None = _column("extra")
     backend_detail: str | None = _column("extra")
     timer: str | None = _column("extra")
@@ -104,6 +106,8 @@ class ResultRow:
     # ranges wrap its timed calls, and compare refuses to gate profiled against unprofiled rows.
     profiled: int | None = _column("extra")
     wall_s: float | None = _column("extra")
+    host: str | None = _column("extra")
+    device_name: str | None = _column("extra")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ResultRow:

@@ -45,12 +45,28 @@ def _get(meta: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def device_kinds(run: RunData) -> list[str]:
+    """The device kinds a run's cases ran on: meta.json's `devices` and the rows' `device_name`
+    (rows written before that column have none)."""
+    kinds = {str(k) for k in ((run.meta or {}).get("devices") or {})}
+    if "device_name" in run.results.columns:
+        kinds |= {str(v) for v in run.results["device_name"].dropna() if str(v).strip()}
+    return sorted(kinds)
+
+
 def check_environment(base: RunData, cand: RunData, allow: bool) -> list[str]:
     """Raise on a different device or torch; return notes for everything else that changed."""
     notes: list[str] = []
     for run, side in ((base, "baseline"), (cand, "candidate")):
         if not run.meta:
             notes.append(f"{side} has no {schema.META_JSON}: device and torch not checked")
+    for run, side in ((base, "baseline"), (cand, "candidate")):
+        kinds = device_kinds(run)
+        if len(kinds) > 1:  # a cluster sweep over mixed GPUs: its timings are not of one device
+            text = f"{side} ran on mixed device kinds ({', '.join(kinds)}); compare one kind at a time"
+            if not allow:
+                raise NotComparableError(f"{text} {HINT}")
+            notes.append(text)
     if not (base.meta and cand.meta):
         return notes
     for name, path in BLOCKING_META + NOTED_META:

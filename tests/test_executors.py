@@ -1,0 +1,150 @@
+"""Executors without Ray: `--isolate` survives a crashing and a hanging case, `--shard auto`
+reads Slurm's array variables, and bad executor flags are one line and exit 2."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_run import run_cli
+
+from mlabench import schema
+from mlabench.executors.slurm import slurm_shard
+
+ISOLATE_SUITE = """
+name = "crash"
+[settings]
+budget_s = 0.005
+warmup_s = 0.001
+min_samples = 3
+[[grid]]
+model = "tiny"
+variant = "mha"
+backend = ["eager", "test-abort", "test-hang"]
+mode = "decode"
+batch = [1]
+seq_len = [16]
+"""
+
+
+@pytest.fixture
+def crash_backends() -> Iterator[None]:
+    """Registers the test-only backends for one test (a module-level import would show them
+    to every registry-parametrized test collected after this one)."""
+    module = importlib.import_module("crash_backends")
+    try:
+        yield
+    finally:
+        module.unregister()
+        sys.modules.pop("crash_backends", None)
+
+
+def rows(path: Path) -> dict[str, dict[str, str]]:
+    with (path / schema.RESULTS_CSV).open(newline="") as f:
+        return {r["backend"]: r for r in csv.DictReader(f)}
+
+
+def test_isolate_turns_an_abort_and_a_hang_into_rows(crash_backends: None, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "crash.toml"
+    suite.write_text(ISOLATE_SUITE)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--isolate", "--timeout", "1",
+                            "--no-probe", "--no-report"], capsys)
+    assert code == 1, err  # failed cases, and the sweep went on past them
+    by_backend = rows(out)
+    assert by_backend["eager"]["status"] == "ok"
+    assert by_backend["eager"]["kv_cache_bytes"] == by_backend["eager"]["kv_cache_bytes_measured"]
+    assert by_backend["eager"]["host"] and by_backend["eager"]["device_name"]
+    assert by_backend["test-abort"]["host"] == by_backend["eager"]["host"]
+    assert by_backend["test-abort"]["status"] == "error"
+    assert "killed by SIGABRT" in by_backend["test-abort"]["error"]
+    assert by_backend["test-hang"]["status"] == "timeout"
+    assert "wall limit of 1 s" in by_backend["test-hang"]["error"]
+    for row in by_backend.values():  # a row the child never wrote still has its identity and analytic columns
+        assert row["case_id"] == schema.case_id(row) and row["kv_cache_bytes"]
+    meta = json.loads((out / schema.META_JSON).read_text())
+    assert meta["executor"] == "isolate" and meta["interrupted"] is False
+    assert list(meta["devices"]) == [meta["device"]["name"]]
+
+
+def test_isolate_keeps_the_round_of_every_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "rounds.toml"
+    suite.write_text(ISOLATE_SUITE.replace('["eager", "test-abort", "test-hang"]', '"eager"'))
+    out = tmp_path / "run"
+    code, _, err = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--isolate", "--rounds", "2",
+                            "--no-probe", "--no-report"], capsys)
+    assert code == 0, err
+    (row,) = rows(out).values()
+    assert row["status"] == "ok" and float(row["rel_err"]) < 1e-3  # checked against float64 in the child
+    with (out / schema.SAMPLES_CSV).open(newline="") as f:
+        samples = list(csv.DictReader(f))
+    by_round = {r: [s for s in samples if s["round"] == r] for r in ("0", "1")}
+    assert {s["round"] for s in samples} == {"0", "1"} and all(len(v) >= 3 for v in by_round.values())
+    assert int(row["n_samples"]) == len(samples)  # the row summarises both rounds
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "0"}, (1, 4)),
+    ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1"}, (4, 4)),
+    ({"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "2",
+      "SLURM_ARRAY_TASK_STEP": "2"}, (3, 3)),
+])
+def test_shard_auto_reads_the_array_task(env: dict[str, str], expected: tuple[int, int]) -> None:
+    assert slurm_shard(env) == expected
+
+
+def test_shard_auto_selects_the_same_slice_as_k_of_n(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
+    code, auto, err = run_cli(["sweep", "--suite", "smoke", "--device", "cpu", "--shard", "auto", "--dry-run",
+                               "--json"], capsys)
+    assert code == 0, err
+    code, explicit, err = run_cli(["sweep", "--suite", "smoke", "--device", "cpu", "--shard", "2/3", "--dry-run",
+                                   "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(auto)["cases"] == json.loads(explicit)["cases"] > 0
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--executor", "bogus"], "--executor: unknown executor 'bogus'"),
+    (["--ray-address", "127.0.0.1:6379"], "--ray-address needs --executor ray"),
+    (["--isolate", "--executor", "local"], "--isolate contradicts --executor local"),
+    (["--shard", "auto"], "--shard auto: not in a Slurm array job"),
+])
+def test_bad_executor_flags_are_one_line_exit_2(args: list[str], needle: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
+        monkeypatch.delenv(name, raising=False)
+    code, _, err = run_cli(["sweep", "--out", str(tmp_path / "run"), *args], capsys)
+    assert code == 2
+    assert err.startswith("mlabench: error: ") and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_shard_auto_refuses_an_array_with_gaps() -> None:
+    from mlabench.errors import UsageError
+
+    with pytest.raises(UsageError, match="not in a contiguous array"):
+        slurm_shard({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1"})
+
+
+def test_compare_refuses_a_run_over_mixed_device_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from synthetic_runs import make_meta, make_run
+
+    base = make_run(tmp_path / "base", claims=False, failures=False, seq_lens=(512,), batches=(1,))
+    meta = make_meta()
+    h200 = {**meta["device"], "name": "NVIDIA H200"}
+    meta["devices"] = {"NVIDIA H100 80GB HBM3": meta["device"], "NVIDIA H200": h200}
+    cand = make_run(tmp_path / "cand", meta=meta, claims=False, failures=False, seq_lens=(512,), batches=(1,))
+    code, _, err = run_cli(["compare", str(base), str(cand)], capsys)
+    assert code == 3
+    assert "candidate ran on mixed device kinds (NVIDIA H100 80GB HBM3, NVIDIA H200)" in err
