@@ -110,6 +110,7 @@ def test_shard_auto_selects_the_same_slice_as_k_of_n(tmp_path: Path, monkeypatch
 @pytest.mark.parametrize(("args", "needle"), [
     (["--executor", "bogus"], "--executor: unknown executor 'bogus'"),
     (["--ray-address", "127.0.0.1:6379"], "--ray-address needs --executor ray"),
+    (["--isolate", "--ray-accelerator", "H100"], "--ray-accelerator needs --executor ray"),
     (["--isolate", "--executor", "local"], "--isolate contradicts --executor local"),
     (["--shard", "auto"], "--shard auto: not in a Slurm array job"),
 ])
@@ -129,6 +130,18 @@ def test_shard_auto_refuses_an_array_with_gaps() -> None:
 
     with pytest.raises(UsageError, match="not in a contiguous array"):
         slurm_shard({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1"})
+
+
+def test_ray_accelerator_must_be_a_kind_the_cluster_has() -> None:
+    from mlabench.errors import UsageError
+    from mlabench.executors.ray_exec import check_accelerator
+
+    cluster = {"CPU": 64.0, "GPU": 16.0, "accelerator_type:H100": 1.0, "accelerator_type:H200": 1.0}
+    check_accelerator("H200", cluster)
+    with pytest.raises(UsageError, match=r"--ray-accelerator B200: .* \(it has: H100, H200\)"):
+        check_accelerator("B200", cluster)
+    with pytest.raises(UsageError, match=r"\(it has: none\)"):
+        check_accelerator("H100", {"CPU": 2.0})
 
 
 def test_compare_refuses_a_run_over_mixed_device_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -144,9 +144,14 @@ def test_a_worker_lost_mid_case_is_one_error_row(crash_backends: None, tmp_path:
     assert by_backend["eager"]["status"] == "ok"
 
 
-def test_a_device_kind_the_cluster_lacks_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["sweep", *SMOKE_SLICE[:2], "--device", "cuda", "--executor", "ray", "--out",
-                            str(tmp_path / "run")], capsys)
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--device", "cuda"], "--device cuda: the Ray cluster has no GPU"),
+    (["--device", "cpu", "--ray-accelerator", "H100"], "--ray-accelerator H100: pins GPU cases"),
+])
+def test_a_device_the_cluster_lacks_is_refused(args: list[str], needle: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["sweep", "--suite", "smoke", *args, "--executor", "ray", "--out", str(tmp_path / "run")],
+                           capsys)
     assert code == 2
-    assert err.startswith("mlabench: error: ") and "the Ray cluster has no GPU" in err
+    assert err.startswith("mlabench: error: ") and needle in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -128,9 +128,14 @@ def sweep(
                                                       "each) [default: local].", show_default=False)] = None,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster to use with --executor ray [default: start "
                                                          "a local Ray instance].", show_default=False)] = None,
+    ray_accelerator: Annotated[str | None, typer.Option(help="With --executor ray: run every case on GPUs of this "
+                                                             "kind only, as Ray names it (e.g. H100, H200).",
+                                                        show_default=False)] = None,
 ) -> None:
     """Sweep a suite's grid (sequence length, batch, latent rank, ...) and record every case."""
     from mlabench.cli.profile_view import announce_profile
+    from mlabench.executors import choose_executor, make_executor
+    from mlabench.executors.slurm import slurm_shard
     from mlabench.measure.envinfo import resolve_device
     from mlabench.profiling.request import build_request, check_request
     from mlabench.suites import load_suite, parse_shard
@@ -141,25 +146,26 @@ def sweep(
     settings = flag_settings({"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples,
                               "max_samples": max_samples, "threads": threads, "cuda_graph": cuda_graph,
                               "accuracy": accuracy, "seed": seed, "timeout_s": timeout, "rounds": rounds})
-    from mlabench.executors import choose_executor, make_executor
-    from mlabench.executors.slurm import slurm_shard
-
-    executor = choose_executor(executor, isolate, ray_address)
+    executor = choose_executor(executor, isolate, ray_address, ray_accelerator)
     shard_spec = (slurm_shard() if shard == "auto" else parse_shard(shard)) if shard else None
     suite_obj = load_suite(suite)
-    runner: Any = None
-    if executor == "ray" and not dry_run:
-        from mlabench.executors.ray_exec import RayExecutor
-
-        runner = RayExecutor.connect(ray_address)  # the cluster's devices, not this machine's, decide --device
-        dev = runner.resolve_device(device)
-    else:
-        dev = _dry_run_device(device) if dry_run else resolve_device(device)
     axes = axis_overrides({"model": model, "variant": variant, "backend": backend, "mode": mode, "batch": batch,
                            "seq_len": seq_len, "q_len": q_len, "dtype": dtype, "kv_lora_rank": kv_lora_rank,
                            "num_kv_heads": num_kv_heads, "scope": scope}, assignments)
     options = parse_options(option, {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel})
     request = build_request(profile, profile_match, memory_snapshot, nvtx)
+    runner: Any = None
+    if executor == "ray" and not dry_run:
+        from mlabench.executors.ray_exec import RayExecutor
+
+        runner = RayExecutor.connect(ray_address, ray_accelerator)
+        try:
+            dev = runner.resolve_device(device)  # the cluster's devices, not this machine's, decide --device
+        except BaseException:
+            runner.close()  # a local Ray instance started for this run
+            raise
+    else:
+        dev = _dry_run_device(device) if dry_run else resolve_device(device)
     try:
         plan = plan_sweep(suite_obj, dev, Overrides(axes, settings, options), out, shard_spec)
         check_request(request, plan.cases)

@@ -73,7 +73,8 @@ class IsolateExecutor:
             yield answer.result
 
 
-def choose_executor(name: str | None, isolate: bool, ray_address: str | None) -> str:
+def choose_executor(name: str | None, isolate: bool, ray_address: str | None,
+                    ray_accelerator: str | None = None) -> str:
     """The executor the flags ask for, checked before any work. `--isolate` is `--executor
     isolate`; with `--executor ray` it changes nothing (Ray workers isolate every case)."""
     if name is not None and name not in EXECUTORS:
@@ -83,6 +84,8 @@ def choose_executor(name: str | None, isolate: bool, ray_address: str | None) ->
     chosen = name or ("isolate" if isolate else "local")
     if ray_address is not None and chosen != "ray":
         raise UsageError("--ray-address needs --executor ray")
+    if ray_accelerator is not None and chosen != "ray":
+        raise UsageError("--ray-accelerator needs --executor ray")
     return chosen
 
 

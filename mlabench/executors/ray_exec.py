@@ -65,24 +65,37 @@ def _describe_task(device: torch.device, dtypes: list[str], probe: bool, threads
     return device_info(device), measure_peaks(device, dtypes, probe)
 
 
+ACCELERATOR_PREFIX = "accelerator_type:"  # how Ray names a node's GPU kind among its resources
+
+
+def check_accelerator(kind: str, resources: dict[str, float]) -> None:
+    """Refuse a GPU kind no node of the cluster has (its tasks would wait forever), naming those it has."""
+    kinds = sorted(k[len(ACCELERATOR_PREFIX):] for k in resources if k.startswith(ACCELERATOR_PREFIX))
+    if kind not in kinds:
+        raise UsageError(f"--ray-accelerator {kind}: no node of the Ray cluster has that GPU kind "
+                         f"(it has: {', '.join(kinds) or 'none'})")
+
+
 class RayExecutor:
     """Cases as Ray tasks; `connect` first, `describe` before the run directory is opened."""
 
     name = "ray"
 
-    def __init__(self, started_here: bool) -> None:
+    def __init__(self, started_here: bool, accelerator: str | None = None) -> None:
         self.started_here = started_here
+        self.accelerator = accelerator  # the GPU kind every case is pinned to (Ray's accelerator type)
         self.device_meta: dict[str, Any] | None = None
         self._peaks = Peaks()
         self._device = torch.device("cpu")
 
     @classmethod
-    def connect(cls, address: str | None) -> RayExecutor:
+    def connect(cls, address: str | None, accelerator: str | None = None) -> RayExecutor:
         """Join the cluster at `address`, or start a local instance over this machine's devices
-        (or use the one this process already runs, as tests do)."""
+        (or use the one this process already runs, as tests do). `accelerator`: run every case on
+        GPUs of that kind only (`--ray-accelerator`)."""
         ray = _ray()
         if ray.is_initialized():
-            return cls(started_here=False)
+            return cls(started_here=False, accelerator=accelerator)
         quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
                                  "log_to_driver": False}
         try:
@@ -94,7 +107,7 @@ class RayExecutor:
             where = f"at {address}" if address else "locally"
             raise UsageError(f"--executor ray: cannot start or reach Ray {where} ({str(exc).splitlines()[0]})") \
                 from None
-        return cls(started_here=True)
+        return cls(started_here=True, accelerator=accelerator)
 
     def close(self) -> None:
         if self.started_here:
@@ -105,12 +118,14 @@ class RayExecutor:
         """The device kind every case asks the cluster for; each task sees its own GPU as cuda:0."""
         gpus = _ray().cluster_resources().get("GPU", 0)
         if name == "auto":
-            return torch.device("cuda:0") if gpus else torch.device("cpu")
+            name = "cuda" if gpus else "cpu"
         try:
             dev = torch.device(name)
         except RuntimeError:
             raise UsageError(f"--device: unknown device {name!r} (auto, cpu, cuda)") from None
         if dev.type == "cpu":
+            if self.accelerator:
+                raise UsageError(f"--ray-accelerator {self.accelerator}: pins GPU cases; these run on the CPU")
             return torch.device("cpu")
         if dev.type != "cuda":
             raise UsageError(f"--device: unsupported device type {dev.type!r} (auto, cpu, cuda)")
@@ -119,11 +134,14 @@ class RayExecutor:
                              "give --device cuda")
         if not gpus:
             raise UsageError("--device cuda: the Ray cluster has no GPU")
+        if self.accelerator:
+            check_accelerator(self.accelerator, _ray().cluster_resources())
         return torch.device("cuda:0")
 
     def _resources(self, ctx_device: torch.device, threads: int) -> dict[str, Any]:
         if ctx_device.type == "cuda":
-            return {"num_gpus": 1, "num_cpus": 1}
+            pinned = {"accelerator_type": self.accelerator} if self.accelerator else {}
+            return {"num_gpus": 1, "num_cpus": 1, **pinned}
         return {"num_cpus": max(1, int(threads))}  # threads 0 (torch's default) still takes a CPU
 
     def describe(self, plan: Any, probe: bool) -> None:
