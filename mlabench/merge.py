@@ -131,6 +131,9 @@ def merge_runs(run_dirs: list[Path], out: Path, allow_partial: bool = False,
         meta["shards"] = [m.get("shard") for m in metas]
         meta["shard"] = None
         meta["cases"] = total_rows
+        kinds = {name: fp for m in metas if m for name, fp in (m.get("devices") or {}).items()}
+        if kinds:  # every device kind any shard's cases ran on, so compare sees a mixed merge
+            meta["devices"] = kinds
         if isinstance(meta.get("run"), dict):
             # The merged rows are the whole grid only when every shard was there in full.
             whole = not allow_partial and not allow_mixed and total_rows == meta["run"].get("grid_cases")
