@@ -1,5 +1,6 @@
 """Executors without Ray: `--isolate` survives a crashing and a hanging case, `--shard auto`
-reads Slurm's array variables, and bad executor flags are one line and exit 2."""
+reads Slurm's array variables, and bad executor flags are one line and exit 2. A run over
+mixed device kinds is charted per kind by `report` and refused by `compare`."""
 
 from __future__ import annotations
 
@@ -155,3 +156,25 @@ def test_compare_refuses_a_run_over_mixed_device_kinds(tmp_path: Path, capsys: p
     code, _, err = run_cli(["compare", str(base), str(cand)], capsys)
     assert code == 3
     assert "candidate ran on mixed device kinds (NVIDIA H100 80GB HBM3, NVIDIA H200)" in err
+
+
+def _section(page: str, sid: str) -> str:
+    return page.split(f'id="{sid}"', 1)[1].split("</section>", 1)[0]
+
+
+def test_report_charts_each_device_kind_on_its_own(tmp_path: Path) -> None:
+    from synthetic_runs import build_rows, make_meta, write_run
+
+    from mlabench.report.html import render_report
+    from mlabench.rundir import load_run
+
+    rows, draws = build_rows(variants=("mha", "mla-absorbed"), backends=("eager", "flashmla"), modes=("decode",),
+                             seq_lens=(1024,), batches=(1,), failures=False, claims=False)
+    for row in rows:  # two kinds of GPU in one cluster run: eager cases landed on one, flashmla on the other
+        row["device_name"] = "NVIDIA H100" if row["backend"] == "eager" else "NVIDIA H200"
+    page = render_report(load_run(write_run(tmp_path / "run", rows, draws, make_meta())))
+    assert "ran on 2 device kinds (NVIDIA H100, NVIDIA H200)" in page
+    h100, h200 = _section(page, "sec-headline-0"), _section(page, "sec-headline-1")
+    assert "Headline (NVIDIA H100)" in h100 and "eager" in h100 and "flashmla" not in h100
+    assert "Headline (NVIDIA H200)" in h200 and "flashmla" in h200 and "eager" not in h200
+    assert 'id="sec-headline"' not in page  # no chart over both kinds

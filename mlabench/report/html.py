@@ -4,11 +4,14 @@ Layout: header with the environment fingerprint and row counts, the headline
 table (per variant: KV bytes per token, best backend and latency, ratios to MHA),
 the charts (`charts`, `tradeoff`; round-to-round spread when the run has rounds),
 the claims table when the run has `claims` rows, and every row in a sortable,
-filterable table. No torch; plotly only renders JSON to HTML.
+filterable table. A run whose cases ran on several device kinds (a mixed cluster) gets
+the headline and charts once per kind, never averaged across kinds. No torch; plotly
+only renders JSON to HTML.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from html import escape
 from pathlib import Path
 
@@ -75,6 +78,33 @@ def performance_rows(df: pd.DataFrame) -> pd.DataFrame:
     return others if not others.empty else df
 
 
+def device_kinds(df: pd.DataFrame) -> list[str]:
+    """The device kinds the rows ran on, when they name more than one (else [])."""
+    if "device_name" not in df.columns:
+        return []
+    kinds = sorted({str(v) for v in df["device_name"].dropna() if str(v).strip()})
+    return kinds if len(kinds) > 1 else []
+
+
+def _performance(sections: list[str], nav: list[tuple[str, str]], df: pd.DataFrame, samples: pd.DataFrame | None,
+                 meta: dict, base: tuple[str, str], suffix: str, kind: str) -> None:
+    """The headline table and charts of `df`'s rows; `suffix` and `kind` tell one device kind's apart."""
+    perf = performance_rows(df)
+    if kind and samples is not None:  # this kind's cases only
+        samples = samples[samples["case_id"].isin(df["case_id"])]
+    sections.append(_section(f"sec-headline{suffix}", f"Headline{kind}", tradeoff.headline_table(perf),
+                             "Per variant: KV-cache bytes per token (one layer), and at each sequence length "
+                             "the fastest backend, its median latency, and both as ratios to MHA."))
+    nav.append((f"sec-headline{suffix}", f"Headline{kind}"))
+    built = [tradeoff.tradeoff_chart(perf), charts.latency_chart(perf), charts.kv_chart(perf),
+             charts.speedup_chart(perf, base), charts.roofline_chart(perf, meta), charts.rank_chart(perf),
+             charts.round_spread_chart(df, samples)]
+    for chart in (c for c in built if c is not None):
+        chart = dataclasses.replace(chart, id=chart.id + suffix, title=chart.title + kind)
+        sections.append(_chart_html(chart))
+        nav.append((f"sec-{chart.id}", chart.title))
+
+
 def render_report(run: RunData, baseline: str = "mha:eager") -> str:
     """The whole page as a string."""
     try:
@@ -90,17 +120,19 @@ def render_report(run: RunData, baseline: str = "mha:eager") -> str:
                                  f'<p class="empty">{escape(str(run.results_path))} has no rows: the sweep '
                                  "recorded no case, so there is nothing to chart.</p>"))
     else:
-        perf = performance_rows(df)
-        sections.append(_section("sec-headline", "Headline", tradeoff.headline_table(perf),
-                                 "Per variant: KV-cache bytes per token (one layer), and at each sequence length "
-                                 "the fastest backend, its median latency, and both as ratios to MHA."))
-        nav.append(("sec-headline", "Headline"))
-        built = [tradeoff.tradeoff_chart(perf), charts.latency_chart(perf), charts.kv_chart(perf),
-                 charts.speedup_chart(perf, base), charts.roofline_chart(perf, meta), charts.rank_chart(perf),
-                 charts.round_spread_chart(df, run.samples)]
-        for chart in (c for c in built if c is not None):
-            sections.append(_chart_html(chart))
-            nav.append((f"sec-{chart.id}", chart.title))
+        kinds = device_kinds(df)
+        if len(kinds) > 1:
+            sections.append(_section("sec-devices", "Device kinds", "",
+                                     f"These cases ran on {len(kinds)} device kinds ({', '.join(kinds)}): each "
+                                     "kind has its own headline and charts below; timings are never averaged "
+                                     "across kinds."))
+        for k, kind in enumerate(kinds or [None]):
+            rows = df if kind is None else df[df["device_name"] == kind]
+            # Peaks in meta.json are of the run's first device kind; another kind's roofline has none.
+            kind_meta = meta if kind in (None, (meta.get("device") or {}).get("name")) else \
+                {key: v for key, v in meta.items() if key != "peaks"}
+            _performance(sections, nav, rows, run.samples, kind_meta, base, "" if kind is None else f"-{k}",
+                         "" if kind is None else f" ({kind})")
         if claims.has_claims(df):
             sections.append(_section("sec-claims", "Claims", tables.claims_table(claims.evaluate_claims(df)),
                                      "Published figures beside what this run measured (rows with suite = claims)."))
