@@ -1,11 +1,13 @@
-"""Test-only backends that end their case the hard way, registered when this module is imported.
+"""A test-only variant and backends that end their case the hard way, registered when this
+module is imported.
 
 The isolated child imports this module too (executors/isolate.plugin_modules finds it as the
-module that registered the backend), so the child knows the same backends as the driver.
+module that registered the variant or backend), so the child knows the same ones as the driver.
 
-- `test-abort`: `os.abort()` while preparing, as a crashing native kernel would.
-- `test-hang`: sleeps while preparing, as a kernel that never returns would.
-- `test-kill-worker`: kills the Ray worker that runs the case's child process, as a lost node
+- variant `test-abort`: multi-head attention whose step calls `os.abort()`, as a crashing
+  native kernel would.
+- backend `test-hang`: sleeps while preparing, as a kernel that never returns would.
+- backend `test-kill-worker`: kills the Ray worker that runs the case's child process, as a lost node
   would; it refuses to run anywhere but under a Ray worker.
 """
 
@@ -15,14 +17,22 @@ import os
 import signal
 import time
 
+from torch import Tensor
+
 from mlabench.backends.registry import BACKENDS, register_backend
+from mlabench.variants import VARIANT_CLASSES, register_variant
+from mlabench.variants.gqa import MultiHeadAttention
 
-NAMES = ("test-abort", "test-hang", "test-kill-worker")
+NAMES = ("test-hang", "test-kill-worker")
+VARIANTS = ("test-abort",)
 
 
-@register_backend("test-abort", description="test only: aborts the process", variants=("mha",))
-def _abort(module, case, inputs):  # type: ignore[no-untyped-def]
-    os.abort()
+@register_variant
+class AbortingAttention(MultiHeadAttention):
+    name = "test-abort"
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:  # type: ignore[no-untyped-def,override]
+        os.abort()
 
 
 @register_backend("test-hang", description="test only: never returns", variants=("mha",))
@@ -44,3 +54,5 @@ def _kill_worker(module, case, inputs):  # type: ignore[no-untyped-def]
 def unregister() -> None:
     for name in NAMES:
         BACKENDS.pop(name, None)
+    for name in VARIANTS:
+        VARIANT_CLASSES.pop(name, None)

@@ -25,8 +25,8 @@ warmup_s = 0.001
 min_samples = 3
 [[grid]]
 model = "tiny"
-variant = "mha"
-backend = ["eager", "test-abort", "test-hang"]
+variant = ["mha", "test-abort"]
+backend = ["eager", "test-hang"]
 mode = "decode"
 batch = [1]
 seq_len = [16]
@@ -47,7 +47,7 @@ def crash_backends() -> Iterator[None]:
 
 def rows(path: Path) -> dict[str, dict[str, str]]:
     with (path / schema.RESULTS_CSV).open(newline="") as f:
-        return {r["backend"]: r for r in csv.DictReader(f)}
+        return {f"{r['variant']}/{r['backend']}": r for r in csv.DictReader(f)}
 
 
 def test_isolate_turns_an_abort_and_a_hang_into_rows(crash_backends: None, tmp_path: Path,
@@ -60,25 +60,26 @@ def test_isolate_turns_an_abort_and_a_hang_into_rows(crash_backends: None, tmp_p
     code, _, err = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--isolate", "--timeout", "1",
                             "--rounds", "2", "--no-probe", "--no-report"], capsys)
     assert code == 1, err  # failed cases, and the sweep went on past them
-    by_backend = rows(out)
-    assert by_backend["eager"]["status"] == "ok"
-    assert 0 < float(by_backend["eager"]["rel_err"]) < 1e-4  # checked against float64 in the child
-    assert by_backend["eager"]["kv_cache_bytes"] == by_backend["eager"]["kv_cache_bytes_measured"]
-    assert by_backend["eager"]["host"] and by_backend["eager"]["device_name"]
-    assert by_backend["test-abort"]["host"] == by_backend["eager"]["host"]
-    assert by_backend["test-abort"]["status"] == "error"
-    assert "killed by SIGABRT" in by_backend["test-abort"]["error"]
-    assert by_backend["test-hang"]["status"] == "timeout"
-    assert "wall limit of 1 s" in by_backend["test-hang"]["error"]
-    for row in by_backend.values():  # a row the child never wrote still has its identity and analytic columns
+    by_case = rows(out)
+    assert len(by_case) == 3
+    assert by_case["mha/eager"]["status"] == "ok"
+    assert 0 < float(by_case["mha/eager"]["rel_err"]) < 1e-4  # checked against float64 in the child
+    assert by_case["mha/eager"]["kv_cache_bytes"] == by_case["mha/eager"]["kv_cache_bytes_measured"]
+    assert by_case["mha/eager"]["host"] and by_case["mha/eager"]["device_name"]
+    assert by_case["test-abort/eager"]["host"] == by_case["mha/eager"]["host"]
+    assert by_case["test-abort/eager"]["status"] == "error"
+    assert "killed by SIGABRT" in by_case["test-abort/eager"]["error"]
+    assert by_case["mha/test-hang"]["status"] == "timeout"
+    assert "wall limit of 1 s" in by_case["mha/test-hang"]["error"]
+    for row in by_case.values():  # a row the child never wrote still has its identity and analytic columns
         assert row["case_id"] == schema.case_id(row) and row["kv_cache_bytes"]
     with (out / schema.SAMPLES_CSV).open(newline="") as f:
         samples = list(csv.DictReader(f))
-    eager = by_backend["eager"]["case_id"]
+    eager = by_case["mha/eager"]["case_id"]
     assert {s["case_id"] for s in samples} == {eager}
     assert sorted({s["round"] for s in samples}) == ["0", "1"]
     assert all(sum(s["round"] == r for s in samples) >= 3 for r in ("0", "1"))
-    assert int(by_backend["eager"]["n_samples"]) == len(samples)  # the row summarises both rounds
+    assert int(by_case["mha/eager"]["n_samples"]) == len(samples)  # the row summarises both rounds
     meta = json.loads((out / schema.META_JSON).read_text())
     assert meta["executor"] == "isolate" and meta["interrupted"] is False
     assert list(meta["devices"]) == [meta["device"]["name"]]
