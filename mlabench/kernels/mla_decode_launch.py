@@ -248,8 +248,16 @@ def _desc(x: object) -> str:
     return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
+FP8_KV_DTYPES = ("fp8_e4m3", "fp8_e5m2")
+
+
+def fp8_row_bytes(head_dim_v: int, rope_dim: int) -> int:
+    """Bytes of one FP8 latent row: head_dim_v FP8 values, one fp32 scale per 128, rope_dim bf16."""
+    return head_dim_v + 4 * math.ceil(head_dim_v / 128) + 2 * rope_dim
+
+
 def check_inputs(
-    q: Tensor, kv_cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, softmax_scale: float,
+    q: Tensor, kv_cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, softmax_scale: float, kv_dtype: str = "",
 ) -> None:
     """Raise ValueError naming the first offending argument of ``mla_decode``."""
     if not isinstance(q, Tensor) or q.dim() != 4:
@@ -263,7 +271,11 @@ def check_inputs(
     B, S, H, D = q.shape
     if q.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"q dtype must be one of bf16/fp16/fp32, got {q.dtype}")
-    if kv_cache.dtype != q.dtype:
+    if kv_dtype and kv_dtype not in FP8_KV_DTYPES:
+        raise ValueError(f"kv_dtype must be '' or one of {', '.join(FP8_KV_DTYPES)}, got {kv_dtype!r}")
+    if kv_dtype and kv_cache.dtype != torch.uint8:
+        raise ValueError(f"an {kv_dtype} kv_cache is uint8 rows of bytes, got {kv_cache.dtype}")
+    if not kv_dtype and kv_cache.dtype != q.dtype:
         raise ValueError(f"kv_cache dtype {kv_cache.dtype} must match q dtype {q.dtype}")
     if cache_seqlens.dtype != torch.int32:
         raise ValueError(f"cache_seqlens must be int32, got {cache_seqlens.dtype}")
@@ -275,7 +287,7 @@ def check_inputs(
         raise ValueError(f"q shape {tuple(q.shape)} needs S >= 1, H >= 1 and D >= 2")
     if kv_cache.shape[0] != B:
         raise ValueError(f"kv_cache batch {kv_cache.shape[0]} does not match q batch {B}")
-    if kv_cache.shape[2] != D:
+    if not kv_dtype and kv_cache.shape[2] != D:
         raise ValueError(f"kv_cache last dim {kv_cache.shape[2]} does not match q head dim {D}")
     if kv_cache.shape[1] > 0 and kv_cache.stride(2) != 1:
         raise ValueError(f"kv_cache last dim must be contiguous (stride 1), got strides {kv_cache.stride()}")
@@ -283,6 +295,14 @@ def check_inputs(
         raise ValueError(f"cache_seqlens has {cache_seqlens.shape[0]} entries, q batch is {B}")
     if not _is_int(head_dim_v) or not 0 < head_dim_v < D:
         raise ValueError(f"head_dim_v must be an int with 0 < head_dim_v < D={D}, got {head_dim_v!r}")
+    if kv_dtype:
+        want = fp8_row_bytes(head_dim_v, D - head_dim_v)
+        if kv_cache.shape[2] != want or head_dim_v % 4 or (D - head_dim_v) % 2:
+            raise ValueError(f"an {kv_dtype} kv_cache row holds {want} bytes for head_dim_v {head_dim_v} and rope "
+                             f"dim {D - head_dim_v} (head_dim_v divisible by 4, rope dim even), "
+                             f"got {kv_cache.shape[2]}")
+        if any(s % 4 for s in kv_cache.stride()[:2]) or kv_cache.storage_offset() % 4:
+            raise ValueError(f"an {kv_dtype} kv_cache must be 4-byte aligned rows, got strides {kv_cache.stride()}")
     if (
         isinstance(softmax_scale, bool)
         or not isinstance(softmax_scale, (int, float))
