@@ -151,6 +151,7 @@ class AttentionVariant(nn.Module):
     cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in MLA.md's symbols
     supports_decode: ClassVar[bool] = True
     cache_tensor_count: ClassVar[int] = 2  # cache tensors per layer (K and V): per-tensor FP8 scales per layer
+    fp8_cache: ClassVar[str] = "each cache tensor in FP8 + one fp32 scale per tensor per layer"  # kv_dtype fp8_*
 
     # --- shape and cost model (no tensors) -----------------------------------------------
     @classmethod

@@ -187,6 +187,8 @@ class MLAExpanded(_MLABase):
 
 class _LatentCacheMLA(_MLABase):
     cache_tensor_count = 1
+    fp8_cache = ("per token: d_c FP8 + one fp32 scale per 128 of them + d_r RoPE values in bf16, "
+                 "d_c+4*ceil(d_c/128)+2*d_r bytes (656 at d_c=512, d_r=64)")
 
     @classmethod
     def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
