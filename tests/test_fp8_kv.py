@@ -204,7 +204,8 @@ def test_stored_bytes_in_the_work_model() -> None:
     ("fp8_e4m3", torch.float32, 3), ("fp8_e4m3", torch.bfloat16, 1),
     ("fp8_e5m2", torch.bfloat16, 3), ("fp8_e5m2", torch.float32, 1)])
 def test_triton_kernel_reads_fp8_rows(kv_dtype: str, dtype: torch.dtype, num_splits: int) -> None:
-    from mlabench.kernels.mla_decode import mla_decode, triton_unavailable_reason
+    from mlabench.kernels.mla_decode import mla_decode, mla_decode_config, triton_unavailable_reason
+    from mlabench.kernels.mla_decode_launch import auto_fp8_configs
 
     if triton_unavailable_reason(torch.device("cpu")) is not None:
         pytest.skip("triton cannot run on the CPU here")
@@ -218,6 +219,10 @@ def test_triton_kernel_reads_fp8_rows(kv_dtype: str, dtype: torch.dtype, num_spl
         fmt.encode(values[i, :n], rows[i, :n])
     q = torch.randn(b, s, h, dv + dr, generator=gen).to(dtype)
     scale = (dv + dr) ** -0.5
+    if dtype == torch.bfloat16:  # the one configuration the sm_90a compile shows clean over FP8 rows
+        cfg = mla_decode_config(q, rows, num_splits, kv_fp8=True)
+        assert [(cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_stages)] == [
+            (c.block_h, c.block_n, c.num_warps, c.num_stages) for c in auto_fp8_configs()]
     out = mla_decode(q, rows, seqlens, dv, scale, num_splits=num_splits, kv_dtype=kv_dtype)
     ref = torch.empty(b, s, h, dv, dtype=torch.float64)
     for i, n in enumerate(seqlens.tolist()):

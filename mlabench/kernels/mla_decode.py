@@ -95,7 +95,8 @@ if HAS_TRITON:
         # bf16 tiles are widened to fp32 (exact) before each dot. Always False when compiled.
         UPCAST_DOT: tl.constexpr,
         KV_FP8: tl.constexpr = 0,  # 0: KV holds q's dtype; 1: FP8 e4m3 rows; 2: FP8 e5m2 rows
-        SCALE_TILE: tl.constexpr = 128,  # latent columns per scale in an FP8 row
+        N_TILES: tl.constexpr = 1,  # FP8: scale tiles across BLOCK_DV (BLOCK_DV // TILE_COLS)
+        TILE_COLS: tl.constexpr = 128,  # FP8: columns per scale tile, min(128, BLOCK_DV)
     ):
         # One-dimensional grid, row block fastest, then split, then sequence: CUDA issues CTAs
         # in linear order, so the row blocks that read the same KV chunk run side by side
@@ -157,13 +158,18 @@ if HAS_TRITON:
             else:
                 # FP8 bytes -> fp32 in registers, times the tile's scale, then q's dtype (exact).
                 bits = tl.load(kv_rows + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0)
+                # FP8 -> fp32 and times a power-of-two scale: exact; rounded once to q's dtype below.
                 if KV_FP8 == 1:
                     lat = bits.to(tl.float8e4nv, bitcast=True).to(tl.float32)
                 else:
                     lat = bits.to(tl.float8e5, bitcast=True).to(tl.float32)
-                sc = tl.load(sc_base + offs_n[:, None] * stride_sct + (offs_dv // SCALE_TILE)[None, :],
-                             mask=n_ok[:, None] & dv_ok[None, :], other=0.0)  # (BLOCK_N, BLOCK_DV)
-                k_v = (lat * sc).to(Q.dtype.element_ty)
+                # One scale per (token, 128-column tile), broadcast over its tile through a reshape
+                # rather than gathered per element: a (BLOCK_N, BLOCK_DV) fp32 scale tile spills.
+                offs_t = tl.arange(0, N_TILES)
+                sc = tl.load(sc_base + offs_n[:, None] * stride_sct + offs_t[None, :],
+                             mask=n_ok[:, None] & (offs_t * TILE_COLS < DV)[None, :], other=0.0)  # (BLOCK_N, N_TILES)
+                lat = tl.reshape(lat, (BLOCK_N, N_TILES, TILE_COLS)) * sc[:, :, None]
+                k_v = tl.reshape(lat, (BLOCK_N, BLOCK_DV)).to(Q.dtype.element_ty)
                 k_r = tl.load(pe_base + offs_n[:, None] * stride_pet + offs_dr[None, :],
                               mask=n_ok[:, None] & dr_ok[None, :], other=0.0).to(Q.dtype.element_ty)
             if UPCAST_DOT:
@@ -282,7 +288,7 @@ def mla_decode(
         raise RuntimeError(f"mla_decode cannot run on {device}: {reason}")
     check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, kv_dtype)
     cfg = mla_decode_config(q, kv_cache, num_splits, block_h=block_h, block_n=block_n,
-                            num_warps=num_warps, num_stages=num_stages)
+                            num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype))
 
     B, S, H, D = q.shape
     dv = head_dim_v
@@ -335,7 +341,7 @@ def mla_decode(
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr,
         BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
         WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot,
-        KV_FP8=fp8, SCALE_TILE=_SCALE_TILE,
+        KV_FP8=fp8, N_TILES=block_dv // min(_SCALE_TILE, block_dv), TILE_COLS=min(_SCALE_TILE, block_dv),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not write_final:
