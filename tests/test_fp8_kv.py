@@ -238,6 +238,7 @@ def test_triton_kernel_reads_fp8_rows(kv_dtype: str, dtype: torch.dtype, num_spl
 def test_triton_backend_case_reports_quant_err() -> None:
     from mlabench.case import Case
     from mlabench.kernels.mla_decode import triton_unavailable_reason
+    from mlabench.kernels.mla_decode_launch import auto_fp8_configs
     from mlabench.measure.timing import TimingSettings
     from mlabench.runner import RunContext, run_case
 
@@ -250,6 +251,9 @@ def test_triton_backend_case_reports_quant_err() -> None:
     assert row.status == "ok", row.error
     assert row.kv_dtype == "fp8_e4m3" and row.kv_cache_bytes == row.kv_cache_bytes_measured == 2 * 20 * 52
     assert row.quant_err > 1e-3 and row.rel_err == pytest.approx(row.quant_err, rel=1e-3)  # all of it is FP8's
+    fp8 = auto_fp8_configs()[0]  # the FP8 launch, not the 16-bit one that spills over FP8 rows
+    assert row.backend_detail.startswith(f"triton:block_h={fp8.block_h},block_n={fp8.block_n},"
+                                         f"num_warps={fp8.num_warps},")
 
 
 DS_TINY = AttentionShape(hidden_size=64, num_heads=4, head_dim=16, rope_head_dim=64, v_head_dim=16,

@@ -63,7 +63,7 @@ class TritonMLACore(LatentCore):
         kv = step.kv  # (B, T, D) view with the cache's strides: no copy
         if self.config is None:
             # Resolved once, so every timed call runs (and the row records) the same launch.
-            self.config = mla_decode_config(step.q, kv, **self.knobs)
+            self.config = mla_decode_config(step.q, kv, **self.knobs, kv_fp8=bool(step.kv_dtype))
         cfg = self.config
         return mla_decode(step.q, kv, step.cache_seqlens, head_dim_v=step.d_c, softmax_scale=step.scale,
                           num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
