@@ -41,11 +41,11 @@ import tomllib
 
 from mlabench.case import MODES, SCOPES, Case
 from mlabench.config import (
+    DTYPE_ALIASES,
+    DTYPES,
     PRESETS,
     AttentionShape,
     ShapeError,
-    DTYPE_ALIASES,
-    DTYPES,
     canonical_dtype,
     canonical_kv_dtype,
     from_name,

@@ -24,7 +24,6 @@ from mlabench.report.charts import Chart, _colors, _log_ticks, _style, natural_k
 from mlabench.report.labels import series_labels
 from mlabench.report.tables import human_bytes
 
-
 # Marker shapes per cache kind, in order of first use (the compute dtype's kinds come first).
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "star", "x", "hexagon", "cross")
 
