@@ -62,6 +62,7 @@ class Case:
             "mode": self.mode,
             "scope": self.scope,
             "dtype": self.dtype,
+            "kv_dtype": self.shape.cache_dtype,
             "device": self.device,
             "batch": self.batch,
             "seq_len": self.seq_len,
@@ -101,4 +102,5 @@ class Case:
         """Short human description for progress lines."""
         return (f"{self.model} {self.variant}/{self.backend} {self.mode} b={self.batch} "
                 f"T={self.seq_len}" + (f" q={self.q_len}" if self.mode == "decode" else "")
-                + f" {self.dtype}" + (" core" if self.scope == "core" else ""))
+                + f" {self.dtype}" + (f" kv={self.shape.kv_dtype}" if self.shape.kv_dtype else "")
+                + (" core" if self.scope == "core" else ""))

@@ -203,7 +203,7 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any], profiled: list[Pr
         row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
 
     if ctx.accuracy:
-        _check_accuracy(case, row, out, timed.reference, device)
+        _check_accuracy(case, row, out, timed.reference, device, timed.quant_reference)
     del out
     check_deadline(deadline, "the accuracy check")
 
@@ -245,11 +245,17 @@ def _note(row: dict[str, Any], note: str) -> None:
 
 
 def _check_accuracy(case: Case, row: dict[str, Any], out: torch.Tensor, reference: Any,
-                    device: torch.device) -> None:
+                    device: torch.device, quant_reference: Any = None) -> None:
     """Compare `out` with the float64 reference; a reference that does not fit leaves accuracy
-    empty with the reason (the backend itself ran, so the row stays ok)."""
+    empty with the reason (the backend itself ran, so the row stays ok). With `quant_reference`
+    (an FP8 cache, dequantized) the quantization's own error is `quant_err` and widens the
+    tolerance (measure/accuracy.py)."""
+    quant = None
     try:
         ref = reference()
+        if quant_reference is not None:
+            quant = acc.quant_error(quant_reference(), ref, out.shape[0], case.dtype)
+            row["quant_err"] = quant.rel_err
     except (torch.OutOfMemoryError, MemoryError) as exc:
         row["error"] = f"accuracy not checked: the float64 reference ran out of memory ({_first_line(exc)})"
         ref = None
@@ -258,7 +264,7 @@ def _check_accuracy(case: Case, row: dict[str, Any], out: torch.Tensor, referenc
         if device.type == "cuda":
             torch.cuda.empty_cache()
         return
-    result = acc.compare(out, ref, case.dtype)
+    result = acc.compare(out, ref, case.dtype, quant)
     row.update(max_abs_err=result.max_abs_err, rel_err=result.rel_err, cos_diff=result.cos_diff)
     if not result.ok:
         row.update(status="inaccurate", error=result.describe())

@@ -14,6 +14,7 @@
     q_len = [1]           # decode only; prefill always runs q_len = seq_len
     dtype = ["auto"]      # auto: bfloat16 on CUDA, float32 on CPU
     scope = ["step"]      # step: the whole layer is timed; core: the attention core alone
+    kv_dtype = ["auto"]   # what the cache stores: auto (the compute dtype), fp8_e4m3, fp8_e5m2
 
 A grid may set `suite = "claims"` (one name): its rows are recorded under that suite name
 instead of the file's, so a suite can carry the claims configurations and the report still
@@ -40,10 +41,13 @@ import tomllib
 
 from mlabench.case import MODES, SCOPES, Case
 from mlabench.config import (
+    DTYPE_ALIASES,
+    DTYPES,
     PRESETS,
     AttentionShape,
     ShapeError,
     canonical_dtype,
+    canonical_kv_dtype,
     from_name,
     validate_case_dims,
 )
@@ -111,8 +115,9 @@ def _as_list(key: str, value: Any) -> list[Any]:
     return values
 
 
+_DTYPE_NAMES = frozenset(DTYPES) | frozenset(DTYPE_ALIASES)
 _FLOAT_FIELDS = frozenset(f.name for f in fields(AttentionShape) if f.type in (float, "float"))
-_STRING_AXES = frozenset({"model", "variant", "backend", "mode", "dtype", "scope"})
+_STRING_AXES = frozenset({"model", "variant", "backend", "mode", "dtype", "scope", "kv_dtype"})
 
 
 def _check_type(key: str, value: Any, where: str) -> None:
@@ -189,6 +194,11 @@ def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: 
                 canonical_dtype(v)
             except ShapeError as exc:
                 raise UsageError(f"suite: {exc} in {where}") from None
+    for v in axes.get("kv_dtype", []):
+        try:  # a known dtype that is not the case's compute dtype is dropped per case, not refused here
+            canonical_kv_dtype(v, canonical_dtype(v) if str(v).lower() in _DTYPE_NAMES else "float32")
+        except ShapeError as exc:
+            raise UsageError(f"suite: {exc} in {where}") from None
     for axis in ("batch", "seq_len", "q_len"):
         for v in axes.get(axis, []):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:

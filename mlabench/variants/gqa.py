@@ -84,10 +84,10 @@ class GroupedQueryAttention(AttentionVariant):
         q = apply_rotate_half(self.q_proj(x).view(b, s, h, d), cos, sin)  # (B, S, H, D)
         k = apply_rotate_half(self.k_proj(x).view(b, s, g, d), cos, sin)  # (B, S, G, D)
         v = self.v_proj(x).view(b, s, g, d)
-        k_cache, v_cache = self._cache["k_cache"], self._cache["v_cache"]
-        k_cache[:b, start_pos:end] = k
-        v_cache[:b, start_pos:end] = v
-        return q, k_cache[:b, :end], v_cache[:b, :end], d**-0.5, True
+        self._store("k_cache", (slice(None, b), slice(start_pos, end)), k)
+        self._store("v_cache", (slice(None, b), slice(start_pos, end)), v)
+        seen = (slice(None, b), slice(None, end))
+        return q, self._load("k_cache", seen), self._load("v_cache", seen), d**-0.5, True
 
     def core_output(self, o: Tensor) -> Tensor:
         b, s = o.shape[:2]  # o (B, S, H, D)

@@ -100,12 +100,12 @@ class LowRankKV(AttentionVariant):
         end = start_pos + s
         cos, sin = self._rope
         q = apply_rotate_half(self.q_proj(x).view(b, s, h, d), cos[start_pos:end], sin[start_pos:end])
-        k_cache, v_cache = self._cache["k_cache"], self._cache["v_cache"]
-        k_cache[:b, start_pos:end] = self.k_proj(x).view(b, s, h, r)
-        v_cache[:b, start_pos:end] = self.v_proj(x).view(b, s, h, r)
-        k = torch.einsum("bthr,hdr->bthd", k_cache[:b, :end], self.k_up_proj)  # (B, T, H, D)
+        self._store("k_cache", (slice(None, b), slice(start_pos, end)), self.k_proj(x).view(b, s, h, r))
+        self._store("v_cache", (slice(None, b), slice(start_pos, end)), self.v_proj(x).view(b, s, h, r))
+        seen = (slice(None, b), slice(None, end))
+        k = torch.einsum("bthr,hdr->bthd", self._load("k_cache", seen), self.k_up_proj)  # (B, T, H, D)
         k = apply_rotate_half(k, cos[:end], sin[:end])
-        v = torch.einsum("bthr,hdr->bthd", v_cache[:b, :end], self.v_up_proj)
+        v = torch.einsum("bthr,hdr->bthd", self._load("v_cache", seen), self.v_up_proj)
         return q, k, v, d**-0.5, True
 
     def core_output(self, o: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
+from mlabench.variants import kvquant
 from mlabench.variants.base import AttentionVariant, RMSNorm, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
@@ -175,27 +176,54 @@ class MLAExpanded(_MLABase):
         cos, sin = (t[start_pos:end] for t in self._rope)
         q_nope, q_pe = self._queries(x, cos, sin)
         k, v = self._expand(*self._latent(x, cos, sin))
-        k_cache, v_cache = self._cache["k_cache"], self._cache["v_cache"]
-        k_cache[:b, start_pos:end] = k
-        v_cache[:b, start_pos:end] = v
+        self._store("k_cache", (slice(None, b), slice(start_pos, end)), k)
+        self._store("v_cache", (slice(None, b), slice(start_pos, end)), v)
         q = torch.cat((q_nope, q_pe), dim=-1)  # (B, S, H, d_qk)
-        return q, k_cache[:b, :end], v_cache[:b, :end], self.shape.mla_softmax_scale, True
+        seen = (slice(None, b), slice(None, end))
+        return q, self._load("k_cache", seen), self._load("v_cache", seen), self.shape.mla_softmax_scale, True
 
     core_output = _MLABase._out
 
 
 class _LatentCacheMLA(_MLABase):
+    cache_tensor_count = 1
+    fp8_cache = ("per token: d_c FP8 + one fp32 scale per 128 of them + d_r RoPE values in bf16, "
+                 "d_c+4*ceil(d_c/128)+2*d_r bytes (656 at d_c=512, d_r=64)")
+
+    @classmethod
+    def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
+        shape = super().normalize_shape(shape)
+        if shape.kv_quantized and shape.kv_lora_rank % 4:
+            # The fp32 scales follow the d_c FP8 bytes in each row and must be 4-byte aligned.
+            raise ShapeError("kv_lora_rank", f"an FP8 latent cache needs kv_lora_rank divisible by 4, "
+                                             f"got {shape.kv_lora_rank}")
+        return shape
+
+    @classmethod
+    def kv_format(cls, sh: AttentionShape) -> kvquant.KVFormat | None:
+        return kvquant.LatentFP8(sh.kv_dtype, sh.kv_lora_rank, sh.rope_head_dim) if sh.kv_quantized else None
+
+    @classmethod
+    def kv_bytes_per_token(cls, sh: AttentionShape) -> int:
+        if sh.kv_quantized:
+            return kvquant.latent_row_bytes(sh.kv_lora_rank, sh.rope_head_dim)
+        return cls.kv_elements_per_token(sh) * sh.element_bytes
+
+    @classmethod
+    def kv_cache_bytes(cls, sh: AttentionShape, batch: int, seq_len: int) -> int:
+        return batch * seq_len * cls.kv_bytes_per_token(sh)
+
     def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         sh = self.shape
         return {"kv_cache": (batch, max_seq_len, sh.kv_lora_rank + sh.rope_head_dim)}
 
     def _write_latent(self, x: Tensor, start_pos: int, cos: Tensor, sin: Tensor) -> Tensor:
-        """Write this step's [c_kv, k_pe] and return the cache view (B, T, d_c + d_r)."""
+        """Write this step's [c_kv, k_pe] and return the cache (B, T, d_c + d_r): a view, or the
+        FP8 cache dequantized."""
         b, s, _ = x.shape
         c_kv, k_pe = self._latent(x, cos, sin)
-        cache = self._cache["kv_cache"]
-        cache[:b, start_pos:start_pos + s] = torch.cat((c_kv, k_pe), dim=-1)
-        return cache[:b, :start_pos + s]
+        self._store("kv_cache", (slice(None, b), slice(start_pos, start_pos + s)), torch.cat((c_kv, k_pe), dim=-1))
+        return self._load("kv_cache", (slice(None, b), slice(None, start_pos + s)))
 
 
 @register_variant
@@ -250,6 +278,9 @@ class LatentStep:
     d_c: int  # V's width
     scale: float  # tau, always explicit: DeepSeek's is d_qk**-0.5 times the YaRN factor, not D**-0.5
     cache_seqlens: Tensor  # (B,) int32, `end` for every sequence; allocated once per case by the caller
+    # "" when `cache` holds values in q's dtype; else the FP8 format of DeepSeek's byte rows in a
+    # uint8 cache (B_max, T_max, row bytes): [d_c FP8 | fp32 scale per 128 | d_r bf16] (kvquant.py)
+    kv_dtype: str = ""
 
     @property
     def end(self) -> int:
@@ -271,6 +302,13 @@ class LatentStep:
 class MLAAbsorbed(_LatentCacheMLA):
     name = "mla-absorbed"
     caches = "latent c_kv + RoPE key; attends in latent space"
+
+    def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(shape, device, dtype)
+        # Set by a fused core that reads an FP8 cache's stored rows itself (backends/latent.py);
+        # the eager core gets them dequantized.
+        self.reads_stored_cache = False
 
     @classmethod
     def core_flops(cls, sh: AttentionShape, step: Step) -> int:
@@ -320,6 +358,10 @@ class MLAAbsorbed(_LatentCacheMLA):
         q = self.absorbed_query(x, start_pos)
         cos, sin = (t[start_pos:start_pos + s] for t in self._rope)
         latent = self._write_latent(x, start_pos, cos, sin)[:, :, None, :]  # (B, T, 1, d_c + d_r)
+        if isinstance(self.kv_store, kvquant.LatentFP8) and self.reads_stored_cache:
+            # A fused core dequantizes the FP8 rows itself: hand it the stored bytes (B, T, 1, row
+            # bytes), whose first d_c bytes are the FP8 latent, not a dequantized copy.
+            latent = self._cache["kv_cache"][: x.shape[0], : start_pos + s, None, :]
         return q, latent, latent[..., :d_c], self.shape.mla_softmax_scale, True
 
     def latent_step(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, cache_seqlens: Tensor,
@@ -329,7 +371,7 @@ class MLAAbsorbed(_LatentCacheMLA):
         module's cache with its strides (so the kernel reads the cache in place, not a copy) and
         v = k[..., :d_c] (V never materialized)."""
         b, s = q.shape[:2]
-        cache = self._cache["kv_cache"]  # (B_max, T_max, d_c + d_r)
+        cache = self._cache["kv_cache"]  # (B_max, T_max, d_c + d_r), or its FP8 byte rows
         d_c = self.shape.kv_lora_rank
         if check:
             if not causal:
@@ -346,7 +388,8 @@ class MLAAbsorbed(_LatentCacheMLA):
             if k.shape[0] != b or cache_seqlens.shape != (b,) or k.shape[1] < s:
                 raise RuntimeError(f"{self.name}: q {tuple(q.shape)}, k {tuple(k.shape)} and cache_seqlens "
                                    f"{tuple(cache_seqlens.shape)} do not describe one step")
-        return LatentStep(q, cache, b, k.shape[1] - s, s, d_c, scale, cache_seqlens)
+        return LatentStep(q, cache, b, k.shape[1] - s, s, d_c, scale, cache_seqlens,
+                          self.shape.kv_dtype if isinstance(self.kv_store, kvquant.LatentFP8) else "")
 
     def core_output(self, o_lat: Tensor) -> Tensor:
         """o_lat (B, S, H, d_c) -> W_UV per head -> o_proj."""
