@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlabench.config import AttentionShape
+from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants.registry import variant_class
 
 if TYPE_CHECKING:
@@ -79,6 +79,32 @@ def kv_cache_elements(variant: str, shape: AttentionShape, batch: int, seq_len: 
 def kv_cache_bytes(variant: str, shape: AttentionShape, batch: int, seq_len: int, layers: int = 1) -> int:
     """Exact bytes of the cache the module allocates, times `layers` for whole-model figures."""
     return kv_cache_elements(variant, shape, batch, seq_len) * shape.element_bytes * layers
+
+
+def check_tp(shape: AttentionShape, tp: int) -> None:
+    """Tensor parallelism splits the query heads evenly (as vLLM and SGLang do): tp must divide H."""
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ShapeError("tp", f"must be a positive integer, got {tp!r}")
+    if shape.num_heads % tp:
+        raise ShapeError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({shape.num_heads})")
+
+
+def kv_elements_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> int:
+    """Cache elements per token per layer on one GPU at tensor-parallel degree tp (MLA.md section 6)."""
+    cls, sh = _normalized(variant, shape)
+    check_tp(sh, tp)
+    per_token = cls.kv_elements_per_token_per_gpu(sh, tp)
+    if per_token is None:
+        raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
+    return per_token
+
+
+def kv_cache_bytes_per_gpu(variant: str, shape: AttentionShape, batch: int, seq_len: int, tp: int,
+                           layers: int = 1) -> int:
+    """Bytes of the cache one GPU holds at tensor-parallel degree tp, times `layers`."""
+    cls, sh = _normalized(variant, shape)
+    check_tp(sh, tp)
+    return cls.kv_cache_elements_per_gpu(sh, batch, seq_len, tp) * shape.element_bytes * layers
 
 
 def param_count(variant: str, shape: AttentionShape, seq_len: int | None = None) -> int:

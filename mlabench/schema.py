@@ -49,6 +49,7 @@ class ResultRow:
     head_dim: int = _column("key", key=True)
     q_lora_rank: int = _column("key", key=True)
     kv_lora_rank: int = _column("key", key=True)
+    num_latent_heads: int = _column("key", key=True)
     rope_head_dim: int = _column("key", key=True)
     v_head_dim: int = _column("key", key=True)
     hidden_size: int = _column("key", key=True)

@@ -56,6 +56,11 @@ class _MLABase(AttentionVariant):
         return sh.kv_lora_rank + sh.rope_head_dim
 
     @classmethod
+    def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        # The latent serves every head: each GPU holds all of it, whatever tp.
+        return sh.kv_lora_rank + sh.rope_head_dim
+
+    @classmethod
     def _query_params(cls, sh: AttentionShape) -> int:
         """Query path weights, as multiply-adds per token (norm weights not included)."""
         h, d = sh.num_heads, sh.hidden_size
@@ -153,6 +158,10 @@ class MLAExpanded(_MLABase):
     @classmethod
     def kv_elements_per_token(cls, sh: AttentionShape) -> int:
         return sh.num_heads * (sh.qk_head_dim + sh.value_dim)
+
+    @classmethod
+    def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        return sh.num_heads // tp * (sh.qk_head_dim + sh.value_dim)  # per-head K, V split with the heads
 
     @classmethod
     def core_flops(cls, sh: AttentionShape, step: Step) -> int:
