@@ -81,6 +81,8 @@ class ResultRow:
     roofline_pct: float | None = _column("work")
     # Memory
     kv_cache_bytes: int | None = _column("memory")  # analytic
+    tp: int | None = _column("memory")  # tensor-parallel degree of the next column (setting `tp`, default 1)
+    kv_cache_bytes_per_gpu: int | None = _column("memory")  # analytic, one GPU's share at that degree
     kv_cache_bytes_measured: int | None = _column("memory")  # nbytes of the cache tensors
     kv_cache_bytes_allocator: int | None = _column("memory")
     kv_cache_bytes_nvml: int | None = _column("memory")

@@ -64,6 +64,7 @@ SETTINGS = {
     "accuracy": bool,  # compare each case to the float64 reference
     "timeout_s": float,  # wall limit of one case; past it the case ends as a `timeout` row
     "rounds": int,  # passes over the case list, each in its own seeded order (the gate's replicates)
+    "tp": int,  # tensor-parallel degree of the analytic per-GPU cache column (runs nothing in parallel)
 }
 # Inclusive bounds per numeric setting. Past them a sweep would never return (an hour of
 # sampling per case, a billion samples) or the runtime aborts (tens of thousands of threads).
@@ -76,6 +77,7 @@ SETTING_BOUNDS: dict[str, tuple[float, float]] = {
     "seed": (0, 2**63 - 1),
     "timeout_s": (0.001, 86_400.0),
     "rounds": (1, 1000),
+    "tp": (1, 1024),
 }
 # Suite names become directory names (results/runs/<time>-<suite>-<device>): no separators, no "..".
 SUITE_NAME = re.compile(r"[A-Za-z0-9._-]+")

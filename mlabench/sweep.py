@@ -47,7 +47,7 @@ from mlabench.suites import Suite, expand, shard
 # 0.84 ms at 1 thread and 220 ms at 2 on a busy 2-core machine); `--threads` raises it.
 DEFAULT_SETTINGS: dict[str, Any] = {
     "budget_s": 0.5, "warmup_s": 0.1, "min_samples": 10, "max_samples": 1000, "threads": 1, "seed": 0,
-    "cuda_graph": False, "accuracy": True, "timeout_s": 300.0, "rounds": 1,
+    "cuda_graph": False, "accuracy": True, "timeout_s": 300.0, "rounds": 1, "tp": 1,
 }
 
 
@@ -122,6 +122,11 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overri
         raise UsageError(f"min_samples ({merged['min_samples']}) exceeds max_samples ({merged['max_samples']})")
     if int(merged["rounds"]) < 1:
         raise UsageError(f"rounds must be at least 1, got {merged['rounds']}")
+    tp = int(merged["tp"])
+    for case in cases:  # tensor parallelism splits the query heads evenly (MLA.md section 6)
+        if case.shape.num_heads % tp:
+            raise UsageError(f"tp: tensor-parallel degree {tp} does not divide num_heads ({case.shape.num_heads}) "
+                             f"of {case.model}")
     return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, merged,
                      out_dir or default_out_dir(suite.name, device), shard_spec,
                      {k: list(v) for k, v in overrides.axes.items()}, cases_sha1(grid), len(grid))
@@ -228,7 +233,7 @@ def run_context(plan: SweepPlan, probe: bool = True) -> RunContext:
         timing=TimingSettings(budget_s=s["budget_s"], warmup_s=s["warmup_s"], min_samples=s["min_samples"],
                               max_samples=s["max_samples"], threads=s["threads"], cuda_graph=s["cuda_graph"]),
         peaks=measure_peaks(plan.device, _dtypes(plan), probe), nvml=open_nvml(plan.device), accuracy=s["accuracy"],
-        seed=s["seed"], timeout_s=s["timeout_s"],
+        seed=s["seed"], timeout_s=s["timeout_s"], tp=int(s.get("tp", 1)),
     )
 
 

@@ -183,3 +183,4 @@ def test_per_gpu_cache_under_tensor_parallelism(variant: str, tp: int, per_gpu: 
 def test_tp_must_divide_the_heads() -> None:
     with pytest.raises(ShapeError, match="tp"):
         analytic.kv_cache_bytes_per_gpu("gqa", from_name("gla-xl"), 1, 1, 3)
+

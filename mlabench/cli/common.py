@@ -70,7 +70,8 @@ SeedOpt = Annotated[int | None, typer.Option(
 # The command-line flag that sets each measurement setting, for messages.
 SETTING_FLAGS = {"budget_s": "--budget", "warmup_s": "--warmup", "min_samples": "--min-samples",
                  "max_samples": "--max-samples", "threads": "--threads", "cuda_graph": "--cuda-graph",
-                 "accuracy": "--accuracy", "seed": "--seed", "timeout_s": "--timeout", "rounds": "--rounds"}
+                 "accuracy": "--accuracy", "seed": "--seed", "timeout_s": "--timeout", "rounds": "--rounds",
+                 "tp": "--tp"}
 
 
 def flag_settings(given: Mapping[str, Any]) -> dict[str, Any]:

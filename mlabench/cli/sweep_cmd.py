@@ -105,6 +105,9 @@ def sweep(
     rounds: Annotated[int | None, typer.Option(help="Run the case list this many times, each round in its own "
                                                "seeded order; compare tests on the rounds [default: the suite's, "
                                                "else 1].", show_default=False)] = None,
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree of the analytic kv_cache_bytes_per_gpu "
+                                           "column; must divide every case's num_heads [default: the suite's, "
+                                           "else 1].", show_default=False)] = None,
     probe: ProbeOpt = True,
     report: ReportOpt = True,
     as_json: JsonOpt = False,
@@ -120,7 +123,8 @@ def sweep(
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
     settings = flag_settings({"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples,
                               "max_samples": max_samples, "threads": threads, "cuda_graph": cuda_graph,
-                              "accuracy": accuracy, "seed": seed, "timeout_s": timeout, "rounds": rounds})
+                              "accuracy": accuracy, "seed": seed, "timeout_s": timeout, "rounds": rounds,
+                              "tp": tp})
     shard_spec = parse_shard(shard) if shard else None
     suite_obj = load_suite(suite)
     dev = _dry_run_device(device) if dry_run else resolve_device(device)
