@@ -47,7 +47,8 @@ def list_(
         doc["presets"].append({"name": name, "layers": sh.num_layers, "hidden_size": sh.hidden_size,
                                "num_heads": sh.num_heads, "num_kv_heads": sh.kv_heads, "head_dim": sh.head_dim,
                                "q_lora_rank": sh.q_lora_rank, "kv_lora_rank": sh.kv_lora_rank,
-                               "num_latent_heads": sh.num_latent_heads, "rope_head_dim": sh.rope_head_dim, "v_head_dim": sh.value_dim})
+                               "num_latent_heads": sh.num_latent_heads, "rope_head_dim": sh.rope_head_dim,
+                               "v_head_dim": sh.value_dim})
     if as_json:
         print_json(doc)
         return

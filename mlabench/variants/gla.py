@@ -84,7 +84,7 @@ class _GLABase(AttentionVariant):
 
     @classmethod
     def _query_macs(cls, sh: AttentionShape) -> int:
-        h, d, q_w = sh.num_heads, sh.hidden_size, sh.num_heads * sh.qk_head_dim
+        d, q_w = sh.hidden_size, sh.num_heads * sh.qk_head_dim
         return d * sh.q_lora_rank + sh.q_lora_rank * q_w if sh.q_lora_rank > 0 else d * q_w
 
     @classmethod
