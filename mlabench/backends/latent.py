@@ -42,10 +42,12 @@ class LatentCore:
     core's inputs in scope "core" (`alone`, which runs `attend`)."""
 
     library = "a fused latent core"  # for messages: the backend's name
+    serves: tuple[type[AttentionVariant], ...] = (MLAAbsorbed,)  # variants with a `latent_step`
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs):
-        if not isinstance(module, MLAAbsorbed):
-            raise UnsupportedError(f"{self.library} serves mla-absorbed only, not {module.name}")
+        if not isinstance(module, self.serves):
+            names = " and ".join(cls.name for cls in self.serves)
+            raise UnsupportedError(f"{self.library} serves {names} only, not {module.name}")
         b, s = inputs.x.shape[:2]
         self.module = module
         self.cache_seqlens = torch.full((b,), inputs.start_pos + s, dtype=torch.int32, device=inputs.x.device)

@@ -23,7 +23,8 @@ token, so caching after it is the same function and what an absorbed kernel read
   The K-side bias is constant over keys and cancels in the softmax; the V-side bias passes
   through, so the biased checkpoints absorb exactly. The core gets one KV head per latent
   head: V is a strided view of the cache, K = [c_j, k_pe] is assembled per step (the generic
-  core wants one tensor); `latent_views` hands a fused kernel the cache itself instead.
+  core wants one tensor). A fused kernel instead gets the cache itself as a `LatentStep` with
+  `latent_heads` = h_c (`latent_step`), and `forward_fused` runs the step without assembling K.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant, RMSNorm
+from mlabench.errors import UnsupportedError
+from mlabench.variants.base import AttentionVariant, CoreAttention, RMSNorm
+from mlabench.variants.mla import LatentStep
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
@@ -283,6 +286,37 @@ class GLAAbsorbed(_GLABase):
         c, k_pe = self.latent_views(self._write_latent(x, start_pos, cos, sin))
         k = torch.cat((c, k_pe[:, :, None, :].expand(-1, -1, sh.num_latent_heads, -1)), dim=-1)
         return q, k, c, sh.mla_softmax_scale, True
+
+    def forward_fused(self, x: Tensor, start_pos: int, core: CoreAttention) -> Tensor:
+        """The step with a fused latent core (one that builds a `LatentStep` from v alone): the same
+        as forward, less the per-step K assembly the generic core needs; k is passed as None."""
+        self._check_step(x, start_pos)
+        q = self.absorbed_query(x, start_pos)
+        cos, sin = self._step_rope(start_pos, x.shape[1])
+        c, _ = self.latent_views(self._write_latent(x, start_pos, cos, sin))
+        return self.core_output(core(q, None, c, self.shape.mla_softmax_scale, True))  # type: ignore[arg-type]
+
+    def latent_step(self, q: Tensor, k: Tensor | None, v: Tensor, scale: float, causal: bool,
+                    cache_seqlens: Tensor, check: bool = True) -> LatentStep:
+        """The core's arguments as a LatentStep over the module's cache (k is not read: the kernel
+        reads [c_j, k_pe] from the cache). With `check`, prove v (B, T, h_c, d_g) is a view of the
+        cache's latent columns, so the kernel reads the cache in place."""
+        b, s = q.shape[:2]
+        sh = self.shape
+        cache = self._cache["kv_cache"]  # (B_max, T_max, h_c*d_g + d_r)
+        d_g = self.latent_head_dim(sh)
+        if check:
+            if not causal:
+                raise UnsupportedError("fused latent cores are causal only")
+            view = (cache.stride(0), cache.stride(1), d_g, 1)
+            if (v.dim() != 4 or v.shape[0] != b or v.shape[2:] != (sh.num_latent_heads, d_g)
+                    or v.data_ptr() != cache.data_ptr() or v.stride() != view):
+                raise RuntimeError(f"{self.name}: v is not the latent heads' view of the module's kv_cache "
+                                   "(a kernel would read a copy)")
+            if cache_seqlens.shape != (b,) or v.shape[1] < s:
+                raise RuntimeError(f"{self.name}: q {tuple(q.shape)}, v {tuple(v.shape)} and cache_seqlens "
+                                   f"{tuple(cache_seqlens.shape)} do not describe one step")
+        return LatentStep(q, cache, b, v.shape[1] - s, s, d_g, scale, cache_seqlens, sh.num_latent_heads)
 
     def core_output(self, o_lat: Tensor) -> Tensor:
         """o_lat (B, S, H, d_g) -> W_UV per head plus its bias -> o_proj."""

@@ -259,6 +259,9 @@ class LatentStep:
     d_c: int  # V's width
     scale: float  # tau, always explicit: DeepSeek's is d_qk**-0.5 times the YaRN factor, not D**-0.5
     cache_seqlens: Tensor  # (B,) int32, `end` for every sequence; allocated once per case by the caller
+    # Grouped Latent Attention: rows are [c_1 .. c_G (d_c each), k_pe] and query head h reads
+    # c_{h // (H/G)}; 1 for MLA.
+    latent_heads: int = 1
 
     @property
     def end(self) -> int:
