@@ -15,7 +15,8 @@ from test_triton_mla_decode import _TOL, DEVICE, assert_close_strict, reference 
 from mlabench.backends import BACKENDS, triton_mla  # noqa: E402
 from mlabench.kernels.mla_decode import mla_decode, triton_unavailable_reason  # noqa: E402
 
-pytestmark = pytest.mark.skipif(triton_unavailable_reason(DEVICE) is not None, reason="the triton kernel cannot run here")
+pytestmark = pytest.mark.skipif(triton_unavailable_reason(DEVICE) is not None,
+                                reason="the triton kernel cannot run here")
 
 
 def _gla_inputs(lengths: list[int], S: int, H: int, G: int, dg: int, dr: int, dtype: torch.dtype,

@@ -227,8 +227,9 @@ def mla_decode_config(
     """The launch configuration ``mla_decode`` uses for these arguments (None = default); with G
     latent heads each sequence is G independent problems of S*H/G query rows."""
     B, S, H, _ = q.shape
-    return choose_config(B * latent_heads, S * H // latent_heads, kv_cache.shape[1], q.element_size(), num_sms(q.device), block_h=block_h,
-                         block_n=block_n, num_warps=num_warps, num_stages=num_stages, num_splits=num_splits)
+    return choose_config(B * latent_heads, S * H // latent_heads, kv_cache.shape[1], q.element_size(),
+                         num_sms(q.device), block_h=block_h, block_n=block_n, num_warps=num_warps,
+                         num_stages=num_stages, num_splits=num_splits)
 
 
 def auto_configs() -> dict[LaunchConfig, tuple[str, ...]]:
