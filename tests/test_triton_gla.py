@@ -55,7 +55,8 @@ def test_latent_heads_are_checked() -> None:
 
 
 def test_gla_absorbed_on_triton_reads_the_cache_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_backends import check_against_reference, setup_step
+    """(Its accuracy against the float64 reference is test_backends.py's registry matrix.)"""
+    from test_backends import setup_step
 
     seen: list[tuple[torch.Tensor, dict]] = []
     real = triton_mla.mla_decode
@@ -66,14 +67,12 @@ def test_gla_absorbed_on_triton_reads_the_cache_in_place(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(triton_mla, "mla_decode", spy)
     module, case, inputs = setup_step("gla-absorbed", "triton", "decode", 2, num_splits=2)
-    prepared = BACKENDS["triton"].prepare(module, case, inputs)
-    check_against_reference(module, prepared, inputs, torch.float32)
+    # The fused step never assembles the per-latent-head K the generic core needs.
+    monkeypatch.setattr(type(module), "core_inputs", lambda *a, **k: pytest.fail("K assembled in a fused step"))
+    BACKENDS["triton"].prepare(module, case, inputs)  # runs the step once (its compile_ms)
     cache = module.cache_tensors()["kv_cache"]  # (B, T_max, h_c*d_g + d_r)
     kv, kw = seen[-1]
     assert kv.data_ptr() == cache.data_ptr() and kv.stride() == cache.stride()  # a view, no copy
     sh = module.shape
     assert kw["latent_heads"] == sh.num_latent_heads == 2
     assert kw["head_dim_v"] == sh.kv_lora_rank // sh.num_latent_heads
-    # The step never assembles the per-latent-head K the generic core needs.
-    monkeypatch.setattr(type(module), "core_inputs", lambda *a, **k: pytest.fail("K assembled in a fused step"))
-    prepared.fn()
