@@ -55,6 +55,7 @@ class RunContext:
     seed: int = 0
     timeout_s: float = 300.0  # wall limit of one case, checked between steps (a running call is never cut)
     profile: ProfileRequest | None = None  # trace (and NVTX) for the cases it selects
+    tp: int = 1  # tensor-parallel degree of the analytic per-GPU cache column
 
 
 @dataclass
@@ -77,11 +78,18 @@ class CaseResult:
 UNSTABLE_SPREAD = 1.5
 
 
-def analytic_columns(case: Case) -> dict[str, Any]:
+def analytic_columns(case: Case, tp: int = 1) -> dict[str, Any]:
     """Deterministic columns known before anything runs (the formulas; `params` is counted on
-    the module itself once it exists)."""
+    the module itself once it exists). `kv_cache_bytes_per_gpu` is one GPU's share at
+    tensor-parallel degree tp, empty for a variant without a tensor-parallel cache model."""
     sh, step = case.shape, case.step
+    try:
+        per_gpu: int | None = analytic.kv_cache_bytes_per_gpu(case.variant, sh, case.batch, case.seq_len, tp)
+    except NotImplementedError:
+        per_gpu = None
     return {
+        "tp": tp,
+        "kv_cache_bytes_per_gpu": per_gpu,
         "kv_cache_bytes": analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len),
         "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
         "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
@@ -125,7 +133,7 @@ def _preflight(case: Case, ctx: RunContext) -> None:
 
 
 def run_case(case: Case, ctx: RunContext) -> CaseResult:
-    row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok",
+    row: dict[str, Any] = {**case.key, **analytic_columns(case, ctx.tp), "case_id": case.case_id, "status": "ok",
                            **where(ctx.device)}
     started = time.perf_counter()
     samples: list[float] = []
