@@ -59,9 +59,9 @@ class LatentCore:
         if kv_dtype and kv_dtype not in self.fp8_kv:
             why = self.fp8_unsupported if not self.fp8_kv else f"it reads {', '.join(self.fp8_kv)} only"
             raise UnsupportedError(f"{self.library} cannot read an {kv_dtype} latent cache: {why}")
-        if kv_dtype and module.shape.num_latent_heads > 1:
-            raise UnsupportedError(f"{self.library} reads an FP8 latent of one latent head (DeepSeek's layout), "
-                                   f"not {module.shape.num_latent_heads}")
+        if kv_dtype and not isinstance(module, MLAAbsorbed):
+            raise UnsupportedError(f"{self.library} reads DeepSeek's FP8 latent layout, which {module.name} "
+                                   "does not store (its FP8 cache has per-tensor scales)")
         module.reads_stored_cache = bool(kv_dtype)
         b, s = inputs.x.shape[:2]
         self.module = module

@@ -151,9 +151,8 @@ class _GLABase(AttentionVariant):
         heads = c.chunk(sh.num_latent_heads, dim=-1)
         normed = [self._norm(j)(cj) for j, cj in enumerate(heads)]
         k_pe = apply_rotate_half(k_pe[:, :, None, :], cos, sin)[:, :, 0]
-        cache = self._cache["kv_cache"]
-        cache[:b, start_pos:start_pos + s] = torch.cat((*normed, k_pe), dim=-1)
-        return cache[:b, :start_pos + s]
+        self._store("kv_cache", (slice(None, b), slice(start_pos, start_pos + s)), torch.cat((*normed, k_pe), dim=-1))
+        return self._load("kv_cache", (slice(None, b), slice(None, start_pos + s)))
 
     def _step_rope(self, start_pos: int, s: int) -> tuple[Tensor, Tensor]:
         cos, sin = self._rope

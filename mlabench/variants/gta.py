@@ -114,11 +114,12 @@ class GroupedTiedAttention(AttentionVariant):
         q = self.q_proj(x).view(b, s, h, d)
         q = torch.cat((q[..., : d - r], apply_rotate_half(q[..., d - r:], cos, sin)), dim=-1)  # (B, S, H, D)
         k_pe = apply_rotate_half(self.W_rope_k(x)[:, :, None, :], cos, sin)[:, :, 0]  # (B, S, d_r)
-        kv_cache, pe_cache = self._cache["kv_cache"], self._cache["k_pe_cache"]
-        kv_cache[:b, start_pos:end] = self.kv_proj(x).view(b, s, g, d)
-        pe_cache[:b, start_pos:end] = k_pe
-        kv = kv_cache[:b, :end]  # (B, T, G, D): V as it is, and K's position-free part
-        k = torch.cat((kv[..., : d - r], pe_cache[:b, :end, None, :].expand(-1, -1, g, -1)), dim=-1)
+        new, seen = (slice(None, b), slice(start_pos, end)), (slice(None, b), slice(None, end))
+        self._store("kv_cache", new, self.kv_proj(x).view(b, s, g, d))
+        self._store("k_pe_cache", new, k_pe)
+        kv = self._load("kv_cache", seen)  # (B, T, G, D): V as it is, and K's position-free part
+        pe = self._load("k_pe_cache", seen)
+        k = torch.cat((kv[..., : d - r], pe[:, :, None, :].expand(-1, -1, g, -1)), dim=-1)
         return q, k, kv, d**-0.5, True
 
     def core_output(self, o: Tensor) -> Tensor:
