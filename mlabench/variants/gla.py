@@ -54,6 +54,7 @@ class _GLABase(AttentionVariant):
     family = "mla"
     caches = "h_c latent heads + the shared RoPE key"
     cache_formula = "h_c*d_g+d_r"
+    cache_tensor_count = 1  # one row per token: [c_1 .. c_h_c, k_pe]
 
     # --- shape and cost model ---------------------------------------------------------
     @classmethod
@@ -315,7 +316,8 @@ class GLAAbsorbed(_GLABase):
             if cache_seqlens.shape != (b,) or v.shape[1] < s:
                 raise RuntimeError(f"{self.name}: q {tuple(q.shape)}, v {tuple(v.shape)} and cache_seqlens "
                                    f"{tuple(cache_seqlens.shape)} do not describe one step")
-        return LatentStep(q, cache, b, v.shape[1] - s, s, d_g, scale, cache_seqlens, sh.num_latent_heads)
+        return LatentStep(q, cache, b, v.shape[1] - s, s, d_g, scale, cache_seqlens,
+                          latent_heads=sh.num_latent_heads)
 
     def core_output(self, o_lat: Tensor) -> Tensor:
         """o_lat (B, S, H, d_g) -> W_UV per head plus its bias -> o_proj."""
