@@ -20,7 +20,7 @@ from mlabench.backends.registry import Prepared, StepInputs
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError
 from mlabench.measure import accuracy as acc
-from mlabench.variants.base import AttentionVariant, chunked_attention
+from mlabench.variants.base import AttentionVariant, CoreAttention, chunked_attention
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,17 @@ def scoped_call(case: Case, module: AttentionVariant, prepared: Prepared, inputs
         raise UnsupportedError(f"{case.backend} has no attention core to time alone (scope core)")
     with torch.no_grad():
         q, k, v, scale, causal = module.core_inputs(x, start)
-    return ScopedCall(lambda: core(q, k, v, scale, causal), lambda: core_reference(q, k, v, scale, causal))
+    reference_core = chunked_attention if module.generic_core else module.native_core
+    return ScopedCall(lambda: core(q, k, v, scale, causal),
+                      lambda: core_reference(q, k, v, scale, causal, reference_core))
 
 
 @torch.no_grad()
-def core_reference(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+def core_reference(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
+                   core: CoreAttention = chunked_attention) -> Tensor:
     """float64 eager core on the `accuracy.reference_rows` (first and last sequence) of the core's inputs."""
     rows = torch.tensor(acc.reference_rows(q.shape[0]), device=q.device)
     q64, k64, v64 = (t.index_select(0, rows).to(torch.float64) for t in (q, k, v))
-    return chunked_attention(q64, k64, v64, scale, causal)
+    if isinstance(causal, Tensor):
+        causal = causal.index_select(0, rows)  # an explicit (B, S, T) mask follows its sequences
+    return core(q64, k64, v64, scale, causal)

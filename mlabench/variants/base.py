@@ -18,6 +18,12 @@ The core contract, shared by every variant and backend:
     core(q, k, v, scale, causal) -> o
     q (B, S, Hq, Dk), k (B, T, Hkv, Dk), v (B, T, Hkv, Dv), Hq % Hkv == 0,
     query head h reads KV head h // (Hq / Hkv); o (B, S, Hq, Dv) in q's dtype.
+    `causal` is a bool (bottom-right causal or none) or a (B, S, T) bool tensor, True where
+    query s may see key t (DeepSeek Sparse Attention's index mask, causality included).
+
+A variant whose core is not this contract (tpa-factorized contracts factor tensors and never
+builds K or V) sets `generic_core = False` and overrides `native_core`: `forward` and the eager
+backend run it, and backends that swap in a generic kernel (sdpa) answer unsupported.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ if TYPE_CHECKING:
 
 
 class CoreAttention(Protocol):
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor: ...
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor: ...
 
 
 def causal_mask(s: int, t: int, device: torch.device) -> Tensor:
@@ -47,22 +53,25 @@ def causal_mask(s: int, t: int, device: torch.device) -> Tensor:
     return k_pos <= q_pos
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
-    """softmax(q k^T * scale + mask) v in plain PyTorch; softmax in fp32 (fp64 for fp64 inputs)."""
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor:
+    """softmax(q k^T * scale + mask) v in plain PyTorch; softmax in fp32 (fp64 for fp64 inputs).
+    `causal` as a (B, S, T) bool tensor is the mask itself (True: visible)."""
     b, s, hq, dk = q.shape
     t, hkv = k.shape[1], k.shape[2]
     groups = hq // hkv
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     qg = q.view(b, s, hkv, groups, dk)  # (B, S, G, H/G, Dk): no copy of K/V for GQA
     scores = torch.einsum("bsgnd,btgd->bgnst", qg, k).to(acc) * scale  # (B, G, H/G, S, T)
-    if causal and s > 1:
+    if isinstance(causal, Tensor):
+        scores = scores.masked_fill(~causal[:, None, None], float("-inf"))
+    elif causal and s > 1:
         scores = scores.masked_fill(~causal_mask(s, t, q.device), float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     out = torch.einsum("bgnst,btgd->bsgnd", probs, v)  # (B, S, G, H/G, Dv)
     return out.reshape(b, s, hq, v.shape[-1])
 
 
-def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
                       max_scores: int = 2**26) -> Tensor:
     """`eager_attention` over blocks of queries so the score matrix stays under `max_scores`
     elements: the float64 reference of a long prefill must not need the full (S, T) scores."""
@@ -74,8 +83,9 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: boo
     outs = []
     for start in range(0, s, chunk):
         end = min(s, start + chunk)
-        keys = t - s + end if causal else t  # the block's last query sees keys up to here
-        outs.append(eager_attention(q[:, start:end], k[:, :keys], v[:, :keys], scale, causal))
+        keys = t - s + end if causal is True else t  # the block's last query sees keys up to here
+        block_mask = causal[:, start:end] if isinstance(causal, Tensor) else causal
+        outs.append(eager_attention(q[:, start:end], k[:, :keys], v[:, :keys], scale, block_mask))
     return torch.cat(outs, dim=1)
 
 
@@ -149,6 +159,7 @@ class AttentionVariant(nn.Module):
     caches: ClassVar[str] = ""  # what one token leaves in the cache, in words
     cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in MLA.md's symbols
     supports_decode: ClassVar[bool] = True
+    generic_core: ClassVar[bool] = True  # False: `native_core` is not the (q, k, v) contract; see the top
 
     # --- shape and cost model (no tensors) -----------------------------------------------
     @classmethod
@@ -313,9 +324,13 @@ class AttentionVariant(nn.Module):
         """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d)."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def native_core(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor:
+        """The variant's own attention core in plain PyTorch, on what `core_inputs` returns."""
+        return eager_attention(q, k, v, scale, causal)
+
+    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention | None = None) -> Tensor:
         q, k, v, scale, causal = self.core_inputs(x, start_pos)
-        return self.core_output(core(q, k, v, scale, causal))
+        return self.core_output((core or self.native_core)(q, k, v, scale, causal))
 
     def reference(self, rows: list[int] | None = None) -> AttentionVariant:
         """A float64 copy on the same weights and cache contents (of the sequences `rows`,
