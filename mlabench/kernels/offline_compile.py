@@ -120,11 +120,13 @@ def _specialize(jit_fn, args: dict) -> tuple[dict, dict, dict]:
     return signature, constexprs, attrs
 
 
-def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, arch: int = 90) -> CompileResult:
+def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, arch: int = 90,
+                   sparse: bool = False) -> CompileResult:
     """Compile ``_mla_decode_split_kernel`` for ``cfg`` at ``DIMS[dims]`` and report its resources.
 
     Arguments mirror a decode launch (S = 1, 128 heads for DeepSeek dims, 16 otherwise),
-    so the compiler sees the same specialization a real call triggers.
+    so the compiler sees the same specialization a real call triggers; `sparse` compiles the
+    index-gathering path (DeepSeek Sparse Attention, 2048 indices per query token).
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -145,14 +147,16 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     out = torch.empty(B, S, H, dv, dtype=torch_dtype)
     o_part = torch.empty(B, S * H, NS, dv)
     lse_part = torch.empty(B, S * H, NS)
+    indices = torch.empty(B, S, 2048, dtype=torch.int32)
     block_dv = max(16, triton.next_power_of_2(dv))
     block_dr = max(16, triton.next_power_of_2(dr))
     values = [
-        q, kv, seqlens, o_part, lse_part, out,
+        q, kv, seqlens, o_part, lse_part, out, indices if sparse else seqlens,
         *q.stride()[:3], *kv.stride()[:2], *o_part.stride()[:3], *lse_part.stride()[:2], *out.stride()[:3],
-        0.1, S, H, NS,
+        *(indices.stride()[:2] if sparse else (0, 0)),
+        0.1, S, H, NS, indices.shape[2] if sparse else 0,
         dv, dr, block_dv, block_dr, cfg.block_h, cfg.block_n,
-        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False,
+        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, sparse,
     ]
     names = [p.name for p in kernel.params]
     if len(values) != len(names):

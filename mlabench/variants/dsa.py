@@ -23,6 +23,7 @@ layout sparse kernels (ours, FlashMLA's) read.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants.base import causal_mask, linear
-from mlabench.variants.mla import MLAAbsorbed
+from mlabench.variants.mla import LatentStep, MLAAbsorbed
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, apply_rotate_half
 from mlabench.variants.tpa import check_tp
@@ -138,6 +139,7 @@ class DSA(MLAAbsorbed):
         super().__init__(shape, device, dtype)
         self.indexer = Indexer(self.shape, device, dtype)
         self._expanded_step = False
+        self._step_indices: Tensor | None = None  # the last decode step's top-k rows, for sparse kernels
 
     def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         sh = self.shape
@@ -192,7 +194,7 @@ class DSA(MLAAbsorbed):
         q_nope, q_pe = q.split([sh.head_dim, sh.rope_head_dim], dim=-1)
         q_pe = apply_interleaved(q_pe, cos, sin)
         latent = self._write_latent(x, start_pos, cos, sin)  # (B, T, d_c + d_r)
-        mask, _ = self.index_topk(self.index_scores(x, q_latent, start_pos))
+        mask, self._step_indices = self.index_topk(self.index_scores(x, q_latent, start_pos))
         self._expanded_step = start_pos == 0
         if self._expanded_step:
             k, v = self._expand(*latent.split([sh.kv_lora_rank, sh.rope_head_dim], dim=-1))
@@ -200,6 +202,16 @@ class DSA(MLAAbsorbed):
         q_lat = torch.einsum("bshd,hdc->bshc", q_nope, self._w_uk())  # (B, S, H, d_c)
         kv = latent[:, :, None, :]
         return torch.cat((q_lat, q_pe), dim=-1), kv, kv[..., : sh.kv_lora_rank], sh.mla_softmax_scale, mask
+
+    def latent_step(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
+                    cache_seqlens: Tensor, check: bool = True) -> LatentStep:
+        """mla-absorbed's LatentStep plus this step's top-k `indices`: a sparse kernel attends the
+        rows they name (the index mask, causality included), in the same latent cache."""
+        if check and (self._expanded_step or not isinstance(causal, Tensor) or self._step_indices is None
+                      or self._step_indices.shape[:2] != q.shape[:2]):
+            raise RuntimeError("dsa: a latent step needs a decode step's core inputs and its top-k indices")
+        step = super().latent_step(q, k, v, scale, True, cache_seqlens, check)
+        return dataclasses.replace(step, indices=self._step_indices)
 
     def core_output(self, o: Tensor) -> Tensor:
         if self._expanded_step:

@@ -250,6 +250,7 @@ class LatentStep:
     d_c: int  # V's width
     scale: float  # tau, always explicit: DeepSeek's is d_qk**-0.5 times the YaRN factor, not D**-0.5
     cache_seqlens: Tensor  # (B,) int32, `end` for every sequence; allocated once per case by the caller
+    indices: Tensor | None = None  # (B, S, K) int32 cache rows per query token, -1 none (dsa); None: dense
 
     @property
     def end(self) -> int:
