@@ -336,3 +336,13 @@ def test_dsa_kernel_bytes_read_only_the_kept_latent_rows() -> None:
     assert analytic.kernel_bytes("dsa", v32, step) == 4 * (2048 * 576 + q_w + o_w) * 2
     # Cache traffic per step: every indexer key, the 2048 kept latent rows, one new token's rows.
     assert variant_class("dsa").cache_traffic_elements(v32, step) == 4 * (131072 * 128 + 2048 * 576 + 704)
+
+
+def test_kv_lists_dsa_beside_mla_absorbed(capsys: pytest.CaptureFixture[str]) -> None:
+    """dsa shares mla-absorbed's shape but not its cache: `mlabench kv` shows both."""
+    import json
+
+    code, out, _ = run_cli(["kv", "--preset", "deepseek-v3.2", "--seq-len", "131072", "--json"], capsys)
+    assert code == 0
+    rows = {r["variant"]: r["bytes_per_token_per_layer"] for r in json.loads(out)["variants"]}
+    assert rows["mla-absorbed"] == 1152 and rows["dsa"] == 1408
