@@ -8,6 +8,7 @@ A. DeepSeek-V2 paper, Table 1: KV-cache elements per token over l layers
 B. "Per-head latent K/V at 32 of 128 dims makes a 2K-token single-layer cache
    4x smaller" (MHA 16 MB vs latent 4 MB in the source, which counts elements).
 C. "MQA has 0.56 and GQA (8 heads, 4 groups) 0.75 of MHA's attention parameters".
+D-F. TPA's and DeepSeek Sparse Attention's caches (`claims_sparse.py`).
 
 Pure Python and pandas; no torch.
 """
@@ -185,8 +186,10 @@ def _claim_params(rows: pd.DataFrame) -> list[ClaimResult]:
 
 def evaluate_claims(df: pd.DataFrame) -> list[ClaimResult]:
     """Every claim, measured from the rows with suite == 'claims' (others are ignored)."""
+    from mlabench.claims_sparse import sparse_claims  # imports this module's helpers
+
     rows = _claims_rows(df)
-    return _claim_table1(rows) + _claim_latent(rows) + _claim_params(rows)
+    return _claim_table1(rows) + _claim_latent(rows) + _claim_params(rows) + sparse_claims(rows)
 
 
 def has_claims(df: pd.DataFrame) -> bool:
