@@ -58,6 +58,7 @@ def _claim_dsa(rows: pd.DataFrame) -> list[ClaimResult]:
     mla, mla_note = _per_token_bytes(_select(rows, model="deepseek-v3.2", variant="mla-absorbed", dtype=dtype))
     gap = "no deepseek-v3.2 bfloat16 dsa / mla-absorbed rows in the claims suite"
     b = _width(dtype)
+    index_expected = 128 * b * CONTEXT / MB
     index_key = dsa - mla if dsa is not None and mla is not None else None
     index_mb = index_key * CONTEXT / MB if index_key is not None else None
     latent_mb = mla * CONTEXT / MB if mla is not None else None
@@ -67,7 +68,7 @@ def _claim_dsa(rows: pd.DataFrame) -> list[ClaimResult]:
                     DSA_SOURCE, 704.0 * b, dsa, "B/token/layer", _verdict(704.0 * b, dsa),
                     dsa_note or gap),
         ClaimResult("DSA at 128K reads every indexer key: 128 per token, ~17 MB per layer in FP8 (bf16 here)",
-                    DSA_SOURCE, 128 * b * CONTEXT / MB, index_mb, "MB/layer", _verdict(128 * b * CONTEXT / MB, index_mb),
+                    DSA_SOURCE, index_expected, index_mb, "MB/layer", _verdict(index_expected, index_mb),
                     (f"dsa minus mla-absorbed cache bytes per token x {CONTEXT}; {fp8}" if index_mb is not None
                      else gap)),
         ClaimResult("DSA at 128K reads 2048 latent rows, not the whole latent (~86 MB per layer in FP8; bf16 here)",
