@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from mlabench.kernels.mla_decode_launch import LaunchConfig, auto_configs
+from mlabench.kernels.mla_decode_launch import LaunchConfig, auto_configs, choose_config
 
 # Hopper limits: shared memory per block (227 KiB, cudaDevAttrMaxSharedMemoryPerBlockOptin),
 # per SM (228 KiB, of which the driver reserves 1 KiB per resident block) and registers per SM.
@@ -235,7 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     parser.add_argument("--candidates", action="store_true",
                         help="compile the rejected candidates (DeepSeek dims, split variant) instead")
+    parser.add_argument("--sparse", action="store_true",
+                        help="compile the index-gathering path (DeepSeek-V3.2 decode: 128 heads, bf16) instead")
     args = parser.parse_args(argv)
+    if args.sparse:
+        cfg = choose_config(1, 128, 131072)  # what the launcher picks for one DeepSeek-V3.2 decode token
+        results = [compile_config(cfg, "deepseek", "bf16", final, args.arch, sparse=True) for final in (False, True)]
+        print(json.dumps([{**asdict(r), "ok": r.ok, "resident_ctas": r.resident_ctas} for r in results]) if args.json
+              else markdown_table(results))
+        return 0 if all(r.ok for r in results) else 1
     jobs = ([(cfg, "deepseek", dt, False) for cfg, dt in CANDIDATES] if args.candidates else auto_jobs())
     results = run_jobs(jobs, args.arch, args.jobs)
     if args.json:
