@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from mlabench.config import AttentionShape
+from mlabench.config import AttentionShape, ShapeError
 
 if TYPE_CHECKING:
     from mlabench.analytic import Step
@@ -142,6 +142,15 @@ class RMSNorm(nn.Module):
 def linear(d_in: int, d_out: int, device: torch.device | None, dtype: torch.dtype | None) -> nn.Linear:
     """Bias-free projection, weight [out, in] as in the checkpoints."""
     return nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype)
+
+
+def check_tp(sh: AttentionShape, tp: int) -> None:
+    """Tensor parallelism splits the query heads (as vLLM and SGLang do): tp must be a positive
+    divisor of H; ShapeError naming `tp` otherwise."""
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ShapeError("tp", f"must be a positive integer, got {tp!r}")
+    if sh.num_heads % tp:
+        raise ShapeError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({sh.num_heads})")
 
 
 class AttentionVariant(nn.Module):

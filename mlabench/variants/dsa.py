@@ -31,11 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import causal_mask, linear
+from mlabench.variants.base import causal_mask, check_tp, linear
 from mlabench.variants.mla import LatentStep, MLAAbsorbed
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, apply_rotate_half
-from mlabench.variants.tpa import check_tp
 
 if TYPE_CHECKING:
     from mlabench.analytic import Step

@@ -25,20 +25,12 @@ import torch
 from torch import Tensor
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant, causal_mask, linear
+from mlabench.variants.base import AttentionVariant, causal_mask, check_tp, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
 if TYPE_CHECKING:
     from mlabench.analytic import Step
-
-
-def check_tp(sh: AttentionShape, tp: int) -> None:
-    """Tensor parallelism splits the query heads: tp must be a positive divisor of H."""
-    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-        raise ShapeError("tp", f"must be a positive integer, got {tp!r}")
-    if sh.num_heads % tp:
-        raise ShapeError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({sh.num_heads})")
 
 
 class _TPABase(AttentionVariant):
@@ -114,7 +106,6 @@ class _TPABase(AttentionVariant):
 
     def _cached_factors(self, t: Tensor, rank: int) -> tuple[Tensor, Tensor]:
         """A (B, T, H, R) and B (B, T, R, D) views of one factor cache slice (B, T, R*(H+D))."""
-        b, n = t.shape[:2]
         h, dh = self.shape.num_heads, self.shape.head_dim
         return t[..., : h * rank].unflatten(-1, (h, rank)), t[..., h * rank:].unflatten(-1, (rank, dh))
 
