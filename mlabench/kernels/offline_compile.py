@@ -202,6 +202,11 @@ def auto_jobs() -> list[Job]:
     return jobs
 
 
+def _compile_sparse(write_final: bool, arch: int) -> CompileResult:
+    """The sparse path at the configuration the launcher picks for one DeepSeek-V3.2 decode token."""
+    return compile_config(choose_config(1, 128, 131072), "deepseek", "bf16", write_final, arch, sparse=True)
+
+
 def _run_job(job: Job, arch: int) -> CompileResult:
     return compile_config(*job, arch=arch)
 
@@ -239,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="compile the index-gathering path (DeepSeek-V3.2 decode: 128 heads, bf16) instead")
     args = parser.parse_args(argv)
     if args.sparse:
-        cfg = choose_config(1, 128, 131072)  # what the launcher picks for one DeepSeek-V3.2 decode token
-        results = [compile_config(cfg, "deepseek", "bf16", final, args.arch, sparse=True) for final in (False, True)]
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max(1, min(2, args.jobs))) as pool:
+            results = list(pool.map(_compile_sparse, (False, True), [args.arch] * 2))
         print(json.dumps([{**asdict(r), "ok": r.ok, "resident_ctas": r.resident_ctas} for r in results]) if args.json
               else markdown_table(results))
         return 0 if all(r.ok for r in results) else 1
