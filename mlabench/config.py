@@ -27,6 +27,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+# Shape fields only some variants read (TPA's ranks, DSA's indexer): a case of a variant that
+# does not read one records 0 (`shape_for_variant`), so its key holds only what changes its
+# computation and a preset's values for them (tiny's) leave other variants' case ids alone.
+OPTIONAL_FIELDS: tuple[str, ...] = ("q_rank", "k_rank", "v_rank", "index_heads", "index_head_dim", "topk")
+
 DTYPES: dict[str, int] = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 DTYPE_ALIASES: dict[str, str] = {
     "fp64": "float64",

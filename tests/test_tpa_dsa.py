@@ -346,3 +346,16 @@ def test_kv_lists_dsa_beside_mla_absorbed(capsys: pytest.CaptureFixture[str]) ->
     assert code == 0
     rows = {r["variant"]: r["bytes_per_token_per_layer"] for r in json.loads(out)["variants"]}
     assert rows["mla-absorbed"] == 1152 and rows["dsa"] == 1408
+
+
+def test_variants_that_do_not_read_the_new_fields_record_zero() -> None:
+    """tiny carries TPA ranks and an indexer; a gqa case's key must not (old baselines still join)."""
+    from mlabench.variants import shape_for_variant
+
+    tiny = from_name("tiny")
+    gqa = shape_for_variant("gqa", tiny)
+    assert (gqa.q_rank, gqa.k_rank, gqa.v_rank, gqa.index_heads, gqa.index_head_dim, gqa.topk) == (0,) * 6
+    tpa = shape_for_variant("tpa", tiny)
+    assert (tpa.q_rank, tpa.k_rank, tpa.v_rank, tpa.topk) == (4, 2, 2, 0)
+    dsa = shape_for_variant("dsa", tiny)
+    assert (dsa.q_rank, dsa.index_heads, dsa.index_head_dim, dsa.topk) == (0, 8, 32, 8)

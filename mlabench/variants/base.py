@@ -169,6 +169,7 @@ class AttentionVariant(nn.Module):
     cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in MLA.md's symbols
     supports_decode: ClassVar[bool] = True
     generic_core: ClassVar[bool] = True  # False: `native_core` is not the (q, k, v) contract; see the top
+    shape_fields: ClassVar[tuple[str, ...]] = ()  # the config.OPTIONAL_FIELDS this variant reads
 
     # --- shape and cost model (no tensors) -----------------------------------------------
     @classmethod

@@ -66,6 +66,7 @@ class DSA(MLAAbsorbed):
     name = "dsa"
     caches = "latent c_kv + RoPE key + the indexer key"
     cache_formula = "d_c+d_r+d_I"
+    shape_fields = ("index_heads", "index_head_dim", "topk")
 
     @classmethod
     def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:

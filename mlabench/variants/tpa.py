@@ -37,6 +37,7 @@ class _TPABase(AttentionVariant):
     family = "tpa"
     caches = "head factors A_k, A_v + token factors B_k (rotated), B_v"
     cache_formula = "(R_k+R_v)*(H+D)"
+    shape_fields = ("q_rank", "k_rank", "v_rank")
 
     @classmethod
     def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
