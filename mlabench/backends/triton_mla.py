@@ -67,7 +67,8 @@ class TritonMLACore(LatentCore):
         cfg = self.config
         return mla_decode(step.q, kv, step.cache_seqlens, head_dim_v=step.d_c, softmax_scale=step.scale,
                           num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
-                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, kv_dtype=step.kv_dtype)  # (B, S, H, d_c)
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                          **({"kv_dtype": step.kv_dtype} if step.kv_dtype else {}))  # (B, S, H, d_c)
 
 
 @register_backend(
