@@ -72,6 +72,7 @@ class Case:
             "head_dim": sh.head_dim,
             "q_lora_rank": sh.q_lora_rank,
             "kv_lora_rank": sh.kv_lora_rank,
+            "num_latent_heads": sh.num_latent_heads,
             "rope_head_dim": sh.rope_head_dim,
             "v_head_dim": sh.value_dim,
             "hidden_size": sh.hidden_size,

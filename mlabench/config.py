@@ -11,6 +11,9 @@ Field meaning per family (see MLA.md):
   `q_lora_rank` d_q (0 = no query compression), `kv_lora_rank` d_c.
 - lowrank-kv: `kv_lora_rank` is the per-head latent width (< head_dim).
 - linformer: `kv_lora_rank` is the projected sequence length k.
+- gta: `head_dim` D, `num_kv_heads` G tied K/V heads, `rope_head_dim` d_r of the one shared RoPE key.
+- gla: `num_latent_heads` h_c latent heads splitting `kv_lora_rank` (h_c*d_g in all),
+  `q_lora_rank` the query latent, `head_dim` D, `rope_head_dim` d_r.
 `kv_lora_rank` is thus "the latent rank" of every latent variant, the axis the
 latent-rank suite sweeps.
 
@@ -92,6 +95,7 @@ class AttentionShape:
     num_kv_heads: int | None = None  # None = num_heads (MHA)
     q_lora_rank: int = 0
     kv_lora_rank: int = 0
+    num_latent_heads: int = 1  # GLA's h_c: independent latent heads splitting kv_lora_rank
     rope_head_dim: int = 0
     v_head_dim: int = 0  # 0 = head_dim
     rope_theta: float = 10000.0
@@ -185,7 +189,8 @@ def _finite(shape: AttentionShape, *names: str) -> None:
 
 def validate_shape(shape: AttentionShape) -> None:
     """Checks that hold for every variant; variant-specific checks live in `validate_for_variant`."""
-    _positive(shape, "hidden_size", "num_heads", "head_dim", "num_layers", "rope_original_max_position")
+    _positive(shape, "hidden_size", "num_heads", "head_dim", "num_layers", "rope_original_max_position",
+              "num_latent_heads")
     # Types before the range checks below, which would raise TypeError on a string.
     _finite(shape, "rope_theta", "rope_scaling_factor", "rope_mscale_all_dim", "rope_beta_fast", "rope_beta_slow",
             "rms_norm_eps")
@@ -252,10 +257,16 @@ PRESETS: dict[str, AttentionShape] = {
         name="qwen2.5-7b", hidden_size=3584, num_heads=28, num_kv_heads=4, head_dim=128,
         num_layers=28, rope_theta=1000000.0,
     ),
+    # The GLA paper's 1.47B model (arXiv 2505.21487): G = 4 for gta/gqa, h_c = 2 latent heads of
+    # d_g = 2D = 256 for gla, whose 512-wide latent is also MLA's d_c at this shape.
+    "gla-xl": AttentionShape(
+        name="gla-xl", hidden_size=2048, num_heads=16, num_kv_heads=4, head_dim=128, rope_head_dim=64,
+        q_lora_rank=1024, kv_lora_rank=512, num_latent_heads=2, num_layers=24,
+    ),
     # Small shapes for smoke tests and CPU sweeps: MLA ranks set so every variant can run.
     "tiny": AttentionShape(
         name="tiny", hidden_size=256, num_heads=8, num_kv_heads=2, head_dim=32, q_lora_rank=64,
-        kv_lora_rank=16, rope_head_dim=16, v_head_dim=32, num_layers=4, dtype="float32",
+        kv_lora_rank=16, num_latent_heads=2, rope_head_dim=16, v_head_dim=32, num_layers=4, dtype="float32",
     ),
 }
 

@@ -6,11 +6,18 @@ Whatever happens inside a case (unsupported, skipped, OOM, an exception) becomes
 the row's status; nothing escapes except KeyboardInterrupt. A sticky CUDA error (illegal
 address, device-side assert) also becomes the row, marked `fatal`: the CUDA context is
 lost, so the sweep must stop there. The case runs with its device current (`device_scope`).
+
+A case selected for profiling (`RunContext.profile`) is profiled after its timed samples, on
+the same module and step (profiling/case.py); its row says `profiled`. A profile that fails
+(a full disk, a profiler error) costs the profile only: the measured row stays, its error
+naming the failure.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -24,10 +31,14 @@ from mlabench.backends.library import LoadFailure
 from mlabench.case import Case
 from mlabench.errors import CaseTimeout, SkippedError, UnsupportedError, is_sticky_cuda_error
 from mlabench.measure import accuracy as acc
+from mlabench.measure.envinfo import cpu_model
 from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_case_bytes, measure_allocation
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.scope import scoped_call
 from mlabench.measure.timing import TimingSettings, check_deadline, device_scope, time_step
+from mlabench.profiling.case import ProfileResult, ProfileTarget, profile_case
+from mlabench.profiling.nvtx import Mark, no_range, nvtx_ranges
+from mlabench.profiling.request import ProfileRequest
 from mlabench.variants import build_variant
 from mlabench.variants.registry import torch_dtype
 
@@ -43,6 +54,8 @@ class RunContext:
     accuracy: bool = True
     seed: int = 0
     timeout_s: float = 300.0  # wall limit of one case, checked between steps (a running call is never cut)
+    profile: ProfileRequest | None = None  # trace (and NVTX) for the cases it selects
+    tp: int = 1  # tensor-parallel degree of the analytic per-GPU cache column
 
 
 @dataclass
@@ -50,6 +63,10 @@ class CaseResult:
     row: schema.ResultRow
     samples_ms: list[float]
     fatal: bool = False  # a sticky CUDA error: no later case can run in this process
+    profile: ProfileResult | None = None
+    # The fingerprint (envinfo.device_info) of the device, when another process ran the case:
+    # meta.json keeps one per device kind.
+    device: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -61,15 +78,32 @@ class CaseResult:
 UNSTABLE_SPREAD = 1.5
 
 
-def analytic_columns(case: Case) -> dict[str, Any]:
+def analytic_columns(case: Case, tp: int = 1) -> dict[str, Any]:
     """Deterministic columns known before anything runs (the formulas; `params` is counted on
-    the module itself once it exists)."""
+    the module itself once it exists). `kv_cache_bytes_per_gpu` is one GPU's share at
+    tensor-parallel degree tp, empty for a variant without a tensor-parallel cache model."""
     sh, step = case.shape, case.step
+    try:
+        per_gpu: int | None = analytic.kv_cache_bytes_per_gpu(case.variant, sh, case.batch, case.seq_len, tp)
+    except NotImplementedError:
+        per_gpu = None
     return {
+        "tp": tp,
+        "kv_cache_bytes_per_gpu": per_gpu,
         "kv_cache_bytes": analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len),
         "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
         "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
     }
+
+
+@functools.cache
+def where(device: torch.device) -> dict[str, str]:
+    """The `host` and `device_name` columns: the machine and the device kind a case ran on."""
+    try:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    except (RuntimeError, AssertionError):  # no usable CUDA here: the row still says where it ran
+        name = ""
+    return {"host": socket.gethostname(), "device_name": name}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -99,14 +133,16 @@ def _preflight(case: Case, ctx: RunContext) -> None:
 
 
 def run_case(case: Case, ctx: RunContext) -> CaseResult:
-    row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok"}
+    row: dict[str, Any] = {**case.key, **analytic_columns(case, ctx.tp), "case_id": case.case_id, "status": "ok",
+                           **where(ctx.device)}
     started = time.perf_counter()
     samples: list[float] = []
     fatal = False
+    profiled: list[ProfileResult] = []
     try:
         with device_scope(ctx.device):
             _preflight(case, ctx)
-            samples = _measure(case, ctx, row)
+            samples = _measure(case, ctx, row, profiled)
     except UnsupportedError as exc:
         row.update(status="unsupported", error=str(exc))
     except SkippedError as exc:
@@ -132,7 +168,7 @@ def run_case(case: Case, ctx: RunContext) -> CaseResult:
         samples = []
     row["wall_s"] = round(time.perf_counter() - started, 3)
     # Built while the case ran as a plain mapping; frozen here, where a misspelt column fails.
-    return CaseResult(schema.ResultRow.from_mapping(row), samples, fatal)
+    return CaseResult(schema.ResultRow.from_mapping(row), samples, fatal, profiled[0] if profiled else None)
 
 
 def _is_cpu_oom(exc: Exception) -> bool:
@@ -140,7 +176,7 @@ def _is_cpu_oom(exc: Exception) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
-def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
+def _measure(case: Case, ctx: RunContext, row: dict[str, Any], profiled: list[ProfileResult]) -> list[float]:
     deadline = time.perf_counter() + ctx.timeout_s
     device, sh, step = ctx.device, case.shape, case.step
     dtype = torch_dtype(case.dtype)
@@ -179,15 +215,41 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
     del out
     check_deadline(deadline, "the accuracy check")
 
-    timing = time_step(timed.fn, device, ctx.timing, deadline)
+    request = ctx.profile if ctx.profile is not None and ctx.profile.selects(case) else None
+    ranges = nvtx_ranges(device) if request is not None and request.nvtx else None
+    timing = time_step(timed.fn, device, ctx.timing, deadline, ranges)
     _summarize(case, ctx, row, timing.samples_ms)
-    row.update(timer=timing.timer, sample_calls=timing.sample_calls)
+    row.update(timer=timing.timer, sample_calls=timing.sample_calls, profiled=int(request is not None))
     l2 = l2_cache_bytes(device)
     if timing.hot and l2:
         # Replayed back to back, a working set inside L2 is read from L2, not HBM: gbps and
         # roofline_pct of such a row may exceed the memory roofline.
         row["fits_l2"] = bool(row["bytes"] <= l2)
+    if request is not None and request.traces(case):  # strictly after the samples above
+        if time.perf_counter() > deadline:  # the samples stand; a profile past the wall limit is dropped
+            _note(row, f"profile skipped: past the case's wall limit of {ctx.timeout_s:g} s")
+        else:
+            target = ProfileTarget(case, module, prepared, inputs, timed.fn, row["latency_ms"])
+            _profile(target, request, ctx, ranges, row, profiled)
     return timing.samples_ms
+
+
+def _profile(target: ProfileTarget, request: ProfileRequest, ctx: RunContext, ranges: Mark | None,
+             row: dict[str, Any], profiled: list[ProfileResult]) -> None:
+    try:
+        profiled.append(profile_case(target, request, ctx.device, ctx.timing, ranges or no_range))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a full disk, a profiler failure: the measurement taken before it stands
+        if is_sticky_cuda_error(exc):  # except a lost CUDA context, which ends the sweep
+            raise
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+        _note(row, f"profile not written: {text}")
+
+
+def _note(row: dict[str, Any], note: str) -> None:
+    """Add a note to the row's error column, keeping what is there (its status stays)."""
+    row["error"] = f"{row['error']}; {note}" if row.get("error") else note
 
 
 def _check_accuracy(case: Case, row: dict[str, Any], out: torch.Tensor, reference: Any,

@@ -52,6 +52,7 @@ class ResultRow:
     head_dim: int = _column("key", key=True)
     q_lora_rank: int = _column("key", key=True)
     kv_lora_rank: int = _column("key", key=True)
+    num_latent_heads: int = _column("key", key=True)
     rope_head_dim: int = _column("key", key=True)
     v_head_dim: int = _column("key", key=True)
     hidden_size: int = _column("key", key=True)
@@ -83,6 +84,8 @@ class ResultRow:
     roofline_pct: float | None = _column("work")
     # Memory
     kv_cache_bytes: int | None = _column("memory")  # analytic
+    tp: int | None = _column("memory")  # tensor-parallel degree of the next column (setting `tp`, default 1)
+    kv_cache_bytes_per_gpu: int | None = _column("memory")  # analytic, one GPU's share at that degree
     kv_cache_bytes_measured: int | None = _column("memory")  # nbytes of the cache tensors
     kv_cache_bytes_allocator: int | None = _column("memory")
     kv_cache_bytes_nvml: int | None = _column("memory")
@@ -99,7 +102,9 @@ class ResultRow:
     quant_err: float | None = _column("accuracy")
     # How the case was run. `sample_calls`: calls averaged into one sample (CUDA-graph replays,
     # CPU blocks); `fits_l2`: on hot (graph) rows, whether the case's bytes fit in the GPU's L2,
-    # where gbps may exceed the HBM roofline.
+    # where gbps may exceed the HBM roofline. `host` and `device_name`: where the case ran (the
+    # machine, and the GPU or CPU model), since a sweep spread over a cluster may land cases on
+    # different machines and device kinds.
     case_id: str | None = _column("extra")
     backend_detail: str | None = _column("extra")
     timer: str | None = _column("extra")
@@ -107,7 +112,12 @@ class ResultRow:
     fits_l2: bool | None = _column("extra")
     threads: int | None = _column("extra")
     unstable: int | None = _column("extra")  # 1 when p90/p10 > 1.5
+    # 1 when the case was profiled (--profile, --nvtx): its samples precede its trace, but NVTX
+    # ranges wrap its timed calls, and compare refuses to gate profiled against unprofiled rows.
+    profiled: int | None = _column("extra")
     wall_s: float | None = _column("extra")
+    host: str | None = _column("extra")
+    device_name: str | None = _column("extra")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ResultRow:

@@ -171,10 +171,7 @@ def test_case_key_and_old_runs() -> None:
 
 
 def test_old_results_read_as_their_dtype(tmp_path: Any) -> None:
-    try:
-        from mlabench.rundir import read_results
-    except ImportError:  # trees where the run-directory reader is mlabench.report.load
-        from mlabench.report.load import read_results
+    from mlabench.rundir import read_results
 
     row = {c: 1 for c in schema.KEY_COLUMNS if c != "kv_dtype"} | {
         "suite": "s", "model": "tiny", "variant": "gqa", "backend": "eager", "mode": "decode", "scope": "step",

@@ -29,7 +29,8 @@ from mlabench.errors import UnsupportedError, UsageError
 from mlabench.kernels.mla_decode import mla_decode, triton_unavailable_reason
 from mlabench.kernels.mla_decode_launch import LAUNCH_KNOBS, LaunchConfig, launch_value_error, mla_decode_config
 from mlabench.variants.base import AttentionVariant
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.gla import GLAAbsorbed
+from mlabench.variants.mla import LatentStep, MLAAbsorbed
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -53,6 +54,7 @@ class TritonMLACore(LatentCore):
 
     library = "the triton backend"
     fp8_kv = ("fp8_e4m3", "fp8_e5m2")  # DeepSeek's FP8 rows, dequantized in registers
+    serves = (MLAAbsorbed, GLAAbsorbed)  # GLA: its latent heads are a grid axis of the same kernel
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs, knobs: dict[str, int | None]):
         super().__init__(module, inputs)
@@ -63,26 +65,28 @@ class TritonMLACore(LatentCore):
         kv = step.kv  # (B, T, D) view with the cache's strides: no copy
         if self.config is None:
             # Resolved once, so every timed call runs (and the row records) the same launch.
-            self.config = mla_decode_config(step.q, kv, **self.knobs, kv_fp8=bool(step.kv_dtype))
+            self.config = mla_decode_config(step.q, kv, **self.knobs, kv_fp8=bool(step.kv_dtype),
+                                            latent_heads=step.latent_heads)
         cfg = self.config
         return mla_decode(step.q, kv, step.cache_seqlens, head_dim_v=step.d_c, softmax_scale=step.scale,
                           num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
-                          num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, latent_heads=step.latent_heads,
                           **({"kv_dtype": step.kv_dtype} if step.kv_dtype else {}))  # (B, S, H, d_c)
 
 
 @register_backend(
     "triton",
-    description="fused Triton MLA decode kernel (split-KV) reading the latent cache in place",
-    variants=("mla-absorbed",),
+    description="fused Triton MLA decode kernel (split-KV) reading the latent cache in place; GLA's latent "
+                "heads as a grid axis",
+    variants=("mla-absorbed", "gla-absorbed"),
     modes=("decode",),
     fused=True,
     unavailable=triton_unavailable_reason,
     options={name: functools.partial(_launch_option, name=name) for name in LAUNCH_KNOBS},
 )
 def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
-    if module.name != "mla-absorbed":
-        raise UnsupportedError(f"the triton backend serves mla-absorbed only, not {module.name}")
+    if not isinstance(module, TritonMLACore.serves):
+        raise UnsupportedError(f"the triton backend serves mla-absorbed and gla-absorbed only, not {module.name}")
     knobs = launch_options(case)
     if module.weight_dtype not in _DTYPES:
         raise UnsupportedError(f"the triton MLA decode kernel takes bf16/fp16/fp32, not {module.weight_dtype}")
@@ -90,6 +94,8 @@ def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> 
     x, start = inputs.x, inputs.start_pos
 
     def fn() -> Tensor:
+        if isinstance(module, GLAAbsorbed):  # the kernel reads [c_j, k_pe] in place: no K to assemble
+            return module.forward_fused(x, start, core)
         return module(x, start, core)
 
     # The first call checks the in-place contract and, on a GPU, JIT-compiles the kernel (or

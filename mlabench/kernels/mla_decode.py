@@ -28,6 +28,12 @@ by its scale, and rounds the result to q's dtype for the MMAs (exact: an FP8 val
 power of two fits bf16). Scales and RoPE values are read through float32 and bf16 views of
 the same storage, so nothing is copied.
 
+Grouped Latent Attention (``latent_heads`` G > 1) runs on the same kernels: each cache row is
+[c_1 .. c_G, k_pe] (G latent heads of width ``head_dim_v``, then one shared RoPE key), query
+head h reads latent head h // (H/G), and the latent head is a grid axis whose programs read
+their own columns of the one cache, never a copy. G = 1 is MLA. An FP8 cache has one latent
+head (DeepSeek's layout); the launcher refuses FP8 with G > 1.
+
 The module imports without triton; ``mla_decode`` then raises ``RuntimeError``.
 """
 
@@ -85,6 +91,7 @@ if HAS_TRITON:
         stride_ob, stride_os, stride_oh,
         qk_scale,  # softmax_scale * log2(e): scores live in the log2 domain (exp2 is cheaper)
         S, H,
+        G,  # latent heads: row = [c_1 .. c_G (DV each), k_pe (DR)]; 1 for MLA
         num_splits,  # runtime, so a new split count does not trigger a recompile
         DV: tl.constexpr, DR: tl.constexpr,
         BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
@@ -102,11 +109,14 @@ if HAS_TRITON:
         # in linear order, so the row blocks that read the same KV chunk run side by side
         # (the later ones hit L2) and all CTAs of a sequence are issued together. A flat grid
         # also avoids the 65535 limit on gridDim.y/z for large batches.
+        # Then the latent head: the row blocks of one latent head share its KV columns.
         pid = tl.program_id(0)
-        num_row_blocks = tl.cdiv(S * H, BLOCK_H)
+        HG = H // G  # query heads per latent head
+        num_row_blocks = tl.cdiv(S * HG, BLOCK_H)
         pid_m = pid % num_row_blocks
-        pid_s = (pid // num_row_blocks) % num_splits
-        pid_b = pid // (num_row_blocks * num_splits)
+        pid_g = (pid // num_row_blocks) % G
+        pid_s = (pid // (num_row_blocks * G)) % num_splits
+        pid_b = pid // (num_row_blocks * G * num_splits)
 
         seqlen = tl.load(SEQLENS + pid_b)
         # Per-sequence chunking keeps the work balanced when lengths differ in a batch; the
@@ -115,15 +125,16 @@ if HAS_TRITON:
         kv_start = pid_s * chunk
         kv_end = tl.minimum(kv_start + chunk, seqlen)
 
-        # Query rows r = s * H + h of this sequence; BLOCK_H of them share every KV tile.
+        # Query rows s * HG + (h mod HG) of this latent head; BLOCK_H of them share every KV tile.
         offs_r = pid_m * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
-        row_ok = offs_r < S * H
-        row_s = offs_r // H
-        row_h = offs_r % H
+        row_ok = offs_r < S * HG
+        row_s = offs_r // HG
+        row_h = pid_g * HG + offs_r % HG  # the query head
+        row_glob = row_s * H + row_h  # the row in the split buffers (the combine kernel's numbering)
         # Causal, bottom-right aligned: query s sits at absolute position seqlen - S + s.
         row_last = seqlen - S + row_s  # (BLOCK_H,) last visible key per row
         # Keys beyond the block's last visible one are useless to every row in it.
-        kv_end = tl.minimum(kv_end, seqlen - S + tl.minimum((pid_m * BLOCK_H + BLOCK_H - 1) // H, S - 1) + 1)
+        kv_end = tl.minimum(kv_end, seqlen - S + tl.minimum((pid_m * BLOCK_H + BLOCK_H - 1) // HG, S - 1) + 1)
 
         offs_dv = tl.arange(0, BLOCK_DV)
         offs_dr = tl.arange(0, BLOCK_DR)
@@ -153,9 +164,10 @@ if HAS_TRITON:
             kv_rows = kv_base + offs_n[:, None] * stride_kvt
             # Masked loads never touch positions >= seqlen (the slack may hold garbage).
             if KV_FP8 == 0:
-                k_v = tl.load(kv_rows + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-                k_r = tl.load(kv_rows + DV + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
-            else:
+                k_v = tl.load(kv_rows + pid_g * DV + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :],
+                              other=0.0)
+                k_r = tl.load(kv_rows + G * DV + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
+            else:  # one latent head (G = 1): the launcher refuses FP8 with G > 1
                 # FP8 bytes -> fp32 in registers, times the tile's scale, then q's dtype (exact).
                 bits = tl.load(kv_rows + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0)
                 # FP8 -> fp32 and times a power-of-two scale: exact; rounded once to q's dtype below.
@@ -208,10 +220,10 @@ if HAS_TRITON:
             tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
         else:
             lse = tl.where(has_mass, m_i + tl.math.log2(tl.where(has_mass, l_i, 1.0)), float("-inf"))
-            op_ptrs = (O_PART + pid_b.to(tl.int64) * stride_opb + offs_r[:, None] * stride_opr
+            op_ptrs = (O_PART + pid_b.to(tl.int64) * stride_opb + row_glob[:, None] * stride_opr
                        + pid_s * stride_ops + offs_dv[None, :])
             tl.store(op_ptrs, out, mask=row_ok[:, None] & dv_ok[None, :])
-            tl.store(LSE_PART + pid_b.to(tl.int64) * stride_lb + offs_r * stride_lr + pid_s, lse, mask=row_ok)
+            tl.store(LSE_PART + pid_b.to(tl.int64) * stride_lb + row_glob * stride_lr + pid_s, lse, mask=row_ok)
 
     @triton.jit
     def _mla_decode_combine_kernel(
@@ -269,6 +281,7 @@ def mla_decode(
     num_warps: int | None = None,
     num_stages: int | None = None,
     kv_dtype: str = "",
+    latent_heads: int = 1,
 ) -> Tensor:
     """Absorbed-MLA decode attention with split-KV; returns ``[B, S, H, head_dim_v]`` in q's dtype.
 
@@ -281,14 +294,17 @@ def mla_decode(
         (``mla_decode_config`` returns the resulting configuration; NOTES.md explains it).
     kv_dtype: "" for a cache in q's dtype; "fp8_e4m3" or "fp8_e5m2" for a uint8 cache (B, T_max,
         row bytes) of DeepSeek FP8 rows [head_dim_v FP8 | fp32 scale per 128 | D - head_dim_v bf16].
+    latent_heads: G > 1 for Grouped Latent Attention: kv_cache rows are [c_1 .. c_G, k_pe], each
+        c_j head_dim_v wide, and query head h attends over c_{h // (H/G)} and the shared k_pe.
     """
     device = q.device if isinstance(q, Tensor) else torch.device("cpu")
     reason = triton_unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"mla_decode cannot run on {device}: {reason}")
-    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, kv_dtype)
+    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, kv_dtype, latent_heads)
     cfg = mla_decode_config(q, kv_cache, num_splits, block_h=block_h, block_n=block_n,
-                            num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype))
+                            num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype),
+                            latent_heads=latent_heads)
 
     B, S, H, D = q.shape
     dv = head_dim_v
@@ -300,7 +316,7 @@ def mla_decode(
         q = q.contiguous()
 
     rows = S * H
-    num_programs = B * triton.cdiv(rows, cfg.block_h) * cfg.num_splits
+    num_programs = B * latent_heads * triton.cdiv(rows // latent_heads, cfg.block_h) * cfg.num_splits
     if num_programs > _MAX_GRID:
         raise ValueError(f"num_splits={cfg.num_splits} gives {num_programs} programs, above the grid limit")
 
@@ -337,7 +353,7 @@ def mla_decode(
         lse_part.stride(0), lse_part.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
         float(softmax_scale) * _LOG2E,
-        S, H, cfg.num_splits,
+        S, H, latent_heads, cfg.num_splits,
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr,
         BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
         WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot,

@@ -28,7 +28,15 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from mlabench.kernels.mla_decode_launch import LaunchConfig, auto_configs, auto_fp8_configs
+from mlabench.kernels.mla_decode_launch import (
+    DEFAULT_NUM_STAGES,
+    LaunchConfig,
+    auto_configs,
+    auto_fp8_configs,
+    default_block_h,
+    default_block_n,
+    default_num_warps,
+)
 
 # Hopper limits: shared memory per block (227 KiB, cudaDevAttrMaxSharedMemoryPerBlockOptin),
 # per SM (228 KiB, of which the driver reserves 1 KiB per resident block) and registers per SM.
@@ -39,8 +47,10 @@ SM90_REGS_PER_SM = 65536
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # A dtype name with this suffix: q in that dtype over DeepSeek's FP8 e4m3 latent rows (KV_FP8 = 1).
 FP8_SUFFIX = "+fp8kv"
-# (d_c, d_r) of the shapes the check covers: DeepSeek's 512 + 64 and a small padded one.
-DIMS = {"deepseek": (512, 64), "small": (64, 16)}
+# (d_c, d_r) of the shapes the check covers: DeepSeek's 512 + 64, a small padded one, and GLA-2 at
+# gla-xl (two latent heads of 256 + one RoPE key of 64 per row: the latent-head grid axis).
+DIMS = {"deepseek": (512, 64), "small": (64, 16), "gla": (256, 64)}
+LATENT_HEADS = {"gla": 2}
 
 
 @dataclass(frozen=True)
@@ -141,15 +151,16 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     fp8 = dtype.endswith(FP8_SUFFIX)
     torch_dtype = _DTYPES[dtype.removesuffix(FP8_SUFFIX)]
     B, S, H, T, NS = 2, 1, 128 if dims == "deepseek" else 16, 256, 1 if write_final else 2
+    G = LATENT_HEADS.get(dims, 1)  # G = 1 is specialized as a constant, so GLA is a separate compile
     # Small CPU tensors with the launch's layout: only dtype, alignment and strides matter.
     q = torch.empty(B, S, H, dv + dr, dtype=torch_dtype)
-    if fp8:  # the uint8 rows and the fp32-scale and bf16-RoPE views mla_decode passes
+    if fp8:  # the uint8 rows and the fp32-scale and bf16-RoPE views mla_decode passes (one latent head)
         tiles = -(-dv // 128)
         kv = torch.empty(B, T, dv + 4 * tiles + 2 * dr, dtype=torch.uint8)
         kv_scale = kv.view(torch.float32)[..., dv // 4: dv // 4 + tiles]
         kv_pe = kv.view(torch.bfloat16)[..., (dv + 4 * tiles) // 2:]
     else:
-        kv = torch.empty(B, T, dv + dr, dtype=torch_dtype)
+        kv = torch.empty(B, T, G * dv + dr, dtype=torch_dtype)
         kv_scale = kv_pe = kv
     seqlens = torch.empty(B, dtype=torch.int32)
     out = torch.empty(B, S, H, dv, dtype=torch_dtype)
@@ -161,7 +172,7 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
         q, kv, kv_scale, kv_pe, seqlens, o_part, lse_part, out,
         *q.stride()[:3], *kv.stride()[:2], *kv_scale.stride()[:2], *kv_pe.stride()[:2],
         *o_part.stride()[:3], *lse_part.stride()[:2], *out.stride()[:3],
-        0.1, S, H, NS,
+        0.1, S, H, G, NS,
         dv, dr, block_dv, block_dr, cfg.block_h, cfg.block_n,
         write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, 1 if fp8 else 0,
         block_dv // min(128, block_dv), min(128, block_dv),
@@ -211,6 +222,10 @@ def auto_jobs() -> list[Job]:
         jobs += [(cfg, "deepseek", dt, False) for dt in dtypes[1:]]
     for cfg in auto_fp8_configs():
         jobs += [(cfg, "deepseek", "bf16" + FP8_SUFFIX, False), (cfg, "deepseek", "bf16" + FP8_SUFFIX, True)]
+    # GLA-2 at gla-xl in bf16: 16 heads over 2 latent heads, 8 query rows per program.
+    bh = default_block_h(8, 2)
+    gla = LaunchConfig(bh, default_block_n(2), default_num_warps(bh), DEFAULT_NUM_STAGES, 2)
+    jobs += [(gla, "gla", "bf16", False), (gla, "gla", "bf16", True)]
     return jobs
 
 

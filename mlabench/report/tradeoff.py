@@ -21,8 +21,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mlabench.report.charts import Chart, _colors, _log_ticks, _style, natural_key, ok_rows
-from mlabench.report.labels import series_labels
 from mlabench.report.tables import human_bytes
+from mlabench.rundir import series_labels
 
 # Marker shapes per cache kind, in order of first use (the compute dtype's kinds come first).
 SYMBOLS = ("circle", "diamond", "square", "triangle-up", "star", "x", "hexagon", "cross")

@@ -166,6 +166,15 @@ class AttentionVariant(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int | None:
+        """Cache elements per token per layer held on ONE GPU at tensor-parallel degree `tp` (MLA.md
+        section 6: query heads split over the GPUs, what cannot split is replicated). tp = 1 is the
+        whole cache; a variant that keeps a cache under tensor parallelism defines the rest."""
+        if tp == 1:
+            return cls.kv_elements_per_token(sh)
+        raise NotImplementedError(f"{cls.name} has no tensor-parallel cache model (tp = {tp})")
+
+    @classmethod
     def kv_cache_elements(cls, sh: AttentionShape, batch: int, seq_len: int) -> int:
         """Cache elements of one layer for `batch` sequences of `seq_len` slots."""
         per_token = cls.kv_elements_per_token(sh)
@@ -207,6 +216,14 @@ class AttentionVariant(nn.Module):
         if not sh.kv_quantized:
             return elements * sh.element_bytes
         return elements + cls.kv_fixed_bytes(sh)
+
+    @classmethod
+    def kv_cache_elements_per_gpu(cls, sh: AttentionShape, batch: int, seq_len: int, tp: int) -> int:
+        """Cache elements of one layer on ONE GPU at tensor-parallel degree `tp`."""
+        per_token = cls.kv_elements_per_token_per_gpu(sh, tp)
+        if per_token is None:
+            raise NotImplementedError(f"{cls.name} must define kv_cache_elements_per_gpu")
+        return batch * seq_len * per_token
 
     @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:

@@ -24,19 +24,19 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import UsageError
-from mlabench.results import read_meta_json
+from mlabench.rundir.write import read_meta_json
 from mlabench.schema import normalize_key_value
 
 # Columns a results.csv must have. The rest of the contract is optional so
 # that baselines written before a column was added still load (filled empty).
 # Key columns added after runs were already on disk, with the value those runs implicitly had.
-KEY_DEFAULTS: dict[str, str] = {"scope": "step"}
+KEY_DEFAULTS: dict[str, str] = {"scope": "step", "num_latent_heads": "1"}
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS
                                           if c not in KEY_DEFAULTS and c not in schema.KEY_DEFAULT_FROM) + \
     schema.OUTCOME_COLUMNS + ("latency_ms",)
 STRING_COLUMNS: frozenset[str] = frozenset(
     {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "kv_dtype", "device", "status", "error",
-     "case_id", "backend_detail", "timer", "fits_l2", "options"}
+     "case_id", "backend_detail", "timer", "fits_l2", "options", "host", "device_name"}
 )
 SAMPLE_REQUIRED: tuple[str, ...] = ("case_id", "sample", "latency_ms")  # `round` is optional
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
