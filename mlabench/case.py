@@ -84,6 +84,12 @@ class Case:
             "rope_beta_fast": sh.rope_beta_fast,
             "rope_beta_slow": sh.rope_beta_slow,
             "rms_norm_eps": sh.rms_norm_eps,
+            "q_rank": sh.q_rank,
+            "k_rank": sh.k_rank,
+            "v_rank": sh.v_rank,
+            "index_heads": sh.index_heads,
+            "index_head_dim": sh.index_head_dim,
+            "topk": sh.topk,
             "options": self.options_text,
         }
 

@@ -11,6 +11,7 @@ C. "MQA has 0.56 and GQA (8 heads, 4 groups) 0.75 of MHA's attention parameters"
 D. The GTA/GLA paper (arXiv 2505.21487) at its 1.47B model (preset gla-xl): GTA-4 about halves
    GQA-4's cache; GLA-2 at TP 2 holds 640 B per token per layer per GPU where MLA holds 1152;
    GLA-2's absorbed decode does about half of MLA's core FLOPs at the same heads.
+E-G. TPA's and DeepSeek Sparse Attention's caches (`claims_sparse.py`).
 
 Pure Python and pandas; no torch.
 """
@@ -253,8 +254,10 @@ def _claim_gla(rows: pd.DataFrame) -> list[ClaimResult]:
 
 def evaluate_claims(df: pd.DataFrame) -> list[ClaimResult]:
     """Every claim, measured from the rows with suite == 'claims' (others are ignored)."""
+    from mlabench.claims_sparse import sparse_claims  # imports this module's helpers
+
     rows = _claims_rows(df)
-    return _claim_table1(rows) + _claim_latent(rows) + _claim_params(rows) + _claim_gla(rows)
+    return _claim_table1(rows) + _claim_latent(rows) + _claim_params(rows) + _claim_gla(rows) + sparse_claims(rows)
 
 
 def has_claims(df: pd.DataFrame) -> bool:

@@ -64,6 +64,12 @@ class ResultRow:
     rope_beta_fast: float = _column("key", key=True)
     rope_beta_slow: float = _column("key", key=True)
     rms_norm_eps: float = _column("key", key=True)
+    q_rank: int = _column("key", key=True)
+    k_rank: int = _column("key", key=True)
+    v_rank: int = _column("key", key=True)
+    index_heads: int = _column("key", key=True)
+    index_head_dim: int = _column("key", key=True)
+    topk: int = _column("key", key=True)
     options: str = _column("key", key=True)  # this backend's options, "name=value;..." ('' for none)
     # Outcome
     status: str = _column("outcome", key=True)  # required like a key field, though not part of the key

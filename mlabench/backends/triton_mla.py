@@ -1,4 +1,6 @@
-"""`triton`: mla-absorbed decode through our fused Triton kernel (`kernels/mla_decode.py`).
+"""`triton`: mla-absorbed and dsa decode through our fused Triton kernel (`kernels/mla_decode.py`).
+
+dsa's LatentStep carries its top-k `indices`; the kernel then gathers those latent rows only.
 
 The step is the variant's own forward; only the core changes. The core is a LatentCore
 (latent.py): it gets the step as a LatentStep, whose `kv` is a (B, T, d_c + d_r) view of the
@@ -71,14 +73,16 @@ class TritonMLACore(LatentCore):
         return mla_decode(step.q, kv, step.cache_seqlens, head_dim_v=step.d_c, softmax_scale=step.scale,
                           num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages, latent_heads=step.latent_heads,
-                          **({"kv_dtype": step.kv_dtype} if step.kv_dtype else {}))  # (B, S, H, d_c)
+                          # only what this step uses: an FP8 format, dsa's top-k rows
+                          **({"kv_dtype": step.kv_dtype} if step.kv_dtype else {}),
+                          **({"indices": step.indices} if step.indices is not None else {}))  # (B, S, H, d_c)
 
 
 @register_backend(
     "triton",
     description="fused Triton MLA decode kernel (split-KV) reading the latent cache in place; GLA's latent "
-                "heads as a grid axis",
-    variants=("mla-absorbed", "gla-absorbed"),
+                "heads as a grid axis; dsa's top-k rows gathered by index",
+    variants=("mla-absorbed", "gla-absorbed", "dsa"),
     modes=("decode",),
     fused=True,
     unavailable=triton_unavailable_reason,
@@ -86,7 +90,7 @@ class TritonMLACore(LatentCore):
 )
 def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     if not isinstance(module, TritonMLACore.serves):
-        raise UnsupportedError(f"the triton backend serves mla-absorbed and gla-absorbed only, not {module.name}")
+        raise UnsupportedError(f"the triton backend serves mla-absorbed, gla-absorbed and dsa only, not {module.name}")
     knobs = launch_options(case)
     if module.weight_dtype not in _DTYPES:
         raise UnsupportedError(f"the triton MLA decode kernel takes bf16/fp16/fp32, not {module.weight_dtype}")

@@ -90,8 +90,10 @@ def kv(
             if variant:
                 raise UsageError(f"--variant {name}: {exc}") from None
             continue
-        if not variant and any(other == sh and (issubclass(c, cls) or issubclass(cls, c)) for c, other in shown):
-            continue  # the same shape as a special case of itself: gqa with G = H is mha
+        per_token_elems = cls.kv_elements_per_token(sh)
+        if not variant and any(other == sh and (issubclass(c, cls) or issubclass(cls, c))
+                               and c.kv_elements_per_token(other) == per_token_elems for c, other in shown):
+            continue  # the same shape as a special case of itself: gqa with G = H is mha (dsa's cache differs)
         shown.append((cls, sh))
         per_layer = analytic.kv_bytes_per_token(name, sh)
         per_token = per_layer * sh.num_layers

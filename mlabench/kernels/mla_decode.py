@@ -34,6 +34,11 @@ head h reads latent head h // (H/G), and the latent head is a grid axis whose pr
 their own columns of the one cache, never a copy. G = 1 is MLA. An FP8 cache has one latent
 head (DeepSeek's layout); the launcher refuses FP8 with G > 1.
 
+Sparse mode (DeepSeek Sparse Attention, the ``SPARSE`` constexpr; the dense path compiles
+as before): ``indices`` (B, S, K) int32 names, per query token, the cache rows it attends
+(-1 = none). A row block then holds heads of ONE query token, the splits cut the K index
+slots instead of the sequence, and each KV tile is gathered row by row from the cache.
+
 The module imports without triton; ``mla_decode`` then raises ``RuntimeError``.
 """
 
@@ -81,7 +86,7 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 if HAS_TRITON:
     @triton.jit
     def _mla_decode_split_kernel(
-        Q, KV, KV_SCALE, KV_PE, SEQLENS, O_PART, LSE_PART, OUT,
+        Q, KV, KV_SCALE, KV_PE, SEQLENS, O_PART, LSE_PART, OUT, INDICES,
         stride_qb, stride_qs, stride_qh,
         stride_kvb, stride_kvt,
         stride_scb, stride_sct,  # FP8 only: the fp32 scales view (B, T, tiles)
@@ -89,10 +94,12 @@ if HAS_TRITON:
         stride_opb, stride_opr, stride_ops,
         stride_lb, stride_lr,
         stride_ob, stride_os, stride_oh,
+        stride_ib, stride_is,  # INDICES (B, S, K), last dim contiguous; unused when dense
         qk_scale,  # softmax_scale * log2(e): scores live in the log2 domain (exp2 is cheaper)
         S, H,
         G,  # latent heads: row = [c_1 .. c_G (DV each), k_pe (DR)]; 1 for MLA
         num_splits,  # runtime, so a new split count does not trigger a recompile
+        TOPK,  # index slots per query token (sparse only)
         DV: tl.constexpr, DR: tl.constexpr,
         BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -101,6 +108,7 @@ if HAS_TRITON:
         # Interpreter only: its tl.dot multiplies bf16 bit patterns (triton issue #11584), so
         # bf16 tiles are widened to fp32 (exact) before each dot. Always False when compiled.
         UPCAST_DOT: tl.constexpr,
+        SPARSE: tl.constexpr,  # attend only the rows INDICES names
         KV_FP8: tl.constexpr = 0,  # 0: KV holds q's dtype; 1: FP8 e4m3 rows; 2: FP8 e5m2 rows
         N_TILES: tl.constexpr = 1,  # FP8: scale tiles across BLOCK_DV (BLOCK_DV // TILE_COLS)
         TILE_COLS: tl.constexpr = 128,  # FP8: columns per scale tile, min(128, BLOCK_DV)
@@ -112,7 +120,11 @@ if HAS_TRITON:
         # Then the latent head: the row blocks of one latent head share its KV columns.
         pid = tl.program_id(0)
         HG = H // G  # query heads per latent head
-        num_row_blocks = tl.cdiv(S * HG, BLOCK_H)
+        if SPARSE:  # row blocks never straddle two query tokens: each has its own index list (G = 1)
+            blocks_per_token = tl.cdiv(H, BLOCK_H)
+            num_row_blocks = S * blocks_per_token
+        else:
+            num_row_blocks = tl.cdiv(S * HG, BLOCK_H)
         pid_m = pid % num_row_blocks
         pid_g = (pid // num_row_blocks) % G
         pid_s = (pid // (num_row_blocks * G)) % num_splits
@@ -120,21 +132,30 @@ if HAS_TRITON:
 
         seqlen = tl.load(SEQLENS + pid_b)
         # Per-sequence chunking keeps the work balanced when lengths differ in a batch; the
-        # chunk is a whole number of KV blocks so every split starts block-aligned.
-        chunk = tl.cdiv(tl.cdiv(seqlen, num_splits), BLOCK_N) * BLOCK_N
+        # chunk is a whole number of KV blocks so every split starts block-aligned. Sparse:
+        # the splits cut the index slots.
+        length = TOPK if SPARSE else seqlen
+        chunk = tl.cdiv(tl.cdiv(length, num_splits), BLOCK_N) * BLOCK_N
         kv_start = pid_s * chunk
-        kv_end = tl.minimum(kv_start + chunk, seqlen)
+        kv_end = tl.minimum(kv_start + chunk, length)
 
         # Query rows s * HG + (h mod HG) of this latent head; BLOCK_H of them share every KV tile.
-        offs_r = pid_m * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
-        row_ok = offs_r < S * HG
+        if SPARSE:  # G = 1 (the launcher's rule): the heads of one query token
+            token = pid_m // blocks_per_token
+            offs_hb = (pid_m % blocks_per_token) * BLOCK_H + tl.arange(0, BLOCK_H)
+            offs_r = token * H + offs_hb
+            row_ok = offs_hb < H
+        else:
+            offs_r = pid_m * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
+            row_ok = offs_r < S * HG
         row_s = offs_r // HG
         row_h = pid_g * HG + offs_r % HG  # the query head
         row_glob = row_s * H + row_h  # the row in the split buffers (the combine kernel's numbering)
         # Causal, bottom-right aligned: query s sits at absolute position seqlen - S + s.
         row_last = seqlen - S + row_s  # (BLOCK_H,) last visible key per row
-        # Keys beyond the block's last visible one are useless to every row in it.
-        kv_end = tl.minimum(kv_end, seqlen - S + tl.minimum((pid_m * BLOCK_H + BLOCK_H - 1) // HG, S - 1) + 1)
+        if not SPARSE:
+            # Keys beyond the block's last visible one are useless to every row in it.
+            kv_end = tl.minimum(kv_end, seqlen - S + tl.minimum((pid_m * BLOCK_H + BLOCK_H - 1) // HG, S - 1) + 1)
 
         offs_dv = tl.arange(0, BLOCK_DV)
         offs_dr = tl.arange(0, BLOCK_DR)
@@ -161,7 +182,15 @@ if HAS_TRITON:
         for start_n in tl.range(kv_start, kv_end, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
             n_ok = offs_n < kv_end
-            kv_rows = kv_base + offs_n[:, None] * stride_kvt
+            if SPARSE:
+                idx_row = INDICES + pid_b.to(tl.int64) * stride_ib + token * stride_is
+                tok = tl.load(idx_row + offs_n, mask=n_ok, other=-1)  # (BLOCK_N,) cache rows, -1 none
+                # -1 and anything causality hides read nothing and weigh nothing.
+                n_ok = n_ok & (tok >= 0) & (tok <= seqlen - S + token)
+                pos = tok.to(tl.int64)
+            else:
+                pos = offs_n
+            kv_rows = kv_base + pos[:, None] * stride_kvt
             # Masked loads never touch positions >= seqlen (the slack may hold garbage).
             if KV_FP8 == 0:
                 k_v = tl.load(kv_rows + pid_g * DV + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :],
@@ -178,11 +207,11 @@ if HAS_TRITON:
                 # One scale per (token, 128-column tile), broadcast over its tile through a reshape
                 # rather than gathered per element: a (BLOCK_N, BLOCK_DV) fp32 scale tile spills.
                 offs_t = tl.arange(0, N_TILES)
-                sc = tl.load(sc_base + offs_n[:, None] * stride_sct + offs_t[None, :],
+                sc = tl.load(sc_base + pos[:, None] * stride_sct + offs_t[None, :],
                              mask=n_ok[:, None] & (offs_t * TILE_COLS < DV)[None, :], other=0.0)  # (BLOCK_N, N_TILES)
                 lat = tl.reshape(lat, (BLOCK_N, N_TILES, TILE_COLS)) * sc[:, :, None]
                 k_v = tl.reshape(lat, (BLOCK_N, BLOCK_DV)).to(Q.dtype.element_ty)
-                k_r = tl.load(pe_base + offs_n[:, None] * stride_pet + offs_dr[None, :],
+                k_r = tl.load(pe_base + pos[:, None] * stride_pet + offs_dr[None, :],
                               mask=n_ok[:, None] & dr_ok[None, :], other=0.0).to(Q.dtype.element_ty)
             if UPCAST_DOT:
                 k_v = k_v.to(tl.float32)
@@ -192,7 +221,10 @@ if HAS_TRITON:
             qk = tl.dot(q_v, tl.trans(k_v), input_precision=DOT_PRECISION)  # (BLOCK_H, BLOCK_N)
             qk = tl.dot(q_r, tl.trans(k_r), acc=qk, input_precision=DOT_PRECISION)
             qk = qk * qk_scale
-            visible = n_ok[None, :] & (offs_n[None, :] <= row_last[:, None])
+            if SPARSE:
+                visible = n_ok[None, :] & row_ok[:, None]
+            else:
+                visible = n_ok[None, :] & (offs_n[None, :] <= row_last[:, None])
             qk = tl.where(visible, qk, float("-inf"))
 
             m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -282,6 +314,7 @@ def mla_decode(
     num_stages: int | None = None,
     kv_dtype: str = "",
     latent_heads: int = 1,
+    indices: Tensor | None = None,
 ) -> Tensor:
     """Absorbed-MLA decode attention with split-KV; returns ``[B, S, H, head_dim_v]`` in q's dtype.
 
@@ -296,12 +329,25 @@ def mla_decode(
         row bytes) of DeepSeek FP8 rows [head_dim_v FP8 | fp32 scale per 128 | D - head_dim_v bf16].
     latent_heads: G > 1 for Grouped Latent Attention: kv_cache rows are [c_1 .. c_G, k_pe], each
         c_j head_dim_v wide, and query head h attends over c_{h // (H/G)} and the shared k_pe.
+    indices: optional (B, S, K) int32, the cache rows each query token attends (-1 = none):
+        DeepSeek Sparse Attention's top-k selection. None: every visible row (dense).
     """
     device = q.device if isinstance(q, Tensor) else torch.device("cpu")
     reason = triton_unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"mla_decode cannot run on {device}: {reason}")
     check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, kv_dtype, latent_heads)
+    if indices is not None:
+        if indices.dtype != torch.int32 or indices.dim() != 3 or tuple(indices.shape[:2]) != tuple(q.shape[:2]):
+            raise ValueError(f"indices must be int32 (B, S, K) for q of shape {tuple(q.shape)}, got "
+                             f"{indices.dtype} {tuple(indices.shape)}")
+        if indices.device != q.device:
+            raise ValueError(f"indices on {indices.device}, q on {q.device}")
+        if kv_dtype or latent_heads > 1:
+            raise ValueError("indices (sparse decode) read a dense latent of one latent head; "
+                             f"got kv_dtype={kv_dtype!r}, latent_heads={latent_heads}")
+        if indices.stride(2) != 1:
+            indices = indices.contiguous()
     cfg = mla_decode_config(q, kv_cache, num_splits, block_h=block_h, block_n=block_n,
                             num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype),
                             latent_heads=latent_heads)
@@ -316,7 +362,9 @@ def mla_decode(
         q = q.contiguous()
 
     rows = S * H
-    num_programs = B * latent_heads * triton.cdiv(rows // latent_heads, cfg.block_h) * cfg.num_splits
+    sparse = indices is not None
+    row_blocks = S * triton.cdiv(H, cfg.block_h) if sparse else triton.cdiv(rows // latent_heads, cfg.block_h)
+    num_programs = B * latent_heads * row_blocks * cfg.num_splits
     if num_programs > _MAX_GRID:
         raise ValueError(f"num_splits={cfg.num_splits} gives {num_programs} programs, above the grid limit")
 
@@ -344,19 +392,21 @@ def mla_decode(
         o_part = q.new_empty((B, rows, cfg.num_splits, dv), dtype=torch.float32)  # (B, S*H, NS, dv)
         lse_part = q.new_empty((B, rows, cfg.num_splits), dtype=torch.float32)  # (B, S*H, NS)
 
+    idx = indices if sparse else cache_seqlens  # a placeholder pointer the dense kernel never reads
     _mla_decode_split_kernel[(num_programs,)](
-        q, kv_cache, kv_scale, kv_pe, cache_seqlens, o_part, lse_part, out,
+        q, kv_cache, kv_scale, kv_pe, cache_seqlens, o_part, lse_part, out, idx,
         q.stride(0), q.stride(1), q.stride(2),
         kv_cache.stride(0), kv_cache.stride(1),
         kv_scale.stride(0), kv_scale.stride(1), kv_pe.stride(0), kv_pe.stride(1),
         o_part.stride(0), o_part.stride(1), o_part.stride(2),
         lse_part.stride(0), lse_part.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
+        indices.stride(0) if sparse else 0, indices.stride(1) if sparse else 0,
         float(softmax_scale) * _LOG2E,
-        S, H, latent_heads, cfg.num_splits,
+        S, H, latent_heads, cfg.num_splits, indices.shape[2] if sparse else 0,
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr,
         BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
-        WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot,
+        WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot, SPARSE=sparse,
         KV_FP8=fp8, N_TILES=block_dv // min(_SCALE_TILE, block_dv), TILE_COLS=min(_SCALE_TILE, block_dv),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -33,6 +33,7 @@ from mlabench.kernels.mla_decode_launch import (
     LaunchConfig,
     auto_configs,
     auto_fp8_configs,
+    choose_config,
     default_block_h,
     default_block_n,
     default_num_warps,
@@ -132,11 +133,13 @@ def _specialize(jit_fn, args: dict) -> tuple[dict, dict, dict]:
     return signature, constexprs, attrs
 
 
-def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, arch: int = 90) -> CompileResult:
+def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, arch: int = 90,
+                   sparse: bool = False) -> CompileResult:
     """Compile ``_mla_decode_split_kernel`` for ``cfg`` at ``DIMS[dims]`` and report its resources.
 
     Arguments mirror a decode launch (S = 1, 128 heads for DeepSeek dims, 16 otherwise),
-    so the compiler sees the same specialization a real call triggers.
+    so the compiler sees the same specialization a real call triggers; `sparse` compiles the
+    index-gathering path (DeepSeek Sparse Attention, 2048 indices per query token).
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -166,15 +169,17 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     out = torch.empty(B, S, H, dv, dtype=torch_dtype)
     o_part = torch.empty(B, S * H, NS, dv)
     lse_part = torch.empty(B, S * H, NS)
+    indices = torch.empty(B, S, 2048, dtype=torch.int32)
     block_dv = max(16, triton.next_power_of_2(dv))
     block_dr = max(16, triton.next_power_of_2(dr))
     values = [
-        q, kv, kv_scale, kv_pe, seqlens, o_part, lse_part, out,
+        q, kv, kv_scale, kv_pe, seqlens, o_part, lse_part, out, indices if sparse else seqlens,
         *q.stride()[:3], *kv.stride()[:2], *kv_scale.stride()[:2], *kv_pe.stride()[:2],
         *o_part.stride()[:3], *lse_part.stride()[:2], *out.stride()[:3],
-        0.1, S, H, G, NS,
+        *(indices.stride()[:2] if sparse else (0, 0)),
+        0.1, S, H, G, NS, indices.shape[2] if sparse else 0,
         dv, dr, block_dv, block_dr, cfg.block_h, cfg.block_n,
-        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, 1 if fp8 else 0,
+        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, sparse, 1 if fp8 else 0,
         block_dv // min(128, block_dv), min(128, block_dv),
     ]
     names = [p.name for p in kernel.params]
@@ -229,6 +234,11 @@ def auto_jobs() -> list[Job]:
     return jobs
 
 
+def _compile_sparse(write_final: bool, arch: int) -> CompileResult:
+    """The sparse path at the configuration the launcher picks for one DeepSeek-V3.2 decode token."""
+    return compile_config(choose_config(1, 128, 131072), "deepseek", "bf16", write_final, arch, sparse=True)
+
+
 def _run_job(job: Job, arch: int) -> CompileResult:
     return compile_config(*job, arch=arch)
 
@@ -262,7 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     parser.add_argument("--candidates", action="store_true",
                         help="compile the rejected candidates (DeepSeek dims, split variant) instead")
+    parser.add_argument("--sparse", action="store_true",
+                        help="compile the index-gathering path (DeepSeek-V3.2 decode: 128 heads, bf16) instead")
     args = parser.parse_args(argv)
+    if args.sparse:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max(1, min(2, args.jobs))) as pool:
+            results = list(pool.map(_compile_sparse, (False, True), [args.arch] * 2))
+        print(json.dumps([{**asdict(r), "ok": r.ok, "resident_ctas": r.resident_ctas} for r in results]) if args.json
+              else markdown_table(results))
+        return 0 if all(r.ok for r in results) else 1
     jobs = ([(cfg, "deepseek", dt, False) for cfg, dt in CANDIDATES] if args.candidates else auto_jobs())
     results = run_jobs(jobs, args.arch, args.jobs)
     if args.json:

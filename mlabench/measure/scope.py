@@ -25,7 +25,7 @@ from mlabench.backends.registry import Prepared, StepInputs
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError
 from mlabench.measure import accuracy as acc
-from mlabench.variants.base import AttentionVariant, chunked_attention
+from mlabench.variants.base import AttentionVariant, CoreAttention, chunked_attention
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,22 @@ def scoped_call(case: Case, module: AttentionVariant, prepared: Prepared, inputs
         raise UnsupportedError(f"{case.backend} has no attention core to time alone (scope core)")
     with torch.no_grad():
         q, k, v, scale, causal = module.core_inputs(x, start)
+    reference_core = chunked_attention if module.generic_core else module.native_core
     if k.dtype == torch.uint8:  # a fused core's FP8 latent rows: its reference reads them dequantized
         def reference() -> Tensor:
             latent = module.kv_store.decode(k.squeeze(2), torch.float64)[:, :, None, :]  # (B, T, 1, d_c + d_r)
-            return core_reference(q, latent, latent[..., : v.shape[-1]], scale, causal)
+            return core_reference(q, latent, latent[..., : v.shape[-1]], scale, causal, reference_core)
         return ScopedCall(lambda: core(q, k, v, scale, causal), reference)
-    return ScopedCall(lambda: core(q, k, v, scale, causal), lambda: core_reference(q, k, v, scale, causal))
+    return ScopedCall(lambda: core(q, k, v, scale, causal),
+                      lambda: core_reference(q, k, v, scale, causal, reference_core))
 
 
 @torch.no_grad()
-def core_reference(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+def core_reference(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
+                   core: CoreAttention = chunked_attention) -> Tensor:
     """float64 eager core on the `accuracy.reference_rows` (first and last sequence) of the core's inputs."""
     rows = torch.tensor(acc.reference_rows(q.shape[0]), device=q.device)
     q64, k64, v64 = (t.index_select(0, rows).to(torch.float64) for t in (q, k, v))
-    return chunked_attention(q64, k64, v64, scale, causal)
+    if isinstance(causal, Tensor):
+        causal = causal.index_select(0, rows)  # an explicit (B, S, T) mask follows its sequences
+    return core(q64, k64, v64, scale, causal)

@@ -18,6 +18,12 @@ The core contract, shared by every variant and backend:
     core(q, k, v, scale, causal) -> o
     q (B, S, Hq, Dk), k (B, T, Hkv, Dk), v (B, T, Hkv, Dv), Hq % Hkv == 0,
     query head h reads KV head h // (Hq / Hkv); o (B, S, Hq, Dv) in q's dtype.
+    `causal` is a bool (bottom-right causal or none) or a (B, S, T) bool tensor, True where
+    query s may see key t (DeepSeek Sparse Attention's index mask, causality included).
+
+A variant whose core is not this contract (tpa-factorized contracts factor tensors and never
+builds K or V) sets `generic_core = False` and overrides `native_core`: `forward` and the eager
+backend run it, and backends that swap in a generic kernel (sdpa) answer unsupported.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from mlabench.config import AttentionShape
+from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants import kvquant
 
 if TYPE_CHECKING:
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
 
 
 class CoreAttention(Protocol):
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor: ...
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor: ...
 
 
 def causal_mask(s: int, t: int, device: torch.device) -> Tensor:
@@ -48,22 +54,25 @@ def causal_mask(s: int, t: int, device: torch.device) -> Tensor:
     return k_pos <= q_pos
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
-    """softmax(q k^T * scale + mask) v in plain PyTorch; softmax in fp32 (fp64 for fp64 inputs)."""
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor:
+    """softmax(q k^T * scale + mask) v in plain PyTorch; softmax in fp32 (fp64 for fp64 inputs).
+    `causal` as a (B, S, T) bool tensor is the mask itself (True: visible)."""
     b, s, hq, dk = q.shape
     t, hkv = k.shape[1], k.shape[2]
     groups = hq // hkv
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     qg = q.view(b, s, hkv, groups, dk)  # (B, S, G, H/G, Dk): no copy of K/V for GQA
     scores = torch.einsum("bsgnd,btgd->bgnst", qg, k).to(acc) * scale  # (B, G, H/G, S, T)
-    if causal and s > 1:
+    if isinstance(causal, Tensor):
+        scores = scores.masked_fill(~causal[:, None, None], float("-inf"))
+    elif causal and s > 1:
         scores = scores.masked_fill(~causal_mask(s, t, q.device), float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     out = torch.einsum("bgnst,btgd->bsgnd", probs, v)  # (B, S, G, H/G, Dv)
     return out.reshape(b, s, hq, v.shape[-1])
 
 
-def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
                       max_scores: int = 2**26) -> Tensor:
     """`eager_attention` over blocks of queries so the score matrix stays under `max_scores`
     elements: the float64 reference of a long prefill must not need the full (S, T) scores."""
@@ -75,8 +84,9 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: boo
     outs = []
     for start in range(0, s, chunk):
         end = min(s, start + chunk)
-        keys = t - s + end if causal else t  # the block's last query sees keys up to here
-        outs.append(eager_attention(q[:, start:end], k[:, :keys], v[:, :keys], scale, causal))
+        keys = t - s + end if causal is True else t  # the block's last query sees keys up to here
+        block_mask = causal[:, start:end] if isinstance(causal, Tensor) else causal
+        outs.append(eager_attention(q[:, start:end], k[:, :keys], v[:, :keys], scale, block_mask))
     return torch.cat(outs, dim=1)
 
 
@@ -135,6 +145,15 @@ def linear(d_in: int, d_out: int, device: torch.device | None, dtype: torch.dtyp
     return nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype)
 
 
+def check_tp(sh: AttentionShape, tp: int) -> None:
+    """Tensor parallelism splits the query heads (as vLLM and SGLang do): tp must be a positive
+    divisor of H; ShapeError naming `tp` otherwise."""
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ShapeError("tp", f"must be a positive integer, got {tp!r}")
+    if sh.num_heads % tp:
+        raise ShapeError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({sh.num_heads})")
+
+
 class AttentionVariant(nn.Module):
     """Base class: one attention design, its math (`forward`) and its costs (class methods).
 
@@ -152,6 +171,8 @@ class AttentionVariant(nn.Module):
     supports_decode: ClassVar[bool] = True
     cache_tensor_count: ClassVar[int] = 2  # cache tensors per layer (K and V): per-tensor FP8 scales per layer
     fp8_cache: ClassVar[str] = "each cache tensor in FP8 + one fp32 scale per tensor per layer"  # kv_dtype fp8_*
+    generic_core: ClassVar[bool] = True  # False: `native_core` is not the (q, k, v) contract; see the top
+    shape_fields: ClassVar[tuple[str, ...]] = ()  # the config.OPTIONAL_FIELDS this variant reads
 
     # --- shape and cost model (no tensors) -----------------------------------------------
     @classmethod
@@ -404,9 +425,13 @@ class AttentionVariant(nn.Module):
         """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d)."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def native_core(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor:
+        """The variant's own attention core in plain PyTorch, on what `core_inputs` returns."""
+        return eager_attention(q, k, v, scale, causal)
+
+    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention | None = None) -> Tensor:
         q, k, v, scale, causal = self.core_inputs(x, start_pos)
-        return self.core_output(core(q, k, v, scale, causal))
+        return self.core_output((core or self.native_core)(q, k, v, scale, causal))
 
     def reference(self, rows: list[int] | None = None, unquantized: bool = False) -> AttentionVariant:
         """A float64 copy on the same weights and cache contents (of the sequences `rows`,

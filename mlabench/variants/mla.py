@@ -293,6 +293,7 @@ class LatentStep:
     # Grouped Latent Attention: rows are [c_1 .. c_G (d_c each), k_pe] and query head h reads
     # c_{h // (H/G)}; 1 for MLA.
     latent_heads: int = 1
+    indices: Tensor | None = None  # (B, S, K) int32 cache rows per query token, -1 none (dsa); None: dense
 
     @property
     def end(self) -> int:
