@@ -205,7 +205,7 @@ def test_triton_core_reads_the_cache_in_place(monkeypatch: pytest.MonkeyPatch) -
 
 def test_triton_unavailable_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = BACKENDS["triton"]
-    assert spec.variants == ("mla-absorbed", "gla-absorbed") and spec.modes == ("decode",)
+    assert spec.variants == ("mla-absorbed", "gla-absorbed", "dsa") and spec.modes == ("decode",)
     monkeypatch.setattr(mla_decode_mod, "_INTERPRETED", False)
     assert spec.unavailable(CPU) == "needs a CUDA device or TRITON_INTERPRET=1 (set before import)"
     monkeypatch.setattr(mla_decode_mod, "HAS_TRITON", False)
@@ -224,7 +224,7 @@ def test_triton_refuses_what_it_cannot_serve() -> None:
         with pytest.raises(UsageError, match=rf"^{name}: must be .*, got {bad}$"):
             BACKENDS["triton"].prepare(module, case, inputs)
     module, case, inputs = setup_step("mla-latent", "triton", "decode", 1)
-    with pytest.raises(UnsupportedError, match="mla-absorbed and gla-absorbed only"):
+    with pytest.raises(UnsupportedError, match="mla-absorbed, gla-absorbed and dsa only"):
         BACKENDS["triton"].prepare(module, case, inputs)
     module, case, inputs = setup_step("mla-absorbed", "triton", "decode", 1, dtype=torch.float64,
                                       shape=TINY.replace(dtype="float64"))

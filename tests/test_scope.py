@@ -84,6 +84,8 @@ def test_kernel_figures_follow_the_core_inputs(variant: str) -> None:
     sh = shape_for_variant(variant, TINY)
     out_width = q.shape[2] * v.shape[-1]
     kv = k.numel() if variant == "mla-absorbed" else k.numel() + v.numel()
+    if variant == "gla-absorbed":  # the latent once, as a fused kernel reads it (the eager K is built from it)
+        kv = v.shape[0] * v.shape[1] * (sh.kv_lora_rank + sh.rope_head_dim)
     assert analytic.kernel_bytes(variant, sh, step) == (kv + q.numel() + 2 * s * out_width) * 8
     # FLOPs: 2 per multiply-add of QK^T and PV over the pairs the mask lets through.
     pairs = 2 * 24 * sh.kv_lora_rank if variant == "linformer" else step.attended_pairs * 2
