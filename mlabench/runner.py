@@ -22,6 +22,7 @@ from mlabench import analytic, schema
 from mlabench.backends import BACKENDS, StepInputs
 from mlabench.backends.library import LoadFailure
 from mlabench.case import Case
+from mlabench.context import lengths_summary
 from mlabench.errors import CaseTimeout, SkippedError, UnsupportedError, is_sticky_cuda_error
 from mlabench.measure import accuracy as acc
 from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_case_bytes, measure_allocation
@@ -64,11 +65,21 @@ UNSTABLE_SPREAD = 1.5
 def analytic_columns(case: Case) -> dict[str, Any]:
     """Deterministic columns known before anything runs (the formulas; `params` is counted on
     the module itself once it exists)."""
-    sh, step = case.shape, case.step
+    sh, step, lengths = case.shape, case.step, case.lengths
+    kv = analytic.layout_kv_cache_bytes(case.variant, sh, case.batch, case.seq_len, lengths, case.layout.page_size)
+    if lengths is None:
+        return {
+            "kv_cache_bytes": kv,
+            "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
+            "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
+            **lengths_summary((case.seq_len,)),
+        }
+    steps = analytic.ragged_steps(lengths, case.q_len)  # sums over the real lengths, not batch x max
     return {
-        "kv_cache_bytes": analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len),
-        "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
-        "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
+        "kv_cache_bytes": kv,
+        "flops": analytic.ragged_scoped_flops(case.variant, sh, steps, case.scope),
+        "bytes": analytic.ragged_scoped_bytes(case.variant, sh, steps, case.scope),
+        **lengths_summary(lengths),
     }
 
 
@@ -149,7 +160,11 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
     # allocation is the cache tensors alone.
     module.prepare_length(case.seq_len)
     row["params"] = sum(p.numel() for p in module.parameters())
-    delta = measure_allocation(lambda: module.allocate_cache(case.batch, case.seq_len), device, ctx.nvml)
+    layout = case.layout
+    # Pages are shuffled with the case's seed, as the context is filled with it.
+    delta = measure_allocation(lambda: module.allocate_cache(case.batch, case.seq_len, lengths=case.lengths,
+                                                             page_size=layout.page_size, shuffle_seed=ctx.seed),
+                               device, ctx.nvml)
     row.update(kv_cache_bytes_measured=module.cache_nbytes(), kv_cache_bytes_allocator=delta.allocator,
                kv_cache_bytes_nvml=delta.nvml)
     if device.type == "cpu":
@@ -159,6 +174,7 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
     gen = torch.Generator().manual_seed(ctx.seed + 1)
     x = torch.randn(case.batch, step.new_tokens, sh.hidden_size, generator=gen).to(device, dtype)
     inputs = StepInputs(x=x, start_pos=step.context)
+    module.step_lengths(case.batch, step.context, step.new_tokens)  # a ragged step's positions, built untimed
 
     prepared = BACKENDS[case.backend].prepare(module, case, inputs)
     row.update(backend_detail=prepared.detail, compile_ms=prepared.compile_ms,

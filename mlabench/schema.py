@@ -61,6 +61,11 @@ class ResultRow:
     rope_beta_slow: float = _column("key", key=True)
     rms_norm_eps: float = _column("key", key=True)
     options: str = _column("key", key=True)  # this backend's options, "name=value;..." ('' for none)
+    # Serving axes ('' = the idealised case, which is how runs written before them read):
+    # `context` the ragged-length spec (seq_len is then its longest sequence), `cache_layout`
+    # 'paged:PAGE_SIZE' for a paged cache.
+    context: str = _column("key", key=True)
+    cache_layout: str = _column("key", key=True)
     # Outcome
     status: str = _column("outcome", key=True)  # required like a key field, though not part of the key
     error: str | None = _column("outcome")
@@ -101,6 +106,10 @@ class ResultRow:
     threads: int | None = _column("extra")
     unstable: int | None = _column("extra")  # 1 when p90/p10 > 1.5
     wall_s: float | None = _column("extra")
+    # Context per sequence after the step (ragged batches differ; uniform ones are all seq_len).
+    context_min: int | None = _column("extra")
+    context_mean: float | None = _column("extra")
+    context_max: int | None = _column("extra")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ResultRow:
@@ -138,6 +147,9 @@ EXTRA_COLUMNS: tuple[str, ...] = _columns("extra")
 # `round`: which pass over the case list (sweep --rounds) took the sample; files
 # written before rounds existed have no such column and read as round 0.
 SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms", "round")
+
+# Key columns whose empty value means "as before they existed" (see case_id).
+OPTIONAL_KEY_COLUMNS: frozenset[str] = frozenset({"context", "cache_layout"})
 
 STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped", "unsupported", "inaccurate", "timeout")
 FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate", "timeout"})
@@ -182,5 +194,9 @@ def timing_mode(timer: str) -> str:
 
 def case_id(key: Mapping[str, Any]) -> str:
     """A short stable hash of a case's key columns (same key -> same id, on any machine)."""
-    canonical = json.dumps([normalize_key_value(key.get(c)) for c in KEY_COLUMNS], separators=(",", ":"))
+    values = [normalize_key_value(key.get(c)) for c in KEY_COLUMNS]
+    # Key columns added with an empty default leave the id of every case that does not set them
+    # unchanged, so runs and baselines measured before them still join and resume.
+    values = [v for c, v in zip(KEY_COLUMNS, values, strict=True) if v or c not in OPTIONAL_KEY_COLUMNS]
+    canonical = json.dumps(values, separators=(",", ":"))
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]

@@ -66,8 +66,10 @@ if HAS_TRITON:
     @triton.jit
     def _mla_decode_split_kernel(
         Q, KV, SEQLENS, O_PART, LSE_PART, OUT,
+        BLOCK_TABLE,  # paged: (B, max pages) int32 page ids; unused when PAGE_SIZE == 0
         stride_qb, stride_qs, stride_qh,
-        stride_kvb, stride_kvt,
+        stride_kvb, stride_kvt,  # paged: KV is the pool, stride_kvb its page stride
+        stride_btb,
         stride_opb, stride_opr, stride_ops,
         stride_lb, stride_lr,
         stride_ob, stride_os, stride_oh,
@@ -82,6 +84,7 @@ if HAS_TRITON:
         # Interpreter only: its tl.dot multiplies bf16 bit patterns (triton issue #11584), so
         # bf16 tiles are widened to fp32 (exact) before each dot. Always False when compiled.
         UPCAST_DOT: tl.constexpr,
+        PAGE_SIZE: tl.constexpr = 0,  # 0: a contiguous (B, T_max, D) cache; else tokens per page
     ):
         # One-dimensional grid, row block fastest, then split, then sequence: CUDA issues CTAs
         # in linear order, so the row blocks that read the same KV chunk run side by side
@@ -124,7 +127,10 @@ if HAS_TRITON:
             q_v = q_v.to(tl.float32)
             q_r = q_r.to(tl.float32)
 
-        kv_base = KV + pid_b.to(tl.int64) * stride_kvb
+        if PAGE_SIZE == 0:
+            kv_base = KV + pid_b.to(tl.int64) * stride_kvb
+        else:
+            table_row = BLOCK_TABLE + pid_b.to(tl.int64) * stride_btb
 
         m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -133,7 +139,13 @@ if HAS_TRITON:
         for start_n in tl.range(kv_start, kv_end, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
             n_ok = offs_n < kv_end
-            kv_rows = kv_base + offs_n[:, None] * stride_kvt
+            if PAGE_SIZE == 0:
+                kv_rows = kv_base + offs_n[:, None] * stride_kvt
+            else:
+                # Each token's page through the block table (pages are shuffled: no two tiles
+                # need be adjacent); masked tokens read page 0's entry, never their own slot.
+                page = tl.load(table_row + offs_n // PAGE_SIZE, mask=n_ok, other=0)
+                kv_rows = KV + (page.to(tl.int64) * stride_kvb + (offs_n % PAGE_SIZE) * stride_kvt)[:, None]
             # Masked loads never touch positions >= seqlen (the slack may hold garbage).
             k_v = tl.load(kv_rows + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
             k_r = tl.load(kv_rows + DV + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
@@ -233,24 +245,30 @@ def mla_decode(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    block_table: Tensor | None = None,
 ) -> Tensor:
     """Absorbed-MLA decode attention with split-KV; returns ``[B, S, H, head_dim_v]`` in q's dtype.
 
     q: (B, S, H, D) queries in the absorbed space, D = d_c + d_r.
     kv_cache: (B, T_max, D), one KV head; V = kv_cache[..., :head_dim_v]. May be a strided view,
         but the last dim must have stride 1.
+        With ``block_table``: a page pool (num_pages, page_size, D) instead.
     cache_seqlens: (B,) int32 valid tokens per sequence, including the S new ones.
     softmax_scale: multiplies q . k; always explicit (DeepSeek: d_qk**-0.5 times the YaRN factor).
     num_splits, block_h, block_n, num_warps, num_stages: launch knobs; None picks the default
         (``mla_decode_config`` returns the resulting configuration; NOTES.md explains it).
+    block_table: (B, max pages) int32 page ids of a paged cache: token p of sequence b is
+        kv_cache[block_table[b, p // page_size], p % page_size]. None: kv_cache is contiguous.
     """
     device = q.device if isinstance(q, Tensor) else torch.device("cpu")
     reason = triton_unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"mla_decode cannot run on {device}: {reason}")
-    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale)
+    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, block_table)
+    # The launch heuristics size splits by the longest sequence: a pool's is pages * page_size.
+    kv_len = None if block_table is None else block_table.shape[1] * kv_cache.shape[1]
     cfg = mla_decode_config(q, kv_cache, num_splits, block_h=block_h, block_n=block_n,
-                            num_warps=num_warps, num_stages=num_stages)
+                            num_warps=num_warps, num_stages=num_stages, kv_len=kv_len)
 
     B, S, H, D = q.shape
     dv = head_dim_v
@@ -282,10 +300,12 @@ def mla_decode(
         o_part = q.new_empty((B, rows, cfg.num_splits, dv), dtype=torch.float32)  # (B, S*H, NS, dv)
         lse_part = q.new_empty((B, rows, cfg.num_splits), dtype=torch.float32)  # (B, S*H, NS)
 
+    page_size = 0 if block_table is None else kv_cache.shape[1]
+    table = cache_seqlens if block_table is None else block_table  # any int32 tensor when unused
     _mla_decode_split_kernel[(num_programs,)](
-        q, kv_cache, cache_seqlens, o_part, lse_part, out,
+        q, kv_cache, cache_seqlens, o_part, lse_part, out, table,
         q.stride(0), q.stride(1), q.stride(2),
-        kv_cache.stride(0), kv_cache.stride(1),
+        kv_cache.stride(0), kv_cache.stride(1), table.stride(0),
         o_part.stride(0), o_part.stride(1), o_part.stride(2),
         lse_part.stride(0), lse_part.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
@@ -293,7 +313,7 @@ def mla_decode(
         S, H, cfg.num_splits,
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr,
         BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
-        WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot,
+        WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot, PAGE_SIZE=page_size,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not write_final:

@@ -222,10 +222,13 @@ def mla_decode_config(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    kv_len: int | None = None,
 ) -> LaunchConfig:
-    """The launch configuration ``mla_decode`` uses for these arguments (None = default)."""
+    """The launch configuration ``mla_decode`` uses for these arguments (None = default);
+    ``kv_len``: the longest sequence's slots, for a paged cache whose tensor is the pool."""
     B, S, H, _ = q.shape
-    return choose_config(B, S * H, kv_cache.shape[1], q.element_size(), num_sms(q.device), block_h=block_h,
+    t_max = kv_cache.shape[1] if kv_len is None else kv_len
+    return choose_config(B, S * H, t_max, q.element_size(), num_sms(q.device), block_h=block_h,
                          block_n=block_n, num_warps=num_warps, num_stages=num_stages, num_splits=num_splits)
 
 
@@ -250,6 +253,7 @@ def _desc(x: object) -> str:
 
 def check_inputs(
     q: Tensor, kv_cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, softmax_scale: float,
+    block_table: Tensor | None = None,
 ) -> None:
     """Raise ValueError naming the first offending argument of ``mla_decode``."""
     if not isinstance(q, Tensor) or q.dim() != 4:
@@ -273,7 +277,13 @@ def check_inputs(
         raise ValueError(f"cache_seqlens is on {cache_seqlens.device} but q is on {q.device}")
     if S < 1 or H < 1 or D < 2:
         raise ValueError(f"q shape {tuple(q.shape)} needs S >= 1, H >= 1 and D >= 2")
-    if kv_cache.shape[0] != B:
+    if block_table is not None:
+        if not isinstance(block_table, Tensor) or block_table.dim() != 2 or block_table.dtype != torch.int32:
+            raise ValueError(f"block_table must be a 2-D int32 tensor [B, max pages], got {_desc(block_table)}")
+        if block_table.shape[0] != B or block_table.device != q.device:
+            raise ValueError(f"block_table {tuple(block_table.shape)} on {block_table.device} does not match "
+                             f"q batch {B} on {q.device}")
+    elif kv_cache.shape[0] != B:
         raise ValueError(f"kv_cache batch {kv_cache.shape[0]} does not match q batch {B}")
     if kv_cache.shape[2] != D:
         raise ValueError(f"kv_cache last dim {kv_cache.shape[2]} does not match q head dim {D}")
@@ -293,8 +303,9 @@ def check_inputs(
     # Value checks only where they cost no device sync.
     if cache_seqlens.device.type == "cpu" and B > 0:
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
-        if lo < S or hi > kv_cache.shape[1]:
+        t_max = kv_cache.shape[1] if block_table is None else kv_cache.shape[1] * block_table.shape[1]
+        if lo < S or hi > t_max:
             raise ValueError(
-                f"cache_seqlens must lie in [S={S}, T_max={kv_cache.shape[1]}] (they include the S new "
+                f"cache_seqlens must lie in [S={S}, T_max={t_max}] (they include the S new "
                 f"tokens), got min {lo}, max {hi}"
             )

@@ -30,12 +30,12 @@ from mlabench.schema import normalize_key_value
 # Columns a results.csv must have. The rest of the contract is optional so
 # that baselines written before a column was added still load (filled empty).
 # Key columns added after runs were already on disk, with the value those runs implicitly had.
-KEY_DEFAULTS: dict[str, str] = {"scope": "step"}
+KEY_DEFAULTS: dict[str, str] = {"scope": "step", "context": "", "cache_layout": ""}
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in KEY_DEFAULTS) + \
     schema.OUTCOME_COLUMNS + ("latency_ms",)
 STRING_COLUMNS: frozenset[str] = frozenset(
     {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "device", "status", "error", "case_id",
-     "backend_detail", "timer", "fits_l2", "options"}
+     "backend_detail", "timer", "fits_l2", "options", "context", "cache_layout"}
 )
 SAMPLE_REQUIRED: tuple[str, ...] = ("case_id", "sample", "latency_ms")  # `round` is optional
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import copy
 import math
-import zlib
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape
+from mlabench.errors import UnsupportedError
+from mlabench.variants.cache_map import CacheMap
 
 if TYPE_CHECKING:
     from mlabench.analytic import Step
@@ -47,15 +48,32 @@ def causal_mask(s: int, t: int, device: torch.device) -> Tensor:
     return k_pos <= q_pos
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
-    """softmax(q k^T * scale + mask) v in plain PyTorch; softmax in fp32 (fp64 for fp64 inputs)."""
+def ragged_mask(lengths: Tensor, s: int, t: int, causal: bool) -> Tensor:
+    """(B, S, T) bool for a ragged batch: sequence b holds lengths[b] tokens, its S new queries
+    the last S of them; a query sees keys < lengths[b] (and, causal, none after itself)."""
+    k_pos = torch.arange(t, device=lengths.device)[None, None, :]  # (1, 1, T)
+    if causal:
+        q_pos = lengths[:, None] - s + torch.arange(s, device=lengths.device)[None, :]  # (B, S)
+        return k_pos <= q_pos[:, :, None]
+    return k_pos < lengths[:, None, None]
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+                    lengths: Tensor | None = None) -> Tensor:
+    """softmax(q k^T * scale + mask) v in plain PyTorch; softmax in fp32 (fp64 for fp64 inputs).
+    `lengths` (B,): a ragged batch, keys past a sequence's length masked out."""
     b, s, hq, dk = q.shape
     t, hkv = k.shape[1], k.shape[2]
     groups = hq // hkv
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     qg = q.view(b, s, hkv, groups, dk)  # (B, S, G, H/G, Dk): no copy of K/V for GQA
     scores = torch.einsum("bsgnd,btgd->bgnst", qg, k).to(acc) * scale  # (B, G, H/G, S, T)
-    if causal and s > 1:
+    if lengths is not None:
+        mask = ragged_mask(lengths, s, t, causal)[:, None, None]  # (B, 1, 1, S, T)
+        # Masked keys get probability exactly 0: the slack past a sequence's end (finite: caches
+        # are allocated zeroed) adds nothing, and is not copied out of V on every step.
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif causal and s > 1:
         scores = scores.masked_fill(~causal_mask(s, t, q.device), float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     out = torch.einsum("bgnst,btgd->bsgnd", probs, v)  # (B, S, G, H/G, Dv)
@@ -63,14 +81,16 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool)
 
 
 def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
-                      max_scores: int = 2**26) -> Tensor:
+                      lengths: Tensor | None = None, max_scores: int = 2**26) -> Tensor:
     """`eager_attention` over blocks of queries so the score matrix stays under `max_scores`
     elements: the float64 reference of a long prefill must not need the full (S, T) scores."""
     b, s, h = q.shape[:3]
     t = k.shape[1]
     chunk = max(1, max_scores // max(1, b * h * t))
     if chunk >= s:
-        return eager_attention(q, k, v, scale, causal)
+        return eager_attention(q, k, v, scale, causal, lengths)
+    if lengths is not None:  # decode steps are short: ragged batches never need chunks
+        raise ValueError("chunked_attention: a ragged batch of long query blocks is not supported")
     outs = []
     for start in range(0, s, chunk):
         end = min(s, start + chunk)
@@ -228,6 +248,9 @@ class AttentionVariant(nn.Module):
         # checkpoint's attention weights load with load_state_dict as they are.
         self._cache: dict[str, Tensor] = {}
         self._prepared_len = 0
+        self.cache_map: CacheMap | None = None  # ragged lengths, paged pools (cache_map.py)
+        # Set by a fused kernel that reads a page pool itself: the core then gets the pool, not a gather.
+        self.read_pages_in_core = False
 
     @property
     def weight_device(self) -> torch.device:
@@ -253,12 +276,19 @@ class AttentionVariant(nn.Module):
         """Name -> shape of every cache tensor, in the weights' dtype."""
         raise NotImplementedError
 
-    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
-        """Preallocate the KV cache for `batch` sequences of `max_seq_len` slots (zeros)."""
+    def allocate_cache(self, batch: int, max_seq_len: int, *, lengths: tuple[int, ...] | None = None,
+                       page_size: int = 0, shuffle_seed: int = 0) -> None:
+        """Preallocate the KV cache for `batch` sequences of `max_seq_len` slots (zeros); with
+        `lengths`, sequence b holds lengths[b] tokens (ragged); with `page_size`, every cache
+        tensor is a page pool of whole pages over those lengths (cache_map.py)."""
         self.prepare_length(max_seq_len)
         self.batch, self.max_seq_len = batch, max_seq_len
         self._cache = {}  # drop the old cache before the new one exists: never two at once
-        self._new_cache(**self.cache_shapes(batch, max_seq_len))
+        if (lengths is not None or page_size) and self.kv_elements_per_token(self.shape) is None:
+            raise UnsupportedError(f"{self.name} caches no per-token rows: no ragged or paged cache")
+        self.cache_map = CacheMap(batch, max_seq_len, self.weight_device, lengths, page_size, shuffle_seed)
+        self._new_cache(**{name: self.cache_map.tensor_shape(dims)
+                           for name, dims in self.cache_shapes(batch, max_seq_len).items()})
 
     def cache_tensors(self) -> dict[str, Tensor]:
         """The tensors that make up the KV cache (their nbytes is the measured cache size)."""
@@ -286,11 +316,29 @@ class AttentionVariant(nn.Module):
         """
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
+        assert self.cache_map is not None, "allocate_cache first"
         for name, t in self.cache_tensors().items():
-            stream = zlib.crc32(name.encode())  # a separate stream per cache tensor
-            per_seq = length * math.prod(t.shape[2:])  # elements of one sequence's first `length` slots
-            for b in range(t.shape[0]):
-                random_fill(t[b, :length].view(-1), seed, stream, first_index=b * per_seq)
+            self.cache_map.fill(t, name, length, seed, random_fill)
+
+    # --- cache addressing: what core_inputs use, so every layout is served the same way --------
+    def _write(self, name: str, start_pos: int, rows: Tensor) -> None:
+        """Write the step's rows (B, S, ...) of cache tensor `name` at their positions."""
+        self.cache_map.write(self._cache[name], start_pos, rows)
+
+    def _read(self, name: str, b: int, end: int) -> Tensor:
+        """(b, end, ...) slots of cache tensor `name`: a view of a contiguous cache, a gather of a paged one."""
+        return self.cache_map.read(self._cache[name], b, end)
+
+    def _rope_at(self, table: tuple[Tensor, Tensor], b: int, start_pos: int, s: int) -> tuple[Tensor, Tensor]:
+        """cos, sin of the step's positions: (S, d/2) when uniform, (b, S, d/2) per sequence when ragged."""
+        pos = self.cache_map.positions(b, start_pos, s) if self.cache_map is not None else None
+        if pos is None:
+            return table[0][start_pos:start_pos + s], table[1][start_pos:start_pos + s]
+        return table[0][pos], table[1][pos]
+
+    def step_lengths(self, b: int, start_pos: int, s: int) -> Tensor | None:
+        """(b,) tokens each sequence holds after a step of s tokens at start_pos; None when uniform."""
+        return None if self.cache_map is None else self.cache_map.step_lengths(b, start_pos, s)
 
     def _check_step(self, x: Tensor, start_pos: int) -> None:
         if self.max_seq_len == 0:
@@ -315,22 +363,31 @@ class AttentionVariant(nn.Module):
 
     def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
         q, k, v, scale, causal = self.core_inputs(x, start_pos)
-        return self.core_output(core(q, k, v, scale, causal))
+        lengths = self.step_lengths(x.shape[0], start_pos, x.shape[1])
+        if lengths is None:
+            return self.core_output(core(q, k, v, scale, causal))
+        return self.core_output(core(q, k, v, scale, causal, lengths=lengths))  # ragged: every core masks
 
     def reference(self, rows: list[int] | None = None) -> AttentionVariant:
         """A float64 copy on the same weights and cache contents (of the sequences `rows`,
-        default all), to be run with the eager core on those sequences' inputs."""
+        default all), to be run with the eager core on those sequences' inputs. It is always
+        contiguous, with the same per-sequence lengths: a paged cache is checked against the
+        contiguous cache its pages spell."""
         cache, self._cache = self._cache, {}
         try:
             ref = copy.deepcopy(self)  # weights only: the cache is converted below, never copied twice
         finally:
             self._cache = cache
         ref.to(torch.float64)
-        if rows is not None:
-            if not rows or min(rows) < 0 or max(rows) >= self.batch:
-                raise ValueError(f"{self.name}: reference rows {rows} outside the cache's batch of {self.batch}")
-            ref.batch = len(rows)
-            index = torch.tensor(rows, device=self.weight_device)
-            cache = {name: t.index_select(0, index) for name, t in cache.items()}
+        rows = list(range(self.batch)) if rows is None else rows
+        if not rows or min(rows) < 0 or max(rows) >= self.batch:
+            raise ValueError(f"{self.name}: reference rows {rows} outside the cache's batch of {self.batch}")
+        ref.batch = len(rows)
+        cmap = self.cache_map
+        lengths = None if cmap is None or cmap.lengths is None else tuple(cmap.lengths[r] for r in rows)
+        ref.cache_map = CacheMap(len(rows), self.max_seq_len, self.weight_device, lengths)
+        ref.read_pages_in_core = False
+        if cmap is not None and (cmap.page_size or rows != list(range(self.batch))):
+            cache = {name: cmap.gather(t, rows) for name, t in cache.items()}
         ref._cache = {name: t.to(torch.float64) for name, t in cache.items()}
         return ref

@@ -98,14 +98,13 @@ class LowRankKV(AttentionVariant):
         sh = self.shape
         h, d, r = sh.num_heads, sh.head_dim, sh.kv_lora_rank
         end = start_pos + s
-        cos, sin = self._rope
-        q = apply_rotate_half(self.q_proj(x).view(b, s, h, d), cos[start_pos:end], sin[start_pos:end])
-        k_cache, v_cache = self._cache["k_cache"], self._cache["v_cache"]
-        k_cache[:b, start_pos:end] = self.k_proj(x).view(b, s, h, r)
-        v_cache[:b, start_pos:end] = self.v_proj(x).view(b, s, h, r)
-        k = torch.einsum("bthr,hdr->bthd", k_cache[:b, :end], self.k_up_proj)  # (B, T, H, D)
-        k = apply_rotate_half(k, cos[:end], sin[:end])
-        v = torch.einsum("bthr,hdr->bthd", v_cache[:b, :end], self.v_up_proj)
+        cos, sin = self._rope_at(self._rope, b, start_pos, s)
+        q = apply_rotate_half(self.q_proj(x).view(b, s, h, d), cos, sin)
+        self._write("k_cache", start_pos, self.k_proj(x).view(b, s, h, r))
+        self._write("v_cache", start_pos, self.v_proj(x).view(b, s, h, r))
+        k = torch.einsum("bthr,hdr->bthd", self._read("k_cache", b, end), self.k_up_proj)  # (B, T, H, D)
+        k = apply_rotate_half(k, self._rope[0][:end], self._rope[1][:end])  # slot t holds position t
+        v = torch.einsum("bthr,hdr->bthd", self._read("v_cache", b, end), self.v_up_proj)
         return q, k, v, d**-0.5, True
 
     def core_output(self, o: Tensor) -> Tensor:
