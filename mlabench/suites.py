@@ -17,6 +17,9 @@
     seq_len = ["uniform:1024-32768"]  # a ragged batch: a context distribution (context.py), decode only
     cache_layout = ["contiguous", "paged:16"]  # paged caches (layout.py), decode only
 
+A `[cpu]` table (optional) holds axes that replace the grids' on a CPU device: a suite sized
+for a GPU still runs on a CPU, at the same model dims with small batches and contexts.
+
 A grid may set `suite = "claims"` (one name): its rows are recorded under that suite name
 instead of the file's, so a suite can carry the claims configurations and the report still
 finds them (claims are the rows with suite = "claims").
@@ -56,7 +59,7 @@ from mlabench.variants.registry import shape_for_variant, variant_class, variant
 
 CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope", "cache_layout")
 SHAPE_AXES = tuple(f.name for f in fields(AttentionShape) if f.name not in ("name", "dtype"))
-TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options"}
+TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options", "cpu"}
 SETTINGS = {
     "budget_s": float,  # time spent sampling one case (after warm-up)
     "warmup_s": float,
@@ -93,6 +96,7 @@ class Suite:
     grids: tuple[dict[str, list[Any]], ...]
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # backend options (compile_mode, sdpa_kernel, ...)
+    cpu_axes: dict[str, list[Any]] = field(default_factory=dict)  # [cpu]: axes replacing the grids' on a CPU
 
 
 def _suite_dirs() -> list[Path]:
@@ -211,8 +215,12 @@ def load_suite(name_or_path: str) -> Suite:
     if not isinstance(name, str) or not SUITE_NAME.fullmatch(name) or set(name) == {"."}:
         raise UsageError(f"suite: name {name!r} in {path.name} must be letters, digits, '.', '_' or '-' "
                          "(it becomes part of a directory name)")
+    cpu_axes = data.get("cpu", {})
+    if not isinstance(cpu_axes, dict):
+        raise UsageError(f"suite: [cpu] of {path.name} must be a table")
     return Suite(name=name, description=str(data.get("description", "")),
-                 path=str(path), grids=expanded, settings=settings, options=dict(options))
+                 path=str(path), grids=expanded, settings=settings, options=dict(options),
+                 cpu_axes=_check_axes("[cpu]", cpu_axes))
 
 
 def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -283,8 +291,9 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
     seen: dict[str, dict[str, Any]] = {}  # case id -> the grid point that first produced it
     dropped: list[str] = []
     merged: list[str] = []
+    cpu = suite.cpu_axes if device.startswith("cpu") else {}
     for i, grid in enumerate(suite.grids):
-        axes = {**grid, **overrides}
+        axes = {**grid, **cpu, **overrides}
         where = f"[[grid]] #{i + 1} of {suite.name}" if not overrides else f"{suite.name} with overrides"
         _check_names(axes, backends, where)
         missing = [a for a in ("model", "variant") if a not in axes]
