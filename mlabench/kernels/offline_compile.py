@@ -56,6 +56,7 @@ class CompileResult:
     spill_bytes: int  # local memory per thread (register spills); 0 for a clean compile
     shared: int  # dynamic shared memory per CTA, bytes
     ptx_target: str  # the PTX ".target" line's architecture, e.g. sm_90a
+    page_size: int = 0  # > 0: the paged variant (reads the cache through a block table)
 
     @property
     def ok(self) -> bool:
@@ -120,7 +121,8 @@ def _specialize(jit_fn, args: dict) -> tuple[dict, dict, dict]:
     return signature, constexprs, attrs
 
 
-def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, arch: int = 90) -> CompileResult:
+def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, arch: int = 90,
+                   page_size: int = 0) -> CompileResult:
     """Compile ``_mla_decode_split_kernel`` for ``cfg`` at ``DIMS[dims]`` and report its resources.
 
     Arguments mirror a decode launch (S = 1, 128 heads for DeepSeek dims, 16 otherwise),
@@ -140,19 +142,23 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     B, S, H, T, NS = 2, 1, 128 if dims == "deepseek" else 16, 256, 1 if write_final else 2
     # Small CPU tensors with the launch's layout: only dtype, alignment and strides matter.
     q = torch.empty(B, S, H, dv + dr, dtype=torch_dtype)
-    kv = torch.empty(B, T, dv + dr, dtype=torch_dtype)
+    # Paged: the pool (pages, page_size, D) and a block table; same element strides otherwise.
+    kv = torch.empty(B * T // page_size, page_size, dv + dr, dtype=torch_dtype) if page_size else \
+        torch.empty(B, T, dv + dr, dtype=torch_dtype)
     seqlens = torch.empty(B, dtype=torch.int32)
+    table = torch.empty(B, T // page_size if page_size else 1, dtype=torch.int32)
     out = torch.empty(B, S, H, dv, dtype=torch_dtype)
     o_part = torch.empty(B, S * H, NS, dv)
     lse_part = torch.empty(B, S * H, NS)
     block_dv = max(16, triton.next_power_of_2(dv))
     block_dr = max(16, triton.next_power_of_2(dr))
     values = [
-        q, kv, seqlens, o_part, lse_part, out,
-        *q.stride()[:3], *kv.stride()[:2], *o_part.stride()[:3], *lse_part.stride()[:2], *out.stride()[:3],
+        q, kv, seqlens, o_part, lse_part, out, table,
+        *q.stride()[:3], *kv.stride()[:2], table.stride(0), *o_part.stride()[:3], *lse_part.stride()[:2],
+        *out.stride()[:3],
         0.1, S, H, NS,
         dv, dr, block_dv, block_dr, cfg.block_h, cfg.block_n,
-        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False,
+        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, page_size,
     ]
     names = [p.name for p in kernel.params]
     if len(values) != len(names):
@@ -164,7 +170,7 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     regs, spill = _resource_usage(compiled.asm["cubin"], compiled.metadata.name)
     target = re.search(r"^\.target\s+(\w+)", compiled.asm["ptx"], re.MULTILINE)
     return CompileResult(dims, dtype, cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_stages, write_final,
-                         regs, spill, int(compiled.metadata.shared), target.group(1) if target else "?")
+                         regs, spill, int(compiled.metadata.shared), target.group(1) if target else "?", page_size)
 
 
 # Configurations tried and not picked by the launcher, for the record in NOTES.md (--candidates).
@@ -180,7 +186,8 @@ CANDIDATES: list[tuple[LaunchConfig, str]] = [
     (LaunchConfig(32, 16, 8, 3, 2), "fp32"),
 ]
 
-Job = tuple[LaunchConfig, str, str, bool]
+Job = tuple[LaunchConfig, str, str, bool, int]  # (config, dims, dtype, write_final, page_size)
+PAGED_PAGE_SIZES = (16, 64)  # the serving suite's pages
 
 
 def auto_jobs() -> list[Job]:
@@ -188,18 +195,21 @@ def auto_jobs() -> list[Job]:
 
     Per configuration: its first dtype at DeepSeek dims (split and single-split variants)
     and at the small dims, plus each further dtype at DeepSeek dims (fp16 has bf16's tile
-    sizes, so one variant shows it lowers the same way).
+    sizes, so one variant shows it lowers the same way), plus the paged split variant at
+    DeepSeek dims for each page size the serving suite uses (the block-table address path).
     """
     jobs: list[Job] = []
     for cfg, dtypes in auto_configs().items():
-        jobs += [(cfg, "deepseek", dtypes[0], False), (cfg, "deepseek", dtypes[0], True),
-                 (cfg, "small", dtypes[0], False)]
-        jobs += [(cfg, "deepseek", dt, False) for dt in dtypes[1:]]
+        jobs += [(cfg, "deepseek", dtypes[0], False, 0), (cfg, "deepseek", dtypes[0], True, 0),
+                 (cfg, "small", dtypes[0], False, 0)]
+        jobs += [(cfg, "deepseek", dt, False, 0) for dt in dtypes[1:]]
+        jobs += [(cfg, "deepseek", dtypes[0], False, page) for page in PAGED_PAGE_SIZES]
     return jobs
 
 
 def _run_job(job: Job, arch: int) -> CompileResult:
-    return compile_config(*job, arch=arch)
+    cfg, dims, dtype, write_final, page_size = job
+    return compile_config(cfg, dims, dtype, write_final, arch=arch, page_size=page_size)
 
 
 def run_jobs(jobs: list[Job], arch: int = 90, workers: int = 1) -> list[CompileResult]:
@@ -217,7 +227,7 @@ def markdown_table(results: list[CompileResult]) -> str:
     lines = ["| dims | dtype | block_h | block_n | warps | stages | variant | regs | spill B | shared | CTAs/SM |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        variant = "single-split" if r.write_final else "split"
+        variant = ("single-split" if r.write_final else "split") + (f", paged {r.page_size}" if r.page_size else "")
         lines.append(f"| {r.dims} | {r.dtype} | {r.block_h} | {r.block_n} | {r.num_warps} | {r.num_stages} | "
                      f"{variant} | {r.n_regs} | {r.spill_bytes} | {r.shared} B ({r.shared / 1024:.0f} KiB) | "
                      f"{r.resident_ctas} |")
@@ -232,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", action="store_true",
                         help="compile the rejected candidates (DeepSeek dims, split variant) instead")
     args = parser.parse_args(argv)
-    jobs = ([(cfg, "deepseek", dt, False) for cfg, dt in CANDIDATES] if args.candidates else auto_jobs())
+    jobs = ([(cfg, "deepseek", dt, False, 0) for cfg, dt in CANDIDATES] if args.candidates else auto_jobs())
     results = run_jobs(jobs, args.arch, args.jobs)
     if args.json:
         print(json.dumps([{**asdict(r), "ok": r.ok, "resident_ctas": r.resident_ctas} for r in results]))
