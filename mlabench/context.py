@@ -103,6 +103,7 @@ def parse_context(text: str) -> ContextSpec:
     return ContextSpec("list", values)
 
 
-def lengths_summary(lengths: tuple[int, ...]) -> dict[str, float]:
-    """The per-row columns: context_min, context_mean, context_max."""
-    return {"context_min": min(lengths), "context_mean": sum(lengths) / len(lengths), "context_max": max(lengths)}
+def lengths_summary(lengths: tuple[int, ...], ragged: bool = True) -> dict[str, float | str | None]:
+    """The per-row columns: context_min, context_mean, context_max, and a ragged batch's lengths."""
+    return {"context_min": min(lengths), "context_mean": sum(lengths) / len(lengths), "context_max": max(lengths),
+            "context_lengths": "/".join(map(str, lengths)) if ragged else None}

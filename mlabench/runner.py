@@ -72,7 +72,7 @@ def analytic_columns(case: Case) -> dict[str, Any]:
             "kv_cache_bytes": kv,
             "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
             "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
-            **lengths_summary((case.seq_len,)),
+            **lengths_summary((case.seq_len,), ragged=False),
         }
     steps = analytic.ragged_steps(lengths, case.q_len)  # sums over the real lengths, not batch x max
     return {

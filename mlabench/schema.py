@@ -110,6 +110,7 @@ class ResultRow:
     context_min: int | None = _column("extra")
     context_mean: float | None = _column("extra")
     context_max: int | None = _column("extra")
+    context_lengths: str | None = _column("extra")  # a ragged case's lengths, "L1/L2/..." in batch order
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ResultRow:

@@ -175,6 +175,7 @@ def test_sweep_records_lengths_layout_and_exact_bytes(tmp_path: Path, capsys: py
     assert len(rows) >= 4 and (rows.status == "ok").all(), rows[["variant", "backend", "status", "error"]]
     assert set(rows.context) == {"list:7/40/21"} and set(rows.cache_layout) == {"", "paged:16"}
     assert (rows.seq_len == 40).all() and (rows.context_min == 7).all() and (rows.context_max == 40).all()
+    assert set(rows.context_lengths) == {"7/40/21"}
     assert (rows.kv_cache_bytes == rows.kv_cache_bytes_measured).all()
     paged = rows[rows.cache_layout == "paged:16"]
     contiguous = rows[rows.cache_layout == ""]

@@ -35,7 +35,8 @@ REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not
     schema.OUTCOME_COLUMNS + ("latency_ms",)
 STRING_COLUMNS: frozenset[str] = frozenset(
     {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "device", "status", "error", "case_id",
-     "backend_detail", "timer", "fits_l2", "options", "context", "cache_layout"}
+     "backend_detail", "timer", "fits_l2", "options", "context", "cache_layout",
+     "context_lengths"}
 )
 SAMPLE_REQUIRED: tuple[str, ...] = ("case_id", "sample", "latency_ms")  # `round` is optional
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
