@@ -21,7 +21,7 @@ from cli_run import run_cli
 from mlabench import analytic
 from mlabench.config import PRESETS
 from mlabench.context import parse_context
-from mlabench.errors import UsageError
+from mlabench.errors import UnsupportedError, UsageError
 from mlabench.layout import CacheLayout, parse_layout
 from mlabench.suites import load_suite
 from mlabench.variants import VARIANT_CLASSES, build_variant
@@ -212,3 +212,65 @@ def test_serving_suite_expands_on_cpu_and_gpu() -> None:
         assert {c.model for c in cases} >= {"deepseek-v3", "deepseek-v2-lite", "llama-3-8b"}
         assert any(c.context for c in cases) and any(c.cache_layout for c in cases)
     assert {c.cache_layout for c in cases} >= {"", "paged:16", "paged:64"}
+
+
+# --- the library adapters read the case's own pages (stand-ins of their APIs, float64) -------------
+def _native_step(backend: str, page_size: int, lengths: tuple[int, ...]):  # noqa: ANN202
+    from test_backends_paged import DS_TINY
+
+    from mlabench.backends import StepInputs
+    from mlabench.case import Case
+
+    q_len, t_max = 2, max(lengths)
+    module = build_variant("mla-absorbed", DS_TINY, device="cpu", dtype=torch.bfloat16, seed=3)
+    module.allocate_cache(len(lengths), t_max, lengths=lengths, page_size=page_size, shuffle_seed=1)
+    module.fill_cache_random(t_max - q_len, seed=4)
+    x = torch.randn(len(lengths), q_len, DS_TINY.hidden_size, generator=torch.Generator().manual_seed(4))
+    case = Case("test", DS_TINY.name, "mla-absorbed", backend, "decode", "cpu", len(lengths), t_max, q_len,
+                module.shape, context="list:" + "/".join(map(str, lengths)), cache_layout=f"paged:{page_size}")
+    return module, case, StepInputs(x.to(torch.bfloat16), t_max - q_len)
+
+
+def _check_against_reference(module, fn, inputs) -> None:  # noqa: ANN001
+    ref = module.reference()(inputs.x.double(), inputs.start_pos)  # contiguous, same lengths
+    out = fn()
+    assert torch.isfinite(out).all()
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 3e-2
+
+
+def test_flashmla_reads_the_case_pages_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_backends_paged import FakeFlashMLA
+
+    from mlabench.backends import BACKENDS, flashmla
+
+    fake = FakeFlashMLA()
+    monkeypatch.setattr(flashmla, "_load_library", lambda: (fake, None))
+    module, case, inputs = _native_step("flashmla", 64, (130, 70))
+    prepared = BACKENDS["flashmla"].prepare(module, case, inputs)
+    assert prepared.extra_cache_bytes is None and prepared.detail.endswith(",native")  # no second copy
+    _check_against_reference(module, prepared.fn, inputs)
+    call = fake.calls[-1]
+    assert call["k_cache"].data_ptr() == module.cache_tensors()["kv_cache"].data_ptr()
+    assert fake.metadata_args[0].tolist() == [130, 70]
+    module, case, inputs = _native_step("flashmla", 16, (130, 70))
+    with pytest.raises(UnsupportedError, match="pages of 64"):  # FlashMLA reads 64-token pages only
+        BACKENDS["flashmla"].prepare(module, case, inputs)
+
+
+def test_flashinfer_plans_each_sequence_whole_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from test_backends_paged import FakeWrapper
+
+    from mlabench.backends import BACKENDS, flashinfer
+
+    fake = SimpleNamespace(__version__="stand-in", mla=SimpleNamespace(BatchMLAPagedAttentionWrapper=FakeWrapper))
+    monkeypatch.setattr(flashinfer, "_load_library", lambda: (fake, None))
+    FakeWrapper.instances.clear()
+    module, case, inputs = _native_step("flashinfer", 16, (40, 7, 33))
+    prepared = BACKENDS["flashinfer"].prepare(module, case, inputs)
+    _check_against_reference(module, prepared.fn, inputs)
+    p = FakeWrapper.instances[-1].plan_args
+    assert p["page_size"] == 16 and p["kv_len"].tolist() == [40, 7, 33]
+    assert p["kv_indptr"].tolist() == [0, 3, 4, 7]  # 3 + 1 + 3 whole pages, nothing past a sequence's end
+    assert FakeWrapper.instances[-1].runs[-1]["ckv"].data_ptr() == module.cache_tensors()["kv_cache"].data_ptr()
