@@ -41,6 +41,7 @@ from pathlib import Path
 
 from mlabench.errors import UsageError
 from mlabench.rounds import assemble_rounds
+from mlabench.settings import SweepSettings
 
 SIDES = ("baseline", "candidate")
 LOG_TAIL = 12  # lines of a failed sweep's output quoted in the error
@@ -251,8 +252,15 @@ def _run_lockstep(sides: tuple[Side, Side], suite: str, rounds: int, out: Path, 
 
 
 def _settings_flags(settings: dict[str, object]) -> list[str]:
-    flags = {"budget_s": "--budget", "min_samples": "--min-samples", "warmup_s": "--warmup", "threads": "--threads"}
-    return [x for k, v in settings.items() if k in flags for x in (flags[k], str(v))]
+    """The sweep flags that set `settings` (a boolean is its --X/--no-X switch)."""
+    out: list[str] = []
+    for key, value in settings.items():
+        flag = SweepSettings.flag(key)
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        else:
+            out += [flag, str(value)]
+    return out
 
 
 def run_ab(sides: tuple[Side, Side], suite: str, rounds: int, out: Path, device: str = "auto",

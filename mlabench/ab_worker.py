@@ -27,10 +27,11 @@ def main(argv: list[str]) -> int:
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library and torch output must not corrupt the protocol
     from mlabench.measure.envinfo import resolve_device
-    from mlabench.suites import check_settings, load_suite
+    from mlabench.settings import SweepSettings
+    from mlabench.suites import load_suite
     from mlabench.sweep import Overrides, plan_sweep, run_sweep
 
-    settings = check_settings(args.get("settings", {}), "ab")
+    settings = SweepSettings.check(args.get("settings", {}), "ab")
     plan = plan_sweep(load_suite(args["suite"]), resolve_device(args.get("device", "auto")),
                       Overrides(settings=settings), Path(args["out"]))
 

@@ -10,6 +10,9 @@ formulas live on its class (`AttentionVariant.kv_elements_per_token`, `core_flop
 - Bytes are a lower bound on traffic: weights once, the cache tokens attended
   once (the MLA latent once, since V is a slice of K), cache writes, x, y, Q and O;
   for mla-latent and lowrank-kv also the expanded K/V written and read back.
+- An FP8 cache (`kv_dtype`) is counted as stored: its bytes per token and scales come from the
+  variant class (`kv_cache_bytes`, `kv_bytes_per_token`), the cache part of the traffic moves
+  those bytes, and anything expanded from it (mla-latent, lowrank-kv) the compute dtype.
 - Timing scope "core" has its own figures (`kernel_flops`, `kernel_bytes`): the core alone
   on the tensors the variant hands it, so a kernel's roofline share reads off core rows.
 - A ragged batch is a list of steps, one per distinct length (`ragged_steps`): FLOPs and
@@ -84,8 +87,31 @@ def kv_cache_elements(variant: str, shape: AttentionShape, batch: int, seq_len: 
 
 
 def kv_cache_bytes(variant: str, shape: AttentionShape, batch: int, seq_len: int, layers: int = 1) -> int:
-    """Exact bytes of the cache the module allocates, times `layers` for whole-model figures."""
-    return kv_cache_elements(variant, shape, batch, seq_len) * shape.element_bytes * layers
+    """Exact bytes of the cache the module allocates (FP8 scales included), times `layers` for
+    whole-model figures."""
+    cls, sh = _normalized(variant, shape)
+    return cls.kv_cache_bytes(sh, batch, seq_len) * layers
+
+
+def kv_bytes_per_token(variant: str, shape: AttentionShape) -> int:
+    """Stored cache bytes per token per layer (per-layer scales not included: `kv_fixed_bytes`)."""
+    cls, sh = _normalized(variant, shape)
+    per_token = cls.kv_bytes_per_token(sh)
+    if per_token is None:
+        raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
+    return per_token
+
+
+def _cache_traffic_bytes(cls: type[AttentionVariant], sh: AttentionShape, step: Step) -> int:
+    """The variant's cache traffic in bytes: the cache's own tokens at their stored width (FP8
+    rows and their scales), anything expanded from them in the compute dtype."""
+    elements = cls.cache_traffic_elements(sh, step)
+    per_token = cls.kv_elements_per_token(sh)
+    if not sh.kv_quantized or per_token is None:
+        return elements * sh.element_bytes
+    tokens = step.batch * (step.total + step.new_tokens)  # T read, S written
+    stored = tokens * cls.kv_bytes_per_token(sh) + cls.kv_fixed_bytes(sh)
+    return stored + (elements - tokens * per_token) * sh.element_bytes
 
 
 def param_count(variant: str, shape: AttentionShape, seq_len: int | None = None) -> int:
@@ -123,7 +149,7 @@ def _token_bytes(variant: str, shape: AttentionShape, step: Step) -> int:
     eb = sh.element_bytes
     q_w, o_w = cls.qo_widths(sh)
     activations = step.batch * step.new_tokens * (2 * sh.hidden_size + q_w + o_w) * eb
-    return activations + cls.cache_traffic_elements(sh, step) * eb
+    return activations + _cache_traffic_bytes(cls, sh, step)
 
 
 # --- the attention core alone (timing scope "core") ----------------------------------------
@@ -135,12 +161,16 @@ def kernel_flops(variant: str, shape: AttentionShape, step: Step) -> int:
 
 
 def kernel_bytes(variant: str, shape: AttentionShape, step: Step) -> int:
-    """Minimum bytes of the core alone: K and V read once (the MLA latent once), Q read, O written."""
+    """Minimum bytes of the core alone: K and V read once (the MLA latent once), Q read, O written.
+    A core whose K and V are the cache itself reads an FP8 cache at its stored width."""
     cls, sh = _normalized(variant, shape)
     k_w, v_w = cls.core_kv_widths(sh)
     q_w, o_w = cls.qo_widths(sh)
     b, s = step.batch, step.new_tokens
-    return b * (cls.attended_keys(sh, step) * (k_w + v_w) + s * (q_w + o_w)) * sh.element_bytes
+    kv = cls.attended_keys(sh, step) * (k_w + v_w) * sh.element_bytes
+    if sh.kv_quantized and k_w + v_w == cls.kv_elements_per_token(sh):
+        kv = cls.attended_keys(sh, step) * cls.kv_bytes_per_token(sh) + cls.kv_fixed_bytes(sh)
+    return b * (kv + s * (q_w + o_w) * sh.element_bytes)
 
 
 def scoped_flops(variant: str, shape: AttentionShape, step: Step, scope: str) -> int:
@@ -180,4 +210,5 @@ def layout_kv_cache_bytes(variant: str, shape: AttentionShape, batch: int, seq_l
     if not page_size:
         return kv_cache_bytes(variant, shape, batch, seq_len, layers)
     slots = sum(pages_for(list(lengths) if lengths is not None else [seq_len] * batch, page_size)) * page_size
-    return kv_elements_per_token(variant, shape) * slots * shape.element_bytes * layers
+    cls, sh = _normalized(variant, shape)
+    return (kv_bytes_per_token(variant, shape) * slots + cls.kv_fixed_bytes(sh)) * layers  # FP8: rows as stored

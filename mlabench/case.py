@@ -77,6 +77,7 @@ class Case:
             "mode": self.mode,
             "scope": self.scope,
             "dtype": self.dtype,
+            "kv_dtype": self.shape.cache_dtype,
             "device": self.device,
             "batch": self.batch,
             "seq_len": self.seq_len,
@@ -118,6 +119,7 @@ class Case:
         """Short human description for progress lines."""
         return (f"{self.model} {self.variant}/{self.backend} {self.mode} b={self.batch} "
                 f"T={self.seq_len}" + (f" q={self.q_len}" if self.mode == "decode" else "")
-                + f" {self.dtype}" + (" core" if self.scope == "core" else "")
+                + f" {self.dtype}" + (f" kv={self.shape.kv_dtype}" if self.shape.kv_dtype else "")
+                + (" core" if self.scope == "core" else "")
                 + (f" ctx={self.context}" if self.context else "")
                 + (f" {self.cache_layout}" if self.cache_layout else ""))

@@ -13,6 +13,10 @@ Field meaning per family (see MLA.md):
 - linformer: `kv_lora_rank` is the projected sequence length k.
 `kv_lora_rank` is thus "the latent rank" of every latent variant, the axis the
 latent-rank suite sweeps.
+
+`kv_dtype` is what the KV cache stores: "" (the compute dtype, the default) or an FP8
+format (`KV_FP8_DTYPES`); how each variant lays out and scales an FP8 cache is its own
+(`variants/kvquant.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ DTYPE_ALIASES: dict[str, str] = {
 }
 
 
+# FP8 cache formats -> torch dtype names; values above the format's largest finite value saturate.
+KV_FP8_DTYPES: dict[str, str] = {"fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
+KV_DTYPE_ALIASES: dict[str, str] = {"float8_e4m3fn": "fp8_e4m3", "e4m3": "fp8_e4m3", "float8_e5m2": "fp8_e5m2",
+                                    "e5m2": "fp8_e5m2"}
+
+
 class ShapeError(ValueError):
     """An impossible shape or case; `field` names the offending field."""
 
@@ -48,6 +58,24 @@ def canonical_dtype(name: str) -> str:
     if name not in DTYPES:
         raise ShapeError("dtype", f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
     return name
+
+
+def canonical_kv_dtype(name: str | None, dtype: str) -> str:
+    """The stored form of a cache dtype for compute dtype `dtype`: "" for the compute dtype itself
+    (given as "", "auto" or its name), else the FP8 format's name; ShapeError otherwise."""
+    text = "" if name is None else str(name).strip().lower()
+    text = KV_DTYPE_ALIASES.get(text, text)
+    if text in KV_FP8_DTYPES:
+        return text
+    if text in ("", "auto"):
+        return ""
+    choices = f"auto, {canonical_dtype(dtype)}, {', '.join(KV_FP8_DTYPES)}"
+    if DTYPE_ALIASES.get(text, text) not in DTYPES:
+        raise ShapeError("kv_dtype", f"unknown cache dtype {name!r} (choose from {choices})")
+    if canonical_dtype(text) != canonical_dtype(dtype):
+        raise ShapeError("kv_dtype", f"a cache in {canonical_dtype(text)} needs compute dtype "
+                                     f"{canonical_dtype(text)}, not {canonical_dtype(dtype)} (choose from {choices})")
+    return ""
 
 
 def dtype_bytes(name: str) -> int:
@@ -76,6 +104,7 @@ class AttentionShape:
     num_layers: int = 1
     dtype: str = "bfloat16"
     rms_norm_eps: float = 1e-6
+    kv_dtype: str = ""  # what the cache stores: "" = the compute dtype, or a KV_FP8_DTYPES name
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +140,15 @@ class AttentionShape:
     def element_bytes(self) -> int:
         return DTYPES[self.dtype]
 
+    @property
+    def cache_dtype(self) -> str:
+        """The cache dtype by name: the compute dtype's, or the FP8 format's (the `kv_dtype` column)."""
+        return self.kv_dtype or self.dtype
+
+    @property
+    def kv_quantized(self) -> bool:
+        return self.kv_dtype in KV_FP8_DTYPES
+
     def replace(self, **overrides: Any) -> AttentionShape:
         """A copy with some fields changed, validated again."""
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
@@ -118,6 +156,9 @@ class AttentionShape:
             raise ShapeError(sorted(unknown)[0], "unknown shape field")
         if "dtype" in overrides:
             overrides["dtype"] = canonical_dtype(overrides["dtype"])
+        if "kv_dtype" in overrides or "dtype" in overrides:
+            overrides["kv_dtype"] = canonical_kv_dtype(overrides.get("kv_dtype", self.kv_dtype),
+                                                       overrides.get("dtype", self.dtype))
         return dataclasses.replace(self, **overrides)
 
 
@@ -164,6 +205,9 @@ def validate_shape(shape: AttentionShape) -> None:
         raise ShapeError("rope_scaling_factor", f"must be >= 1.0, got {shape.rope_scaling_factor}")
     if shape.dtype not in DTYPES:
         raise ShapeError("dtype", f"unknown dtype {shape.dtype!r} (choose from {', '.join(DTYPES)})")
+    if shape.kv_dtype and shape.kv_dtype not in KV_FP8_DTYPES:
+        raise ShapeError("kv_dtype", f"unknown cache dtype {shape.kv_dtype!r} (choose from '' for the compute "
+                                     f"dtype, {', '.join(KV_FP8_DTYPES)})")
     if not shape.rms_norm_eps > 0:
         raise ShapeError("rms_norm_eps", f"must be positive, got {shape.rms_norm_eps}")
 

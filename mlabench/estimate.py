@@ -18,7 +18,6 @@ same estimate to within a percent or two; `GRAPH_CAPTURE_S` covers it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +25,7 @@ from mlabench import analytic
 from mlabench.case import Case
 from mlabench.measure.accuracy import reference_rows
 from mlabench.measure.peaks import SPEC_TABLE
+from mlabench.settings import SweepSettings
 
 DEFAULT_GPU = "H100 SXM"  # assumed when sizing a GPU run on a machine without one
 SETUP_S = {"cuda": 1.0, "cpu": 0.3}
@@ -69,7 +69,7 @@ def peaks_for(device_type: str, device_name: str | None) -> tuple[float, float, 
     return flops, bw, f"{DEFAULT_GPU} spec peaks (no entry for {name})"
 
 
-def case_seconds(case: Case, settings: Mapping[str, Any], flops_per_s: float, bytes_per_s: float,
+def case_seconds(case: Case, settings: SweepSettings, flops_per_s: float, bytes_per_s: float,
                  device_type: str) -> float:
     """Estimated wall seconds of one case."""
     sh, step = case.shape, case.step
@@ -80,19 +80,19 @@ def case_seconds(case: Case, settings: Mapping[str, Any], flops_per_s: float, by
     total = SETUP_S[device_type] + COMPILE_S.get(case.backend, {}).get(device_type, 0.0) + call_s
     cached = analytic.kv_cache_elements(case.variant, sh, case.batch, step.context) if step.context else 0
     total += cached * FILL_BYTES_PER_ELEMENT / bytes_per_s
-    if settings.get("accuracy", True):
+    if settings.accuracy:
         share = len(reference_rows(case.batch)) / case.batch
         ref_flops = analytic.flops(case.variant, sh, step) * share
         ref_bytes = analytic.bytes_moved(case.variant, sh, step) * share * 8 / sh.element_bytes
         total += max(ref_flops / (flops_per_s * FP64_FRACTION[device_type]), ref_bytes / bytes_per_s)
-    sampling = max(float(settings.get("budget_s", 0.5)), int(settings.get("min_samples", 10)) * call_s)
-    total += float(settings.get("warmup_s", 0.1)) + sampling
-    if device_type == "cuda" and settings.get("cuda_graph"):
+    sampling = max(settings.budget_s, settings.min_samples * call_s)
+    total += settings.warmup_s + sampling
+    if device_type == "cuda" and settings.cuda_graph:
         total += GRAPH_CAPTURE_S
     return total
 
 
-def estimate_sweep(cases: list[Case], settings: Mapping[str, Any], device_type: str,
+def estimate_sweep(cases: list[Case], settings: SweepSettings, device_type: str,
                    device_name: str | None = None, unavailable: frozenset[str] = frozenset()) -> Estimate:
     """`unavailable`: backends that will be skipped on the planned device."""
     flops_per_s, bytes_per_s, assumed = peaks_for(device_type, device_name)

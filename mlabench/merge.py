@@ -1,7 +1,7 @@
 """Joining run directories (one per shard, host or GPU) into one run directory.
 
 Every input is read through the same validated reader as `report` and `compare`
-(`report.load`): a binary or malformed file, an unknown status, a non-numeric
+(`rundir.read`): a binary or malformed file, an unknown status, a non-numeric
 cell or a torn last row is refused with one line. The set must also make one
 run: the same suite and case list (`--allow-mixed` to join different ones), every
 shard of a K/N split and every input finished (`--allow-partial` to join what is
@@ -17,8 +17,7 @@ from typing import Any
 
 from mlabench import schema
 from mlabench.errors import NotComparableError, UsageError
-from mlabench.report.load import read_meta, read_results, read_samples
-from mlabench.results import RunWriter, check_out_dir, read_rows
+from mlabench.rundir import RunWriter, check_out_dir, read_meta, read_results, read_rows, read_samples
 
 
 @dataclass(frozen=True)
@@ -132,6 +131,9 @@ def merge_runs(run_dirs: list[Path], out: Path, allow_partial: bool = False,
         meta["shards"] = [m.get("shard") for m in metas]
         meta["shard"] = None
         meta["cases"] = total_rows
+        kinds = {name: fp for m in metas if m for name, fp in (m.get("devices") or {}).items()}
+        if kinds:  # every device kind any shard's cases ran on, so compare sees a mixed merge
+            meta["devices"] = kinds
         if isinstance(meta.get("run"), dict):
             # The merged rows are the whole grid only when every shard was there in full.
             whole = not allow_partial and not allow_mixed and total_rows == meta["run"].get("grid_cases")

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mlabench import schema
-from mlabench.results import format_cell
+from mlabench.rundir import format_cell
 
 T = TypeVar("T")
 # Columns inversely proportional to latency: rescaled when the pooled median replaces one round's.

@@ -6,11 +6,18 @@ Whatever happens inside a case (unsupported, skipped, OOM, an exception) becomes
 the row's status; nothing escapes except KeyboardInterrupt. A sticky CUDA error (illegal
 address, device-side assert) also becomes the row, marked `fatal`: the CUDA context is
 lost, so the sweep must stop there. The case runs with its device current (`device_scope`).
+
+A case selected for profiling (`RunContext.profile`) is profiled after its timed samples, on
+the same module and step (profiling/case.py); its row says `profiled`. A profile that fails
+(a full disk, a profiler error) costs the profile only: the measured row stays, its error
+naming the failure.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
+import socket
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -25,10 +32,14 @@ from mlabench.case import Case
 from mlabench.context import lengths_summary
 from mlabench.errors import CaseTimeout, SkippedError, UnsupportedError, is_sticky_cuda_error
 from mlabench.measure import accuracy as acc
+from mlabench.measure.envinfo import cpu_model
 from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_case_bytes, measure_allocation
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.scope import scoped_call
 from mlabench.measure.timing import TimingSettings, check_deadline, device_scope, time_step
+from mlabench.profiling.case import ProfileResult, ProfileTarget, profile_case
+from mlabench.profiling.nvtx import Mark, no_range, nvtx_ranges
+from mlabench.profiling.request import ProfileRequest
 from mlabench.variants import build_variant
 from mlabench.variants.registry import torch_dtype
 
@@ -44,6 +55,7 @@ class RunContext:
     accuracy: bool = True
     seed: int = 0
     timeout_s: float = 300.0  # wall limit of one case, checked between steps (a running call is never cut)
+    profile: ProfileRequest | None = None  # trace (and NVTX) for the cases it selects
 
 
 @dataclass
@@ -51,6 +63,10 @@ class CaseResult:
     row: schema.ResultRow
     samples_ms: list[float]
     fatal: bool = False  # a sticky CUDA error: no later case can run in this process
+    profile: ProfileResult | None = None
+    # The fingerprint (envinfo.device_info) of the device, when another process ran the case:
+    # meta.json keeps one per device kind.
+    device: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -83,6 +99,16 @@ def analytic_columns(case: Case) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def where(device: torch.device) -> dict[str, str]:
+    """The `host` and `device_name` columns: the machine and the device kind a case ran on."""
+    try:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    except (RuntimeError, AssertionError):  # no usable CUDA here: the row still says where it ran
+        name = ""
+    return {"host": socket.gethostname(), "device_name": name}
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
@@ -110,14 +136,16 @@ def _preflight(case: Case, ctx: RunContext) -> None:
 
 
 def run_case(case: Case, ctx: RunContext) -> CaseResult:
-    row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok"}
+    row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok",
+                           **where(ctx.device)}
     started = time.perf_counter()
     samples: list[float] = []
     fatal = False
+    profiled: list[ProfileResult] = []
     try:
         with device_scope(ctx.device):
             _preflight(case, ctx)
-            samples = _measure(case, ctx, row)
+            samples = _measure(case, ctx, row, profiled)
     except UnsupportedError as exc:
         row.update(status="unsupported", error=str(exc))
     except SkippedError as exc:
@@ -143,7 +171,7 @@ def run_case(case: Case, ctx: RunContext) -> CaseResult:
         samples = []
     row["wall_s"] = round(time.perf_counter() - started, 3)
     # Built while the case ran as a plain mapping; frozen here, where a misspelt column fails.
-    return CaseResult(schema.ResultRow.from_mapping(row), samples, fatal)
+    return CaseResult(schema.ResultRow.from_mapping(row), samples, fatal, profiled[0] if profiled else None)
 
 
 def _is_cpu_oom(exc: Exception) -> bool:
@@ -151,7 +179,7 @@ def _is_cpu_oom(exc: Exception) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
-def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
+def _measure(case: Case, ctx: RunContext, row: dict[str, Any], profiled: list[ProfileResult]) -> list[float]:
     deadline = time.perf_counter() + ctx.timeout_s
     device, sh, step = ctx.device, case.shape, case.step
     dtype = torch_dtype(case.dtype)
@@ -191,27 +219,59 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
         row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
 
     if ctx.accuracy:
-        _check_accuracy(case, row, out, timed.reference, device)
+        _check_accuracy(case, row, out, timed.reference, device, timed.quant_reference)
     del out
     check_deadline(deadline, "the accuracy check")
 
-    timing = time_step(timed.fn, device, ctx.timing, deadline)
+    request = ctx.profile if ctx.profile is not None and ctx.profile.selects(case) else None
+    ranges = nvtx_ranges(device) if request is not None and request.nvtx else None
+    timing = time_step(timed.fn, device, ctx.timing, deadline, ranges)
     _summarize(case, ctx, row, timing.samples_ms)
-    row.update(timer=timing.timer, sample_calls=timing.sample_calls)
+    row.update(timer=timing.timer, sample_calls=timing.sample_calls, profiled=int(request is not None))
     l2 = l2_cache_bytes(device)
     if timing.hot and l2:
         # Replayed back to back, a working set inside L2 is read from L2, not HBM: gbps and
         # roofline_pct of such a row may exceed the memory roofline.
         row["fits_l2"] = bool(row["bytes"] <= l2)
+    if request is not None and request.traces(case):  # strictly after the samples above
+        if time.perf_counter() > deadline:  # the samples stand; a profile past the wall limit is dropped
+            _note(row, f"profile skipped: past the case's wall limit of {ctx.timeout_s:g} s")
+        else:
+            target = ProfileTarget(case, module, prepared, inputs, timed.fn, row["latency_ms"])
+            _profile(target, request, ctx, ranges, row, profiled)
     return timing.samples_ms
 
 
+def _profile(target: ProfileTarget, request: ProfileRequest, ctx: RunContext, ranges: Mark | None,
+             row: dict[str, Any], profiled: list[ProfileResult]) -> None:
+    try:
+        profiled.append(profile_case(target, request, ctx.device, ctx.timing, ranges or no_range))
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a full disk, a profiler failure: the measurement taken before it stands
+        if is_sticky_cuda_error(exc):  # except a lost CUDA context, which ends the sweep
+            raise
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
+        _note(row, f"profile not written: {text}")
+
+
+def _note(row: dict[str, Any], note: str) -> None:
+    """Add a note to the row's error column, keeping what is there (its status stays)."""
+    row["error"] = f"{row['error']}; {note}" if row.get("error") else note
+
+
 def _check_accuracy(case: Case, row: dict[str, Any], out: torch.Tensor, reference: Any,
-                    device: torch.device) -> None:
+                    device: torch.device, quant_reference: Any = None) -> None:
     """Compare `out` with the float64 reference; a reference that does not fit leaves accuracy
-    empty with the reason (the backend itself ran, so the row stays ok)."""
+    empty with the reason (the backend itself ran, so the row stays ok). With `quant_reference`
+    (an FP8 cache, dequantized) the quantization's own error is `quant_err` and widens the
+    tolerance (measure/accuracy.py)."""
+    quant = None
     try:
         ref = reference()
+        if quant_reference is not None:
+            quant = acc.quant_error(quant_reference(), ref, out.shape[0], case.dtype)
+            row["quant_err"] = quant.rel_err
     except (torch.OutOfMemoryError, MemoryError) as exc:
         row["error"] = f"accuracy not checked: the float64 reference ran out of memory ({_first_line(exc)})"
         ref = None
@@ -220,7 +280,7 @@ def _check_accuracy(case: Case, row: dict[str, Any], out: torch.Tensor, referenc
         if device.type == "cuda":
             torch.cuda.empty_cache()
         return
-    result = acc.compare(out, ref, case.dtype)
+    result = acc.compare(out, ref, case.dtype, quant)
     row.update(max_abs_err=result.max_abs_err, rel_err=result.rel_err, cos_diff=result.cos_diff)
     if not result.ok:
         row.update(status="inaccurate", error=result.describe())

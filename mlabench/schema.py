@@ -40,6 +40,9 @@ class ResultRow:
     mode: str = _column("key", key=True)
     scope: str = _column("key", key=True)
     dtype: str = _column("key", key=True)
+    # What the KV cache stores: the compute dtype's name, or fp8_e4m3 / fp8_e5m2. Runs written
+    # before the column read as their dtype (case_id below hashes it only when it differs).
+    kv_dtype: str = _column("key", key=True)
     device: str = _column("key", key=True)
     batch: int = _column("key", key=True)
     seq_len: int = _column("key", key=True)
@@ -95,9 +98,15 @@ class ResultRow:
     max_abs_err: float | None = _column("accuracy")
     rel_err: float | None = _column("accuracy")
     cos_diff: float | None = _column("accuracy")
+    # FP8 caches: the error the quantization alone causes, measured as rel_err is, of the float64
+    # reference run on the dequantized cache against the float64 reference on the unquantized one
+    # (empty when the cache is not quantized; see measure/accuracy.py for the tolerance it sets).
+    quant_err: float | None = _column("accuracy")
     # How the case was run. `sample_calls`: calls averaged into one sample (CUDA-graph replays,
     # CPU blocks); `fits_l2`: on hot (graph) rows, whether the case's bytes fit in the GPU's L2,
-    # where gbps may exceed the HBM roofline.
+    # where gbps may exceed the HBM roofline. `host` and `device_name`: where the case ran (the
+    # machine, and the GPU or CPU model), since a sweep spread over a cluster may land cases on
+    # different machines and device kinds.
     case_id: str | None = _column("extra")
     backend_detail: str | None = _column("extra")
     timer: str | None = _column("extra")
@@ -105,7 +114,12 @@ class ResultRow:
     fits_l2: bool | None = _column("extra")
     threads: int | None = _column("extra")
     unstable: int | None = _column("extra")  # 1 when p90/p10 > 1.5
+    # 1 when the case was profiled (--profile, --nvtx): its samples precede its trace, but NVTX
+    # ranges wrap its timed calls, and compare refuses to gate profiled against unprofiled rows.
+    profiled: int | None = _column("extra")
     wall_s: float | None = _column("extra")
+    host: str | None = _column("extra")
+    device_name: str | None = _column("extra")
     # Context per sequence after the step (ragged batches differ; uniform ones are all seq_len).
     context_min: int | None = _column("extra")
     context_mean: float | None = _column("extra")
@@ -193,11 +207,21 @@ def timing_mode(timer: str) -> str:
     return text.split(" ")[0] if text else ""
 
 
+# Key columns added after runs were on disk, hashed only when they differ from the value those
+# runs implicitly had (another key column's), so every earlier case keeps its id.
+KEY_DEFAULT_FROM: dict[str, str] = {"kv_dtype": "dtype"}
+
+
 def case_id(key: Mapping[str, Any]) -> str:
     """A short stable hash of a case's key columns (same key -> same id, on any machine)."""
-    values = [normalize_key_value(key.get(c)) for c in KEY_COLUMNS]
+    values = {c: normalize_key_value(key.get(c)) for c in KEY_COLUMNS}
+    for column, default_from in KEY_DEFAULT_FROM.items():
+        if values[column] in ("", values[default_from]):
+            del values[column]
     # Key columns added with an empty default leave the id of every case that does not set them
     # unchanged, so runs and baselines measured before them still join and resume.
-    values = [v for c, v in zip(KEY_COLUMNS, values, strict=True) if v or c not in OPTIONAL_KEY_COLUMNS]
-    canonical = json.dumps(values, separators=(",", ":"))
+    for column in OPTIONAL_KEY_COLUMNS:
+        if not values[column]:
+            del values[column]
+    canonical = json.dumps(list(values.values()), separators=(",", ":"))
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]

@@ -14,6 +14,7 @@
     q_len = [1]           # decode only; prefill always runs q_len = seq_len
     dtype = ["auto"]      # auto: bfloat16 on CUDA, float32 on CPU
     scope = ["step"]      # step: the whole layer is timed; core: the attention core alone
+    kv_dtype = ["auto"]   # what the cache stores: auto (the compute dtype), fp8_e4m3, fp8_e5m2
     seq_len = ["uniform:1024-32768"]  # a ragged batch: a context distribution (context.py), decode only
     cache_layout = ["contiguous", "paged:16"]  # paged caches (layout.py), decode only
 
@@ -45,45 +46,25 @@ import tomllib
 
 from mlabench.case import MODES, SCOPES, Case
 from mlabench.config import (
+    DTYPE_ALIASES,
+    DTYPES,
     PRESETS,
     AttentionShape,
     ShapeError,
     canonical_dtype,
+    canonical_kv_dtype,
     from_name,
     validate_case_dims,
 )
 from mlabench.context import is_spec, parse_context
 from mlabench.errors import UsageError
 from mlabench.layout import parse_layout
+from mlabench.settings import SweepSettings
 from mlabench.variants.registry import shape_for_variant, variant_class, variant_names
 
 CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope", "cache_layout")
 SHAPE_AXES = tuple(f.name for f in fields(AttentionShape) if f.name not in ("name", "dtype"))
 TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options", "cpu"}
-SETTINGS = {
-    "budget_s": float,  # time spent sampling one case (after warm-up)
-    "warmup_s": float,
-    "min_samples": int,
-    "max_samples": int,
-    "threads": int,  # CPU thread count (default 1; 0 = torch's default, all cores)
-    "seed": int,
-    "cuda_graph": bool,  # GPU: time inside a CUDA graph (hot, launch overhead removed)
-    "accuracy": bool,  # compare each case to the float64 reference
-    "timeout_s": float,  # wall limit of one case; past it the case ends as a `timeout` row
-    "rounds": int,  # passes over the case list, each in its own seeded order (the gate's replicates)
-}
-# Inclusive bounds per numeric setting. Past them a sweep would never return (an hour of
-# sampling per case, a billion samples) or the runtime aborts (tens of thousands of threads).
-SETTING_BOUNDS: dict[str, tuple[float, float]] = {
-    "budget_s": (0.0, 3600.0),
-    "warmup_s": (0.0, 600.0),
-    "min_samples": (1, 100_000),
-    "max_samples": (1, 100_000),
-    "threads": (0, 1024),
-    "seed": (0, 2**63 - 1),
-    "timeout_s": (0.001, 86_400.0),
-    "rounds": (1, 1000),
-}
 # Suite names become directory names (results/runs/<time>-<suite>-<device>): no separators, no "..".
 SUITE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -142,8 +123,9 @@ def _as_list(key: str, value: Any) -> list[Any]:
     return values
 
 
+_DTYPE_NAMES = frozenset(DTYPES) | frozenset(DTYPE_ALIASES)
 _FLOAT_FIELDS = frozenset(f.name for f in fields(AttentionShape) if f.type in (float, "float"))
-_STRING_AXES = frozenset({"model", "variant", "backend", "mode", "dtype", "scope", "cache_layout"})
+_STRING_AXES = frozenset({"model", "variant", "backend", "mode", "dtype", "scope", "kv_dtype", "cache_layout"})
 
 
 def _check_type(key: str, value: Any, where: str) -> None:
@@ -207,7 +189,7 @@ def load_suite(name_or_path: str) -> Suite:
         raise UsageError(f"suite: {path.name} needs at least one [[grid]] table")
     defaults = _check_axes("[defaults]", data.get("defaults", {}))
     expanded = tuple({**defaults, **_check_axes(f"[[grid]] #{i + 1}", g)} for i, g in enumerate(grids))
-    settings = check_settings(data.get("settings", {}), f"suite: [settings] of {path.name}")
+    settings = SweepSettings.check(data.get("settings", {}), f"suite: [settings] of {path.name}")
     options = data.get("options", {})
     if not isinstance(options, dict):
         raise UsageError(f"suite: [options] of {path.name} must be a table")
@@ -223,34 +205,6 @@ def load_suite(name_or_path: str) -> Suite:
                  cpu_axes=_check_axes("[cpu]", cpu_axes))
 
 
-def check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Type and range of every measurement setting: finite, within SETTING_BOUNDS, and
-    min_samples <= max_samples when both are given. `where` starts each message."""
-    out = {}
-    for key, value in settings.items():
-        if key not in SETTINGS:
-            raise UsageError(f"{where}: unknown setting {key!r} (allowed: {', '.join(SETTINGS)})")
-        kind = SETTINGS[key]
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise UsageError(f"{where}: setting {key!r} must be true or false, got {value!r}")
-            out[key] = value
-            continue
-        low, high = SETTING_BOUNDS[key]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and kind is int:
-            ok = float(value).is_integer()
-        what = "an integer" if kind is int else "a finite number"
-        if not ok:
-            raise UsageError(f"{where}: setting {key!r} must be {what}, got {value!r}")
-        if not low <= value <= high:
-            raise UsageError(f"{where}: setting {key!r} must be between {low:g} and {high:g}, got {value!r}")
-        out[key] = kind(value)
-    if out.get("min_samples", 0) > out.get("max_samples", math.inf):
-        raise UsageError(f"{where}: min_samples ({out['min_samples']}) exceeds max_samples ({out['max_samples']})")
-    return out
-
-
 def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: str) -> None:
     known = {"model": list(PRESETS), "variant": list(variant_names()), "backend": list(backends), "mode": list(MODES),
              "scope": list(SCOPES)}
@@ -264,6 +218,11 @@ def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: 
                 canonical_dtype(v)
             except ShapeError as exc:
                 raise UsageError(f"suite: {exc} in {where}") from None
+    for v in axes.get("kv_dtype", []):
+        try:  # a known dtype that is not the case's compute dtype is dropped per case, not refused here
+            canonical_kv_dtype(v, canonical_dtype(v) if str(v).lower() in _DTYPE_NAMES else "float32")
+        except ShapeError as exc:
+            raise UsageError(f"suite: {exc} in {where}") from None
     for axis in ("batch", "seq_len", "q_len"):
         for v in axes.get(axis, []):
             if axis == "seq_len" and is_spec(v):

@@ -9,12 +9,17 @@ refuse to mix runs: a different environment or measurement settings is exit 3,
 a different suite, case list or overrides exit 2, each naming what differs.
 With `rounds` R > 1 the case list runs R times, each round in its own seeded
 order (`mlabench.rounds`). Every round re-runs the whole case (build, cache fill,
-backend prepare, timing) in this process; only the float64 accuracy check is
+backend prepare, timing) wherever the executor runs it; only the float64 accuracy check is
 limited to the first round. Samples are written per round as they are taken; a
 case's results row, summarising all its rounds, is appended when its last round
 ends, so a killed sweep keeps the cases whose last round finished and `--resume`
 runs the others again from round 0. Cases that were skipped, unsupported or
 failed in round 0 are not re-run.
+
+An executor (`mlabench.executors`) runs the cases: in this process by default, each in a
+child process (`isolate`), or as Ray tasks (`ray`); results come back here in any order and
+this module alone writes them. meta.json records the executor and one fingerprint per device
+kind the cases ran on (`devices`).
 """
 
 from __future__ import annotations
@@ -34,21 +39,16 @@ from mlabench import schema
 from mlabench.backends import apply_options, served_variants
 from mlabench.case import Case
 from mlabench.errors import NotComparableError, UsageError
+from mlabench.executors import Executor, LocalExecutor
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
-from mlabench.measure.timing import TimingSettings
-from mlabench.results import RunWriter
+from mlabench.profiling.request import ProfileRequest
 from mlabench.rounds import combine_rounds, round_order
+from mlabench.rundir import RunWriter
 from mlabench.runner import CaseResult, RunContext, run_case
+from mlabench.settings import SweepSettings
 from mlabench.suites import Suite, expand, shard
-
-# CPU threads default to one: on a shared host more threads make samples bimodal (a step read
-# 0.84 ms at 1 thread and 220 ms at 2 on a busy 2-core machine); `--threads` raises it.
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "budget_s": 0.5, "warmup_s": 0.1, "min_samples": 10, "max_samples": 1000, "threads": 1, "seed": 0,
-    "cuda_graph": False, "accuracy": True, "timeout_s": 300.0, "rounds": 1,
-}
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Overrides:
     the suite's, measurement settings over its [settings], backend options over its [options]."""
 
     axes: Mapping[str, list[Any]] = field(default_factory=dict)
-    settings: Mapping[str, Any] = field(default_factory=dict)  # already checked (suites.check_settings)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # already checked (SweepSettings.check)
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -68,7 +68,7 @@ class SweepPlan:
     cases: list[Case]  # this shard's cases, including those already finished
     dropped: list[str]
     merged: list[str]  # grid points that are the same case as an earlier one (see suites.Expansion)
-    settings: dict[str, Any]
+    settings: SweepSettings
     out_dir: Path
     shard: tuple[int, int] | None = None
     overrides: dict[str, list[Any]] = field(default_factory=dict)
@@ -117,12 +117,8 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overri
         if not cases:
             raise UsageError(f"--shard {shard_spec[0]}/{shard_spec[1]}: this slice of the grid's {len(grid)} cases "
                              "is empty (use fewer shards)")
-    merged = {**DEFAULT_SETTINGS, **suite.settings, **overrides.settings}
-    if merged["min_samples"] > merged["max_samples"]:
-        raise UsageError(f"min_samples ({merged['min_samples']}) exceeds max_samples ({merged['max_samples']})")
-    if int(merged["rounds"]) < 1:
-        raise UsageError(f"rounds must be at least 1, got {merged['rounds']}")
-    return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, merged,
+    settings = SweepSettings.resolve(suite.settings, overrides.settings)
+    return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, settings,
                      out_dir or default_out_dir(suite.name, device), shard_spec,
                      {k: list(v) for k, v in overrides.axes.items()}, cases_sha1(grid), len(grid))
 
@@ -179,14 +175,19 @@ def check_resume(out_dir: Path, meta: Mapping[str, Any]) -> Callable[[dict[str, 
     return check
 
 
-def open_run(plan: SweepPlan, resume: bool) -> tuple[RunWriter, dict[str, Any]]:
-    """Lock and check the run directory, record the run in meta.json; nothing is measured yet."""
+def open_run(plan: SweepPlan, resume: bool, device_meta: dict[str, Any] | None = None
+             ) -> tuple[RunWriter, dict[str, Any]]:
+    """Lock and check the run directory, record the run in meta.json; nothing is measured yet.
+    `device_meta`: the fingerprint of the device the cases run on, when it is not in this
+    process (a Ray worker's GPU); the rest of the fingerprint is this driver's."""
+    env = fingerprint(plan.device) if device_meta is None else {**fingerprint(torch.device("cpu")),
+                                                                  "device": device_meta}
     meta: dict[str, Any] = {
-        **fingerprint(plan.device),
+        **env,
         "suite": plan.suite.name,
         "suite_path": plan.suite.path,
         "shard": f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
-        "settings": {**plan.settings, "options": plan.suite.options},
+        "settings": {**plan.settings.as_dict(), "options": plan.suite.options},
         "cases": len(plan.cases),
         "run": run_record(plan),
     }
@@ -217,18 +218,18 @@ def _dtypes(plan: SweepPlan) -> list[str]:
     return sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
 
 
-def run_context(plan: SweepPlan, probe: bool = True) -> RunContext:
+def run_context(plan: SweepPlan, probe: bool = True, profile: ProfileRequest | None = None,
+                peaks: Peaks | None = None) -> RunContext:
     """What every case of the plan runs in: CPU threads set, peaks measured (or the spec table),
-    timing and case settings from the plan. `run_sweep` and `mlabench run` both measure in it."""
+    timing and case settings from the plan, and which cases to profile. `run_sweep` and
+    `mlabench run` both measure in it. `peaks`: measured elsewhere, where the cases run (a Ray
+    worker's device), so none here."""
     s = plan.settings
-    if s["threads"] and plan.device.type == "cpu":
-        torch.set_num_threads(int(s["threads"]))
+    if s.threads and plan.device.type == "cpu":
+        torch.set_num_threads(s.threads)
     return RunContext(
-        device=plan.device,
-        timing=TimingSettings(budget_s=s["budget_s"], warmup_s=s["warmup_s"], min_samples=s["min_samples"],
-                              max_samples=s["max_samples"], threads=s["threads"], cuda_graph=s["cuda_graph"]),
-        peaks=measure_peaks(plan.device, _dtypes(plan), probe), nvml=open_nvml(plan.device), accuracy=s["accuracy"],
-        seed=s["seed"], timeout_s=s["timeout_s"],
+        device=plan.device, timing=s.timing, peaks=peaks or measure_peaks(plan.device, _dtypes(plan), probe),
+        nvml=open_nvml(plan.device), accuracy=s.accuracy, seed=s.seed, timeout_s=s.timeout_s, profile=profile,
     )
 
 
@@ -236,42 +237,38 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
               on_start: Callable[[Case, int, int], None] | None = None,
               on_end: Callable[[CaseResult], None] | None = None,
               should_stop: Callable[[], bool] = lambda: False,
-              opened: tuple[RunWriter, dict[str, Any]] | None = None) -> SweepOutcome:
+              opened: tuple[RunWriter, dict[str, Any]] | None = None,
+              profile: ProfileRequest | None = None,
+              executor: Executor | None = None) -> SweepOutcome:
     """Measure the plan's unfinished cases. `opened` is `open_run`'s result when the caller
-    checked the directory first; the directory's lock is released on return."""
+    checked the directory first; the directory's lock is released on return. `profile`
+    (checked by the caller, profiling.request.check_request) profiles the cases it selects.
+    `executor` runs the cases (default: in this process); rows are written here, whichever ran them."""
     writer, meta = opened or open_run(plan, resume)
+    # This module's run_case, looked up now: code that wraps or replaces it sees every case.
+    executor = executor or LocalExecutor(run_case)
     write_error: OSError | None = None
     try:
         todo = [c for c in plan.cases if c.case_id not in writer.finished]
         outcome = SweepOutcome(plan.out_dir, skipped_finished=len(plan.cases) - len(todo))
-        ctx = run_context(plan, probe)
+        # Peaks are measured where the cases run: an executor whose workers hold the device (Ray)
+        # brings its own; otherwise the device is this process's.
+        ctx = run_context(plan, probe, profile,
+                          executor.peaks(_dtypes(plan), probe) if hasattr(executor, "peaks") else None)
         dtypes = _dtypes(plan)
         meta["peaks"] = ctx.peaks.as_meta(dtypes[0] if dtypes else None)
+        meta["executor"] = executor.name
+        meta.setdefault("devices", {})
+        if meta.get("device", {}).get("name"):
+            meta["devices"].setdefault(meta["device"]["name"], meta["device"])
         writer.write_meta(meta)
-        rounds = max(1, int(plan.settings.get("rounds", 1)))
+        rounds = plan.settings.rounds
+        log = _Log(writer, meta, outcome, on_end)
         try:
             if rounds > 1:
-                write_error = _run_rounds(todo, rounds, ctx, writer, outcome, on_start, on_end, should_stop)
-                todo = []  # measured round by round above
-            for i, case in enumerate(todo):
-                if should_stop():
-                    outcome.interrupted = True
-                    break
-                if on_start:
-                    on_start(case, i, len(todo))
-                result = run_case(case, ctx)
-                try:
-                    writer.append(result.row, result.samples_ms)
-                except OSError as exc:  # disk full, directory gone: rows on disk stay valid for --resume
-                    write_error = exc
-                    outcome.interrupted = True
-                    break
-                outcome.results.append(result)
-                if on_end:
-                    on_end(result)
-                if result.fatal:  # the CUDA context is gone: every later case would fail the same way
-                    outcome.device_lost = str(result.row.get("error", ""))
-                    break
+                write_error = _run_rounds(todo, rounds, ctx, executor, log, on_start, should_stop)
+            else:
+                write_error = _run_once(todo, ctx, executor, log, on_start, should_stop)
         except KeyboardInterrupt:
             outcome.interrupted = True
         meta["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -291,40 +288,101 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
     return outcome
 
 
-def _run_rounds(todo: list[Case], rounds: int, ctx: RunContext, writer: RunWriter, outcome: SweepOutcome,
-                on_start: Callable[[Case, int, int], None] | None, on_end: Callable[[CaseResult], None] | None,
-                should_stop: Callable[[], bool]) -> OSError | None:
+@dataclass
+class _Log:
+    """Where finished results go: the run directory, the outcome, meta.json's device kinds and
+    the caller's on_end."""
+
+    writer: RunWriter
+    meta: dict[str, Any]
+    outcome: SweepOutcome
+    on_end: Callable[[CaseResult], None] | None
+
+    def device(self, result: CaseResult) -> None:
+        """A case run in another process on a device kind not yet in meta.json: record its fingerprint."""
+        name = (result.device or {}).get("name")
+        if name and name not in self.meta["devices"]:
+            self.meta["devices"][name] = result.device
+            self.writer.write_meta(self.meta)
+
+    def lost(self, result: CaseResult) -> bool:
+        """Whether the case left the CUDA context unusable; then every later case would fail the same way."""
+        if result.fatal:
+            self.outcome.device_lost = str(result.row.get("error", ""))
+        return result.fatal
+
+
+def _run_once(todo: list[Case], ctx: RunContext, executor: Executor, log: _Log,
+              on_start: Callable[[Case, int, int], None] | None, should_stop: Callable[[], bool]) -> OSError | None:
+    """Every case once, its row and samples appended as its result arrives. Returns the write
+    error that stopped it, if one did."""
+    results = executor.run(todo, ctx, on_start, should_stop)
+    try:
+        for result in results:
+            try:
+                log.writer.append(result.row, result.samples_ms)
+                log.device(result)
+            except OSError as exc:  # disk full, directory gone: rows on disk stay valid for --resume
+                log.outcome.interrupted = True
+                return exc
+            log.outcome.results.append(result)
+            if log.on_end:
+                log.on_end(result)
+            if log.lost(result):
+                return None
+        log.outcome.interrupted = len(log.outcome.results) < len(todo)  # should_stop() ended it early
+    finally:
+        results.close()  # abandons the cases still in flight (child processes, Ray tasks)
+    return None
+
+
+def _run_rounds(todo: list[Case], rounds: int, ctx: RunContext, executor: Executor, log: _Log,
+                on_start: Callable[[Case, int, int], None] | None, should_stop: Callable[[], bool]) -> OSError | None:
     """Every case `rounds` times, round by round in shuffled order; a row appended after the case's last round.
-    Returns the write error that stopped it, if one did."""
+    Each round goes to the executor whole (its results may come back in any order) and ends before
+    the next starts, so every sample is tagged with its round. Returns the write error that stopped
+    it, if one did."""
     later = dataclasses.replace(ctx, accuracy=False)  # the reference check is deterministic: once is enough
+    if ctx.profile is not None:  # one trace per case, after round 0's samples; NVTX ranges in every round
+        later.profile = dataclasses.replace(ctx.profile, out_dir=None, memory_snapshot=False)
     done: dict[str, list[CaseResult]] = {c.case_id: [] for c in todo}
     step, total = 0, len(todo) * rounds
     for r in range(rounds):
-        for case in round_order(todo, ctx.seed, r):
-            history = done[case.case_id]
-            if history and history[0].status not in ("ok", "inaccurate"):
-                continue  # skipped, unsupported or failed in round 0: its row is already written
-            if should_stop():
-                outcome.interrupted = True
-                return
+        # Skipped, unsupported or failed in round 0: its row is already written.
+        cases = [c for c in round_order(todo, ctx.seed, r)
+                 if not done[c.case_id] or done[c.case_id][0].status in ("ok", "inaccurate")]
+
+        def started(case: Case, i: int, _n: int, base: int = step) -> None:
             if on_start:
-                on_start(case, step, total)
-            step += 1
-            result = run_case(case, ctx if r == 0 else later)
-            try:
-                writer.append_samples(case.case_id, result.samples_ms, r)
-                history.append(result)
-                if on_end:
-                    on_end(result)
-                if r == rounds - 1 or (r == 0 and result.status not in ("ok", "inaccurate")) or result.fatal:
-                    row = schema.ResultRow.from_mapping(
-                        combine_rounds([h.row.as_dict() for h in history], [h.samples_ms for h in history]))
-                    writer.append(row, [])
-                    outcome.results.append(CaseResult(row, [x for h in history for x in h.samples_ms],
-                                                      result.fatal))
-            except OSError as exc:  # disk full, directory gone: rows on disk stay valid for --resume
-                outcome.interrupted = True
-                return exc
-            if result.fatal:  # the CUDA context is gone: every later case would fail the same way
-                outcome.device_lost = str(result.row.get("error", ""))
-                return None
+                on_start(case, base + i, total)
+
+        results = executor.run(cases, ctx if r == 0 else later, started, should_stop)
+        finished = 0
+        try:
+            for result in results:
+                finished += 1
+                history = done[str(result.row.case_id)]
+                try:
+                    log.writer.append_samples(str(result.row.case_id), result.samples_ms, r)
+                    log.device(result)
+                    history.append(result)
+                    if log.on_end:
+                        log.on_end(result)
+                    if r == rounds - 1 or (r == 0 and result.status not in ("ok", "inaccurate")) or result.fatal:
+                        row = schema.ResultRow.from_mapping(
+                            combine_rounds([h.row.as_dict() for h in history], [h.samples_ms for h in history]))
+                        log.writer.append(row, [])
+                        log.outcome.results.append(CaseResult(row, [x for h in history for x in h.samples_ms],
+                                                              result.fatal))
+                except OSError as exc:  # disk full, directory gone: rows on disk stay valid for --resume
+                    log.outcome.interrupted = True
+                    return exc
+                if log.lost(result):
+                    return None
+        finally:
+            results.close()  # abandons the cases still in flight (child processes, Ray tasks)
+        step += len(cases)
+        if finished < len(cases):  # should_stop() ended the round early
+            log.outcome.interrupted = True
+            return None
+    return None

@@ -94,3 +94,23 @@ def test_run_and_sweep_give_the_same_case_the_same_key_and_settings(capsys: pyte
     assert meta_run["settings"] == meta_sweep["settings"]
     assert meta_run["settings"]["seed"] == 3 and meta_run["settings"]["budget_s"] == 0.005
     assert meta_run["run"]["cases_sha1"] == meta_sweep["run"]["cases_sha1"]
+
+
+def test_every_measurement_setting_is_one_declared_field_with_a_sweep_flag() -> None:
+    import typer.main
+
+    from mlabench.cli.app import app
+    from mlabench.settings import SweepSettings
+
+    sweep = typer.main.get_command(app).commands["sweep"]  # type: ignore[attr-defined]
+    flags = {opt for p in sweep.params for opt in p.opts}
+    for name in SweepSettings.names():
+        assert SweepSettings.flag(name) in flags, name
+    # Layers resolve in order, each checked once; a bad value names the flag that gave it.
+    resolved = SweepSettings.resolve({"budget_s": 2.0, "rounds": 3}, {"budget_s": 0.25})
+    assert (resolved.budget_s, resolved.rounds, resolved.seed) == (0.25, 3, SweepSettings().seed)
+    assert resolved.as_dict()["budget_s"] == 0.25
+    with pytest.raises(UsageError, match="--rounds: setting 'rounds' must be between 1 and 1000"):
+        SweepSettings.check({"rounds": 0}, SweepSettings.flag("rounds"))
+    with pytest.raises(UsageError, match="min_samples .20. exceeds max_samples .10."):
+        SweepSettings.resolve({"min_samples": 20}, {"max_samples": 10})

@@ -15,9 +15,9 @@ from synthetic_runs import make_rounds_run, make_run
 
 from mlabench import schema
 from mlabench.report.html import write_report
-from mlabench.report.load import load_run
 from mlabench.report.tradeoff import headline_table, pareto_front, tradeoff_chart
 from mlabench.rounds import assemble_rounds, combine_rounds, round_order
+from mlabench.rundir import load_run
 
 GRID: dict[str, Any] = dict(seq_lens=(512, 1024, 4096), ranks=(256, 512), claims=False)
 

@@ -134,7 +134,8 @@ def test_device_scope_makes_the_case_device_current(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(torch.cuda, "device", FakeDevice)
     seen: list[list[int]] = []
 
-    def fake_time_cuda(fn: Any, settings: TimingSettings, deadline: float | None = None) -> Timing:
+    def fake_time_cuda(fn: Any, settings: TimingSettings, deadline: float | None = None,
+                       ranges: Any = None) -> Timing:
         seen.append(list(FakeDevice.current))
         return Timing([1.0], "cuda-cold")
 
@@ -267,7 +268,7 @@ def test_hot_rows_say_whether_they_fit_in_l2(monkeypatch: pytest.MonkeyPatch, ho
     import mlabench.runner as runner
 
     monkeypatch.setattr(runner, "time_step",
-                        lambda fn, device, settings, deadline=None: Timing([1.0, 1.1], "t", 7, hot))
+                        lambda fn, device, settings, deadline=None, ranges=None: Timing([1.0, 1.1], "t", 7, hot))
     monkeypatch.setattr(runner, "l2_cache_bytes", lambda device: l2)
     row = run_case(_case(), RunContext(device=CPU, timing=FAST)).row
     assert row["sample_calls"] == 7 and row.get("fits_l2") is expected
@@ -287,7 +288,7 @@ def test_sticky_cuda_errors_are_recognised() -> None:
 def test_a_sticky_error_marks_the_row_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     import mlabench.runner as runner
 
-    def boom(case: Case, ctx: RunContext, row: dict[str, Any]) -> list[float]:
+    def boom(case: Case, ctx: RunContext, row: dict[str, Any], *_: Any) -> list[float]:
         raise RuntimeError(ILLEGAL)
 
     emptied: list[int] = []
@@ -491,7 +492,7 @@ def test_commit_from_the_environment_without_git(tmp_path: Path, monkeypatch: py
 def test_gpu_baseline_covers_the_plan_and_fits_eight_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     from mlabench.estimate import estimate_sweep
-    from mlabench.sweep import DEFAULT_SETTINGS
+    from mlabench.settings import SweepSettings
 
     suite = load_suite("gpu-baseline")
     cases = expand(suite, "cuda:0", SERVED).cases
@@ -508,7 +509,7 @@ def test_gpu_baseline_covers_the_plan_and_fits_eight_minutes(tmp_path: Path, mon
     claims = [c for c in cases if c.suite == "claims"]
     assert len(claims) == 9
     for graph in (False, True):
-        settings = {**DEFAULT_SETTINGS, **suite.settings, "cuda_graph": graph}
+        settings = SweepSettings.resolve(suite.settings, {"cuda_graph": graph})
         assert estimate_sweep(cases, settings, "cuda", "NVIDIA H100 80GB HBM3").seconds < 8 * 60
     # The dry run prints count and estimate, exits 0 and creates nothing.
     monkeypatch.chdir(tmp_path)

@@ -27,7 +27,7 @@ from cli_run import run_cli
 from synthetic_runs import make_meta, make_run
 
 from mlabench import schema
-from mlabench.results import RunWriter
+from mlabench.rundir import RunWriter
 
 SUITE = """
 name = "hard"

@@ -15,8 +15,7 @@ from mlabench import schema
 from mlabench.backends import apply_options, served_variants
 from mlabench.config import AttentionShape
 from mlabench.errors import UsageError
-from mlabench.report.load import read_results
-from mlabench.results import RunWriter
+from mlabench.rundir import RunWriter, read_results
 from mlabench.suites import Suite, expand
 
 

@@ -16,7 +16,7 @@ from synthetic_runs import make_empty_run, make_meta, make_run, make_single_poin
 from mlabench import schema
 from mlabench.claims import evaluate_claims
 from mlabench.cli.app import main
-from mlabench.report.load import load_run
+from mlabench.rundir import load_run
 
 PLOTLY_BANNER = "* plotly.js v"
 CHARTS = ("chart-tradeoff", "chart-latency", "chart-kv", "chart-speedup", "chart-roofline", "chart-rank")

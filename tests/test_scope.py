@@ -170,7 +170,7 @@ def test_scope_axis_is_validated() -> None:
 
 
 def test_old_results_without_scope_load_as_step(tmp_path: Path) -> None:
-    from mlabench.report.load import read_results
+    from mlabench.rundir import read_results
 
     row = {c: "" for c in schema.COLUMNS if c != "scope"}
     row.update(suite="s", model="tiny", variant="mha", backend="eager", mode="decode", dtype="float32", device="cpu",
@@ -190,8 +190,7 @@ def test_sweep_scope_option_and_labels(tmp_path: Path, capsys: pytest.CaptureFix
     code, _, err = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--scope", "step,core",
                             "--no-probe", "--no-report"], capsys)
     assert code == 0, err
-    from mlabench.report.labels import case_labels
-    from mlabench.report.load import load_run
+    from mlabench.rundir import case_labels, load_run
 
     df = load_run(out).results
     assert sorted(df["scope"]) == ["core", "step"]

@@ -15,6 +15,8 @@ its core mirrors the step's new latent rows into the pool and calls `run`.
 Available where `flashinfer` imports and the GPU is SM80 or newer (its MLA kernels: FA2
 from SM80, FA3 on SM90). Served shapes: d_c = 512, d_r = 64 (DeepSeek), bf16 or fp16.
 Option `flashinfer_backend`: auto | fa2 | fa3 (FlashInfer's own choice by default).
+An FP8 latent cache (`kv_dtype`) is `unsupported`: the wrapper has no reader for DeepSeek's
+FP8 rows with per-token tile scales.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class FlashInferMLACore(PagedLatentCore):
     """A LatentStep -> o_lat through a planned BatchMLAPagedAttentionWrapper on views of the page pool."""
 
     library = "flashinfer"
+    # FlashInfer's MLA wrapper takes ckv and kpe pages of one dtype with at most a per-tensor
+    # scale: it has no reader for per-token tile scales beside the latent.
+    fp8_unsupported = ("BatchMLAPagedAttentionWrapper takes ckv and kpe in one dtype without per-token scales, "
+                       "not DeepSeek's FP8 rows (fp32 scale per 128 latent values, bf16 RoPE key)")
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs, sm_scale: float):
         super().__init__(module, inputs, BLOCK_SIZE)

@@ -16,10 +16,17 @@ call happens in `prepare` too. FlashMLA's causal mask is bottom-right aligned, a
 
 Available only where `flash_mla` imports and the GPU is SM90 (dense BF16 decode is a
 Hopper kernel). Served shapes: d_c = 512, d_r = 64 (DeepSeek), bf16 or fp16.
+
+FP8 cache (`kv_dtype` fp8_e4m3): our stored rows are FlashMLA's FP8 layout (656 bytes: 512
+e4m3, four fp32 scales, 64 bf16), so the pool is paged from them as they are, viewed as
+float8_e4m3fn, and the call adds `is_fp8_kvcache=True`. A flash_mla without that argument,
+or a build that refuses FP8 for dense decode, is `unsupported` with its reason; e5m2 is not
+a FlashMLA format (`unsupported`).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -60,11 +67,14 @@ class FlashMLACore(PagedLatentCore):
 
     library = "flashmla"
     page_sizes = (BLOCK_SIZE,)  # FlashMLA's kernels read 64-token pages only
+    fp8_kv = ("fp8_e4m3",)  # FlashMLA's FP8 cache: 656-byte e4m3 rows
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs, lib: Any):
         super().__init__(module, inputs, BLOCK_SIZE)
         self.lib = lib
-        self.k_cache = self.paged.pool.unsqueeze(2)  # (num_pages, 64, 1, D): FlashMLA's layout, a view
+        self.fp8 = bool(module.shape.kv_dtype)
+        pool = self.paged.pool.view(torch.float8_e4m3fn) if self.fp8 else self.paged.pool  # FP8: uint8 rows
+        self.k_cache = pool.unsqueeze(2)  # (num_pages, 64, 1, D or 656 bytes): FlashMLA's layout, a view
         self.schedule: tuple[Any, Any] | None = None  # (tile_scheduler_metadata, num_splits), once per case
 
     def attend(self, step: LatentStep) -> Tensor:
@@ -80,8 +90,19 @@ class FlashMLACore(PagedLatentCore):
             num_splits,
             softmax_scale=step.scale,
             causal=True,
+            **({"is_fp8_kvcache": True} if self.fp8 else {}),
         )
         return o  # (B, S, H, d_c)
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    """Whether `fn` takes keyword `name` (assumed yes when it has no readable signature: the
+    first call, inside `loading`, then says otherwise)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 @register_backend(
@@ -97,6 +118,8 @@ def prepare_flashmla(module: AttentionVariant, case: Case, inputs: StepInputs) -
     lib, reason = _load_library()
     if lib is None:
         raise UnsupportedError(str(reason))
+    if module.shape.kv_dtype == "fp8_e4m3" and not _accepts(lib.flash_mla_with_kvcache, "is_fp8_kvcache"):
+        raise UnsupportedError("this flash_mla has no FP8 KV cache (flash_mla_with_kvcache takes no is_fp8_kvcache)")
     x, start = inputs.x, inputs.start_pos
     s, h = x.shape[1], module.shape.num_heads
     core = FlashMLACore(module, inputs, lib)

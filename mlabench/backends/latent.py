@@ -8,6 +8,11 @@ on the first call only (so timed calls pay for no checks), with `cache_seqlens` 
 once per case. A kernel's core is then `attend(step)`; paged cores also mirror the step's
 new rows into their pool first (`step`, see paged.py).
 
+An FP8 latent cache (`kv_dtype`, DeepSeek's 656-byte rows at DeepSeek dims) is read as stored
+by a core whose `fp8_kv` lists its format: the module then hands the core its byte rows, not
+a dequantized copy (`MLAAbsorbed.reads_stored_cache`), and the LatentStep says the format.
+Any other core refuses the case as `unsupported` with `fp8_unsupported`.
+
 `first_call_ms` times a backend's first call (kernel JIT compile or load, lazy scheduling):
 that is the row's `compile_ms`, never latency.
 """
@@ -42,10 +47,17 @@ class LatentCore:
     core's inputs in scope "core" (`alone`, which runs `attend`)."""
 
     library = "a fused latent core"  # for messages: the backend's name
+    fp8_kv: tuple[str, ...] = ()  # the FP8 latent formats the kernel reads as stored
+    fp8_unsupported = "its kernel reads the latent in the compute dtype only"  # why not, when empty
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs):
         if not isinstance(module, MLAAbsorbed):
             raise UnsupportedError(f"{self.library} serves mla-absorbed only, not {module.name}")
+        kv_dtype = module.shape.kv_dtype
+        if kv_dtype and kv_dtype not in self.fp8_kv:
+            why = self.fp8_unsupported if not self.fp8_kv else f"it reads {', '.join(self.fp8_kv)} only"
+            raise UnsupportedError(f"{self.library} cannot read an {kv_dtype} latent cache: {why}")
+        module.reads_stored_cache = bool(kv_dtype)
         b, s = inputs.x.shape[:2]
         self.module = module
         lengths = module.step_lengths(b, inputs.start_pos, s)  # ragged: each sequence's own length

@@ -9,6 +9,8 @@ Options (each optional; unset ones get the kernel's defaults, see kernels/NOTES.
 launch knobs `block_h`, `block_n`, `num_warps`, `num_stages` and `num_splits`. The
 configuration that runs - all five values, chosen once per case from its shape - is the
 row's `backend_detail`, e.g. `triton:block_h=16,block_n=32,num_warps=4,num_stages=3,num_splits=8`.
+An FP8 latent cache (`kv_dtype` fp8_e4m3 or fp8_e5m2) is read as stored, DeepSeek's rows of
+FP8 latent, fp32 scales per 128 and bf16 RoPE key, and dequantized in registers.
 Without CUDA the kernel runs only under TRITON_INTERPRET=1 (set before triton is imported),
 which is for tests, not timing.
 """
@@ -50,6 +52,7 @@ class TritonMLACore(LatentCore):
     """A LatentStep -> o_lat via `mla_decode` on the cache tensor itself."""
 
     library = "the triton backend"
+    fp8_kv = ("fp8_e4m3", "fp8_e5m2")  # DeepSeek's FP8 rows, dequantized in registers
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs, knobs: dict[str, int | None]):
         super().__init__(module, inputs)
@@ -62,12 +65,13 @@ class TritonMLACore(LatentCore):
         if self.config is None:
             # Resolved once, so every timed call runs (and the row records) the same launch.
             kv_len = None if table is None else table.shape[1] * step.page_size
-            self.config = mla_decode_config(step.q, kv, **self.knobs, kv_len=kv_len)
+            self.config = mla_decode_config(step.q, kv, **self.knobs, kv_fp8=bool(step.kv_dtype), kv_len=kv_len)
         cfg = self.config
         paged = {} if table is None else {"block_table": table}
         return mla_decode(step.q, kv, step.cache_seqlens, head_dim_v=step.d_c, softmax_scale=step.scale,
                           num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
-                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, **paged)  # (B, S, H, d_c)
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, kv_dtype=step.kv_dtype,
+                          **paged)  # (B, S, H, d_c)
 
 
 @register_backend(

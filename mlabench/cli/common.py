@@ -44,7 +44,19 @@ SdpaKernelOpt = Annotated[str | None, typer.Option(
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write report.html in the run directory.")]
 ProbeOpt = Annotated[bool, typer.Option("--probe/--no-probe", help="Measure roofline peaks first (else spec table).")]
 
-# Measurement settings (`run` and `sweep`); unset ones come from the suite, else sweep.DEFAULT_SETTINGS.
+# Profiling (`run` and `sweep`): after a case's timed samples, never among them (docs/profiling.md).
+ProfileOpt = Annotated[Path | None, typer.Option(
+    "--profile", help="After each case's timed samples, profile a few more steps into DIR: a Perfetto trace "
+                      "(<case_id>.trace.json.gz) and a per-kernel breakdown (<case_id>.breakdown.csv).",
+    show_default=False)]
+MemorySnapshotOpt = Annotated[bool, typer.Option(
+    "--memory-snapshot", help="With --profile: also dump the CUDA allocator's history around the profiled steps "
+                              "(<case_id>.memory.pickle, for pytorch.org/memory_viz); CUDA only.")]
+NvtxOpt = Annotated[bool, typer.Option(
+    "--nvtx", help="NVTX ranges around warm-up, each timed call and each profiled step, for nsys/ncu "
+                   "(CUDA only; the rows are marked profiled).")]
+
+# Measurement settings (`run` and `sweep`); unset ones come from the suite, else settings.SweepSettings.
 BudgetOpt = Annotated[float | None, typer.Option(
     help="Seconds of sampling per case, 0-3600 [default: the suite's, else 0.5; `run`: 1].", show_default=False)]
 WarmupOpt = Annotated[float | None, typer.Option(
@@ -67,21 +79,15 @@ AccuracyOpt = Annotated[bool | None, typer.Option(
 SeedOpt = Annotated[int | None, typer.Option(
     help="Seed for weights and inputs [default: the suite's, else 0].", show_default=False)]
 
-# The command-line flag that sets each measurement setting, for messages.
-SETTING_FLAGS = {"budget_s": "--budget", "warmup_s": "--warmup", "min_samples": "--min-samples",
-                 "max_samples": "--max-samples", "threads": "--threads", "cuda_graph": "--cuda-graph",
-                 "accuracy": "--accuracy", "seed": "--seed", "timeout_s": "--timeout", "rounds": "--rounds"}
-
-
 def flag_settings(given: Mapping[str, Any]) -> dict[str, Any]:
     """The measurement settings given on the command line (None: not given), each checked and
     named by its flag in a refusal."""
-    from mlabench.suites import check_settings
+    from mlabench.settings import SweepSettings
 
     settings: dict[str, Any] = {}
     for key, value in given.items():
         if value is not None:
-            settings.update(check_settings({key: value}, SETTING_FLAGS[key]))
+            settings.update(SweepSettings.check({key: value}, SweepSettings.flag(key)))
     return settings
 
 

@@ -25,7 +25,10 @@ def kv(
     preset: Annotated[str, typer.Option(help="Model preset (see `mlabench list`).")] = "deepseek-v3",
     seq_len: Annotated[int, typer.Option(help="Context length per sequence.")] = 32768,
     batch: Annotated[int, typer.Option(help="Sequences held at once.")] = 1,
-    dtype: Annotated[str, typer.Option(help="Cache dtype.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="Compute dtype (the cache's too unless --kv-dtype says otherwise).")] = \
+        "bfloat16",
+    kv_dtype: Annotated[str, typer.Option(help="What the cache stores: auto (the compute dtype), fp8_e4m3 or "
+                                               "fp8_e5m2 (scales counted; the table says their layout).")] = "auto",
     memory: Annotated[str | None, typer.Option(help="Memory budget for the cache, e.g. 80GiB: prints the longest "
                                                     "context that fits.", show_default=False)] = None,
     variant: Annotated[str | None, typer.Option(help="Comma-separated variants [default: all the preset can run].",
@@ -35,7 +38,7 @@ def kv(
 ) -> None:
     """KV-cache bytes per token per layer, per token for the whole model, for the batch, per variant."""
     from mlabench import analytic
-    from mlabench.config import ShapeError, canonical_dtype, from_name
+    from mlabench.config import ShapeError, canonical_dtype, canonical_kv_dtype, from_name
     from mlabench.variants import VARIANT_CLASSES, shape_for_variant
 
     if seq_len <= 0 or batch <= 0:
@@ -46,7 +49,15 @@ def kv(
             raise UsageError(f"--set {key}: give one value")
         fields[key] = values[0]
     try:
-        shape = from_name(preset, dtype=canonical_dtype(dtype), **fields)
+        compute = canonical_dtype(dtype)
+    except ShapeError as exc:
+        raise UsageError(f"--dtype: {exc}") from None
+    try:
+        cache = canonical_kv_dtype(kv_dtype, compute)
+    except ShapeError as exc:
+        raise UsageError(f"--kv-dtype: {exc}") from None
+    try:
+        shape = from_name(preset, dtype=compute, kv_dtype=cache, **fields)
     except ShapeError as exc:
         raise UsageError(str(exc) if exc.field != "model" else f"--preset: {exc}") from None
     budget = parse_bytes("--memory", memory) if memory else None
@@ -70,22 +81,25 @@ def kv(
         if not variant and any(other == sh and (issubclass(c, cls) or issubclass(cls, c)) for c, other in shown):
             continue  # the same shape as a special case of itself: gqa with G = H is mha
         shown.append((cls, sh))
-        per_layer = analytic.kv_cache_bytes(name, sh, 1, 1)
+        per_layer = analytic.kv_bytes_per_token(name, sh)
         per_token = per_layer * sh.num_layers
-        total = per_token * batch * seq_len
+        fixed = cls.kv_fixed_bytes(sh) * sh.num_layers  # per-tensor FP8 scales: per layer, not per token
+        total = analytic.kv_cache_bytes(name, sh, batch, seq_len, layers=sh.num_layers)
         row = {"variant": name, "family": VARIANT_CLASSES[name].family,
                "num_kv_heads": sh.kv_heads if VARIANT_CLASSES[name].family == "gqa" else None,
-               "bytes_per_token_per_layer": per_layer, "bytes_per_token": per_token, "batch_bytes": total}
+               "bytes_per_token_per_layer": per_layer, "bytes_per_token": per_token, "batch_bytes": total,
+               "scale_bytes": fixed, "scales": cls.kv_scale_layout(sh) or None}
         if budget is not None:
             row["fits"] = total <= budget
-            row["max_seq_len"] = budget // (per_token * batch)
+            row["max_seq_len"] = max(budget - fixed, 0) // (per_token * batch)
         rows.append(row)
-    doc = {"preset": preset, "dtype": shape.dtype, "layers": shape.num_layers, "batch": batch, "seq_len": seq_len,
-           "memory_bytes": budget, "variants": rows}
+    doc = {"preset": preset, "dtype": shape.dtype, "kv_dtype": shape.cache_dtype, "layers": shape.num_layers,
+           "batch": batch, "seq_len": seq_len, "memory_bytes": budget, "variants": rows}
     if as_json:
         print_json(doc)
         return
-    table = Table(title=f"{preset}: KV cache, {shape.dtype}, {shape.num_layers} layers, batch {batch} x "
+    what = shape.dtype if not shape.kv_quantized else f"{shape.kv_dtype} (compute {shape.dtype})"
+    table = Table(title=f"{preset}: KV cache, {what}, {shape.num_layers} layers, batch {batch} x "
                         f"{seq_len} tokens" + (f", budget {human_bytes(budget)}" if budget else ""),
                   title_justify="left", header_style="bold")
     for col in ("variant", "per token per layer", "per token (model)", f"batch x {seq_len}"):
@@ -100,6 +114,14 @@ def kv(
         if budget is not None:
             cells += ["[green]yes[/]" if r["fits"] else "[red]no[/]", f"{r['max_seq_len']:,}"]
         table.add_row(*cells)
+    layouts: dict[str, list[str]] = {}
+    for r in rows:  # the scale layout is part of the figures: say what was counted, once per layout
+        if r["scales"]:
+            extra = f" ({r['scale_bytes'] // shape.num_layers:,} B per layer, in the batch column)" \
+                if r["scale_bytes"] else " (in every column)"
+            layouts.setdefault(r["scales"] + extra, []).append(r["variant"])
+    table.caption = "; ".join(f"{', '.join(names)}: {text}" for text, names in layouts.items()) or None
+    table.caption_justify = "left"
     out_console.print(table)
     if budget is not None:
         err_console.print("[dim]budget counts the KV cache only (no weights or activations)[/]")

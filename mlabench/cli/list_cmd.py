@@ -25,7 +25,8 @@ def list_(
     doc: dict[str, Any] = {
         "device": str(dev),
         "variants": [{"name": n, "family": cls.family, "caches": cls.caches,
-                      "elements_per_token_per_layer": cls.cache_formula, "decode": cls.supports_decode}
+                      "elements_per_token_per_layer": cls.cache_formula, "decode": cls.supports_decode,
+                      "fp8_cache": cls.fp8_cache}
                      for n, cls in VARIANT_CLASSES.items()],
         "backends": [],
         "suites": [],
@@ -56,10 +57,11 @@ def list_(
 
 def _render(doc: dict[str, Any]) -> None:
     t = Table(title="variants", title_justify="left", header_style="bold")
-    for col in ("name", "caches", "elements / token / layer", "decode"):
-        t.add_column(col)
+    for col in ("name", "caches", "elements / token / layer", "decode", "FP8 cache (kv_dtype fp8_e4m3, fp8_e5m2)"):
+        t.add_column(col, overflow="fold")
     for v in doc["variants"]:
-        t.add_row(v["name"], v["caches"], v["elements_per_token_per_layer"], "yes" if v["decode"] else "no")
+        t.add_row(v["name"], v["caches"], v["elements_per_token_per_layer"], "yes" if v["decode"] else "no",
+                  v["fp8_cache"])
     out_console.print(t)
     t = Table(title=f"backends on {doc['device']}", title_justify="left", header_style="bold")
     for col in ("name", "available", "modes", "serves", "options (--option NAME=VALUE)", "description / reason"):

@@ -22,9 +22,12 @@ from mlabench.cli.common import (
     DeviceOpt,
     JsonOpt,
     MaxSamplesOpt,
+    MemorySnapshotOpt,
     MinSamplesOpt,
+    NvtxOpt,
     OptionOpt,
     ProbeOpt,
+    ProfileOpt,
     SdpaKernelOpt,
     SeedOpt,
     SetOpt,
@@ -75,12 +78,17 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Also record the case in this run directory (results.csv, "
                                                   "samples, meta.json) [default: write nothing].",
                                              show_default=False)] = None,
+    profile: ProfileOpt = None,
+    memory_snapshot: MemorySnapshotOpt = False,
+    nvtx: NvtxOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a single case and print it."""
     from mlabench import schema
     from mlabench.backends import served_variants
+    from mlabench.cli.profile_view import announce_profile, print_profile
     from mlabench.measure.envinfo import resolve_device
+    from mlabench.profiling.request import build_request, check_request
     from mlabench.runner import run_case
     from mlabench.suites import Suite
     from mlabench.sweep import Overrides, plan_sweep, run_context, run_sweep
@@ -90,6 +98,7 @@ def run(
                               "max_samples": max_samples, "threads": threads, "cuda_graph": cuda_graph,
                               "accuracy": accuracy, "seed": seed, "timeout_s": timeout})
     options = parse_options(option, {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel})
+    request = build_request(profile, None, memory_snapshot, nvtx)
     dev = resolve_device(device)
     shape_axes = parse_assignments(assignments)
     for key, values in shape_axes.items():
@@ -108,11 +117,13 @@ def run(
                   settings=RUN_SETTINGS)
     plan = plan_sweep(suite, dev, Overrides(settings=settings, options=options), out)
     (case,) = plan.cases  # one value per axis: one case
+    check_request(request, plan.cases)
     err_console.print(f"measuring {case.label()} on {dev}")
+    announce_profile(request, dev.type, err_console)
     if out is None:
-        result = run_case(case, run_context(plan, probe))
+        result = run_case(case, run_context(plan, probe, request))
     else:
-        results = run_sweep(plan, resume=False, probe=probe).results
+        results = run_sweep(plan, resume=False, probe=probe, profile=request).results
         if not results:  # Ctrl-C during the case: nothing measured, nothing to print
             raise typer.Exit(130)
         result = results[0]
@@ -124,5 +135,7 @@ def run(
             if v is not None and v != "":
                 table.add_row(f"[bold]{k}[/]", f"{v:.6g}" if isinstance(v, float) else str(v))
         out_console.print(table)
+    if result.profile is not None:  # stderr under --json, which owns stdout
+        print_profile(result.profile, err_console if as_json else out_console)
     if result.status in schema.FAILED_STATUSES:
         raise typer.Exit(1)

@@ -17,7 +17,7 @@ def _ms(v: Any) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
-KEY_COLUMNS = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype")
+KEY_COLUMNS = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "kv_dtype")
 
 
 def rows_table(rows: list[dict[str, Any]]) -> tuple[Table, list[str]]:

@@ -23,9 +23,12 @@ from mlabench.cli.common import (
     DeviceOpt,
     JsonOpt,
     MaxSamplesOpt,
+    MemorySnapshotOpt,
     MinSamplesOpt,
+    NvtxOpt,
     OptionOpt,
     ProbeOpt,
+    ProfileOpt,
     ReportOpt,
     SdpaKernelOpt,
     SeedOpt,
@@ -76,7 +79,8 @@ def sweep(
                                              show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume",
                                          help="Continue the run in --out, skipping finished cases.")] = False,
-    shard: Annotated[str | None, typer.Option(help="Run the K-th of N deterministic slices of the grid, e.g. 2/4.",
+    shard: Annotated[str | None, typer.Option(help="Run the K-th of N deterministic slices of the grid, e.g. 2/4; "
+                                                   "auto: this Slurm array task's slice.",
                                               show_default=False)] = None,
     model: Annotated[str | None, _axis("Model presets (see `mlabench list`)")] = None,
     variant: Annotated[str | None, _axis("Attention variants, e.g. mha,mla-absorbed")] = None,
@@ -109,14 +113,35 @@ def sweep(
     rounds: Annotated[int | None, typer.Option(help="Run the case list this many times, each round in its own "
                                                "seeded order; compare tests on the rounds [default: the suite's, "
                                                "else 1].", show_default=False)] = None,
+    profile: ProfileOpt = None,
+    profile_match: Annotated[list[str] | None, typer.Option(
+        help="With --profile: profile only the cases matching FIELD=VALUE[,FIELD=VALUE...] (key columns, e.g. "
+             "'variant=mla-absorbed,backend=triton'; repeatable: any may match) [default: every case].",
+        show_default=False)] = None,
+    memory_snapshot: MemorySnapshotOpt = False,
+    nvtx: NvtxOpt = False,
     probe: ProbeOpt = True,
     report: ReportOpt = True,
     as_json: JsonOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the case count and an estimated run time, "
                                                             "then exit; nothing runs, no run directory.")] = False,
+    isolate: Annotated[bool, typer.Option("--isolate", help="Run each case in a fresh child process: a crash or "
+                                                            "a hang becomes that case's row.")] = False,
+    executor: Annotated[str | None, typer.Option(help="Where cases run: local (this process), isolate (a child "
+                                                      "process per case) or ray (a Ray task per case, one GPU "
+                                                      "each) [default: local].", show_default=False)] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to use with --executor ray [default: start "
+                                                         "a local Ray instance].", show_default=False)] = None,
+    ray_accelerator: Annotated[str | None, typer.Option(help="With --executor ray: run every case on GPUs of this "
+                                                             "kind only, as Ray names it (e.g. H100, H200).",
+                                                        show_default=False)] = None,
 ) -> None:
     """Sweep a suite's grid (sequence length, batch, latent rank, ...) and record every case."""
+    from mlabench.cli.profile_view import announce_profile
+    from mlabench.executors import choose_executor, make_executor
+    from mlabench.executors.slurm import slurm_shard
     from mlabench.measure.envinfo import resolve_device
+    from mlabench.profiling.request import build_request, check_request
     from mlabench.suites import load_suite, parse_shard
     from mlabench.sweep import Overrides, open_run, plan_sweep
 
@@ -125,18 +150,41 @@ def sweep(
     settings = flag_settings({"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples,
                               "max_samples": max_samples, "threads": threads, "cuda_graph": cuda_graph,
                               "accuracy": accuracy, "seed": seed, "timeout_s": timeout, "rounds": rounds})
-    shard_spec = parse_shard(shard) if shard else None
+    executor = choose_executor(executor, isolate, ray_address, ray_accelerator)
+    shard_spec = (slurm_shard() if shard == "auto" else parse_shard(shard)) if shard else None
     suite_obj = load_suite(suite)
-    dev = _dry_run_device(device) if dry_run else resolve_device(device)
     axes = axis_overrides({"model": model, "variant": variant, "backend": backend, "mode": mode, "batch": batch,
                            "seq_len": seq_len, "q_len": q_len, "dtype": dtype, "kv_lora_rank": kv_lora_rank,
                            "num_kv_heads": num_kv_heads, "scope": scope}, assignments)
     options = parse_options(option, {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel})
-    plan = plan_sweep(suite_obj, dev, Overrides(axes, settings, options), out, shard_spec)
-    if dry_run:
-        _print_estimate(plan, as_json)
-        return
-    opened = open_run(plan, resume)  # locks and checks the directory: the last refusal comes before any output
+    request = build_request(profile, profile_match, memory_snapshot, nvtx)
+    runner: Any = None
+    if executor == "ray" and not dry_run:
+        from mlabench.executors.ray_exec import RayExecutor
+
+        runner = RayExecutor.connect(ray_address, ray_accelerator)
+        try:
+            dev = runner.resolve_device(device)  # the cluster's devices, not this machine's, decide --device
+        except BaseException:
+            runner.close()  # a local Ray instance started for this run
+            raise
+    else:
+        dev = _dry_run_device(device) if dry_run else resolve_device(device)
+    try:
+        plan = plan_sweep(suite_obj, dev, Overrides(axes, settings, options), out, shard_spec)
+        check_request(request, plan.cases)
+        if dry_run:
+            _print_estimate(plan, as_json)
+            return
+        if runner is None:
+            runner = make_executor(executor)
+        else:
+            runner.describe(plan, probe)  # one task on a worker: the fingerprint and peaks of the cases' device
+        # Locks and checks the directory: the last refusal comes before any output.
+        opened = open_run(plan, resume, getattr(runner, "device_meta", None))
+    except BaseException:
+        getattr(runner, "close", lambda: None)()  # a local Ray instance started for this run
+        raise
 
     err_console.print(f"[bold]mlabench sweep[/] suite [cyan]{plan.suite.name}[/] on [cyan]{dev}[/]: "
                       f"{len(plan.cases)} cases -> {plan.out_dir}", soft_wrap=True)
@@ -145,13 +193,17 @@ def sweep(
         shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else "")
         err_console.print(f"[dim]{len(plan.dropped)} grid combination(s) dropped as invalid: {shown}[/]",
                           soft_wrap=True, markup=True)
+    announce_profile(request, dev.type, err_console)
     for line in plan.merged[:5]:  # an axis that does not apply must say so, not vanish
         err_console.print(f"  merged: {line}", highlight=False, soft_wrap=True)
     if len(plan.merged) > 5:
         err_console.print(f"  ... {len(plan.merged) - 5} more grid points merged the same way")
     stopper = _Stopper()
     with stopper:
-        outcome = _run_with_progress(plan, resume, probe, stopper, opened)
+        try:
+            outcome = _run_with_progress(plan, resume, probe, stopper, opened, request, runner)
+        finally:
+            getattr(runner, "close", lambda: None)()
         report_path = None
         if report:
             stopper.in_report = True
@@ -211,7 +263,7 @@ def _print_estimate(plan: Any, as_json: bool) -> None:
     if as_json:
         print_json({"suite": plan.suite.name, "device": str(dev), **est.as_dict()})
         return
-    mode = "CUDA-graph (hot)" if plan.settings.get("cuda_graph") else "cold"
+    mode = "CUDA-graph (hot)" if plan.settings.cuda_graph else "cold"
     out_console.print(f"{plan.suite.name} on {dev}: {est.cases} cases, estimated {est.seconds / 60:.1f} min "
                       f"({est.seconds:.0f} s; {mode} timing, assuming {est.device})")
     for backend, seconds in sorted(est.by_backend.items(), key=lambda kv: -kv[1]):
@@ -257,7 +309,8 @@ class _Stopper:
             signal.signal(sig, handler)
 
 
-def _run_with_progress(plan: Any, resume: bool, probe: bool, stopper: _Stopper, opened: Any) -> Any:
+def _run_with_progress(plan: Any, resume: bool, probe: bool, stopper: _Stopper, opened: Any,
+                       request: Any = None, runner: Any = None) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -267,6 +320,7 @@ def _run_with_progress(plan: Any, resume: bool, probe: bool, stopper: _Stopper, 
         TimeRemainingColumn,
     )
 
+    from mlabench.cli.profile_view import print_profile
     from mlabench.sweep import run_sweep
 
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -274,18 +328,27 @@ def _run_with_progress(plan: Any, resume: bool, probe: bool, stopper: _Stopper, 
     with Progress(*columns, console=err_console) as bar:
         task = bar.add_task("sweep", total=None, case="probing peaks")
 
+        # Several cases may be in flight (Ray workers): count them, and count completions (not
+        # starts) on the bar, so its rate and ETA are the whole cluster's.
+        running = [0]
+
         def on_start(case: Any, i: int, n: int) -> None:
+            running[0] += 1
             stopper.in_case = True
-            bar.update(task, total=n, completed=i, case=case.label())
+            more = f" (+{running[0] - 1} running)" if running[0] > 1 else ""
+            bar.update(task, total=n, completed=i, case=case.label() + more)
 
         def on_end(result: Any) -> None:
-            stopper.in_case = False
+            running[0] = max(0, running[0] - 1)
+            stopper.in_case = running[0] > 0
             bar.advance(task)
             if result.status not in ("ok", "skipped", "unsupported"):
                 bar.console.print(f"  [red]{result.status}[/] {result.row['variant']}/{result.row['backend']} "
                                   f"{result.row['mode']} b={result.row['batch']} T={result.row['seq_len']}: "
                                   f"{result.row.get('error', '')}")
+            if result.profile is not None:
+                print_profile(result.profile, bar.console)
 
-        outcome = run_sweep(plan, resume, probe, on_start, on_end, lambda: stopper.requested, opened)
+        outcome = run_sweep(plan, resume, probe, on_start, on_end, lambda: stopper.requested, opened, request, runner)
         bar.update(task, case="done")
     return outcome

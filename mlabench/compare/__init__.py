@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlabench.compare.gate import CaseResult, Comparison, GateSettings, compare_runs
-from mlabench.report.load import load_run
+from mlabench.rundir import load_run
 
 __all__ = ["CaseResult", "Comparison", "GateSettings", "compare_paths", "compare_runs"]
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import NotComparableError
-from mlabench.report.load import RunData, join_ids
+from mlabench.rundir import RunData, join_ids, key_frame
 
 # Fields that make timings incomparable, and fields only worth a note.
 BLOCKING_META: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -45,12 +45,28 @@ def _get(meta: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+def device_kinds(run: RunData) -> list[str]:
+    """The device kinds a run's cases ran on: meta.json's `devices` and the rows' `device_name`
+    (rows written before that column have none)."""
+    kinds = {str(k) for k in ((run.meta or {}).get("devices") or {})}
+    if "device_name" in run.results.columns:
+        kinds |= {str(v) for v in run.results["device_name"].dropna() if str(v).strip()}
+    return sorted(kinds)
+
+
 def check_environment(base: RunData, cand: RunData, allow: bool) -> list[str]:
     """Raise on a different device or torch; return notes for everything else that changed."""
     notes: list[str] = []
     for run, side in ((base, "baseline"), (cand, "candidate")):
         if not run.meta:
             notes.append(f"{side} has no {schema.META_JSON}: device and torch not checked")
+    for run, side in ((base, "baseline"), (cand, "candidate")):
+        kinds = device_kinds(run)
+        if len(kinds) > 1:  # a cluster sweep over mixed GPUs: its timings are not of one device
+            text = f"{side} ran on mixed device kinds ({', '.join(kinds)}); compare one kind at a time"
+            if not allow:
+                raise NotComparableError(f"{text} {HINT}")
+            notes.append(text)
     if not (base.meta and cand.meta):
         return notes
     for name, path in BLOCKING_META + NOTED_META:
@@ -77,6 +93,27 @@ def check_timing(base: RunData, cand: RunData, allow: bool) -> list[str]:
     if not bm or not cm or bm == cm:
         return []
     text = f"timing mode differs: baseline {'/'.join(sorted(bm))}, candidate {'/'.join(sorted(cm))}"
+    if not allow:
+        raise NotComparableError(f"{text} {HINT}")
+    return [text]
+
+
+def profiled_cases(run: RunData) -> set[str]:
+    """Join ids of the run's rows marked `profiled` (runs written before the column have none)."""
+    if "profiled" not in run.results.columns:
+        return set()
+    flags = pd.to_numeric(run.results["profiled"], errors="coerce").fillna(0)
+    return set(join_ids(key_frame(run.results[flags == 1])))
+
+
+def check_profiled(base: RunData, cand: RunData, allow: bool) -> list[str]:
+    """Raise when a case was profiled on one side only: NVTX ranges wrap a profiled case's timed
+    calls, so its latency is not the unprofiled code's, however small the difference."""
+    bp, cp = profiled_cases(base), profiled_cases(cand)
+    if bp == cp:
+        return []
+    text = (f"profiling differs: {len(bp - cp)} case(s) profiled in the baseline only, {len(cp - bp)} in the "
+            "candidate only (a profiled run is not gated against an unprofiled one)")
     if not allow:
         raise NotComparableError(f"{text} {HINT}")
     return [text]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -29,10 +29,9 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.compare import stats
-from mlabench.compare.env import check_environment, check_keys, check_timing, drift_join_columns
+from mlabench.compare.env import check_environment, check_keys, check_profiled, check_timing, drift_join_columns
 from mlabench.errors import UsageError
-from mlabench.report.labels import case_labels
-from mlabench.report.load import RunData, join_ids, key_frame, normalize_key_value
+from mlabench.rundir import RunData, case_labels, join_ids, key_frame
 
 Verdict = Literal[
     "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "underpowered", "improved",
@@ -234,6 +233,7 @@ def _join(base: RunData, cand: RunData, settings: GateSettings) -> _Joined:
             raise UsageError(f"{run.results_path}: has no rows; nothing to compare")
     notes = check_environment(base, cand, settings.allow_env_change)
     notes += check_timing(base, cand, settings.allow_env_change)
+    notes += check_profiled(base, cand, settings.allow_env_change)
     bk, ck = key_frame(base.results), key_frame(cand.results)
     notes += check_keys(bk, ck, settings.allow_env_change)
     ignored = drift_join_columns(bk, ck) if settings.allow_env_change else ()
@@ -257,68 +257,75 @@ def _join(base: RunData, cand: RunData, settings: GateSettings) -> _Joined:
     return _Joined(b_rows, c_rows, order, labels, tuple(ignored), notes)
 
 
-def _untimed_entry(br: dict[str, Any] | None, cr: dict[str, Any] | None, ignored: tuple[str, ...],
-                   entry: dict[str, Any]) -> bool:
-    """Fill what a case gets without timing statistics; True when its verdict is already final."""
+def _from_rows(case: CaseResult, br: dict[str, Any] | None, cr: dict[str, Any] | None,
+               ignored: tuple[str, ...]) -> tuple[CaseResult, tuple[str, ...], bool]:
+    """The case as its two rows alone judge it, the exact-metric changes to apply last
+    (`_finish`), and whether it still needs a timing verdict."""
     if br is None or cr is None:
-        row = cr if br is None else br
-        assert row is not None
-        entry["verdict"] = "only-candidate" if br is None else "only-baseline"
-        entry["cand_status" if br is None else "base_status"] = str(row["status"])
-        entry["notes"].append("new in the candidate" if br is None else "missing from the candidate")
-        return True
-    entry.update(base_status=str(br["status"]), cand_status=str(cr["status"]),
-                 base_ms=_finite(br["latency_ms"]), cand_ms=_finite(cr["latency_ms"]))
+        if br is None:
+            assert cr is not None
+            return replace(case, verdict="only-candidate", cand_status=str(cr["status"]),
+                           notes=("new in the candidate",)), (), False
+        return replace(case, verdict="only-baseline", base_status=str(br["status"]),
+                       notes=("missing from the candidate",)), (), False
+    case = replace(case, base_status=str(br["status"]), cand_status=str(cr["status"]),
+                   base_ms=_finite(br["latency_ms"]), cand_ms=_finite(cr["latency_ms"]))
+    notes: list[str] = []
     exact = _exact_changes(br, cr)
     if exact and ignored:
-        entry["notes"].extend(f"{n} (not failed: {', '.join(ignored)} differ)" for n in exact)
+        notes.extend(f"{n} (not failed: {', '.join(ignored)} differ)" for n in exact)
         exact = []
-    entry["exact"] = exact
     status = _status_verdict(str(br["status"]), str(cr["status"]), str(cr["error"]))
     if status is not None:
-        entry["verdict"], note = status
-        entry["notes"].append(note)
-        return True
+        verdict, note = status
+        return replace(case, verdict=verdict, notes=(*notes, note)), tuple(exact), False
     rb, rc = _finite(br.get("rel_err")), _finite(cr.get("rel_err"))
     if rb and rc and rc > REL_ERR_GROWTH * rb:
-        entry["notes"].append(f"rel_err grew {rc / rb:.0f}x ({rb:.1e} -> {rc:.1e}), still within tolerance")
-    return False
+        notes.append(f"rel_err grew {rc / rb:.0f}x ({rb:.1e} -> {rc:.1e}), still within tolerance")
+    return replace(case, notes=tuple(notes)), tuple(exact), True
 
 
-def _finish(entry: dict[str, Any]) -> CaseResult:
+def _timed(case: CaseResult, result: stats.TimeResult) -> CaseResult:
+    """The case with its timing verdict and statistics."""
+    s = result.stats
+    return replace(case, verdict=result.verdict, base_ms=s.base_median, cand_ms=s.cand_median,
+                   ratio=s.ratio if math.isfinite(s.ratio) else None, ci_low=s.ci_low, ci_high=s.ci_high,
+                   p_value=result.p_adjusted, n_base=s.n_base, n_cand=s.n_cand, rounds_base=s.rounds_base,
+                   rounds_cand=s.rounds_cand, method=s.method,
+                   detectable=result.detectable if math.isfinite(result.detectable) else None,
+                   notes=((result.note,) if result.note else ()) + case.notes)
+
+
+def _finish(case: CaseResult, exact: tuple[str, ...]) -> CaseResult:
     """Exact-metric changes override a same/improved/inconclusive time verdict."""
-    exact = entry.pop("exact", [])
-    if exact:
-        entry["notes"].extend(exact)
-        if entry["verdict"] != "regressed":
-            entry["verdict"] = "changed"
-    if entry.get("ratio") is None and entry.get("base_ms") and entry.get("cand_ms"):
-        entry["ratio"] = entry["cand_ms"] / entry["base_ms"]
-    entry["notes"] = tuple(entry["notes"])
-    return CaseResult(**entry)
+    verdict = "changed" if exact and case.verdict != "regressed" else case.verdict
+    ratio = case.ratio
+    if ratio is None and case.base_ms and case.cand_ms:
+        ratio = case.cand_ms / case.base_ms
+    return replace(case, verdict=verdict, ratio=ratio, notes=case.notes + exact)
 
 
 def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Comparison:
     """Join two runs on their case key and judge every case."""
     joined = _join(base, cand, settings)
     base_samples, cand_samples = _sample_map(base), _sample_map(cand)
-    entries: dict[str, dict[str, Any]] = {}
+    judged: dict[str, CaseResult] = {}
+    exact: dict[str, tuple[str, ...]] = {}
     timed: list[str] = []
     pairs: list[tuple[_CaseSamples | None, _CaseSamples | None, float, float]] = []
     for jid in joined.order:
         br, cr = joined.base.get(jid), joined.cand.get(jid)
         row = cr or br
         assert row is not None
-        entries[jid] = entry = dict(
-            case_id=str(row["case_id"]), label=joined.labels[jid],
-            key={k: normalize_key_value(row[k]) for k in schema.KEY_COLUMNS}, notes=[],
-        )
-        if _untimed_entry(br, cr, joined.ignored, entry):
+        case = CaseResult(case_id=str(row["case_id"]), label=joined.labels[jid], verdict="not-timed",
+                          key={k: schema.normalize_key_value(row[k]) for k in schema.KEY_COLUMNS})
+        judged[jid], exact[jid], needs_timing = _from_rows(case, br, cr, joined.ignored)
+        if not needs_timing:
             continue
         assert br is not None and cr is not None
         timed.append(jid)
         pairs.append((base_samples.get(str(br["case_id"])), cand_samples.get(str(cr["case_id"])),
-                      entry["base_ms"] or math.nan, entry["cand_ms"] or math.nan))
+                      judged[jid].base_ms or math.nan, judged[jid].cand_ms or math.nan))
 
     # Rounds where both sides have them; samples otherwise. One Holm family for all.
     paired = _ab_job(base) is not None and _ab_job(base) == _ab_job(cand)
@@ -344,19 +351,12 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
     all_stats = [st for st in time_stats if st is not None]
     verdicts = stats.judge(all_stats, settings.threshold, settings.alpha)
     for jid, result in zip(timed, verdicts, strict=True):
-        s = result.stats
-        entries[jid].update(verdict=result.verdict, base_ms=s.base_median, cand_ms=s.cand_median,
-                            ratio=s.ratio if math.isfinite(s.ratio) else None, ci_low=s.ci_low, ci_high=s.ci_high,
-                            p_value=result.p_adjusted, n_base=s.n_base, n_cand=s.n_cand, rounds_base=s.rounds_base,
-                            rounds_cand=s.rounds_cand, method=s.method,
-                            detectable=result.detectable if math.isfinite(result.detectable) else None)
-        if result.note:
-            entries[jid]["notes"].insert(0, result.note)
+        judged[jid] = _timed(judged[jid], result)
     methods = {s.method for s in all_stats if s.has_test}
     evidence = "none" if not methods else methods.pop() if len(methods) == 1 else "mixed"
 
     # Worst first: by verdict, then the biggest change in that verdict's direction.
-    cases = sorted((_finish(e) for e in entries.values()), key=lambda r: (
+    cases = sorted((_finish(judged[j], exact[j]) for j in joined.order), key=lambda r: (
         SEVERITY.index(r.verdict), (r.ratio or 1.0) if r.verdict == "improved" else -(r.ratio or 0.0), r.label))
     missing = sum(c.verdict == "only-baseline" for c in cases)
     if missing:  # always shown, whether or not it fails the gate

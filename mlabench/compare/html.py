@@ -13,11 +13,10 @@ from html import escape
 
 import plotly.graph_objects as go
 import plotly.io as pio
-from plotly.offline import get_plotlyjs
 
+from mlabench import htmlpage
 from mlabench.compare import render
 from mlabench.compare.gate import SEVERITY, Comparison
-from mlabench.report.html import CSS, PLOT_CONFIG
 
 VERDICT_COLOR = {
     "regressed": "#cf222e", "changed": "#cf222e", "inconclusive": "#bf8700", "only-baseline": "#bf8700",
@@ -78,17 +77,14 @@ def render_html(cmp: Comparison) -> str:
     line = render.summary(cmp)
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in cmp.env_notes)
     fig = ratio_figure(cmp)
-    chart = (pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="chart-ratio", config=PLOT_CONFIG,
-                         default_width="100%") if fig is not None else '<p class="empty">No timed case to plot.</p>')
+    chart = (pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="chart-ratio",
+                         config=htmlpage.PLOT_CONFIG, default_width="100%")
+             if fig is not None else '<p class="empty">No timed case to plot.</p>')
     color = "#1a7f37" if cmp.passed else "#cf222e"
     title = "mlabench compare"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title}</title>"
-        f"<style>{CSS}</style>"
-        "<script type=\"text/javascript\">window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
-        f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body><main>"
-        f"<h1>{title}</h1><p class=\"sub\">{escape(cmp.baseline)} &rarr; {escape(cmp.candidate)}</p>"
+        htmlpage.head(title)
+        + f"<h1>{title}</h1><p class=\"sub\">{escape(cmp.baseline)} &rarr; {escape(cmp.candidate)}</p>"
         f'<section id="sec-verdict"><h2 style="color:{color}">{escape(line)}</h2>'
         f'<p class="desc">Method: {escape(cmp.method)}.</p>{notes}</section>'
         '<section id="sec-ratio"><h2>Change per case</h2><p class="desc">Candidate / baseline latency with its '

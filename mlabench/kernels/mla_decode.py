@@ -21,6 +21,13 @@ Two kernels:
   a single split, the final output directly).
 * ``_mla_decode_combine_kernel``: merges the splits with the standard LSE-weighted sum.
 
+FP8 cache (``kv_dtype``): the cache is DeepSeek's FP8 latent layout, a uint8 tensor of rows
+[d_c FP8 | one fp32 scale per 128 latent values | d_r bf16] (``variants/kvquant.py``); the
+split kernel loads the FP8 bytes, converts them in registers, multiplies each 128-column tile
+by its scale, and rounds the result to q's dtype for the MMAs (exact: an FP8 value times a
+power of two fits bf16). Scales and RoPE values are read through float32 and bf16 views of
+the same storage, so nothing is copied.
+
 The module imports without triton; ``mla_decode`` then raises ``RuntimeError``.
 """
 
@@ -46,6 +53,9 @@ __all__ = ["HAS_TRITON", "LaunchConfig", "mla_decode", "mla_decode_config", "tri
 _LOG2E = 1.4426950408889634
 # CUDA caps gridDim.x at 2^31 - 1; the split kernel's grid is one-dimensional.
 _MAX_GRID = 2**31 - 1
+# FP8 cache formats -> the split kernel's KV_FP8 code; latent columns per scale.
+FP8_CODES = {"fp8_e4m3": 1, "fp8_e5m2": 2}
+_SCALE_TILE = 128
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
@@ -65,10 +75,12 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 if HAS_TRITON:
     @triton.jit
     def _mla_decode_split_kernel(
-        Q, KV, SEQLENS, O_PART, LSE_PART, OUT,
+        Q, KV, KV_SCALE, KV_PE, SEQLENS, O_PART, LSE_PART, OUT,
         BLOCK_TABLE,  # paged: (B, max pages) int32 page ids; unused when PAGE_SIZE == 0
         stride_qb, stride_qs, stride_qh,
         stride_kvb, stride_kvt,  # paged: KV is the pool, stride_kvb its page stride
+        stride_scb, stride_sct,  # FP8 only: the fp32 scales view (B or pages, T or page, tiles)
+        stride_peb, stride_pet,  # FP8 only: the bf16 RoPE view (B or pages, T or page, d_r)
         stride_btb,
         stride_opb, stride_opr, stride_ops,
         stride_lb, stride_lr,
@@ -85,6 +97,9 @@ if HAS_TRITON:
         # bf16 tiles are widened to fp32 (exact) before each dot. Always False when compiled.
         UPCAST_DOT: tl.constexpr,
         PAGE_SIZE: tl.constexpr = 0,  # 0: a contiguous (B, T_max, D) cache; else tokens per page
+        KV_FP8: tl.constexpr = 0,  # 0: KV holds q's dtype; 1: FP8 e4m3 rows; 2: FP8 e5m2 rows
+        N_TILES: tl.constexpr = 1,  # FP8: scale tiles across BLOCK_DV (BLOCK_DV // TILE_COLS)
+        TILE_COLS: tl.constexpr = 128,  # FP8: columns per scale tile, min(128, BLOCK_DV)
     ):
         # One-dimensional grid, row block fastest, then split, then sequence: CUDA issues CTAs
         # in linear order, so the row blocks that read the same KV chunk run side by side
@@ -129,6 +144,8 @@ if HAS_TRITON:
 
         if PAGE_SIZE == 0:
             kv_base = KV + pid_b.to(tl.int64) * stride_kvb
+            sc_base = KV_SCALE + pid_b.to(tl.int64) * stride_scb
+            pe_base = KV_PE + pid_b.to(tl.int64) * stride_peb
         else:
             table_row = BLOCK_TABLE + pid_b.to(tl.int64) * stride_btb
 
@@ -141,14 +158,38 @@ if HAS_TRITON:
             n_ok = offs_n < kv_end
             if PAGE_SIZE == 0:
                 kv_rows = kv_base + offs_n[:, None] * stride_kvt
+                sc_rows = sc_base + offs_n[:, None] * stride_sct
+                pe_rows = pe_base + offs_n[:, None] * stride_pet
             else:
                 # Each token's page through the block table (pages are shuffled: no two tiles
                 # need be adjacent); masked tokens read page 0's entry, never their own slot.
-                page = tl.load(table_row + offs_n // PAGE_SIZE, mask=n_ok, other=0)
-                kv_rows = KV + (page.to(tl.int64) * stride_kvb + (offs_n % PAGE_SIZE) * stride_kvt)[:, None]
+                page = tl.load(table_row + offs_n // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
+                slot = offs_n % PAGE_SIZE
+                kv_rows = KV + (page * stride_kvb + slot * stride_kvt)[:, None]
+                # An FP8 pool's scales and RoPE key are views of the same rows: same page, same slot.
+                sc_rows = KV_SCALE + (page * stride_scb + slot * stride_sct)[:, None]
+                pe_rows = KV_PE + (page * stride_peb + slot * stride_pet)[:, None]
             # Masked loads never touch positions >= seqlen (the slack may hold garbage).
-            k_v = tl.load(kv_rows + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-            k_r = tl.load(kv_rows + DV + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
+            if KV_FP8 == 0:
+                k_v = tl.load(kv_rows + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+                k_r = tl.load(kv_rows + DV + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
+            else:
+                # FP8 bytes -> fp32 in registers, times the tile's scale, then q's dtype (exact).
+                bits = tl.load(kv_rows + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0)
+                # FP8 -> fp32 and times a power-of-two scale: exact; rounded once to q's dtype below.
+                if KV_FP8 == 1:
+                    lat = bits.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+                else:
+                    lat = bits.to(tl.float8e5, bitcast=True).to(tl.float32)
+                # One scale per (token, 128-column tile), broadcast over its tile through a reshape
+                # rather than gathered per element: a (BLOCK_N, BLOCK_DV) fp32 scale tile spills.
+                offs_t = tl.arange(0, N_TILES)
+                sc = tl.load(sc_rows + offs_t[None, :],
+                             mask=n_ok[:, None] & (offs_t * TILE_COLS < DV)[None, :], other=0.0)  # (BLOCK_N, N_TILES)
+                lat = tl.reshape(lat, (BLOCK_N, N_TILES, TILE_COLS)) * sc[:, :, None]
+                k_v = tl.reshape(lat, (BLOCK_N, BLOCK_DV)).to(Q.dtype.element_ty)
+                k_r = tl.load(pe_rows + offs_dr[None, :],
+                              mask=n_ok[:, None] & dr_ok[None, :], other=0.0).to(Q.dtype.element_ty)
             if UPCAST_DOT:
                 k_v = k_v.to(tl.float32)
                 k_r = k_r.to(tl.float32)
@@ -170,7 +211,7 @@ if HAS_TRITON:
             # V is the latent slice of the same tile: no second load.
             acc = acc * alpha[:, None]
             # P is rounded to the cache dtype, as flash attention does, for a 16-bit MMA.
-            p_mma = p.to(KV.dtype.element_ty)
+            p_mma = p.to(k_v.dtype)
             if UPCAST_DOT:
                 p_mma = p_mma.to(tl.float32)
             acc = tl.dot(p_mma, k_v, acc=acc, input_precision=DOT_PRECISION)
@@ -246,6 +287,7 @@ def mla_decode(
     num_warps: int | None = None,
     num_stages: int | None = None,
     block_table: Tensor | None = None,
+    kv_dtype: str = "",
 ) -> Tensor:
     """Absorbed-MLA decode attention with split-KV; returns ``[B, S, H, head_dim_v]`` in q's dtype.
 
@@ -259,16 +301,19 @@ def mla_decode(
         (``mla_decode_config`` returns the resulting configuration; NOTES.md explains it).
     block_table: (B, max pages) int32 page ids of a paged cache: token p of sequence b is
         kv_cache[block_table[b, p // page_size], p % page_size]. None: kv_cache is contiguous.
+    kv_dtype: "" for a cache in q's dtype; "fp8_e4m3" or "fp8_e5m2" for a uint8 cache (B, T_max,
+        row bytes) of DeepSeek FP8 rows [head_dim_v FP8 | fp32 scale per 128 | D - head_dim_v bf16]
+        (with ``block_table``, a pool of such rows).
     """
     device = q.device if isinstance(q, Tensor) else torch.device("cpu")
     reason = triton_unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"mla_decode cannot run on {device}: {reason}")
-    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, block_table)
+    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, kv_dtype, block_table)
     # The launch heuristics size splits by the longest sequence: a pool's is pages * page_size.
     kv_len = None if block_table is None else block_table.shape[1] * kv_cache.shape[1]
     cfg = mla_decode_config(q, kv_cache, num_splits, block_h=block_h, block_n=block_n,
-                            num_warps=num_warps, num_stages=num_stages, kv_len=kv_len)
+                            num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype), kv_len=kv_len)
 
     B, S, H, D = q.shape
     dv = head_dim_v
@@ -290,6 +335,14 @@ def mla_decode(
     upcast_dot = _INTERPRETED and q.dtype == torch.bfloat16
     precision = "ieee" if q.dtype == torch.float32 or upcast_dot else "tf32"
 
+    fp8 = FP8_CODES.get(kv_dtype, 0)
+    if fp8:
+        # Views of the same rows: the fp32 scales after the FP8 latent, the bf16 RoPE key after them.
+        tiles = triton.cdiv(dv, _SCALE_TILE)
+        kv_scale = kv_cache.view(torch.float32)[..., dv // 4: dv // 4 + tiles]  # (B, T, tiles)
+        kv_pe = kv_cache.view(torch.bfloat16)[..., (dv + 4 * tiles) // 2:]  # (B, T, d_r)
+    else:
+        kv_scale = kv_pe = kv_cache  # unused
     write_final = cfg.num_splits == 1
     if write_final:
         # Unused placeholders: the single-split path stores straight into `out`.
@@ -303,9 +356,11 @@ def mla_decode(
     page_size = 0 if block_table is None else kv_cache.shape[1]
     table = cache_seqlens if block_table is None else block_table  # any int32 tensor when unused
     _mla_decode_split_kernel[(num_programs,)](
-        q, kv_cache, cache_seqlens, o_part, lse_part, out, table,
+        q, kv_cache, kv_scale, kv_pe, cache_seqlens, o_part, lse_part, out, table,
         q.stride(0), q.stride(1), q.stride(2),
-        kv_cache.stride(0), kv_cache.stride(1), table.stride(0),
+        kv_cache.stride(0), kv_cache.stride(1),
+        kv_scale.stride(0), kv_scale.stride(1), kv_pe.stride(0), kv_pe.stride(1),
+        table.stride(0),
         o_part.stride(0), o_part.stride(1), o_part.stride(2),
         lse_part.stride(0), lse_part.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
@@ -314,6 +369,7 @@ def mla_decode(
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr,
         BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
         WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot, PAGE_SIZE=page_size,
+        KV_FP8=fp8, N_TILES=block_dv // min(_SCALE_TILE, block_dv), TILE_COLS=min(_SCALE_TILE, block_dv),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if not write_final:

@@ -20,6 +20,7 @@ __all__ = [
     "LAUNCH_KNOBS",
     "LaunchConfig",
     "auto_configs",
+    "auto_fp8_configs",
     "check_inputs",
     "choose_config",
     "ctas_per_sm",
@@ -42,6 +43,13 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 # picks it; it stays available as an explicit option.
 # fp32 (IEEE dots, no tensor cores): 32-token tiles spill, so 16 x 16 tiles, 4 warps.
 DEFAULT_BLOCK_N = {2: 32, 4: 16}
+# An FP8 cache converts each KV tile to fp32 in registers before the MMA. At DeepSeek dims the
+# sm_90a compile spills with 16-bit's tiles (16 x 32 at 4 warps: 144 B; 32 x 16 at 8 warps: 592 B)
+# and is clean at 16 rows x 16 tokens over 8 warps (242 registers): that one configuration,
+# whatever the row count (NOTES.md's table has it).
+DEFAULT_BLOCK_N_FP8 = 16
+FP8_BLOCK_H = 16
+FP8_NUM_WARPS = 8
 # Three stages: with two, the compiled sm_90 loop keeps one KV buffer in flight and waits
 # for it fully each iteration; three double-buffers the next tile while the current one is
 # multiplied (no spills, shared memory well under the 227 KiB limit).
@@ -119,9 +127,9 @@ def default_block_h(rows: int, elem_bytes: int = 2) -> int:
     return 32 if rows > 16 else 16
 
 
-def default_block_n(elem_bytes: int = 2) -> int:
-    """KV tile length for the cache element size (fp32 tiles are half as long)."""
-    return DEFAULT_BLOCK_N[4 if elem_bytes >= 4 else 2]
+def default_block_n(elem_bytes: int = 2, kv_fp8: bool = False) -> int:
+    """KV tile length for the query element size (fp32 tiles are half as long) and an FP8 cache."""
+    return DEFAULT_BLOCK_N_FP8 if kv_fp8 else DEFAULT_BLOCK_N[4 if elem_bytes >= 4 else 2]
 
 
 def default_num_warps(block_h: int) -> int:
@@ -183,6 +191,7 @@ def choose_config(
     num_warps: int | None = None,
     num_stages: int | None = None,
     num_splits: int | None = None,
+    kv_fp8: bool = False,
 ) -> LaunchConfig:
     """The launch for ``batch`` sequences of ``rows`` = S*H query rows over a ``max_seqlen`` cache
     of ``elem_bytes``-byte elements (2: bf16/fp16, 4: fp32).
@@ -197,9 +206,9 @@ def choose_config(
         err = launch_value_error(name, value)
         if err is not None:
             raise ValueError(f"{name} {err}")
-    bh = block_h if block_h is not None else default_block_h(rows, elem_bytes)
-    bn = block_n if block_n is not None else default_block_n(elem_bytes)
-    warps = num_warps if num_warps is not None else default_num_warps(bh)
+    bh = block_h if block_h is not None else (FP8_BLOCK_H if kv_fp8 else default_block_h(rows, elem_bytes))
+    bn = block_n if block_n is not None else default_block_n(elem_bytes, kv_fp8)
+    warps = num_warps if num_warps is not None else (FP8_NUM_WARPS if kv_fp8 else default_num_warps(bh))
     stages = num_stages if num_stages is not None else DEFAULT_NUM_STAGES
     if num_splits is None:
         num_splits = default_num_splits(batch, -(-rows // bh), max_seqlen, bn, num_sms, ctas_per_sm(warps))
@@ -222,6 +231,7 @@ def mla_decode_config(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    kv_fp8: bool = False,
     kv_len: int | None = None,
 ) -> LaunchConfig:
     """The launch configuration ``mla_decode`` uses for these arguments (None = default);
@@ -229,7 +239,8 @@ def mla_decode_config(
     B, S, H, _ = q.shape
     t_max = kv_cache.shape[1] if kv_len is None else kv_len
     return choose_config(B, S * H, t_max, q.element_size(), num_sms(q.device), block_h=block_h,
-                         block_n=block_n, num_warps=num_warps, num_stages=num_stages, num_splits=num_splits)
+                         block_n=block_n, num_warps=num_warps, num_stages=num_stages, num_splits=num_splits,
+                         kv_fp8=kv_fp8)
 
 
 def auto_configs() -> dict[LaunchConfig, tuple[str, ...]]:
@@ -247,12 +258,25 @@ def auto_configs() -> dict[LaunchConfig, tuple[str, ...]]:
     return configs
 
 
+def auto_fp8_configs() -> list[LaunchConfig]:
+    """Every configuration the launcher picks on its own over an FP8 cache (16-bit queries)."""
+    return [LaunchConfig(FP8_BLOCK_H, DEFAULT_BLOCK_N_FP8, FP8_NUM_WARPS, DEFAULT_NUM_STAGES, 2)]
+
+
 def _desc(x: object) -> str:
     return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
+FP8_KV_DTYPES = ("fp8_e4m3", "fp8_e5m2")
+
+
+def fp8_row_bytes(head_dim_v: int, rope_dim: int) -> int:
+    """Bytes of one FP8 latent row: head_dim_v FP8 values, one fp32 scale per 128, rope_dim bf16."""
+    return head_dim_v + 4 * math.ceil(head_dim_v / 128) + 2 * rope_dim
+
+
 def check_inputs(
-    q: Tensor, kv_cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, softmax_scale: float,
+    q: Tensor, kv_cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, softmax_scale: float, kv_dtype: str = "",
     block_table: Tensor | None = None,
 ) -> None:
     """Raise ValueError naming the first offending argument of ``mla_decode``."""
@@ -267,7 +291,11 @@ def check_inputs(
     B, S, H, D = q.shape
     if q.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"q dtype must be one of bf16/fp16/fp32, got {q.dtype}")
-    if kv_cache.dtype != q.dtype:
+    if kv_dtype and kv_dtype not in FP8_KV_DTYPES:
+        raise ValueError(f"kv_dtype must be '' or one of {', '.join(FP8_KV_DTYPES)}, got {kv_dtype!r}")
+    if kv_dtype and kv_cache.dtype != torch.uint8:
+        raise ValueError(f"an {kv_dtype} kv_cache is uint8 rows of bytes, got {kv_cache.dtype}")
+    if not kv_dtype and kv_cache.dtype != q.dtype:
         raise ValueError(f"kv_cache dtype {kv_cache.dtype} must match q dtype {q.dtype}")
     if cache_seqlens.dtype != torch.int32:
         raise ValueError(f"cache_seqlens must be int32, got {cache_seqlens.dtype}")
@@ -285,7 +313,7 @@ def check_inputs(
                              f"q batch {B} on {q.device}")
     elif kv_cache.shape[0] != B:
         raise ValueError(f"kv_cache batch {kv_cache.shape[0]} does not match q batch {B}")
-    if kv_cache.shape[2] != D:
+    if not kv_dtype and kv_cache.shape[2] != D:
         raise ValueError(f"kv_cache last dim {kv_cache.shape[2]} does not match q head dim {D}")
     if kv_cache.shape[1] > 0 and kv_cache.stride(2) != 1:
         raise ValueError(f"kv_cache last dim must be contiguous (stride 1), got strides {kv_cache.stride()}")
@@ -293,6 +321,14 @@ def check_inputs(
         raise ValueError(f"cache_seqlens has {cache_seqlens.shape[0]} entries, q batch is {B}")
     if not _is_int(head_dim_v) or not 0 < head_dim_v < D:
         raise ValueError(f"head_dim_v must be an int with 0 < head_dim_v < D={D}, got {head_dim_v!r}")
+    if kv_dtype:
+        want = fp8_row_bytes(head_dim_v, D - head_dim_v)
+        if kv_cache.shape[2] != want or head_dim_v % 4 or (D - head_dim_v) % 2:
+            raise ValueError(f"an {kv_dtype} kv_cache row holds {want} bytes for head_dim_v {head_dim_v} and rope "
+                             f"dim {D - head_dim_v} (head_dim_v divisible by 4, rope dim even), "
+                             f"got {kv_cache.shape[2]}")
+        if any(s % 4 for s in kv_cache.stride()[:2]) or kv_cache.storage_offset() % 4:
+            raise ValueError(f"an {kv_dtype} kv_cache must be 4-byte aligned rows, got strides {kv_cache.stride()}")
     if (
         isinstance(softmax_scale, bool)
         or not isinstance(softmax_scale, (int, float))

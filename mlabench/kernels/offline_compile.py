@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from mlabench.kernels.mla_decode_launch import LaunchConfig, auto_configs
+from mlabench.kernels.mla_decode_launch import LaunchConfig, auto_configs, auto_fp8_configs
 
 # Hopper limits: shared memory per block (227 KiB, cudaDevAttrMaxSharedMemoryPerBlockOptin),
 # per SM (228 KiB, of which the driver reserves 1 KiB per resident block) and registers per SM.
@@ -37,6 +37,8 @@ SM90_SHARED_PER_SM = 233472
 SM90_RESERVED_SHARED_PER_BLOCK = 1024
 SM90_REGS_PER_SM = 65536
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# A dtype name with this suffix: q in that dtype over DeepSeek's FP8 e4m3 latent rows (KV_FP8 = 1).
+FP8_SUFFIX = "+fp8kv"
 # (d_c, d_r) of the shapes the check covers: DeepSeek's 512 + 64 and a small padded one.
 DIMS = {"deepseek": (512, 64), "small": (64, 16)}
 
@@ -138,13 +140,21 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     if not isinstance(kernel, triton.runtime.jit.JITFunction):
         raise RuntimeError("the kernel was imported under TRITON_INTERPRET=1; compile offline without it")
     dv, dr = DIMS[dims]
-    torch_dtype = _DTYPES[dtype]
+    fp8 = dtype.endswith(FP8_SUFFIX)
+    torch_dtype = _DTYPES[dtype.removesuffix(FP8_SUFFIX)]
     B, S, H, T, NS = 2, 1, 128 if dims == "deepseek" else 16, 256, 1 if write_final else 2
     # Small CPU tensors with the launch's layout: only dtype, alignment and strides matter.
     q = torch.empty(B, S, H, dv + dr, dtype=torch_dtype)
-    # Paged: the pool (pages, page_size, D) and a block table; same element strides otherwise.
-    kv = torch.empty(B * T // page_size, page_size, dv + dr, dtype=torch_dtype) if page_size else \
-        torch.empty(B, T, dv + dr, dtype=torch_dtype)
+    # Paged: the pool (pages, page_size, row) and a block table; same element strides otherwise.
+    pages, slots = (B * T // page_size, page_size) if page_size else (B, T)
+    if fp8:  # the uint8 rows and the fp32-scale and bf16-RoPE views mla_decode passes
+        tiles = -(-dv // 128)
+        kv = torch.empty(pages, slots, dv + 4 * tiles + 2 * dr, dtype=torch.uint8)
+        kv_scale = kv.view(torch.float32)[..., dv // 4: dv // 4 + tiles]
+        kv_pe = kv.view(torch.bfloat16)[..., (dv + 4 * tiles) // 2:]
+    else:
+        kv = torch.empty(pages, slots, dv + dr, dtype=torch_dtype)
+        kv_scale = kv_pe = kv
     seqlens = torch.empty(B, dtype=torch.int32)
     table = torch.empty(B, T // page_size if page_size else 1, dtype=torch.int32)
     out = torch.empty(B, S, H, dv, dtype=torch_dtype)
@@ -153,12 +163,13 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     block_dv = max(16, triton.next_power_of_2(dv))
     block_dr = max(16, triton.next_power_of_2(dr))
     values = [
-        q, kv, seqlens, o_part, lse_part, out, table,
-        *q.stride()[:3], *kv.stride()[:2], table.stride(0), *o_part.stride()[:3], *lse_part.stride()[:2],
-        *out.stride()[:3],
+        q, kv, kv_scale, kv_pe, seqlens, o_part, lse_part, out, table,
+        *q.stride()[:3], *kv.stride()[:2], *kv_scale.stride()[:2], *kv_pe.stride()[:2], table.stride(0),
+        *o_part.stride()[:3], *lse_part.stride()[:2], *out.stride()[:3],
         0.1, S, H, NS,
         dv, dr, block_dv, block_dr, cfg.block_h, cfg.block_n,
-        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, page_size,
+        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, page_size, 1 if fp8 else 0,
+        block_dv // min(128, block_dv), min(128, block_dv),
     ]
     names = [p.name for p in kernel.params]
     if len(values) != len(names):
@@ -196,7 +207,10 @@ def auto_jobs() -> list[Job]:
     Per configuration: its first dtype at DeepSeek dims (split and single-split variants)
     and at the small dims, plus each further dtype at DeepSeek dims (fp16 has bf16's tile
     sizes, so one variant shows it lowers the same way), plus the paged split variant at
-    DeepSeek dims for each page size the serving suite uses (the block-table address path).
+    DeepSeek dims for each page size the serving suite uses (the block-table address path),
+    and for the 16-bit configurations every FP8-cache configuration (`auto_fp8_configs`: bf16
+    q over e4m3 rows, split and single-split, and the split variant over a pool of 64-token
+    pages; e5m2 differs only in the conversion instruction).
     """
     jobs: list[Job] = []
     for cfg, dtypes in auto_configs().items():
@@ -204,6 +218,9 @@ def auto_jobs() -> list[Job]:
                  (cfg, "small", dtypes[0], False, 0)]
         jobs += [(cfg, "deepseek", dt, False, 0) for dt in dtypes[1:]]
         jobs += [(cfg, "deepseek", dtypes[0], False, page) for page in PAGED_PAGE_SIZES]
+    for cfg in auto_fp8_configs():
+        jobs += [(cfg, "deepseek", "bf16" + FP8_SUFFIX, False, 0), (cfg, "deepseek", "bf16" + FP8_SUFFIX, True, 0),
+                 (cfg, "deepseek", "bf16" + FP8_SUFFIX, False, 64)]
     return jobs
 
 

@@ -7,6 +7,17 @@ without a float64 copy of a large cache.
 The comparison is element-wise, as FlashMLA's tests compare: non-finite values where
 the reference is finite, the worst element's error, and the cosine difference of the
 whole output. A norm-wise error would let one wrong query row hide among correct ones.
+
+FP8 caches. The reference holds the unquantized cache (what the same case without FP8
+holds), so `rel_err` is the whole error a user of the FP8 cache sees. The part the
+quantization alone causes is `quant_err`: the float64 reference run on the dequantized
+cache, compared with the unquantized one in the same way. Quantization error is a result,
+not a failure: an FP8 row is `inaccurate` only when its error exceeds the quantization's
+own by more than the compute dtype allows a kernel, i.e. past
+`FP8_SLACK * (quant_err + REL_TOLERANCE[dtype])` (and the cosine difference past
+`FP8_SLACK * (sqrt(quant cos) + sqrt(COS_TOLERANCE[dtype]))**2`). The errors add at worst
+(triangle inequality), so a backend that is exact on the dequantized cache passes, and one
+that reads a wrong scale or row does not.
 """
 
 from __future__ import annotations
@@ -23,6 +34,9 @@ from mlabench.variants.base import AttentionVariant, chunked_attention
 REL_TOLERANCE: dict[str, float] = {"float64": 1e-10, "float32": 1e-4, "float16": 1e-2, "bfloat16": 4e-2}
 # Cosine difference 1 - 2<o, r> / (|o|^2 + |r|^2) allowed per dtype (FlashMLA checks bf16 at 1e-5).
 COS_TOLERANCE: dict[str, float] = {"float64": 1e-18, "float32": 1e-9, "float16": 1e-5, "bfloat16": 1e-5}
+# Room for the two errors being measured against slightly different denominators (the
+# unquantized reference's elements, not the dequantized one's).
+FP8_SLACK = 1.25
 
 
 def reference_rows(batch: int) -> list[int]:
@@ -53,21 +67,38 @@ class Accuracy:
 
 
 @torch.no_grad()
-def reference_output(module: AttentionVariant, x: Tensor, start_pos: int) -> Tensor:
-    """float64 eager output for the `reference_rows` of x, (len(rows), S, d).
+def reference_output(module: AttentionVariant, x: Tensor, start_pos: int, unquantized: bool = True) -> Tensor:
+    """float64 eager output for the `reference_rows` of x, (len(rows), S, d), on the unquantized
+    cache (an FP8 cache's values before quantization), or with `unquantized=False` on the cache
+    as stored (dequantized).
 
     Call it before the timed step writes the cache, or after: the step's own slots
     are rewritten by the reference, and the context slots are the same either way.
     """
     rows = reference_rows(x.shape[0])
-    ref = module.reference(rows=rows)
+    ref = module.reference(rows=rows, unquantized=unquantized)
     return ref(x[rows].to(torch.float64), start_pos, chunked_attention)
 
 
-def compare(output: Tensor, reference: Tensor, dtype: str) -> Accuracy:
-    """Element-wise comparison of the output's `reference_rows` with the float64 reference."""
-    rows = reference_rows(output.shape[0])
-    out = output[rows].to(torch.float64)
+def quant_tolerances(dtype: str, quant: Accuracy | None) -> tuple[float, float]:
+    """(worst-element, cosine) tolerances of a row in compute dtype `dtype` whose cache
+    quantization alone costs `quant` (None: not quantized)."""
+    rel, cos = REL_TOLERANCE[dtype], COS_TOLERANCE[dtype]
+    if quant is None:
+        return rel, cos
+    return FP8_SLACK * (quant.rel_err + rel), FP8_SLACK * (quant.cos_diff**0.5 + cos**0.5) ** 2
+
+
+def compare(output: Tensor, reference: Tensor, dtype: str, quant: Accuracy | None = None,
+            rows: list[int] | None = None) -> Accuracy:
+    """Element-wise comparison of the output's `reference_rows` with the float64 reference.
+    Given `rows`, the output holds only those sequences already (a second reference). `quant`
+    is the cache quantization's own error (`quant_error`), which widens the tolerance as the
+    module docstring says."""
+    if rows is None:
+        rows = reference_rows(output.shape[0])
+        output = output[rows]
+    out = output.to(torch.float64)
     ref = reference
     finite_ref = torch.isfinite(ref)
     bad = ~torch.isfinite(out) & finite_ref
@@ -87,11 +118,17 @@ def compare(output: Tensor, reference: Tensor, dtype: str) -> Accuracy:
         max_abs_err=float(diff.max().item()) if not nonfinite else float("inf"),
         rel_err=float(rel.max().item()) if not nonfinite else float("inf"),
         cos_diff=max(0.0, float(cos.item())) if not nonfinite else float("inf"),
-        tolerance=REL_TOLERANCE[dtype],
-        cos_tolerance=COS_TOLERANCE[dtype],
+        tolerance=quant_tolerances(dtype, quant)[0],
+        cos_tolerance=quant_tolerances(dtype, quant)[1],
         nonfinite=nonfinite,
         worst=f"worst at {where}: got {o_val:.6g}, want {r_val:.6g}",
     )
+
+
+def quant_error(dequantized: Tensor, unquantized: Tensor, batch: int, dtype: str) -> Accuracy:
+    """What an FP8 cache alone costs: the float64 reference on the dequantized cache against the
+    one on the unquantized cache (both of the `reference_rows` of a `batch`)."""
+    return compare(dequantized, unquantized, dtype, rows=reference_rows(batch))
 
 
 def _locate(flat: int, shape: torch.Size, rows: list[int]) -> str:

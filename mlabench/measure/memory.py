@@ -134,6 +134,8 @@ def estimate_case_bytes(case: Case, accuracy: bool) -> int:
     width = max(sh.hidden_size, heads * head_width)
     activations = case.batch * step.new_tokens * width * eb * 6
     expanded = cls.transient_elements(sh, step) * eb  # re-expanded K/V of the whole context, where it happens
+    if sh.kv_quantized:  # an FP8 cache is read dequantized: an fp32 copy of the context, then the compute dtype
+        expanded += cls.kv_cache_elements(sh, case.batch, case.seq_len) * (4 + eb)
     total = weights + cache + scores + activations + expanded
     if accuracy:  # float64 copy of weights, of the reference batch's cache, and its scores
         ref_batch = min(case.batch, 2)

@@ -6,6 +6,11 @@
   hands its core for this step (`module.core_inputs`, called once, outside the timed
   calls: it writes the step's cache rows, so the cache the core reads is exactly the one
   the step's core would read), against the float64 eager core on the same tensors.
+
+FP8 caches: in scope `step` the reference holds the unquantized cache and `quant_reference`
+the dequantized one (their difference is the row's `quant_err`). In scope `core` the core's
+inputs already are the stored cache (a fused core's FP8 bytes are dequantized for the
+reference), so the check there is of the core alone, with no `quant_err`.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ from mlabench.variants.base import AttentionVariant, chunked_attention
 class ScopedCall:
     fn: Callable[[], Tensor]  # the timed call
     reference: Callable[[], Tensor]  # float64 output of fn for the accuracy.reference_rows sequences
+    # An FP8 cache's float64 reference on the dequantized cache (None: no quant_err for this row)
+    quant_reference: Callable[[], Tensor] | None = None
 
 
 def scoped_call(case: Case, module: AttentionVariant, prepared: Prepared, inputs: StepInputs) -> ScopedCall:
     x, start = inputs.x, inputs.start_pos
     if case.scope == "step":
-        return ScopedCall(prepared.fn, lambda: acc.reference_output(module, x, start))
+        quant = (lambda: acc.reference_output(module, x, start, unquantized=False)) if module.kv_store else None
+        return ScopedCall(prepared.fn, lambda: acc.reference_output(module, x, start), quant)
     if case.scope != "core":
         raise ValueError(f"unknown timing scope {case.scope!r}")
     core = prepared.core
@@ -48,6 +56,11 @@ def scoped_call(case: Case, module: AttentionVariant, prepared: Prepared, inputs
         # `read_pages_in_core`); the reference reads the same tokens gathered in order.
         ref_k = module.cache_map.read(k.squeeze(2), q.shape[0], start + x.shape[1])[:, :, None, :]
         ref_v = ref_k[..., : v.shape[-1]]
+    if k.dtype == torch.uint8:  # a fused core's FP8 latent rows: its reference reads them dequantized
+        def reference() -> Tensor:
+            latent = module.kv_store.decode(ref_k.squeeze(2), torch.float64)[:, :, None, :]  # (B, T, 1, d_c + d_r)
+            return core_reference(q, latent, latent[..., : v.shape[-1]], scale, causal, lengths)
+        return ScopedCall(lambda: core(q, k, v, scale, causal, **kw), reference)
     return ScopedCall(lambda: core(q, k, v, scale, causal, **kw),
                       lambda: core_reference(q, ref_k, ref_v, scale, causal, lengths))
 

@@ -21,6 +21,11 @@ cuda:0 unless set. Warm-up always runs first; the budget bounds the sampling tim
 case and `max_samples` its sample count. A `deadline` (the case's wall limit) is checked
 between calls: a step is never interrupted, so one call that alone runs past the deadline
 ends the case at the next check, after it returns.
+
+With `ranges` (an NVTX range factory, profiling/nvtx.py) warm-up, graph capture, the sampling
+phase as a whole and every timed call or graph replay in it run inside named NVTX ranges for
+Nsight. In cold mode `do_bench` runs its own warm-up calls through the same wrapped step, so
+those carry the sample range too. Without `ranges` the step is timed unwrapped.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 import torch
 
 from mlabench.errors import CaseTimeout
+from mlabench.profiling.nvtx import CAPTURE, SAMPLE, SAMPLES, WARMUP, Mark, marked, no_range
 
 
 @dataclass(frozen=True)
@@ -68,12 +74,13 @@ def device_scope(device: torch.device) -> contextlib.AbstractContextManager[Any]
 
 
 def time_step(fn: Callable[[], object], device: torch.device, settings: TimingSettings,
-              deadline: float | None = None) -> Timing:
-    """Time `fn`; `deadline` is a `time.perf_counter()` value past which the case times out."""
+              deadline: float | None = None, ranges: Mark | None = None) -> Timing:
+    """Time `fn`; `deadline` is a `time.perf_counter()` value past which the case times out;
+    `ranges` puts warm-up and timed calls in NVTX ranges."""
     if device.type == "cuda":
         with device_scope(device):
-            return _time_cuda(fn, settings, deadline)
-    return _time_cpu(fn, settings, deadline)
+            return _time_cuda(fn, settings, deadline, ranges)
+    return _time_cpu(fn, settings, deadline, ranges)
 
 
 def check_deadline(deadline: float | None, stage: str) -> None:
@@ -110,40 +117,46 @@ def capture_graph(fn: Callable[[], object], calls: int) -> Any:
     return graph
 
 
-def _time_cpu(fn: Callable[[], object], settings: TimingSettings, deadline: float | None = None) -> Timing:
+def _time_cpu(fn: Callable[[], object], settings: TimingSettings, deadline: float | None = None,
+              ranges: Mark | None = None) -> Timing:
     from torch.utils.benchmark import Timer
 
     threads = settings.threads or torch.get_num_threads()
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    sampled = marked(fn, ranges, SAMPLE) if ranges else fn
+    timer = Timer(stmt="fn()", globals={"fn": sampled}, num_threads=threads)
     warm_until = time.perf_counter() + settings.warmup_s
-    while True:  # warm-up: at least one call, then until warmup_s
-        fn()
-        check_deadline(deadline, "warm-up")
-        if time.perf_counter() >= warm_until:
-            break
+    with (ranges or no_range)(WARMUP):
+        while True:  # warm-up: at least one call, then until warmup_s
+            fn()
+            check_deadline(deadline, "warm-up")
+            if time.perf_counter() >= warm_until:
+                break
     budget = settings.budget_s
     if deadline is not None:  # sampling never plans past the wall limit
         budget = min(budget, max(deadline - time.perf_counter(), 0.0))
-    measurement = timer.blocked_autorange(min_run_time=budget)
-    number = int(measurement.number_per_run)
-    samples = [t * 1e3 for t in measurement.times]
-    check_deadline(deadline, "sampling")
-    # A slow step yields few blocks in the budget: top up with blocks of the same size, never past max_samples.
-    while len(samples) < min(settings.min_samples, settings.max_samples):
-        samples.append(timer.timeit(number).mean * 1e3)
+    with (ranges or no_range)(SAMPLES):
+        measurement = timer.blocked_autorange(min_run_time=budget)
+        number = int(measurement.number_per_run)
+        samples = [t * 1e3 for t in measurement.times]
         check_deadline(deadline, "sampling")
+        # A slow step yields few blocks in the budget: top up with blocks of the same size, never past max_samples.
+        while len(samples) < min(settings.min_samples, settings.max_samples):
+            samples.append(timer.timeit(number).mean * 1e3)
+            check_deadline(deadline, "sampling")
     return Timing(samples[: settings.max_samples], f"cpu-blocked threads={threads}, sample = mean of {_calls(number)}",
                   sample_calls=number)
 
 
-def _time_cuda(fn: Callable[[], object], settings: TimingSettings, deadline: float | None = None) -> Timing:
+def _time_cuda(fn: Callable[[], object], settings: TimingSettings, deadline: float | None = None,
+               ranges: Mark | None = None) -> Timing:
     torch.cuda.synchronize()
-    first = _one_cuda_call_ms(fn)  # also a warm-up
+    with (ranges or no_range)(WARMUP):
+        first = _one_cuda_call_ms(fn)  # also a warm-up
     check_deadline(deadline, "warm-up")
     note = ""
     if settings.cuda_graph:
         try:
-            return _time_cuda_graph(fn, settings, first)
+            return _time_cuda_graph(fn, settings, first, ranges or no_range)
         except RuntimeError as exc:  # capture refused (a sync or host work inside the step)
             torch.cuda.synchronize()
             note = f"; cuda graph refused: {str(exc).splitlines()[0][:80]}"
@@ -154,34 +167,40 @@ def _time_cuda(fn: Callable[[], object], settings: TimingSettings, deadline: flo
     try:
         from triton import testing
     except ImportError:
-        cold = _time_cuda_events(fn, settings, first)
+        cold = _time_cuda_events(fn, settings, first, ranges or no_range)
         return Timing(cold.samples_ms, cold.timer + note)
-    samples = testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
+    with (ranges or no_range)(SAMPLES):
+        samples = testing.do_bench(marked(fn, ranges, SAMPLE) if ranges else fn, warmup=warmup_ms, rep=rep_ms,
+                                   return_mode="all")
     return Timing(_cap(samples, settings), COLD_TIMER + note)
 
 
 COLD_TIMER = "cuda-cold: cuda events, L2 flushed before each call"
 
 
-def _time_cuda_graph(fn: Callable[[], object], settings: TimingSettings, first_ms: float) -> Timing:
+def _time_cuda_graph(fn: Callable[[], object], settings: TimingSettings, first_ms: float,
+                     mark: Mark = no_range) -> Timing:
     # Warm up on a side stream, as capture requires (lazy inits, cuBLAS workspaces, allocator).
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    with torch.cuda.stream(side), mark(WARMUP):
         for _ in range(max(2, min(1000, math.ceil(settings.warmup_s * 1e3 / max(first_ms, 1e-3))))):
             fn()
     torch.cuda.current_stream().wait_stream(side)
     calls, replays = graph_plan(first_ms, settings)
-    graph = capture_graph(fn, calls)
+    with mark(CAPTURE):  # host-side: an NVTX range inside the graph would fire once, at capture
+        graph = capture_graph(fn, calls)
     graph.replay()  # first replay uploads the graph
     torch.cuda.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    for i in range(replays):
-        starts[i].record()
-        graph.replay()
-        ends[i].record()
-    torch.cuda.synchronize()
+    with mark(SAMPLES):
+        for i in range(replays):
+            with mark(SAMPLE):
+                starts[i].record()
+                graph.replay()
+                ends[i].record()
+        torch.cuda.synchronize()
     samples = [s.elapsed_time(e) / calls for s, e in zip(starts, ends, strict=True)]
     del graph
     return Timing(samples, f"cuda-graph (hot): sample = mean of {_calls(calls)} in one graph replay",
@@ -205,20 +224,24 @@ def _one_cuda_call_ms(fn: Callable[[], object]) -> float:
     return start.elapsed_time(end)
 
 
-def _time_cuda_events(fn: Callable[[], object], settings: TimingSettings, first_ms: float) -> Timing:
+def _time_cuda_events(fn: Callable[[], object], settings: TimingSettings, first_ms: float,
+                      mark: Mark = no_range) -> Timing:
     """do_bench's method without triton: flush L2 with a 256 MB write before each sample."""
     flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")  # the current device
     n_warm = max(1, int(settings.warmup_s * 1e3 / max(first_ms, 1e-3)))
-    for _ in range(n_warm):
-        fn()
+    with mark(WARMUP):
+        for _ in range(n_warm):
+            fn()
     wanted = math.ceil(settings.budget_s * 1e3 / max(first_ms, 1e-3))
     n = int(min(settings.max_samples, max(settings.min_samples, wanted)))
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for i in range(n):
-        flush.zero_()
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
+    with mark(SAMPLES):
+        for i in range(n):
+            flush.zero_()
+            with mark(SAMPLE):
+                starts[i].record()
+                fn()
+                ends[i].record()
+        torch.cuda.synchronize()
     return Timing([s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], COLD_TIMER)

@@ -19,7 +19,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mlabench.report.labels import case_labels, series_labels
+from mlabench.rundir import case_labels, series_labels
 
 PALETTE = px.colors.qualitative.Plotly + px.colors.qualitative.D3 + px.colors.qualitative.Dark24
 # Columns a (variant, backend) is matched on against the speedup baseline: the workload, not the design.

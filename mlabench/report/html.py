@@ -4,55 +4,24 @@ Layout: header with the environment fingerprint and row counts, the headline
 table (per variant: KV bytes per token, best backend and latency, ratios to MHA),
 the charts (`charts`, `tradeoff`; round-to-round spread when the run has rounds),
 the claims table when the run has `claims` rows, and every row in a sortable,
-filterable table. No torch; plotly only renders JSON to HTML.
+filterable table. A run whose cases ran on several device kinds (a mixed cluster) gets
+the headline and charts once per kind, never averaged across kinds. No torch; plotly
+only renders JSON to HTML.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from html import escape
 from pathlib import Path
 
 import pandas as pd
 import plotly.io as pio
-from plotly.offline import get_plotlyjs
 
-from mlabench import claims, schema
+from mlabench import claims, htmlpage, schema
 from mlabench.errors import UsageError
 from mlabench.report import charts, tables, tradeoff
-from mlabench.report.load import RunData, load_run
-
-PLOT_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg"}}
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1f2328;background:#f6f8fa}
-main{max-width:1400px;margin:0 auto;padding:18px 28px 60px}
-h1{font-size:22px;margin:8px 0 2px}h2{font-size:18px;margin:0 0 4px}h3{font-size:15px;margin:12px 0 4px}
-.sub{color:#57606a;margin:0 0 12px}
-section{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:16px 18px;margin:16px 0}
-.desc{color:#57606a;margin:0 0 8px}
-.note{background:#fff8c5;border:1px solid #d4a72c66;border-radius:6px;padding:8px 10px;margin:8px 0}
-nav a{margin-right:14px;color:#0969da;text-decoration:none}
-dl.env{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:4px 18px;margin:8px 0}
-.kv{display:flex;gap:8px;min-width:0}.kv dt{color:#57606a;min-width:96px}.kv dd{margin:0;overflow-wrap:anywhere}
-.pill{display:inline-block;border-radius:10px;padding:1px 8px;font-size:12px;background:#eaeef2;margin-right:4px}
-.st-ok{background:#dafbe1}.st-oom,.st-error,.st-inaccurate{background:#ffebe9}
-.st-skipped,.st-unsupported{background:#fff8c5}
-tr.st-ok{background:none}
-.v-holds{background:#dafbe1}.v-differs{background:#ffebe9}.v-not-measured{background:#eaeef2}
-table{border-collapse:collapse;font-size:12.5px}
-th,td{border-bottom:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top;white-space:nowrap}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.err,td.note-cell{white-space:normal;min-width:240px;max-width:480px;color:#a40e26}
-td.note-cell{color:#57606a}
-table.claims td:first-child{white-space:normal;max-width:520px}.src{color:#57606a;font-size:11.5px}
-table.rows th{position:sticky;top:0;background:#f6f8fa;cursor:pointer;user-select:none}
-table.rows th.asc::after{content:" \\25B2"}table.rows th.desc::after{content:" \\25BC"}
-.scroll{overflow:auto;max-height:640px;border:1px solid #d0d7de;border-radius:6px}
-.controls{display:flex;gap:10px;align-items:center;margin:6px 0 10px}
-.controls input{flex:0 1 420px;padding:5px 8px;border:1px solid #d0d7de;border-radius:6px}
-.controls select{padding:5px;border:1px solid #d0d7de;border-radius:6px}#row-count{color:#57606a}
-.empty{font-size:16px;color:#57606a;padding:24px 0}
-"""
+from mlabench.rundir import RunData, load_run
 
 # Sort on click (numbers numerically, blanks last); filter by words and status.
 JS = """
@@ -99,7 +68,7 @@ def _chart_html(chart: charts.Chart) -> str:
     body = f'<p class="note">{escape(chart.note)}</p>' if chart.note else ""
     if chart.figure is not None:
         body += pio.to_html(chart.figure, full_html=False, include_plotlyjs=False, div_id=chart.id,
-                            config=PLOT_CONFIG, default_width="100%")
+                            config=htmlpage.PLOT_CONFIG, default_width="100%")
     return _section(f"sec-{chart.id}", chart.title, body, chart.description)
 
 
@@ -107,6 +76,33 @@ def performance_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows for the performance charts: the claims suite's fixed shapes only when nothing else ran."""
     others = df[df["suite"] != claims.CLAIMS_SUITE]
     return others if not others.empty else df
+
+
+def device_kinds(df: pd.DataFrame) -> list[str]:
+    """The device kinds the rows ran on, when they name more than one (else [])."""
+    if "device_name" not in df.columns:
+        return []
+    kinds = sorted({str(v) for v in df["device_name"].dropna() if str(v).strip()})
+    return kinds if len(kinds) > 1 else []
+
+
+def _performance(sections: list[str], nav: list[tuple[str, str]], df: pd.DataFrame, samples: pd.DataFrame | None,
+                 meta: dict, base: tuple[str, str], suffix: str, kind: str) -> None:
+    """The headline table and charts of `df`'s rows; `suffix` and `kind` tell one device kind's apart."""
+    perf = performance_rows(df)
+    if kind and samples is not None:  # this kind's cases only
+        samples = samples[samples["case_id"].isin(df["case_id"])]
+    sections.append(_section(f"sec-headline{suffix}", f"Headline{kind}", tradeoff.headline_table(perf),
+                             "Per variant: KV-cache bytes per token (one layer), and at each sequence length "
+                             "the fastest backend, its median latency, and both as ratios to MHA."))
+    nav.append((f"sec-headline{suffix}", f"Headline{kind}"))
+    built = [tradeoff.tradeoff_chart(perf), charts.latency_chart(perf), charts.kv_chart(perf),
+             charts.speedup_chart(perf, base), charts.roofline_chart(perf, meta), charts.rank_chart(perf),
+             charts.round_spread_chart(df, samples)]
+    for chart in (c for c in built if c is not None):
+        chart = dataclasses.replace(chart, id=chart.id + suffix, title=chart.title + kind)
+        sections.append(_chart_html(chart))
+        nav.append((f"sec-{chart.id}", chart.title))
 
 
 def render_report(run: RunData, baseline: str = "mha:eager") -> str:
@@ -124,17 +120,19 @@ def render_report(run: RunData, baseline: str = "mha:eager") -> str:
                                  f'<p class="empty">{escape(str(run.results_path))} has no rows: the sweep '
                                  "recorded no case, so there is nothing to chart.</p>"))
     else:
-        perf = performance_rows(df)
-        sections.append(_section("sec-headline", "Headline", tradeoff.headline_table(perf),
-                                 "Per variant: KV-cache bytes per token (one layer), and at each sequence length "
-                                 "the fastest backend, its median latency, and both as ratios to MHA."))
-        nav.append(("sec-headline", "Headline"))
-        built = [tradeoff.tradeoff_chart(perf), charts.latency_chart(perf), charts.kv_chart(perf),
-                 charts.speedup_chart(perf, base), charts.roofline_chart(perf, meta), charts.rank_chart(perf),
-                 charts.round_spread_chart(df, run.samples)]
-        for chart in (c for c in built if c is not None):
-            sections.append(_chart_html(chart))
-            nav.append((f"sec-{chart.id}", chart.title))
+        kinds = device_kinds(df)
+        if len(kinds) > 1:
+            sections.append(_section("sec-devices", "Device kinds", "",
+                                     f"These cases ran on {len(kinds)} device kinds ({', '.join(kinds)}): each "
+                                     "kind has its own headline and charts below; timings are never averaged "
+                                     "across kinds."))
+        for k, kind in enumerate(kinds or [None]):
+            rows = df if kind is None else df[df["device_name"] == kind]
+            # Peaks in meta.json are of the run's first device kind; another kind's roofline has none.
+            kind_meta = meta if kind in (None, (meta.get("device") or {}).get("name")) else \
+                {key: v for key, v in meta.items() if key != "peaks"}
+            _performance(sections, nav, rows, run.samples, kind_meta, base, "" if kind is None else f"-{k}",
+                         "" if kind is None else f" ({kind})")
         if claims.has_claims(df):
             sections.append(_section("sec-claims", "Claims", tables.claims_table(claims.evaluate_claims(df)),
                                      "Published figures beside what this run measured (rows with suite = claims)."))
@@ -147,12 +145,8 @@ def render_report(run: RunData, baseline: str = "mha:eager") -> str:
     summary = tables.status_summary(df) if not df.empty else '<p class="summary">0 rows</p>'
     title = f"mlabench report: {suite}"
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
-        f"<style>{CSS}</style>"
-        "<script type=\"text/javascript\">window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
-        f"<script type=\"text/javascript\">{get_plotlyjs()}</script></head><body><main>"
-        f"<h1>{escape(title)}</h1><p class=\"sub\">{escape(str(run.path))}</p>"
+        htmlpage.head(title)
+        + f"<h1>{escape(title)}</h1><p class=\"sub\">{escape(str(run.path))}</p>"
         f"<section id=\"sec-env\"><h2>Environment</h2>{tables.env_header(meta, df)}{summary}"
         f"<nav>{links}</nav></section>"
         + "".join(sections)

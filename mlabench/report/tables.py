@@ -34,6 +34,7 @@ COLUMN_MEANING = {
     "cos_diff": "1 - cosine similarity of output and float64 reference (first and last sequence)",
     "unstable": "1 when p90/p10 > 1.5: samples not one distribution",
     "threads": "CPU threads the step ran with",
+    "profiled": "1 when the case was profiled (--profile, --nvtx): traced after its samples, NVTX around its calls",
 }
 # Row-table column order: what a reader scans first, then the rest of the contract.
 LEADING = ("variant", "backend", "mode", "model", "dtype", "batch", "seq_len", "q_len", "status", "error",

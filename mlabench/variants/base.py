@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import zlib
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape
 from mlabench.errors import UnsupportedError
+from mlabench.variants import kvquant
 from mlabench.variants.cache_map import CacheMap
 
 if TYPE_CHECKING:
@@ -169,6 +171,8 @@ class AttentionVariant(nn.Module):
     caches: ClassVar[str] = ""  # what one token leaves in the cache, in words
     cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in MLA.md's symbols
     supports_decode: ClassVar[bool] = True
+    cache_tensor_count: ClassVar[int] = 2  # cache tensors per layer (K and V): per-tensor FP8 scales per layer
+    fp8_cache: ClassVar[str] = "each cache tensor in FP8 + one fp32 scale per tensor per layer"  # kv_dtype fp8_*
 
     # --- shape and cost model (no tensors) -----------------------------------------------
     @classmethod
@@ -189,6 +193,41 @@ class AttentionVariant(nn.Module):
         if per_token is None:
             raise NotImplementedError(f"{cls.name} must define kv_cache_elements")
         return batch * seq_len * per_token
+
+    # --- the stored cache: its dtype, layout and bytes -----------------------------------
+    @classmethod
+    def kv_format(cls, sh: AttentionShape) -> kvquant.KVFormat | None:
+        """How an FP8 cache is stored (None: the compute dtype as is). Per-tensor scales by
+        default; the MLA latent caches override it with DeepSeek's tiled layout."""
+        return kvquant.PerTensorFP8(sh.kv_dtype) if sh.kv_quantized else None
+
+    @classmethod
+    def kv_scale_layout(cls, sh: AttentionShape) -> str:
+        """The scales an FP8 cache carries, in words ('' for an unquantized cache)."""
+        fmt = cls.kv_format(sh)
+        return fmt.scales if fmt is not None else ""
+
+    @classmethod
+    def kv_bytes_per_token(cls, sh: AttentionShape) -> int | None:
+        """Stored cache bytes per token per layer, scales kept per token included (None when the
+        cache does not grow with tokens); per-layer scales are `kv_fixed_bytes`."""
+        per_token = cls.kv_elements_per_token(sh)
+        if per_token is None:
+            return None
+        return per_token * (1 if sh.kv_quantized else sh.element_bytes)
+
+    @classmethod
+    def kv_fixed_bytes(cls, sh: AttentionShape) -> int:
+        """Stored cache bytes per layer that do not grow with tokens: per-tensor FP8 scales."""
+        return 4 * cls.cache_tensor_count if isinstance(cls.kv_format(sh), kvquant.PerTensorFP8) else 0
+
+    @classmethod
+    def kv_cache_bytes(cls, sh: AttentionShape, batch: int, seq_len: int) -> int:
+        """Bytes of one layer's cache tensors as allocated (scales included): equal to their nbytes."""
+        elements = cls.kv_cache_elements(sh, batch, seq_len)
+        if not sh.kv_quantized:
+            return elements * sh.element_bytes
+        return elements + cls.kv_fixed_bytes(sh)
 
     @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
@@ -251,6 +290,9 @@ class AttentionVariant(nn.Module):
         self.cache_map: CacheMap | None = None  # ragged lengths, paged pools (cache_map.py)
         # Set by a fused kernel that reads a page pool itself: the core then gets the pool, not a gather.
         self.read_pages_in_core = False
+        # How the cache is stored (None: in the weights' dtype); the float64 reference has none.
+        self.kv_store: kvquant.KVFormat | kvquant.RoundTrip | None = self.kv_format(self.shape)
+        self._filled: tuple[int, int] | None = None  # (seed, length) of the last random fill
 
     @property
     def weight_device(self) -> torch.device:
@@ -295,10 +337,28 @@ class AttentionVariant(nn.Module):
         return dict(self._cache)
 
     def _new_cache(self, **shapes: tuple[int, ...]) -> None:
+        self._filled = None
+        if self.kv_store is not None:
+            self._cache = self.kv_store.allocate(shapes, self.weight_device)
+            return
         self._cache = {
             name: torch.zeros(dims, device=self.weight_device, dtype=self.weight_dtype)
             for name, dims in shapes.items()
         }
+
+    def _store(self, name: str, index: kvquant.Index, values: Tensor) -> None:
+        """Write `values` into cache tensor `name` at (batch, token) slices `index`, quantized
+        when the cache is FP8."""
+        if self.kv_store is None:
+            self._cache[name][index] = values
+        else:
+            self.kv_store.store(self._cache, name, index, values)
+
+    def _load(self, name: str, index: kvquant.Index) -> Tensor:
+        """Cache tensor `name` at `index` in the weights' dtype: a view, or a dequantized copy of an FP8 cache."""
+        if self.kv_store is None:
+            return self._cache[name][index]
+        return self.kv_store.load(self._cache, name, index, self.weight_dtype)
 
     def cache_nbytes(self) -> int:
         return sum(t.nbytes for t in self.cache_tensors().values())
@@ -317,17 +377,45 @@ class AttentionVariant(nn.Module):
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
         assert self.cache_map is not None, "allocate_cache first"
-        for name, t in self.cache_tensors().items():
-            self.cache_map.fill(t, name, length, seed, random_fill)
+        self._filled = (seed, length)
+        if self.kv_store is None:
+            for name, t in self.cache_tensors().items():
+                self.cache_map.fill(t, name, length, seed, random_fill)
+            return
+        # The unquantized values one sequence at a time, in the compute dtype, then stored.
+        for name, dims in self.cache_shapes(self.batch, self.max_seq_len).items():
+            if self.cache_map.plain:
+                self.kv_store.fill(self._cache, name, length, lambda b, n=name, d=dims: self._fill_values(
+                    n, d, b, seed, length, self.weight_dtype))
+                continue
+            # Ragged or paged: the same logical values, each sequence's context slots only, encoded
+            # first and then placed where the map keeps that sequence's tokens.
+            self.kv_store.calibrate_fill(self._cache, name)
+            for b, n in enumerate(self.cache_map.context_slots(length)):
+                if n > 0:
+                    values = self._fill_values(name, dims, b, seed, length, self.weight_dtype)[:n]
+                    stored = self.kv_store.to_stored(self._cache, name, values)
+                    self.cache_map.write_sequence(self._cache[name], b, stored)
 
     # --- cache addressing: what core_inputs use, so every layout is served the same way --------
     def _write(self, name: str, start_pos: int, rows: Tensor) -> None:
-        """Write the step's rows (B, S, ...) of cache tensor `name` at their positions."""
+        """Write the step's rows (B, S, ...) of cache tensor `name` at their positions (quantized
+        first when the cache is FP8)."""
+        if self.kv_store is not None:
+            if self.cache_map.plain:  # one (batch, token) slice: the store writes it in place
+                b, s = rows.shape[:2]
+                self._store(name, (slice(None, b), slice(start_pos, start_pos + s)), rows)
+                return
+            rows = self.kv_store.to_stored(self._cache, name, rows)
         self.cache_map.write(self._cache[name], start_pos, rows)
 
     def _read(self, name: str, b: int, end: int) -> Tensor:
-        """(b, end, ...) slots of cache tensor `name`: a view of a contiguous cache, a gather of a paged one."""
-        return self.cache_map.read(self._cache[name], b, end)
+        """(b, end, ...) slots of cache tensor `name` in the weights' dtype: a view of a contiguous
+        cache, a gather of a paged one; an FP8 cache's slots dequantized."""
+        stored = self.cache_map.read(self._cache[name], b, end)
+        if self.kv_store is None:
+            return stored
+        return self.kv_store.from_stored(self._cache, name, stored, self.weight_dtype)
 
     def _rope_at(self, table: tuple[Tensor, Tensor], b: int, start_pos: int, s: int) -> tuple[Tensor, Tensor]:
         """cos, sin of the step's positions: (S, d/2) when uniform, (b, S, d/2) per sequence when ragged."""
@@ -339,6 +427,14 @@ class AttentionVariant(nn.Module):
     def step_lengths(self, b: int, start_pos: int, s: int) -> Tensor | None:
         """(b,) tokens each sequence holds after a step of s tokens at start_pos; None when uniform."""
         return None if self.cache_map is None else self.cache_map.step_lengths(b, start_pos, s)
+
+    def _fill_values(self, name: str, dims: tuple[int, ...], b: int, seed: int, length: int,
+                     dtype: torch.dtype) -> Tensor:
+        """What `fill_cache_random` writes into slots [0, length) of sequence b of the logical cache
+        tensor `name` (dims (B, T, ...)), in `dtype`: the same values whatever the cache stores."""
+        out = torch.empty(length * math.prod(dims[2:]), device=self.weight_device, dtype=dtype)
+        random_fill(out, seed, zlib.crc32(name.encode()), first_index=b * out.numel())
+        return out.view(length, *dims[2:])
 
     def _check_step(self, x: Tensor, start_pos: int) -> None:
         if self.max_seq_len == 0:
@@ -368,17 +464,24 @@ class AttentionVariant(nn.Module):
             return self.core_output(core(q, k, v, scale, causal))
         return self.core_output(core(q, k, v, scale, causal, lengths=lengths))  # ragged: every core masks
 
-    def reference(self, rows: list[int] | None = None) -> AttentionVariant:
+    def reference(self, rows: list[int] | None = None, unquantized: bool = False) -> AttentionVariant:
         """A float64 copy on the same weights and cache contents (of the sequences `rows`,
         default all), to be run with the eager core on those sequences' inputs. It is always
         contiguous, with the same per-sequence lengths: a paged cache is checked against the
-        contiguous cache its pages spell."""
+        contiguous cache its pages spell.
+
+        The copy's cache is unquantized float64. For an FP8 cache it holds the stored values
+        dequantized, or with `unquantized` the values before quantization: the context the
+        random fill wrote, in the compute dtype (what the same case without FP8 would hold)."""
         cache, self._cache = self._cache, {}
         try:
             ref = copy.deepcopy(self)  # weights only: the cache is converted below, never copied twice
         finally:
             self._cache = cache
         ref.to(torch.float64)
+        ref.kv_store = None
+        if self.kv_store is not None and not unquantized:
+            ref.kv_store = kvquant.RoundTrip(self.kv_store, {k: t for k, t in cache.items() if k.endswith("_scale")})
         rows = list(range(self.batch)) if rows is None else rows
         if not rows or min(rows) < 0 or max(rows) >= self.batch:
             raise ValueError(f"{self.name}: reference rows {rows} outside the cache's batch of {self.batch}")
@@ -387,7 +490,27 @@ class AttentionVariant(nn.Module):
         lengths = None if cmap is None or cmap.lengths is None else tuple(cmap.lengths[r] for r in rows)
         ref.cache_map = CacheMap(len(rows), self.max_seq_len, self.weight_device, lengths)
         ref.read_pages_in_core = False
+        # The stored tensors of sequences `rows`, contiguous (B', T_max, ...); FP8 scales are per layer.
+        stored = {k: t for k, t in cache.items() if not k.endswith("_scale")}
         if cmap is not None and (cmap.page_size or rows != list(range(self.batch))):
-            cache = {name: cmap.gather(t, rows) for name, t in cache.items()}
-        ref._cache = {name: t.to(torch.float64) for name, t in cache.items()}
+            stored = {name: cmap.gather(t, rows) for name, t in stored.items()}
+        if self.kv_store is None:
+            ref._cache = {name: t.to(torch.float64) for name, t in stored.items()}
+            return ref
+        stored.update({k: t for k, t in cache.items() if k.endswith("_scale")})
+        everything = (slice(None), slice(None))
+        held = ref.cache_map.slots
+        ref._cache = {}
+        for name, dims in self.cache_shapes(self.batch, self.max_seq_len).items():
+            if not unquantized:
+                ref._cache[name] = self.kv_store.load(stored, name, everything, torch.float64)
+                continue
+            ref._cache[name] = torch.zeros((len(rows), *dims[1:]), device=self.weight_device, dtype=torch.float64)
+            if self._filled is not None:
+                seed, length = self._filled
+                for i, b in enumerate(rows):
+                    n = length - (self.max_seq_len - held[i])  # a ragged sequence's context is shorter
+                    if n > 0:
+                        ref._cache[name][i, :n] = self._fill_values(name, dims, b, seed, length,
+                                                                    self.weight_dtype)[:n]
         return ref

@@ -62,6 +62,11 @@ class CacheMap:
         return self.lengths is not None
 
     @property
+    def plain(self) -> bool:
+        """Contiguous and uniform: a step's rows are one (batch, token) slice of each tensor."""
+        return self.lengths is None and not self.page_size
+
+    @property
     def slots(self) -> tuple[int, ...]:
         """Tokens each sequence holds (after the step)."""
         return self.lengths if self.lengths is not None else (self.max_seq_len,) * self.batch
@@ -131,6 +136,21 @@ class CacheMap:
             return cache.index_select(0, index)
         return cache[self._table.index_select(0, index)].flatten(1, 2)[:, :self.max_seq_len]
 
+    def context_slots(self, length: int) -> list[int]:
+        """Slots of each sequence a context fill of the longest one's first `length` covers:
+        a sequence of slots[b] tokens is (T_max - slots[b]) shorter everywhere."""
+        return [length - (self.max_seq_len - held) for held in self.slots]
+
+    def write_sequence(self, cache: Tensor, b: int, rows: Tensor) -> None:
+        """Write rows (n, ...) at slots [0, n) of sequence b."""
+        n = rows.shape[0]
+        if not self.page_size:
+            cache[b, :n] = rows
+            return
+        pos = torch.arange(n, device=cache.device)[None, :]
+        slots = self._slots(pos, torch.tensor([b], device=cache.device))[0]
+        cache.view(-1, *cache.shape[2:])[slots] = rows
+
     @torch.no_grad()
     def fill(self, cache: Tensor, name: str, length: int, seed: int, random_fill) -> None:  # noqa: ANN001
         """Fill each sequence's context, slots [0, length - (T_max - slots[b])), with the values the
@@ -139,8 +159,7 @@ class CacheMap:
         stream = zlib.crc32(name.encode())  # a separate stream per cache tensor
         row_shape = cache.shape[2:]
         row = math.prod(row_shape)
-        for b, held in enumerate(self.slots):
-            n = length - (self.max_seq_len - held)
+        for b, n in enumerate(self.context_slots(length)):
             if n <= 0:
                 continue
             if not self.page_size:
@@ -148,6 +167,4 @@ class CacheMap:
                 continue
             values = cache.new_empty(n * row)
             random_fill(values, seed, stream, first_index=b * length * row)
-            pos = torch.arange(n, device=cache.device)[None, :]
-            slots = self._slots(pos, torch.tensor([b], device=cache.device))[0]
-            cache.view(-1, *row_shape)[slots] = values.view(n, *row_shape)
+            self.write_sequence(cache, b, values.view(n, *row_shape))

@@ -120,10 +120,10 @@ class Linformer(AttentionVariant):
         q = self.q_proj(x).view(b, n, h, d)
         k = self.k_proj(x).view(b, n, h, d)
         v = self.v_proj(x).view(b, n, h, d)
-        k_cache, v_cache = self._cache["k_cache"], self._cache["v_cache"]
-        k_cache[:b] = torch.einsum("kn,bnhd->bkhd", self.k_seq_proj[:, :n], k)  # (B, k, H, D)
-        v_cache[:b] = torch.einsum("kn,bnhd->bkhd", self.v_seq_proj[:, :n], v)
-        return q, k_cache[:b], v_cache[:b], d**-0.5, False  # bidirectional
+        rows = (slice(None, b), slice(None))
+        self._store("k_cache", rows, torch.einsum("kn,bnhd->bkhd", self.k_seq_proj[:, :n], k))  # (B, k, H, D)
+        self._store("v_cache", rows, torch.einsum("kn,bnhd->bkhd", self.v_seq_proj[:, :n], v))
+        return q, self._load("k_cache", rows), self._load("v_cache", rows), d**-0.5, False  # bidirectional
 
     def core_output(self, o: Tensor) -> Tensor:
         b, n = o.shape[:2]  # o (B, n, H, D)

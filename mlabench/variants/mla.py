@@ -29,6 +29,7 @@ from torch import Tensor
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
+from mlabench.variants import kvquant
 from mlabench.variants.base import AttentionVariant, RMSNorm, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
@@ -184,12 +185,40 @@ class MLAExpanded(_MLABase):
 
 
 class _LatentCacheMLA(_MLABase):
+    cache_tensor_count = 1
+    fp8_cache = ("per token: d_c FP8 + one fp32 scale per 128 of them + d_r RoPE values in bf16, "
+                 "d_c+4*ceil(d_c/128)+2*d_r bytes (656 at d_c=512, d_r=64)")
+
+    @classmethod
+    def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
+        shape = super().normalize_shape(shape)
+        if shape.kv_quantized and shape.kv_lora_rank % 4:
+            # The fp32 scales follow the d_c FP8 bytes in each row and must be 4-byte aligned.
+            raise ShapeError("kv_lora_rank", f"an FP8 latent cache needs kv_lora_rank divisible by 4, "
+                                             f"got {shape.kv_lora_rank}")
+        return shape
+
+    @classmethod
+    def kv_format(cls, sh: AttentionShape) -> kvquant.KVFormat | None:
+        return kvquant.LatentFP8(sh.kv_dtype, sh.kv_lora_rank, sh.rope_head_dim) if sh.kv_quantized else None
+
+    @classmethod
+    def kv_bytes_per_token(cls, sh: AttentionShape) -> int:
+        if sh.kv_quantized:
+            return kvquant.latent_row_bytes(sh.kv_lora_rank, sh.rope_head_dim)
+        return cls.kv_elements_per_token(sh) * sh.element_bytes
+
+    @classmethod
+    def kv_cache_bytes(cls, sh: AttentionShape, batch: int, seq_len: int) -> int:
+        return batch * seq_len * cls.kv_bytes_per_token(sh)
+
     def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         sh = self.shape
         return {"kv_cache": (batch, max_seq_len, sh.kv_lora_rank + sh.rope_head_dim)}
 
     def _write_latent(self, x: Tensor, start_pos: int, cos: Tensor, sin: Tensor) -> Tensor:
-        """Write this step's [c_kv, k_pe] and return the cache view (B, T, d_c + d_r)."""
+        """Write this step's [c_kv, k_pe] and return the cache (B, T, d_c + d_r): a view, or the
+        FP8 cache dequantized."""
         b, s, _ = x.shape
         c_kv, k_pe = self._latent(x, cos, sin)
         self._write("kv_cache", start_pos, torch.cat((c_kv, k_pe), dim=-1))
@@ -253,6 +282,9 @@ class LatentStep:
     # A paged cache: `cache` is then the module's page pool (num_pages, page_size, d_c + d_r) and
     # sequence b's token p lives at cache[block_table[b, p // page_size], p % page_size].
     block_table: Tensor | None = None  # (B, max pages) int32
+    # "" when `cache` holds values in q's dtype; else the FP8 format of DeepSeek's byte rows in a
+    # uint8 cache (B_max, T_max, row bytes): [d_c FP8 | fp32 scale per 128 | d_r bf16] (kvquant.py)
+    kv_dtype: str = ""
 
     @property
     def page_size(self) -> int:
@@ -279,6 +311,13 @@ class LatentStep:
 class MLAAbsorbed(_LatentCacheMLA):
     name = "mla-absorbed"
     caches = "latent c_kv + RoPE key; attends in latent space"
+
+    def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(shape, device, dtype)
+        # Set by a fused core that reads an FP8 cache's stored rows itself (backends/latent.py);
+        # the eager core gets them dequantized.
+        self.reads_stored_cache = False
 
     @classmethod
     def core_flops(cls, sh: AttentionShape, step: Step) -> int:
@@ -329,6 +368,11 @@ class MLAAbsorbed(_LatentCacheMLA):
         cos, sin = self._rope_at(self._rope, b, start_pos, s)
         latent = self._write_latent(x, start_pos, cos, sin)[:, :, None, :]  # (B, T, 1, d_c + d_r) or the pool
         self._step_start = start_pos  # a paged step's k is the pool: its position is kept here
+        paged_pool = self.read_pages_in_core and self.cache_map.page_size > 0  # latent is already the stored pool
+        if isinstance(self.kv_store, kvquant.LatentFP8) and self.reads_stored_cache and not paged_pool:
+            # A fused core dequantizes the FP8 rows itself: hand it the stored bytes (B, T, 1, row
+            # bytes), whose first d_c bytes are the FP8 latent, not a dequantized copy.
+            latent = self._cache["kv_cache"][: x.shape[0], : start_pos + s, None, :]
         return q, latent, latent[..., :d_c], self.shape.mla_softmax_scale, True
 
     def latent_step(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, cache_seqlens: Tensor,
@@ -338,7 +382,8 @@ class MLAAbsorbed(_LatentCacheMLA):
         module's cache with its strides (so the kernel reads the cache in place, not a copy) and
         v = k[..., :d_c] (V never materialized)."""
         b, s = q.shape[:2]
-        cache = self._cache["kv_cache"]  # (B_max, T_max, d_c + d_r), or the page pool (num_pages, page, d_c + d_r)
+        # (B_max, T_max, d_c + d_r), its FP8 byte rows, or the page pool (num_pages, page, d_c + d_r)
+        cache = self._cache["kv_cache"]
         d_c = self.shape.kv_lora_rank
         paged = self.read_pages_in_core and self.cache_map is not None and self.cache_map.page_size > 0
         if check:
@@ -356,10 +401,11 @@ class MLAAbsorbed(_LatentCacheMLA):
             if (not paged and (k.shape[0] != b or k.shape[1] < s)) or cache_seqlens.shape != (b,):
                 raise RuntimeError(f"{self.name}: q {tuple(q.shape)}, k {tuple(k.shape)} and cache_seqlens "
                                    f"{tuple(cache_seqlens.shape)} do not describe one step")
+        kv_dtype = self.shape.kv_dtype if isinstance(self.kv_store, kvquant.LatentFP8) else ""
         if paged:
             return LatentStep(q, cache, b, self._step_start, s, d_c, scale, cache_seqlens,
-                              self.cache_map.block_table[:b])
-        return LatentStep(q, cache, b, k.shape[1] - s, s, d_c, scale, cache_seqlens)
+                              block_table=self.cache_map.block_table[:b], kv_dtype=kv_dtype)
+        return LatentStep(q, cache, b, k.shape[1] - s, s, d_c, scale, cache_seqlens, kv_dtype=kv_dtype)
 
     def core_output(self, o_lat: Tensor) -> Tensor:
         """o_lat (B, S, H, d_c) -> W_UV per head -> o_proj."""

@@ -24,18 +24,19 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import UsageError
-from mlabench.results import read_meta_json
+from mlabench.rundir.write import read_meta_json
 from mlabench.schema import normalize_key_value
 
 # Columns a results.csv must have. The rest of the contract is optional so
 # that baselines written before a column was added still load (filled empty).
 # Key columns added after runs were already on disk, with the value those runs implicitly had.
 KEY_DEFAULTS: dict[str, str] = {"scope": "step", "context": "", "cache_layout": ""}
-REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in KEY_DEFAULTS) + \
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS
+                                          if c not in KEY_DEFAULTS and c not in schema.KEY_DEFAULT_FROM) + \
     schema.OUTCOME_COLUMNS + ("latency_ms",)
 STRING_COLUMNS: frozenset[str] = frozenset(
-    {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "device", "status", "error", "case_id",
-     "backend_detail", "timer", "fits_l2", "options", "context", "cache_layout",
+    {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "kv_dtype", "device", "status", "error",
+     "case_id", "backend_detail", "timer", "fits_l2", "options", "host", "device_name", "context", "cache_layout",
      "context_lengths"}
 )
 SAMPLE_REQUIRED: tuple[str, ...] = ("case_id", "sample", "latency_ms")  # `round` is optional
@@ -159,7 +160,9 @@ def read_results(path: Path, torn: Torn = "warn") -> pd.DataFrame:
         raise UsageError(f"{path}: missing required column(s): {shown}")
     for c in schema.COLUMNS:
         if c not in raw.columns:
-            raw[c] = KEY_DEFAULTS.get(c, "")
+            raw[c] = raw[schema.KEY_DEFAULT_FROM[c]] if c in schema.KEY_DEFAULT_FROM else KEY_DEFAULTS.get(c, "")
+    for c, default_from in schema.KEY_DEFAULT_FROM.items():  # an empty cell: the value before the column
+        raw.loc[raw[c].astype(str).str.strip() == "", c] = raw[default_from]
     statuses = raw["status"].str.strip()
     unknown = ~statuses.isin(schema.STATUSES)
     if unknown.any():

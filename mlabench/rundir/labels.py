@@ -12,7 +12,6 @@ from collections.abc import Iterable
 import pandas as pd
 
 from mlabench import schema
-from mlabench.report.load import normalize_key_value
 
 # How each key column is written inside a label; None = the bare value.
 SHORT: dict[str, str | None] = {
@@ -40,7 +39,7 @@ OUTER: tuple[str, ...] = ("suite", "model", "dtype")
 
 
 def part(column: str, value: object) -> str:
-    text = normalize_key_value(value)
+    text = schema.normalize_key_value(value)
     short = SHORT.get(column)
     return text if short is None else f"{short}={text}"
 
@@ -58,8 +57,8 @@ def _redundant(column: str, row: dict[str, object]) -> bool:
     """q_len is implied by the mode in the usual case (prefill: all tokens, decode: one)."""
     if column != "q_len":
         return False
-    q = normalize_key_value(row["q_len"])
-    return (row["mode"] == "prefill" and q == normalize_key_value(row["seq_len"])) or (
+    q = schema.normalize_key_value(row["q_len"])
+    return (row["mode"] == "prefill" and q == schema.normalize_key_value(row["seq_len"])) or (
         row["mode"] == "decode" and q == "1"
     )
 

@@ -1,0 +1,98 @@
+"""Executors: where a sweep's cases run. The driver (sweep.run_sweep) alone writes rows.
+
+An executor turns the list of unfinished cases into results as they finish, in any
+order; the driver appends each to the run directory as it arrives, so a stop keeps
+every finished row whichever executor ran it.
+
+- `local`: in this process, one case after another (the default).
+- `isolate`: one case after another, each in a fresh child process (executors/isolate.py).
+- `ray`: each case a Ray task whose worker runs it isolated (executors/ray_exec.py).
+
+`on_start(case, done, total)` is called as a case starts (`done`: results yielded so far),
+and `should_stop()` is polled before a case starts: once it is true no new case starts,
+and the cases in flight finish. Closing the iterator (the driver stopping early, a second
+Ctrl-C) abandons the cases in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Protocol
+
+from mlabench.case import Case
+from mlabench.errors import UsageError
+from mlabench.runner import CaseResult, RunContext, run_case
+
+EXECUTORS: tuple[str, ...] = ("local", "isolate", "ray")
+
+OnStart = Callable[[Case, int, int], None]
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
+            should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]: ...
+
+
+class LocalExecutor:
+    """Every case in this process: cheapest, but a crash in a case is a crash of the sweep."""
+
+    name = "local"
+
+    def __init__(self, run: Callable[[Case, RunContext], CaseResult] = run_case) -> None:
+        self._run = run
+
+    def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
+            should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]:
+        for i, case in enumerate(cases):
+            if should_stop():
+                return
+            if on_start:
+                on_start(case, i, len(cases))
+            yield self._run(case, ctx)
+
+
+class IsolateExecutor:
+    """Every case in a fresh child process, one at a time, on the driver's device."""
+
+    name = "isolate"
+
+    def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
+            should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]:
+        from mlabench.executors.isolate import plugin_modules, run_isolated
+
+        plugins = plugin_modules(cases)
+        for i, case in enumerate(cases):
+            if should_stop():
+                return
+            if on_start:
+                on_start(case, i, len(cases))
+            answer = run_isolated(case, ctx, plugins)
+            answer.result.device = answer.device or None
+            yield answer.result
+
+
+def choose_executor(name: str | None, isolate: bool, ray_address: str | None,
+                    ray_accelerator: str | None = None) -> str:
+    """The executor the flags ask for, checked before any work. `--isolate` is `--executor
+    isolate`; with `--executor ray` it changes nothing (Ray workers isolate every case)."""
+    if name is not None and name not in EXECUTORS:
+        raise UsageError(f"--executor: unknown executor {name!r} (choose from {', '.join(EXECUTORS)})")
+    if isolate and name == "local":
+        raise UsageError("--isolate contradicts --executor local (drop one)")
+    chosen = name or ("isolate" if isolate else "local")
+    if ray_address is not None and chosen != "ray":
+        raise UsageError("--ray-address needs --executor ray")
+    if ray_accelerator is not None and chosen != "ray":
+        raise UsageError("--ray-accelerator needs --executor ray")
+    return chosen
+
+
+def make_executor(name: str) -> Executor | None:
+    """The executors that need no connection (Ray: ray_exec.RayExecutor.connect); None for local,
+    which is run_sweep's default."""
+    return IsolateExecutor() if name == "isolate" else None
+
+
+__all__ = ["EXECUTORS", "Executor", "IsolateExecutor", "LocalExecutor", "choose_executor", "make_executor"]

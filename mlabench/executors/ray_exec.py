@@ -1,0 +1,233 @@
+"""`--executor ray`: each case a Ray task holding one GPU (CPU cases: `threads` CPUs), whose
+worker runs it in a fresh child process (executors/isolate.py); rows come back to the driver.
+
+Ray (the optional extra `mlabench[ray]`) schedules the tasks over a cluster (`--ray-address`)
+or over this machine's GPUs or CPUs (a local instance started here and stopped at the end).
+Each task is a streaming generator that first says where it runs (host, node) and then
+returns the case's result: the driver counts a case as started when it actually starts, and
+a worker lost mid-case (node gone, worker killed) becomes that case's `error` row naming the
+node. Tasks are not retried: a case that kills its worker would kill the next one too.
+
+Stopping: once `should_stop()` is true, tasks not yet started are cancelled and the cases in
+flight finish; closing the iterator (a second Ctrl-C) cancels those as well, killing their
+workers and with them the cases' child processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from mlabench.case import Case
+from mlabench.errors import UsageError
+from mlabench.executors import OnStart
+from mlabench.executors.isolate import Isolated, failed_row, plugin_modules, run_isolated
+from mlabench.measure.peaks import Peaks
+from mlabench.runner import CaseResult, RunContext
+
+# Cases submitted beyond what the cluster can run at once: enough to keep workers busy between
+# a result and the next submission, few enough that a stop cancels little.
+QUEUE_AHEAD = 2
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'mlabench[ray]'") from None
+    return ray
+
+
+def _case_task(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | None], ...],
+               peaks_for: str | None) -> Iterator[Any]:
+    """On a Ray worker: where this is, then the isolated case's answer."""
+    ray = _ray()
+    yield {"host": socket.gethostname(), "node": ray.util.get_node_ip_address()}
+    yield run_isolated(case, ctx, plugins, peaks_for)
+
+
+def _describe_task(device: torch.device, dtypes: list[str], probe: bool, threads: int) -> tuple[dict[str, Any], Peaks]:
+    """On a Ray worker (for a GPU, one that exits afterwards, so no CUDA context lingers in a
+    worker that later starts cases): the fingerprint and roofline peaks of the device cases will
+    get, CPU peaks with the cases' thread count."""
+    from mlabench.measure.envinfo import device_info
+    from mlabench.sweep import measure_peaks
+
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(int(threads))
+    return device_info(device), measure_peaks(device, dtypes, probe)
+
+
+ACCELERATOR_PREFIX = "accelerator_type:"  # how Ray names a node's GPU kind among its resources
+
+
+def check_accelerator(kind: str, resources: dict[str, float]) -> None:
+    """Refuse a GPU kind no node of the cluster has (its tasks would wait forever), naming those it has."""
+    kinds = sorted(k[len(ACCELERATOR_PREFIX):] for k in resources if k.startswith(ACCELERATOR_PREFIX))
+    if kind not in kinds:
+        raise UsageError(f"--ray-accelerator {kind}: no node of the Ray cluster has that GPU kind "
+                         f"(it has: {', '.join(kinds) or 'none'})")
+
+
+class RayExecutor:
+    """Cases as Ray tasks; `connect` first, `describe` before the run directory is opened."""
+
+    name = "ray"
+
+    def __init__(self, started_here: bool, accelerator: str | None = None) -> None:
+        self.started_here = started_here
+        self.accelerator = accelerator  # the GPU kind every case is pinned to (Ray's accelerator type)
+        self.device_meta: dict[str, Any] | None = None
+        self._peaks = Peaks()
+        self._device = torch.device("cpu")
+
+    @classmethod
+    def connect(cls, address: str | None, accelerator: str | None = None) -> RayExecutor:
+        """Join the cluster at `address`, or start a local instance over this machine's devices
+        (or use the one this process already runs, as tests do). `accelerator`: run every case on
+        GPUs of that kind only (`--ray-accelerator`)."""
+        ray = _ray()
+        if ray.is_initialized():
+            return cls(started_here=False, accelerator=accelerator)
+        quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
+                                 "log_to_driver": False}
+        try:
+            if address:
+                ray.init(address=address, **quiet)
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(), **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"at {address}" if address else "locally"
+            raise UsageError(f"--executor ray: cannot start or reach Ray {where} ({str(exc).splitlines()[0]})") \
+                from None
+        return cls(started_here=True, accelerator=accelerator)
+
+    def close(self) -> None:
+        if self.started_here:
+            _ray().shutdown()
+            self.started_here = False
+
+    def resolve_device(self, name: str) -> torch.device:
+        """The device kind every case asks the cluster for; each task sees its own GPU as cuda:0."""
+        gpus = _ray().cluster_resources().get("GPU", 0)
+        if name == "auto":
+            name = "cuda" if gpus else "cpu"
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UsageError(f"--device: unknown device {name!r} (auto, cpu, cuda)") from None
+        if dev.type == "cpu":
+            if self.accelerator:
+                raise UsageError(f"--ray-accelerator {self.accelerator}: pins GPU cases; these run on the CPU")
+            return torch.device("cpu")
+        if dev.type != "cuda":
+            raise UsageError(f"--device: unsupported device type {dev.type!r} (auto, cpu, cuda)")
+        if dev.index not in (None, 0):
+            raise UsageError(f"--device {name}: with --executor ray each case gets one GPU of the cluster; "
+                             "give --device cuda")
+        if not gpus:
+            raise UsageError("--device cuda: the Ray cluster has no GPU")
+        if self.accelerator:
+            check_accelerator(self.accelerator, _ray().cluster_resources())
+        return torch.device("cuda:0")
+
+    def _resources(self, ctx_device: torch.device, threads: int) -> dict[str, Any]:
+        if ctx_device.type == "cuda":
+            pinned = {"accelerator_type": self.accelerator} if self.accelerator else {}
+            return {"num_gpus": 1, "num_cpus": 1, **pinned}
+        return {"num_cpus": max(1, int(threads))}  # threads 0 (torch's default) still takes a CPU
+
+    def describe(self, plan: Any, probe: bool) -> None:
+        """Fingerprint and peaks from one worker of the kind the cases ask for."""
+        ray = _ray()
+        self._device = plan.device
+        dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
+        # A CPU worker may stay: its imported torch saves the next case's worker that import.
+        task = ray.remote(max_calls=1 if plan.device.type == "cuda" else 0, max_retries=0,
+                          **self._resources(plan.device, plan.settings.threads))(_describe_task)
+        self.device_meta, self._peaks = ray.get(task.remote(plan.device, dtypes, probe, plan.settings.threads))
+
+    def peaks(self, _dtypes: list[str], _probe: bool) -> Peaks:
+        return self._peaks
+
+    def _capacity(self, resources: dict[str, Any]) -> int:
+        total = _ray().cluster_resources()
+        if "num_gpus" in resources:
+            return max(1, int(total.get("GPU", 0)))
+        return max(1, int(total.get("CPU", 0) // resources["num_cpus"]))
+
+    def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
+            should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]:
+        ray = _ray()
+        ctx = replace(ctx, nvml=None)  # the child opens its own
+        resources = self._resources(ctx.device, ctx.timing.threads)
+        task = ray.remote(num_returns="streaming", max_retries=0, **resources)(_case_task)
+        plugins = plugin_modules(cases)
+        peaks_for = (self.device_meta or {}).get("name")
+        window = self._capacity(resources) + QUEUE_AHEAD
+        waiting = deque(cases)
+        flight: dict[Any, Case] = {}  # generator -> its case
+        where: dict[Any, dict[str, str]] = {}  # generator -> host and node, once started
+        done = 0
+        try:
+            while waiting or flight:
+                if should_stop():
+                    waiting.clear()
+                    for gen in [g for g in flight if g not in where]:  # queued, not started: never run
+                        ray.cancel(gen)
+                        del flight[gen]
+                while waiting and len(flight) < window:
+                    case = waiting.popleft()
+                    flight[task.remote(case, ctx, plugins, peaks_for)] = case
+                if not flight:
+                    break
+                ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.5)
+                for gen in ready:
+                    case = flight[gen]
+                    try:
+                        message = ray.get(next(gen))
+                    except StopIteration:
+                        del flight[gen]
+                        continue
+                    except ray.exceptions.TaskCancelledError:
+                        del flight[gen]  # stopped on request: no row, --resume runs it
+                        continue
+                    except ray.exceptions.RayError as exc:
+                        del flight[gen]
+                        done += 1
+                        yield self._lost(case, where.pop(gen, None), exc)
+                        continue
+                    if isinstance(message, dict):
+                        where[gen] = message
+                        if on_start:
+                            on_start(case, done, len(cases))
+                        continue
+                    del flight[gen]
+                    where.pop(gen, None)
+                    done += 1
+                    assert isinstance(message, Isolated)
+                    message.result.device = message.device or None
+                    yield message.result
+        finally:
+            for gen in flight:  # abandoned: kill the workers, and with them the cases' processes
+                ray.cancel(gen, force=True)
+
+    @staticmethod
+    def _lost(case: Case, where: dict[str, str] | None, exc: Exception) -> CaseResult:
+        ray = _ray()
+        node = f"on node {where['host']} ({where['node']})" if where else "before it reported its node"
+        if isinstance(exc, ray.exceptions.RayTaskError):  # the task itself raised: mlabench's bug, not a lost node
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            text = str(cause).strip().splitlines()
+            what = f"Ray task failed {node}: {type(cause).__name__}: {text[-1] if text else ''}"
+        else:
+            text = str(exc).strip().splitlines()
+            what = f"Ray worker lost mid-case {node}: {type(exc).__name__}: {text[0] if text else ''}"
+        return CaseResult(failed_row(case, "error", what, 0.0, host=where["host"] if where else ""), [])

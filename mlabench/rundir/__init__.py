@@ -1,0 +1,45 @@
+"""The run directory: the one module that writes it, reads it back typed, and labels its cases.
+
+A run directory holds `results.csv` (one row per case; the columns are
+`schema.ResultRow`), `samples.csv` (every timed sample), `meta.json` (the
+environment fingerprint and the sweep's settings) and `report.html`.
+
+- `write`: the crash-safe writer a sweep appends to (`RunWriter`), and the cell format.
+- `read`: the validated reader (`load_run` -> `RunData`) that `report`, `compare`
+  and `merge` all go through; malformed input is one `UsageError` line.
+- `labels`: short case and series labels naming only the key columns that vary.
+
+Key values are normalized by `schema.normalize_key_value`, so case ids agree
+whether a row is in memory or read back from CSV.
+"""
+
+from __future__ import annotations
+
+from mlabench.rundir.labels import case_labels, series_labels
+from mlabench.rundir.read import (
+    RunData,
+    join_ids,
+    key_frame,
+    load_run,
+    read_meta,
+    read_results,
+    read_samples,
+)
+from mlabench.rundir.write import RunWriter, check_out_dir, format_cell, read_meta_json, read_rows
+
+__all__ = [
+    "RunData",
+    "RunWriter",
+    "case_labels",
+    "check_out_dir",
+    "format_cell",
+    "join_ids",
+    "key_frame",
+    "load_run",
+    "read_meta",
+    "read_meta_json",
+    "read_results",
+    "read_rows",
+    "read_samples",
+    "series_labels",
+]
