@@ -17,6 +17,12 @@ with `kv_dtype` an FP8 format the module stores them in one of two layouts:
   stays 16-bit because its rotation would lose more than the latent in FP8.
 
 Scales are powers of two in both layouts, so dequantizing (fp8 * scale) is exact in fp32.
+
+A contiguous uniform cache is written in place (`store`, `load` on (batch, token) slices).
+Ragged and paged caches (variants/cache_map.py) place rows per sequence or per page, so the
+step's rows are encoded first (`to_stored`), then placed like any other cache's rows, and
+read back gathered, then decoded (`from_stored`): a token's stored row is the same bytes
+in every layout.
 """
 
 from __future__ import annotations
