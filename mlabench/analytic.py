@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlabench.config import AttentionShape
+from mlabench.config import AttentionShape, ShapeError
 from mlabench.layout import pages_for
 from mlabench.variants.registry import variant_class
 
@@ -112,6 +112,49 @@ def _cache_traffic_bytes(cls: type[AttentionVariant], sh: AttentionShape, step: 
     tokens = step.batch * (step.total + step.new_tokens)  # T read, S written
     stored = tokens * cls.kv_bytes_per_token(sh) + cls.kv_fixed_bytes(sh)
     return stored + (elements - tokens * per_token) * sh.element_bytes
+
+
+def check_tp(shape: AttentionShape, tp: int) -> None:
+    """Tensor parallelism splits the query heads evenly (as vLLM and SGLang do): tp must divide H."""
+    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
+        raise ShapeError("tp", f"must be a positive integer, got {tp!r}")
+    if shape.num_heads % tp:
+        raise ShapeError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({shape.num_heads})")
+
+
+def kv_elements_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> int:
+    """Cache elements per token per layer on one GPU at tensor-parallel degree tp (MLA.md section 6)."""
+    cls, sh = _normalized(variant, shape)
+    check_tp(sh, tp)
+    per_token = cls.kv_elements_per_token_per_gpu(sh, tp)
+    if per_token is None:
+        raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
+    return per_token
+
+
+def kv_bytes_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> int:
+    """Stored cache bytes per token per layer on ONE GPU at tensor-parallel degree tp (per-layer
+    scales not included: `kv_fixed_bytes`)."""
+    cls, sh = _normalized(variant, shape)
+    check_tp(sh, tp)
+    elements = cls.kv_elements_per_token_per_gpu(sh, tp)
+    if elements is None:
+        raise NotImplementedError(f"{cls.name} has no per-token cache to split over GPUs")
+    if not sh.kv_quantized:
+        return elements * sh.element_bytes
+    # FP8: a GPU holds its share of every stored row; a row's scales travel with the values they scale.
+    return elements * cls.kv_bytes_per_token(sh) // cls.kv_elements_per_token(sh)
+
+
+def kv_cache_bytes_per_gpu(variant: str, shape: AttentionShape, batch: int, seq_len: int, tp: int,
+                           layers: int = 1) -> int:
+    """Bytes of the cache one GPU holds at tensor-parallel degree tp, times `layers`."""
+    cls, sh = _normalized(variant, shape)
+    check_tp(sh, tp)
+    if not sh.kv_quantized:
+        return cls.kv_cache_elements_per_gpu(sh, batch, seq_len, tp) * sh.element_bytes * layers
+    # Per-tensor FP8 scales (kv_fixed_bytes) are replicated on every GPU.
+    return (kv_bytes_per_token_per_gpu(variant, shape, tp) * batch * seq_len + cls.kv_fixed_bytes(sh)) * layers
 
 
 def param_count(variant: str, shape: AttentionShape, seq_len: int | None = None) -> int:
@@ -200,6 +243,16 @@ def ragged_scoped_bytes(variant: str, shape: AttentionShape, steps: Sequence[Ste
     cls, sh = _normalized(variant, shape)
     weights = cls.param_count(sh, seq_len=max(st.total for st in steps)) * sh.element_bytes
     return weights + sum(_token_bytes(variant, shape, st) for st in steps)
+
+
+def layout_kv_cache_bytes_per_gpu(variant: str, shape: AttentionShape, batch: int, seq_len: int, tp: int,
+                                  lengths: Sequence[int] | None = None, page_size: int = 0) -> int:
+    """`layout_kv_cache_bytes` on ONE GPU at tensor-parallel degree tp: a paged cache's slots are
+    its whole pages, each GPU holding its share of every stored row."""
+    if not page_size:
+        return kv_cache_bytes_per_gpu(variant, shape, batch, seq_len, tp)
+    slots = sum(pages_for(list(lengths) if lengths is not None else [seq_len] * batch, page_size)) * page_size
+    return kv_cache_bytes_per_gpu(variant, shape, 1, slots, tp)  # per-token caches: bytes follow the slots
 
 
 def layout_kv_cache_bytes(variant: str, shape: AttentionShape, batch: int, seq_len: int,

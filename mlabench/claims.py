@@ -8,6 +8,10 @@ A. DeepSeek-V2 paper, Table 1: KV-cache elements per token over l layers
 B. "Per-head latent K/V at 32 of 128 dims makes a 2K-token single-layer cache
    4x smaller" (MHA 16 MB vs latent 4 MB in the source, which counts elements).
 C. "MQA has 0.56 and GQA (8 heads, 4 groups) 0.75 of MHA's attention parameters".
+D. The GTA/GLA paper (arXiv 2505.21487) at its 1.47B model (preset gla-xl): GTA-4 about halves
+   GQA-4's cache; GLA-2 at TP 2 holds 640 B per token per layer per GPU where MLA holds 1152;
+   GLA-2's absorbed decode does about half of MLA's core FLOPs at the same heads.
+E-G. TPA's and DeepSeek Sparse Attention's caches (`claims_sparse.py`).
 
 Pure Python and pandas; no torch.
 """
@@ -29,6 +33,7 @@ MIB = float(1 << 20)
 DEEPSEEK_V2_PAPER = "DeepSeek-V2 paper (arXiv:2405.04434), Table 1"
 LATENT_SOURCE = "Per-head low-rank K/V write-up (32 of 128 dims, 2K tokens)"
 PARAMS_SOURCE = "MQA/GQA parameter-count write-up (hidden 256, 8 heads)"
+GLA_PAPER = "GTA/GLA paper (arXiv:2505.21487), 1.47B model (gla-xl)"
 
 
 @dataclass(frozen=True)
@@ -189,10 +194,70 @@ def _claim_params(rows: pd.DataFrame) -> list[ClaimResult]:
     return out
 
 
+# --- D: GTA and GLA at the paper's 1.47B model --------------------------------------------------------------
+
+def _per_token(rows: pd.DataFrame, column: str) -> tuple[float | None, str]:
+    """Bytes per token (per layer) of `column` over the rows' batch * seq_len slots."""
+    values = _column(rows, column)
+    if values.empty:
+        return None, ""
+    kept = rows.loc[values.index]
+    tokens = pd.to_numeric(kept["batch"], errors="coerce") * pd.to_numeric(kept["seq_len"], errors="coerce")
+    return _single((values / tokens).dropna())
+
+
+def _ratio_claim(text: str, expected: float, num: float | None, den: float | None, unit: str, gap: str,
+                 note: str) -> ClaimResult:
+    measured = num / den if num is not None and den else None
+    return ClaimResult(text, GLA_PAPER, expected, measured, unit, _verdict(expected, measured),
+                       gap if measured is None else note)
+
+
+def _claim_gla(rows: pd.DataFrame) -> list[ClaimResult]:
+    sh = config.PRESETS["gla-xl"]
+    base = dict(model="gla-xl", mode="decode")
+    out: list[ClaimResult] = []
+    # GTA-4 vs GQA-4: (G*D + d_r) / (2*G*D), 0.5625 at D = 128, d_r = 64: "about half".
+    per_token = {}
+    for v in ("gta", "gqa"):
+        sel = _select(rows, variant=v, num_kv_heads=4, **base)
+        per_token[v] = _per_token(sel, _cache_bytes(sel)[1])[0]
+    gta, gqa = per_token["gta"], per_token["gqa"]
+    g, d, r = 4, sh.head_dim, sh.rope_head_dim
+    out.append(_ratio_claim(
+        "GTA-4 about halves GQA-4's KV cache", (g * d + r) / (2 * g * d), gta, gqa, "x GQA-4 cache bytes",
+        "no gla-xl gta / gqa (G = 4) decode rows in the claims suite",
+        f"cache tensors: GTA-4 {gta or 0:,.0f} B, GQA-4 {gqa or 0:,.0f} B per token per layer; exact "
+        f"(G*D + d_r) / 2GD = {(g * d + r) / (2 * g * d):g}"))
+    # Per GPU at TP 2: GLA-2 (h_c/N)*d_g + d_r = 320 elements (640 B bf16), MLA d_c + d_r = 576 (1152 B).
+    for variant, expected in (("gla-absorbed", 640.0), ("mla-absorbed", 1152.0)):
+        sel = _select(rows, variant=variant, tp=2, dtype="bfloat16", **base)
+        per_gpu, note = _per_token(sel, "kv_cache_bytes_per_gpu")
+        label = "GLA-2" if variant.startswith("gla") else "MLA"
+        out.append(ClaimResult(f"{label} at TP 2 holds {expected:,.0f} B of KV cache per token per layer per GPU",
+                               GLA_PAPER, expected, per_gpu, "B/token/layer/GPU", _verdict(expected, per_gpu),
+                               f"no gla-xl bfloat16 {variant} decode rows swept with tp = 2 in the claims suite"
+                               if per_gpu is None else "; ".join(["analytic (kv_cache_bytes_per_gpu), MLA.md §6"]
+                                                                 + ([note] if note else []))))
+    # Core FLOPs of one absorbed decode step: 2H(2d_g + d_r)T against MLA's 2H(2d_c + d_r)T.
+    flops = {v: _single(_column(_select(rows, variant=v, scope="core", **base), "flops"))[0]
+             for v in ("gla-absorbed", "mla-absorbed")}
+    d_g, d_c = sh.kv_lora_rank // sh.num_latent_heads, sh.kv_lora_rank
+    out.append(_ratio_claim(
+        "GLA-2's absorbed decode does about half of MLA's core FLOPs at the same heads",
+        (2 * d_g + r) / (2 * d_c + r), flops["gla-absorbed"], flops["mla-absorbed"], "x MLA core FLOPs",
+        "no gla-xl gla-absorbed / mla-absorbed decode rows in scope core in the claims suite",
+        f"flops of scope-core rows (analytic); exact (2d_g + d_r) / (2d_c + d_r) = "
+        f"{(2 * d_g + r) / (2 * d_c + r):.4f}"))
+    return out
+
+
 def evaluate_claims(df: pd.DataFrame) -> list[ClaimResult]:
     """Every claim, measured from the rows with suite == 'claims' (others are ignored)."""
+    from mlabench.claims_sparse import sparse_claims  # imports this module's helpers
+
     rows = _claims_rows(df)
-    return _claim_table1(rows) + _claim_latent(rows) + _claim_params(rows)
+    return _claim_table1(rows) + _claim_latent(rows) + _claim_params(rows) + _claim_gla(rows) + sparse_claims(rows)
 
 
 def has_claims(df: pd.DataFrame) -> bool:

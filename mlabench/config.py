@@ -11,6 +11,14 @@ Field meaning per family (see MLA.md):
   `q_lora_rank` d_q (0 = no query compression), `kv_lora_rank` d_c.
 - lowrank-kv: `kv_lora_rank` is the per-head latent width (< head_dim).
 - linformer: `kv_lora_rank` is the projected sequence length k.
+- gta: `head_dim` D, `num_kv_heads` G tied K/V heads, `rope_head_dim` d_r of the one shared RoPE key.
+- gla: `num_latent_heads` h_c latent heads splitting `kv_lora_rank` (h_c*d_g in all),
+  `q_lora_rank` the query latent, `head_dim` D, `rope_head_dim` d_r.
+- tpa: `q_rank`, `k_rank`, `v_rank` are R_q, R_k, R_v; `head_dim` is D.
+- dsa: MLA's fields plus the lightning indexer's `index_heads` H_I, `index_head_dim` d_I
+  and `topk` k (cached tokens each query attends to).
+0 in a rank, index or topk field means the shape does not use it; the variant that needs
+it refuses 0 naming the field.
 `kv_lora_rank` is thus "the latent rank" of every latent variant, the axis the
 latent-rank suite sweeps.
 
@@ -25,6 +33,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+# Shape fields only some variants read (TPA's ranks, DSA's indexer): a case of a variant that
+# does not read one records 0 (`shape_for_variant`), so its key holds only what changes its
+# computation and a preset's values for them (tiny's) leave other variants' case ids alone.
+OPTIONAL_FIELDS: tuple[str, ...] = ("q_rank", "k_rank", "v_rank", "index_heads", "index_head_dim", "topk")
 
 DTYPES: dict[str, int] = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 DTYPE_ALIASES: dict[str, str] = {
@@ -92,6 +105,7 @@ class AttentionShape:
     num_kv_heads: int | None = None  # None = num_heads (MHA)
     q_lora_rank: int = 0
     kv_lora_rank: int = 0
+    num_latent_heads: int = 1  # GLA's h_c: independent latent heads splitting kv_lora_rank
     rope_head_dim: int = 0
     v_head_dim: int = 0  # 0 = head_dim
     rope_theta: float = 10000.0
@@ -105,6 +119,14 @@ class AttentionShape:
     dtype: str = "bfloat16"
     rms_norm_eps: float = 1e-6
     kv_dtype: str = ""  # what the cache stores: "" = the compute dtype, or a KV_FP8_DTYPES name
+    # Tensor Product Attention ranks (0 = unused).
+    q_rank: int = 0
+    k_rank: int = 0
+    v_rank: int = 0
+    # DeepSeek Sparse Attention: lightning indexer heads and width, tokens kept per query (0 = unused).
+    index_heads: int = 0
+    index_head_dim: int = 0
+    topk: int = 0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -185,11 +207,13 @@ def _finite(shape: AttentionShape, *names: str) -> None:
 
 def validate_shape(shape: AttentionShape) -> None:
     """Checks that hold for every variant; variant-specific checks live in `validate_for_variant`."""
-    _positive(shape, "hidden_size", "num_heads", "head_dim", "num_layers", "rope_original_max_position")
+    _positive(shape, "hidden_size", "num_heads", "head_dim", "num_layers", "rope_original_max_position",
+              "num_latent_heads")
     # Types before the range checks below, which would raise TypeError on a string.
     _finite(shape, "rope_theta", "rope_scaling_factor", "rope_mscale_all_dim", "rope_beta_fast", "rope_beta_slow",
             "rms_norm_eps")
-    _non_negative(shape, "q_lora_rank", "kv_lora_rank", "rope_head_dim", "v_head_dim")
+    _non_negative(shape, "q_lora_rank", "kv_lora_rank", "rope_head_dim", "v_head_dim", "q_rank", "k_rank", "v_rank",
+                  "index_heads", "index_head_dim", "topk")
     if shape.num_kv_heads is not None:
         _positive(shape, "num_kv_heads")
         if shape.num_heads % shape.num_kv_heads != 0:
@@ -236,6 +260,24 @@ PRESETS: dict[str, AttentionShape] = {
         name="deepseek-v2-lite", hidden_size=2048, num_heads=16, q_lora_rank=0, num_layers=27,
         rope_scaling_factor=40.0, rope_mscale_all_dim=0.707, **_DEEPSEEK_MLA,
     ),
+    # DeepSeek-V3.2 (inference/config_671B_v3.2.json): V3's MLA plus the lightning indexer.
+    "deepseek-v3.2": AttentionShape(
+        name="deepseek-v3.2", hidden_size=7168, num_heads=128, q_lora_rank=1536, num_layers=61,
+        rope_scaling_factor=40.0, rope_mscale_all_dim=1.0, index_heads=64, index_head_dim=128, topk=2048,
+        **_DEEPSEEK_MLA,
+    ),
+    # Kimi K2 (moonshotai/Kimi-K2-Instruct config.json): DeepSeek-V3's MLA with 64 heads, rope_theta
+    # 50000 and YaRN factor 32 with beta_fast = beta_slow = 1.
+    "kimi-k2": AttentionShape(
+        name="kimi-k2", hidden_size=7168, num_heads=64, q_lora_rank=1536, num_layers=61, rope_theta=50000.0,
+        rope_scaling_factor=32.0, rope_mscale_all_dim=1.0, rope_beta_fast=1.0, rope_beta_slow=1.0,
+        **_DEEPSEEK_MLA,
+    ),
+    # T6 medium (tensorgi/T6 config/train_T6_medium_adam_80g8.py): Tensor Product Attention.
+    "t6-medium": AttentionShape(
+        name="t6-medium", hidden_size=1024, num_heads=47, head_dim=64, num_layers=24, q_rank=6, k_rank=2,
+        v_rank=2, rms_norm_eps=1e-6,
+    ),
     "llama-3-8b": AttentionShape(
         name="llama-3-8b", hidden_size=4096, num_heads=32, num_kv_heads=8, head_dim=128,
         num_layers=32, rope_theta=500000.0, rms_norm_eps=1e-5,
@@ -252,10 +294,17 @@ PRESETS: dict[str, AttentionShape] = {
         name="qwen2.5-7b", hidden_size=3584, num_heads=28, num_kv_heads=4, head_dim=128,
         num_layers=28, rope_theta=1000000.0,
     ),
+    # The GLA paper's 1.47B model (arXiv 2505.21487): G = 4 for gta/gqa, h_c = 2 latent heads of
+    # d_g = 2D = 256 for gla, whose 512-wide latent is also MLA's d_c at this shape.
+    "gla-xl": AttentionShape(
+        name="gla-xl", hidden_size=2048, num_heads=16, num_kv_heads=4, head_dim=128, rope_head_dim=64,
+        q_lora_rank=1024, kv_lora_rank=512, num_latent_heads=2, num_layers=24,
+    ),
     # Small shapes for smoke tests and CPU sweeps: MLA ranks set so every variant can run.
     "tiny": AttentionShape(
         name="tiny", hidden_size=256, num_heads=8, num_kv_heads=2, head_dim=32, q_lora_rank=64,
-        kv_lora_rank=16, rope_head_dim=16, v_head_dim=32, num_layers=4, dtype="float32",
+        kv_lora_rank=16, num_latent_heads=2, rope_head_dim=16, v_head_dim=32, num_layers=4, dtype="float32",
+        q_rank=4, k_rank=2, v_rank=2, index_heads=8, index_head_dim=32, topk=8,
     ),
 }
 

@@ -56,6 +56,7 @@ class RunContext:
     seed: int = 0
     timeout_s: float = 300.0  # wall limit of one case, checked between steps (a running call is never cut)
     profile: ProfileRequest | None = None  # trace (and NVTX) for the cases it selects
+    tp: int = 1  # tensor-parallel degree of the analytic per-GPU cache column
 
 
 @dataclass
@@ -78,21 +79,29 @@ class CaseResult:
 UNSTABLE_SPREAD = 1.5
 
 
-def analytic_columns(case: Case) -> dict[str, Any]:
+def analytic_columns(case: Case, tp: int = 1) -> dict[str, Any]:
     """Deterministic columns known before anything runs (the formulas; `params` is counted on
-    the module itself once it exists)."""
+    the module itself once it exists). `kv_cache_bytes_per_gpu` is one GPU's share at
+    tensor-parallel degree tp, empty for a variant without a tensor-parallel cache model."""
     sh, step, lengths = case.shape, case.step, case.lengths
-    kv = analytic.layout_kv_cache_bytes(case.variant, sh, case.batch, case.seq_len, lengths, case.layout.page_size)
+    page_size = case.layout.page_size
+    kv = analytic.layout_kv_cache_bytes(case.variant, sh, case.batch, case.seq_len, lengths, page_size)
+    try:
+        per_gpu: int | None = analytic.layout_kv_cache_bytes_per_gpu(case.variant, sh, case.batch, case.seq_len,
+                                                                     tp, lengths, page_size)
+    except NotImplementedError:
+        per_gpu = None
+    shared = {"tp": tp, "kv_cache_bytes_per_gpu": per_gpu, "kv_cache_bytes": kv}
     if lengths is None:
         return {
-            "kv_cache_bytes": kv,
+            **shared,
             "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
             "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
             **lengths_summary((case.seq_len,), ragged=False),
         }
     steps = analytic.ragged_steps(lengths, case.q_len)  # sums over the real lengths, not batch x max
     return {
-        "kv_cache_bytes": kv,
+        **shared,
         "flops": analytic.ragged_scoped_flops(case.variant, sh, steps, case.scope),
         "bytes": analytic.ragged_scoped_bytes(case.variant, sh, steps, case.scope),
         **lengths_summary(lengths),
@@ -136,7 +145,7 @@ def _preflight(case: Case, ctx: RunContext) -> None:
 
 
 def run_case(case: Case, ctx: RunContext) -> CaseResult:
-    row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok",
+    row: dict[str, Any] = {**case.key, **analytic_columns(case, ctx.tp), "case_id": case.case_id, "status": "ok",
                            **where(ctx.device)}
     started = time.perf_counter()
     samples: list[float] = []

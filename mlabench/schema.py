@@ -52,6 +52,7 @@ class ResultRow:
     head_dim: int = _column("key", key=True)
     q_lora_rank: int = _column("key", key=True)
     kv_lora_rank: int = _column("key", key=True)
+    num_latent_heads: int = _column("key", key=True)
     rope_head_dim: int = _column("key", key=True)
     v_head_dim: int = _column("key", key=True)
     hidden_size: int = _column("key", key=True)
@@ -63,6 +64,12 @@ class ResultRow:
     rope_beta_fast: float = _column("key", key=True)
     rope_beta_slow: float = _column("key", key=True)
     rms_norm_eps: float = _column("key", key=True)
+    q_rank: int = _column("key", key=True)
+    k_rank: int = _column("key", key=True)
+    v_rank: int = _column("key", key=True)
+    index_heads: int = _column("key", key=True)
+    index_head_dim: int = _column("key", key=True)
+    topk: int = _column("key", key=True)
     options: str = _column("key", key=True)  # this backend's options, "name=value;..." ('' for none)
     # Serving axes ('' = the idealised case, which is how runs written before them read):
     # `context` the ragged-length spec (seq_len is then its longest sequence), `cache_layout`
@@ -88,6 +95,8 @@ class ResultRow:
     roofline_pct: float | None = _column("work")
     # Memory
     kv_cache_bytes: int | None = _column("memory")  # analytic
+    tp: int | None = _column("memory")  # tensor-parallel degree of the next column (setting `tp`, default 1)
+    kv_cache_bytes_per_gpu: int | None = _column("memory")  # analytic, one GPU's share at that degree
     kv_cache_bytes_measured: int | None = _column("memory")  # nbytes of the cache tensors
     kv_cache_bytes_allocator: int | None = _column("memory")
     kv_cache_bytes_nvml: int | None = _column("memory")

@@ -330,8 +330,9 @@ def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[
     except ShapeError as exc:
         dropped.append(f"{point['model']} {point['variant']}: {exc}")
         return None
-    if (context or layout.paged) and variant_class(point["variant"]).kv_elements_per_token(shape) is None:
-        dropped.append(f"{point['model']} {point['variant']}: caches no per-token rows (no ragged or paged cache)")
+    why = variant_class(point["variant"]).no_serving_layouts(shape) if context or layout.paged else ""
+    if why:
+        dropped.append(f"{point['model']} {point['variant']}: {why} (no ragged or paged cache)")
         return None
     return Case(suite=suite, model=point["model"], variant=point["variant"], backend=point["backend"],
                 mode=point["mode"], device=device, batch=point["batch"], seq_len=seq_len,

@@ -118,6 +118,10 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overri
             raise UsageError(f"--shard {shard_spec[0]}/{shard_spec[1]}: this slice of the grid's {len(grid)} cases "
                              "is empty (use fewer shards)")
     settings = SweepSettings.resolve(suite.settings, overrides.settings)
+    for case in cases:  # tensor parallelism splits the query heads evenly (MLA.md section 6)
+        if case.shape.num_heads % settings.tp:
+            raise UsageError(f"tp: tensor-parallel degree {settings.tp} does not divide num_heads "
+                             f"({case.shape.num_heads}) of {case.model}")
     return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, settings,
                      out_dir or default_out_dir(suite.name, device), shard_spec,
                      {k: list(v) for k, v in overrides.axes.items()}, cases_sha1(grid), len(grid))
@@ -230,6 +234,7 @@ def run_context(plan: SweepPlan, probe: bool = True, profile: ProfileRequest | N
     return RunContext(
         device=plan.device, timing=s.timing, peaks=peaks or measure_peaks(plan.device, _dtypes(plan), probe),
         nvml=open_nvml(plan.device), accuracy=s.accuracy, seed=s.seed, timeout_s=s.timeout_s, profile=profile,
+        tp=s.tp,
     )
 
 

@@ -39,6 +39,10 @@ def kv_bytes(variant: str, dims: dict[str, Any], batch: int, seq_len: int, dtype
     eb = DTYPE_BYTES[dtype]
     if variant.startswith("mla"):
         per_token = dims["kv_lora_rank"] + dims["rope_head_dim"]
+    elif variant == "dsa":
+        per_token = dims["kv_lora_rank"] + dims["rope_head_dim"] + dims["index_head_dim"]
+    elif variant.startswith("tpa"):
+        per_token = (dims["k_rank"] + dims["v_rank"]) * (dims["num_heads"] + dims["head_dim"])
     elif variant == "lowrank-kv":
         per_token = 2 * dims["num_kv_heads"] * dims["kv_lora_rank"]
     else:
@@ -67,6 +71,7 @@ def _key(suite: str, model: str, variant: str, backend: str, mode: str, dtype: s
         num_kv_heads=dims["num_kv_heads"], head_dim=dims["head_dim"], q_lora_rank=dims.get("q_lora_rank", 0),
         kv_lora_rank=dims.get("kv_lora_rank", 0), rope_head_dim=dims.get("rope_head_dim", 0),
         v_head_dim=dims.get("v_head_dim", 0),
+        **{f: dims.get(f, 0) for f in ("q_rank", "k_rank", "v_rank", "index_heads", "index_head_dim", "topk")},
     )
     key["case_id"] = schema.case_id(key)
     return key
@@ -127,7 +132,7 @@ def _outcome(variant: str, backend: str, mode: str, batch: int, seq_len: int, fa
 
 
 def claims_cases(device: str) -> Iterable[tuple[dict[str, Any], int]]:
-    """(key, hidden) of the rows the `claims` suite produces (DESIGN: claims A, B, C)."""
+    """(key, hidden) of the rows the `claims` suite produces (DESIGN: claims A, B, C; claims_sparse D-F)."""
     ds = dict(num_heads=128, head_dim=128)
     for variant, extra in (
         ("mha", dict(num_kv_heads=128)),
@@ -145,6 +150,14 @@ def claims_cases(device: str) -> Iterable[tuple[dict[str, Any], int]]:
     for variant, g in (("mha", 8), ("mqa", 1), ("gqa", 4)):
         yield _key("claims", "tiny", variant, "eager", "decode", "float32", device, 1, 128,
                    dict(num_heads=8, num_kv_heads=g, head_dim=32)), 256
+    yield _key("claims", "t6-medium", "tpa", "eager", "decode", "bfloat16", device, 1, 256,
+               dict(num_heads=47, num_kv_heads=47, head_dim=64, q_rank=6, k_rank=2, v_rank=2)), 1024
+    v32 = dict(num_heads=128, num_kv_heads=1, head_dim=128, q_lora_rank=1536, kv_lora_rank=512, rope_head_dim=64,
+               v_head_dim=128)
+    indexer = dict(index_heads=64, index_head_dim=128, topk=2048)  # what only dsa reads (config.OPTIONAL_FIELDS)
+    for variant, extra in (("dsa", indexer), ("mla-absorbed", {})):
+        yield _key("claims", "deepseek-v3.2", variant, "eager", "decode", "bfloat16", device, 1, 1024,
+                   dict(v32, **extra)), 7168
 
 
 def build_rows(

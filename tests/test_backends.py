@@ -199,12 +199,13 @@ def test_triton_core_reads_the_cache_in_place(monkeypatch: pytest.MonkeyPatch) -
     assert seqlens.dtype == torch.int32 and seqlens.tolist() == [SEQ_LEN] * BATCH
     assert seqlens is seen[0][1]  # allocated once in prepare
     assert kw == {"head_dim_v": TINY.kv_lora_rank, "softmax_scale": module.shape.mla_softmax_scale,
-                  "num_splits": 2, "block_h": 16, "block_n": 16, "num_warps": 4, "num_stages": 3}
+                  "num_splits": 2, "block_h": 16, "block_n": 16, "num_warps": 4, "num_stages": 3,
+                  "latent_heads": 1}
 
 
 def test_triton_unavailable_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = BACKENDS["triton"]
-    assert spec.variants == ("mla-absorbed",) and spec.modes == ("decode",)
+    assert spec.variants == ("mla-absorbed", "gla-absorbed") and spec.modes == ("decode",)
     monkeypatch.setattr(mla_decode_mod, "_INTERPRETED", False)
     assert spec.unavailable(CPU) == "needs a CUDA device or TRITON_INTERPRET=1 (set before import)"
     monkeypatch.setattr(mla_decode_mod, "HAS_TRITON", False)
@@ -223,7 +224,7 @@ def test_triton_refuses_what_it_cannot_serve() -> None:
         with pytest.raises(UsageError, match=rf"^{name}: must be .*, got {bad}$"):
             BACKENDS["triton"].prepare(module, case, inputs)
     module, case, inputs = setup_step("mla-latent", "triton", "decode", 1)
-    with pytest.raises(UnsupportedError, match="mla-absorbed only"):
+    with pytest.raises(UnsupportedError, match="mla-absorbed and gla-absorbed only"):
         BACKENDS["triton"].prepare(module, case, inputs)
     module, case, inputs = setup_step("mla-absorbed", "triton", "decode", 1, dtype=torch.float64,
                                       shape=TINY.replace(dtype="float64"))

@@ -29,7 +29,7 @@ from mlabench.variants.kvquant import LatentFP8, latent_row_bytes
 
 TINY = PRESETS["tiny"]
 DECODING = [name for name, cls in VARIANT_CLASSES.items()
-            if cls.supports_decode and cls.kv_elements_per_token(cls.normalize_shape(TINY)) is not None]
+            if cls.supports_decode and not cls.no_serving_layouts(cls.normalize_shape(TINY))]
 LENGTHS = (5, 13, 9)  # tokens after the step
 Q_LEN = 2
 LAYOUTS = [((5, 13, 9), 0), (None, 8), ((5, 13, 9), 8)]  # ragged contiguous, uniform paged, ragged paged

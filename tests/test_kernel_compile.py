@@ -98,3 +98,20 @@ def test_refuses_an_interpreted_kernel() -> None:
     cfg = next(iter(oc.auto_configs()))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         oc.compile_config(cfg, "small", "bf16", False)
+
+
+def test_sparse_path_compiles_clean_for_sm90a() -> None:
+    """The index-gathering path (dsa decode) at DeepSeek-V3.2 dims, split and single-split, with the
+    configuration the launcher picks: sm_90a, no register spills, shared memory within Hopper's."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "mlabench.kernels.offline_compile", "--sparse", "--json", "--jobs", "2"],
+        capture_output=True, text=True, timeout=900, cwd=REPO, env=env,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-4000:]
+    results = json.loads(proc.stdout)
+    assert len(results) == 2 and {r["write_final"] for r in results} == {False, True}
+    for r in results:
+        assert r["ptx_target"] == "sm_90a"
+        assert r["spill_bytes"] == 0 and 0 < r["n_regs"] <= 255, r
+        assert r["shared"] <= oc.SM90_MAX_SHARED, r

@@ -28,7 +28,7 @@ from mlabench.variants import VARIANT_CLASSES, build_variant
 
 TINY = PRESETS["tiny"]
 DECODING = [name for name, cls in VARIANT_CLASSES.items()
-            if cls.supports_decode and cls.kv_elements_per_token(cls.normalize_shape(TINY)) is not None]
+            if cls.supports_decode and not cls.no_serving_layouts(cls.normalize_shape(TINY))]
 LENGTHS = (5, 13, 9)  # tokens after the step; one sequence shorter than a 8-token page plus one
 Q_LEN = 2
 
@@ -119,6 +119,17 @@ def test_analytic_kv_bytes_equal_the_cache_tensors(variant: str, dtype: str) -> 
     # Pages are whole: one 17-token sequence in 16-token pages holds 32 slots.
     per_token = analytic.kv_elements_per_token(variant, shape) * shape.element_bytes
     assert analytic.layout_kv_cache_bytes(variant, shape, 1, 17, (17,), 16) == 32 * per_token
+
+
+@pytest.mark.parametrize("variant", [name for name, cls in VARIANT_CLASSES.items() if not cls.serving_layouts])
+def test_variants_reading_their_cache_by_slices_refuse_ragged_and_paged(variant: str) -> None:
+    shape = VARIANT_CLASSES[variant].normalize_shape(TINY)
+    module = build_variant(variant, shape, "cpu", torch.float32, seed=0)
+    for lengths, page in ((LENGTHS, 0), (None, 8)):
+        with pytest.raises(UnsupportedError, match=r"by \(batch, token\) slices: no ragged or paged cache"):
+            module.allocate_cache(len(LENGTHS), max(LENGTHS), lengths=lengths, page_size=page)
+    module.allocate_cache(len(LENGTHS), max(LENGTHS))  # the uniform contiguous cache is theirs
+    assert module.cache_nbytes() == analytic.kv_cache_bytes(variant, shape, len(LENGTHS), max(LENGTHS))
 
 
 def test_ragged_flops_and_bytes_sum_over_the_real_lengths() -> None:

@@ -183,7 +183,9 @@ def _prepare_core(module: AttentionVariant, inputs: StepInputs, mode: str, chunk
     if device.type == "cuda" and mode in _CUDAGRAPH_MODES:
         raise UnsupportedError(f"compile_mode {mode} adds CUDA graphs to the whole step; in scope core use "
                                "--cuda-graph timing instead")
-    core = torch.compile(eager_attention, dynamic=False, fullgraph=True, **_compile_kwargs(device, mode, chunk))
+    # A variant with its own core (tpa-factorized) has that compiled; the rest the generic one.
+    native = eager_attention if type(module).generic_core else module.native_core
+    core = torch.compile(native, dynamic=False, fullgraph=True, **_compile_kwargs(device, mode, chunk))
     q, k, v, scale, causal = module.core_inputs(x, start)
     lengths = module.step_lengths(x.shape[0], start, x.shape[1])  # a ragged step's, else None
     compile_ms = warm_up(lambda: core(q, k, v, scale, causal, lengths), device, min_calls=2)

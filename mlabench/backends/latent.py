@@ -49,14 +49,19 @@ class LatentCore:
     library = "a fused latent core"  # for messages: the backend's name
     fp8_kv: tuple[str, ...] = ()  # the FP8 latent formats the kernel reads as stored
     fp8_unsupported = "its kernel reads the latent in the compute dtype only"  # why not, when empty
+    serves: tuple[type[AttentionVariant], ...] = (MLAAbsorbed,)  # variants with a `latent_step`
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs):
-        if not isinstance(module, MLAAbsorbed):
-            raise UnsupportedError(f"{self.library} serves mla-absorbed only, not {module.name}")
+        if not isinstance(module, self.serves):
+            names = " and ".join(cls.name for cls in self.serves)
+            raise UnsupportedError(f"{self.library} serves {names} only, not {module.name}")
         kv_dtype = module.shape.kv_dtype
         if kv_dtype and kv_dtype not in self.fp8_kv:
             why = self.fp8_unsupported if not self.fp8_kv else f"it reads {', '.join(self.fp8_kv)} only"
             raise UnsupportedError(f"{self.library} cannot read an {kv_dtype} latent cache: {why}")
+        if kv_dtype and not isinstance(module, MLAAbsorbed):
+            raise UnsupportedError(f"{self.library} reads DeepSeek's FP8 latent layout, which {module.name} "
+                                   "does not store (its FP8 cache has per-tensor scales)")
         module.reads_stored_cache = bool(kv_dtype)
         b, s = inputs.x.shape[:2]
         self.module = module

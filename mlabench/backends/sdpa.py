@@ -81,13 +81,15 @@ class SDPACore:
             self._mask = ragged_mask(lengths, s, t, causal)[:, None]
         return self._mask
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
                  lengths: Tensor | None = None) -> Tensor:
         s, t = q.shape[1], k.shape[1]
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), views
         mask: Tensor | None = None
         is_causal = False
-        if lengths is not None:  # ragged: a boolean mask per sequence, broadcast over heads
+        if isinstance(causal, Tensor):
+            mask = causal[:, None]  # (B, 1, S, T): an explicit mask (dsa's index mask), broadcast over heads
+        elif lengths is not None:  # ragged: a boolean mask per sequence, broadcast over heads
             mask = self._ragged_mask(lengths, s, t, causal)
         elif causal and s > 1:
             if s == t:
@@ -146,6 +148,9 @@ def _no_kernel_reason(
 def prepare_sdpa(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     kernel = sdpa_kernel_option(case)
     backend = SDPA_KERNELS[kernel]
+    if not type(module).generic_core:
+        raise UnsupportedError(f"{module.name} attends through its own core, not (q, k, v) attention that SDPA "
+                               "could replace")
     x, start = inputs.x, inputs.start_pos
     core = SDPACore()
 

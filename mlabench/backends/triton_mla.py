@@ -1,4 +1,6 @@
-"""`triton`: mla-absorbed decode through our fused Triton kernel (`kernels/mla_decode.py`).
+"""`triton`: mla-absorbed and dsa decode through our fused Triton kernel (`kernels/mla_decode.py`).
+
+dsa's LatentStep carries its top-k `indices`; the kernel then gathers those latent rows only.
 
 The step is the variant's own forward; only the core changes. The core is a LatentCore
 (latent.py): it gets the step as a LatentStep, whose `kv` is a (B, T, d_c + d_r) view of the
@@ -29,7 +31,8 @@ from mlabench.errors import UnsupportedError, UsageError
 from mlabench.kernels.mla_decode import mla_decode, triton_unavailable_reason
 from mlabench.kernels.mla_decode_launch import LAUNCH_KNOBS, LaunchConfig, launch_value_error, mla_decode_config
 from mlabench.variants.base import AttentionVariant
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.gla import GLAAbsorbed
+from mlabench.variants.mla import LatentStep, MLAAbsorbed
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -53,6 +56,7 @@ class TritonMLACore(LatentCore):
 
     library = "the triton backend"
     fp8_kv = ("fp8_e4m3", "fp8_e5m2")  # DeepSeek's FP8 rows, dequantized in registers
+    serves = (MLAAbsorbed, GLAAbsorbed)  # GLA: its latent heads are a grid axis of the same kernel
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs, knobs: dict[str, int | None]):
         super().__init__(module, inputs)
@@ -65,27 +69,29 @@ class TritonMLACore(LatentCore):
         if self.config is None:
             # Resolved once, so every timed call runs (and the row records) the same launch.
             kv_len = None if table is None else table.shape[1] * step.page_size
-            self.config = mla_decode_config(step.q, kv, **self.knobs, kv_fp8=bool(step.kv_dtype), kv_len=kv_len)
+            self.config = mla_decode_config(step.q, kv, **self.knobs, kv_fp8=bool(step.kv_dtype), kv_len=kv_len,
+                                            latent_heads=step.latent_heads)
         cfg = self.config
         paged = {} if table is None else {"block_table": table}
         return mla_decode(step.q, kv, step.cache_seqlens, head_dim_v=step.d_c, softmax_scale=step.scale,
                           num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages, kv_dtype=step.kv_dtype,
-                          **paged)  # (B, S, H, d_c)
+                          latent_heads=step.latent_heads, indices=step.indices, **paged)  # (B, S, H, d_c)
 
 
 @register_backend(
     "triton",
-    description="fused Triton MLA decode kernel (split-KV) reading the latent cache in place",
-    variants=("mla-absorbed",),
+    description="fused Triton MLA decode kernel (split-KV) reading the latent cache in place; GLA's latent "
+                "heads as a grid axis; dsa's top-k rows gathered by index",
+    variants=("mla-absorbed", "gla-absorbed", "dsa"),
     modes=("decode",),
     fused=True,
     unavailable=triton_unavailable_reason,
     options={name: functools.partial(_launch_option, name=name) for name in LAUNCH_KNOBS},
 )
 def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
-    if module.name != "mla-absorbed":
-        raise UnsupportedError(f"the triton backend serves mla-absorbed only, not {module.name}")
+    if not isinstance(module, TritonMLACore.serves):
+        raise UnsupportedError(f"the triton backend serves mla-absorbed, gla-absorbed and dsa only, not {module.name}")
     knobs = launch_options(case)
     if module.weight_dtype not in _DTYPES:
         raise UnsupportedError(f"the triton MLA decode kernel takes bf16/fp16/fp32, not {module.weight_dtype}")
@@ -93,6 +99,8 @@ def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> 
     x, start = inputs.x, inputs.start_pos
 
     def fn() -> Tensor:
+        if isinstance(module, GLAAbsorbed):  # the kernel reads [c_j, k_pe] in place: no K to assemble
+            return module.forward_fused(x, start, core)
         return module(x, start, core)
 
     # The first call checks the in-place contract and, on a GPU, JIT-compiles the kernel (or

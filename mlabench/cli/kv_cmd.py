@@ -33,10 +33,13 @@ def kv(
                                                     "context that fits.", show_default=False)] = None,
     variant: Annotated[str | None, typer.Option(help="Comma-separated variants [default: all the preset can run].",
                                                 show_default=False)] = None,
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree: per-GPU bytes with the heads split over N GPUs "
+                                         "(must divide num_heads); --memory is then one GPU's budget.")] = 1,
     assignments: SetOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """KV-cache bytes per token per layer, per token for the whole model, for the batch, per variant."""
+    """KV-cache bytes per token per layer, per token for the whole model, for the batch, per variant; with
+    --tp N, what one GPU holds (MLA.md section 6). Analytic: nothing is allocated or run."""
     from mlabench import analytic
     from mlabench.config import ShapeError, canonical_dtype, canonical_kv_dtype, from_name
     from mlabench.variants import VARIANT_CLASSES, shape_for_variant
@@ -60,6 +63,9 @@ def kv(
         shape = from_name(preset, dtype=compute, kv_dtype=cache, **fields)
     except ShapeError as exc:
         raise UsageError(str(exc) if exc.field != "model" else f"--preset: {exc}") from None
+    if tp < 1 or shape.num_heads % tp:
+        raise UsageError(f"--tp: tensor-parallel degree {tp} does not divide num_heads ({shape.num_heads}) "
+                         f"of {preset}")
     budget = parse_bytes("--memory", memory) if memory else None
     wanted = split_list("--variant", variant) or list(VARIANT_CLASSES)
     rows: list[dict[str, Any]] = []
@@ -78,8 +84,16 @@ def kv(
                 raise UsageError(f"--variant: {name} keeps a fixed number of rows per sequence, not a per-token cache")
             continue
         cls = VARIANT_CLASSES[name]
-        if not variant and any(other == sh and (issubclass(c, cls) or issubclass(cls, c)) for c, other in shown):
-            continue  # the same shape as a special case of itself: gqa with G = H is mha
+        try:
+            per_gpu = analytic.kv_bytes_per_token_per_gpu(name, sh, tp)
+        except NotImplementedError as exc:
+            if variant:
+                raise UsageError(f"--variant {name}: {exc}") from None
+            continue
+        per_token_elems = cls.kv_elements_per_token(sh)
+        if not variant and any(other == sh and (issubclass(c, cls) or issubclass(cls, c))
+                               and c.kv_elements_per_token(other) == per_token_elems for c, other in shown):
+            continue  # the same shape as a special case of itself: gqa with G = H is mha (dsa's cache differs)
         shown.append((cls, sh))
         per_layer = analytic.kv_bytes_per_token(name, sh)
         per_token = per_layer * sh.num_layers
@@ -89,28 +103,39 @@ def kv(
                "num_kv_heads": sh.kv_heads if VARIANT_CLASSES[name].family == "gqa" else None,
                "bytes_per_token_per_layer": per_layer, "bytes_per_token": per_token, "batch_bytes": total,
                "scale_bytes": fixed, "scales": cls.kv_scale_layout(sh) or None}
-        if budget is not None:
-            row["fits"] = total <= budget
-            row["max_seq_len"] = max(budget - fixed, 0) // (per_token * batch)
+        gpu_token = per_gpu * sh.num_layers
+        row.update(bytes_per_token_per_layer_per_gpu=per_gpu, bytes_per_token_per_gpu=gpu_token,
+                   batch_bytes_per_gpu=analytic.kv_cache_bytes_per_gpu(name, sh, batch, seq_len, tp,
+                                                                       layers=sh.num_layers))
+        if budget is not None:  # one GPU's budget against what one GPU holds
+            row["fits"] = row["batch_bytes_per_gpu"] <= budget
+            row["max_seq_len"] = max(budget - fixed, 0) // (gpu_token * batch)  # scales on every GPU
         rows.append(row)
     doc = {"preset": preset, "dtype": shape.dtype, "kv_dtype": shape.cache_dtype, "layers": shape.num_layers,
-           "batch": batch, "seq_len": seq_len, "memory_bytes": budget, "variants": rows}
+           "batch": batch, "seq_len": seq_len, "tp": tp, "memory_bytes": budget, "analytic": True,
+           "variants": rows}
     if as_json:
         print_json(doc)
         return
     what = shape.dtype if not shape.kv_quantized else f"{shape.kv_dtype} (compute {shape.dtype})"
+    per = " per GPU" if tp > 1 else ""
     table = Table(title=f"{preset}: KV cache, {what}, {shape.num_layers} layers, batch {batch} x "
-                        f"{seq_len} tokens" + (f", budget {human_bytes(budget)}" if budget else ""),
+                        f"{seq_len} tokens" + (f", tensor parallel {tp}" if tp > 1 else "")
+                        + (f", budget {human_bytes(budget)}{per}" if budget else ""),
                   title_justify="left", header_style="bold")
-    for col in ("variant", "per token per layer", "per token (model)", f"batch x {seq_len}"):
+    columns = ["variant", "per token per layer"] + ([f"per GPU (tp={tp})"] if tp > 1 else []) + \
+        [f"per token (model){per}", f"batch x {seq_len}{per}"]
+    for col in columns:
         table.add_column(col, justify="left" if col == "variant" else "right")
     if budget is not None:
         table.add_column("fits")
         table.add_column("longest context", justify="right")
     for r in rows:
         cells = [r["variant"] + (f" (G={r['num_kv_heads']})" if r["num_kv_heads"] else ""),
-                 f"{r['bytes_per_token_per_layer']:,} B", human_bytes(r["bytes_per_token"]),
-                 human_bytes(r["batch_bytes"])]
+                 f"{r['bytes_per_token_per_layer']:,} B"]
+        if tp > 1:
+            cells.append(f"{r['bytes_per_token_per_layer_per_gpu']:,} B")
+        cells += [human_bytes(r["bytes_per_token_per_gpu"]), human_bytes(r["batch_bytes_per_gpu"])]
         if budget is not None:
             cells += ["[green]yes[/]" if r["fits"] else "[red]no[/]", f"{r['max_seq_len']:,}"]
         table.add_row(*cells)
@@ -123,5 +148,8 @@ def kv(
     table.caption = "; ".join(f"{', '.join(names)}: {text}" for text, names in layouts.items()) or None
     table.caption_justify = "left"
     out_console.print(table)
+    if tp > 1:
+        err_console.print(f"[dim]analytic: the heads split over {tp} GPUs; what cannot split (a shared latent, a "
+                          "RoPE key, KV heads past G) is counted on every GPU (MLA.md section 6)[/]")
     if budget is not None:
         err_console.print("[dim]budget counts the KV cache only (no weights or activations)[/]")

@@ -48,7 +48,8 @@ def list_(
         doc["presets"].append({"name": name, "layers": sh.num_layers, "hidden_size": sh.hidden_size,
                                "num_heads": sh.num_heads, "num_kv_heads": sh.kv_heads, "head_dim": sh.head_dim,
                                "q_lora_rank": sh.q_lora_rank, "kv_lora_rank": sh.kv_lora_rank,
-                               "rope_head_dim": sh.rope_head_dim, "v_head_dim": sh.value_dim})
+                               "num_latent_heads": sh.num_latent_heads, "rope_head_dim": sh.rope_head_dim,
+                               "v_head_dim": sh.value_dim})
     if as_json:
         print_json(doc)
         return
@@ -80,8 +81,8 @@ def _render(doc: dict[str, Any]) -> None:
     out_console.print(t)
     t = Table(title="presets", title_justify="left", header_style="bold")
     cols = ("name", "layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "q_lora_rank", "kv_lora_rank",
-            "rope_head_dim", "v_head_dim")
-    short = ("name", "L", "d", "H", "G", "D/d_n", "d_q", "d_c", "d_r", "d_v")  # MLA.md's symbols
+            "num_latent_heads", "rope_head_dim", "v_head_dim")
+    short = ("name", "L", "d", "H", "G", "D/d_n", "d_q", "d_c", "h_c", "d_r", "d_v")  # MLA.md's symbols
     for col, label in zip(cols, short, strict=True):
         t.add_column(label, justify="left" if col == "name" else "right")
     for p in doc["presets"]:

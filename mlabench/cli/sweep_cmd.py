@@ -120,6 +120,9 @@ def sweep(
         show_default=False)] = None,
     memory_snapshot: MemorySnapshotOpt = False,
     nvtx: NvtxOpt = False,
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree of the analytic kv_cache_bytes_per_gpu "
+                                           "column; must divide every case's num_heads [default: the suite's, "
+                                           "else 1].", show_default=False)] = None,
     probe: ProbeOpt = True,
     report: ReportOpt = True,
     as_json: JsonOpt = False,
@@ -149,7 +152,8 @@ def sweep(
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
     settings = flag_settings({"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples,
                               "max_samples": max_samples, "threads": threads, "cuda_graph": cuda_graph,
-                              "accuracy": accuracy, "seed": seed, "timeout_s": timeout, "rounds": rounds})
+                              "accuracy": accuracy, "seed": seed, "timeout_s": timeout, "rounds": rounds,
+                              "tp": tp})
     executor = choose_executor(executor, isolate, ray_address, ray_accelerator)
     shard_spec = (slurm_shard() if shard == "auto" else parse_shard(shard)) if shard else None
     suite_obj = load_suite(suite)

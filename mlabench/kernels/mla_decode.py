@@ -28,6 +28,17 @@ by its scale, and rounds the result to q's dtype for the MMAs (exact: an FP8 val
 power of two fits bf16). Scales and RoPE values are read through float32 and bf16 views of
 the same storage, so nothing is copied.
 
+Grouped Latent Attention (``latent_heads`` G > 1) runs on the same kernels: each cache row is
+[c_1 .. c_G, k_pe] (G latent heads of width ``head_dim_v``, then one shared RoPE key), query
+head h reads latent head h // (H/G), and the latent head is a grid axis whose programs read
+their own columns of the one cache, never a copy. G = 1 is MLA. An FP8 cache has one latent
+head (DeepSeek's layout); the launcher refuses FP8 with G > 1.
+
+Sparse mode (DeepSeek Sparse Attention, the ``SPARSE`` constexpr; the dense path compiles
+as before): ``indices`` (B, S, K) int32 names, per query token, the cache rows it attends
+(-1 = none). A row block then holds heads of ONE query token, the splits cut the K index
+slots instead of the sequence, and each KV tile is gathered row by row from the cache.
+
 The module imports without triton; ``mla_decode`` then raises ``RuntimeError``.
 """
 
@@ -75,7 +86,7 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 if HAS_TRITON:
     @triton.jit
     def _mla_decode_split_kernel(
-        Q, KV, KV_SCALE, KV_PE, SEQLENS, O_PART, LSE_PART, OUT,
+        Q, KV, KV_SCALE, KV_PE, SEQLENS, O_PART, LSE_PART, OUT, INDICES,
         BLOCK_TABLE,  # paged: (B, max pages) int32 page ids; unused when PAGE_SIZE == 0
         stride_qb, stride_qs, stride_qh,
         stride_kvb, stride_kvt,  # paged: KV is the pool, stride_kvb its page stride
@@ -85,9 +96,12 @@ if HAS_TRITON:
         stride_opb, stride_opr, stride_ops,
         stride_lb, stride_lr,
         stride_ob, stride_os, stride_oh,
+        stride_ib, stride_is,  # INDICES (B, S, K), last dim contiguous; unused when dense
         qk_scale,  # softmax_scale * log2(e): scores live in the log2 domain (exp2 is cheaper)
         S, H,
+        G,  # latent heads: row = [c_1 .. c_G (DV each), k_pe (DR)]; 1 for MLA
         num_splits,  # runtime, so a new split count does not trigger a recompile
+        TOPK,  # index slots per query token (sparse only)
         DV: tl.constexpr, DR: tl.constexpr,
         BLOCK_DV: tl.constexpr, BLOCK_DR: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -96,6 +110,7 @@ if HAS_TRITON:
         # Interpreter only: its tl.dot multiplies bf16 bit patterns (triton issue #11584), so
         # bf16 tiles are widened to fp32 (exact) before each dot. Always False when compiled.
         UPCAST_DOT: tl.constexpr,
+        SPARSE: tl.constexpr,  # attend only the rows INDICES names
         PAGE_SIZE: tl.constexpr = 0,  # 0: a contiguous (B, T_max, D) cache; else tokens per page
         KV_FP8: tl.constexpr = 0,  # 0: KV holds q's dtype; 1: FP8 e4m3 rows; 2: FP8 e5m2 rows
         N_TILES: tl.constexpr = 1,  # FP8: scale tiles across BLOCK_DV (BLOCK_DV // TILE_COLS)
@@ -105,28 +120,45 @@ if HAS_TRITON:
         # in linear order, so the row blocks that read the same KV chunk run side by side
         # (the later ones hit L2) and all CTAs of a sequence are issued together. A flat grid
         # also avoids the 65535 limit on gridDim.y/z for large batches.
+        # Then the latent head: the row blocks of one latent head share its KV columns.
         pid = tl.program_id(0)
-        num_row_blocks = tl.cdiv(S * H, BLOCK_H)
+        HG = H // G  # query heads per latent head
+        if SPARSE:  # row blocks never straddle two query tokens: each has its own index list (G = 1)
+            blocks_per_token = tl.cdiv(H, BLOCK_H)
+            num_row_blocks = S * blocks_per_token
+        else:
+            num_row_blocks = tl.cdiv(S * HG, BLOCK_H)
         pid_m = pid % num_row_blocks
-        pid_s = (pid // num_row_blocks) % num_splits
-        pid_b = pid // (num_row_blocks * num_splits)
+        pid_g = (pid // num_row_blocks) % G
+        pid_s = (pid // (num_row_blocks * G)) % num_splits
+        pid_b = pid // (num_row_blocks * G * num_splits)
 
         seqlen = tl.load(SEQLENS + pid_b)
         # Per-sequence chunking keeps the work balanced when lengths differ in a batch; the
-        # chunk is a whole number of KV blocks so every split starts block-aligned.
-        chunk = tl.cdiv(tl.cdiv(seqlen, num_splits), BLOCK_N) * BLOCK_N
+        # chunk is a whole number of KV blocks so every split starts block-aligned. Sparse:
+        # the splits cut the index slots.
+        length = TOPK if SPARSE else seqlen
+        chunk = tl.cdiv(tl.cdiv(length, num_splits), BLOCK_N) * BLOCK_N
         kv_start = pid_s * chunk
-        kv_end = tl.minimum(kv_start + chunk, seqlen)
+        kv_end = tl.minimum(kv_start + chunk, length)
 
-        # Query rows r = s * H + h of this sequence; BLOCK_H of them share every KV tile.
-        offs_r = pid_m * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
-        row_ok = offs_r < S * H
-        row_s = offs_r // H
-        row_h = offs_r % H
+        # Query rows s * HG + (h mod HG) of this latent head; BLOCK_H of them share every KV tile.
+        if SPARSE:  # G = 1 (the launcher's rule): the heads of one query token
+            token = pid_m // blocks_per_token
+            offs_hb = (pid_m % blocks_per_token) * BLOCK_H + tl.arange(0, BLOCK_H)
+            offs_r = token * H + offs_hb
+            row_ok = offs_hb < H
+        else:
+            offs_r = pid_m * BLOCK_H + tl.arange(0, BLOCK_H)  # (BLOCK_H,)
+            row_ok = offs_r < S * HG
+        row_s = offs_r // HG
+        row_h = pid_g * HG + offs_r % HG  # the query head
+        row_glob = row_s * H + row_h  # the row in the split buffers (the combine kernel's numbering)
         # Causal, bottom-right aligned: query s sits at absolute position seqlen - S + s.
         row_last = seqlen - S + row_s  # (BLOCK_H,) last visible key per row
-        # Keys beyond the block's last visible one are useless to every row in it.
-        kv_end = tl.minimum(kv_end, seqlen - S + tl.minimum((pid_m * BLOCK_H + BLOCK_H - 1) // H, S - 1) + 1)
+        if not SPARSE:
+            # Keys beyond the block's last visible one are useless to every row in it.
+            kv_end = tl.minimum(kv_end, seqlen - S + tl.minimum((pid_m * BLOCK_H + BLOCK_H - 1) // HG, S - 1) + 1)
 
         offs_dv = tl.arange(0, BLOCK_DV)
         offs_dr = tl.arange(0, BLOCK_DR)
@@ -156,24 +188,33 @@ if HAS_TRITON:
         for start_n in tl.range(kv_start, kv_end, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
             n_ok = offs_n < kv_end
+            if SPARSE:
+                idx_row = INDICES + pid_b.to(tl.int64) * stride_ib + token * stride_is
+                tok = tl.load(idx_row + offs_n, mask=n_ok, other=-1)  # (BLOCK_N,) cache rows, -1 none
+                # -1 and anything causality hides read nothing and weigh nothing.
+                n_ok = n_ok & (tok >= 0) & (tok <= seqlen - S + token)
+                pos = tok.to(tl.int64)
+            else:
+                pos = offs_n
             if PAGE_SIZE == 0:
-                kv_rows = kv_base + offs_n[:, None] * stride_kvt
-                sc_rows = sc_base + offs_n[:, None] * stride_sct
-                pe_rows = pe_base + offs_n[:, None] * stride_pet
+                kv_rows = kv_base + pos[:, None] * stride_kvt
+                sc_rows = sc_base + pos[:, None] * stride_sct
+                pe_rows = pe_base + pos[:, None] * stride_pet
             else:
                 # Each token's page through the block table (pages are shuffled: no two tiles
                 # need be adjacent); masked tokens read page 0's entry, never their own slot.
-                page = tl.load(table_row + offs_n // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
-                slot = offs_n % PAGE_SIZE
+                page = tl.load(table_row + pos // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
+                slot = pos % PAGE_SIZE
                 kv_rows = KV + (page * stride_kvb + slot * stride_kvt)[:, None]
                 # An FP8 pool's scales and RoPE key are views of the same rows: same page, same slot.
                 sc_rows = KV_SCALE + (page * stride_scb + slot * stride_sct)[:, None]
                 pe_rows = KV_PE + (page * stride_peb + slot * stride_pet)[:, None]
             # Masked loads never touch positions >= seqlen (the slack may hold garbage).
             if KV_FP8 == 0:
-                k_v = tl.load(kv_rows + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-                k_r = tl.load(kv_rows + DV + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
-            else:
+                k_v = tl.load(kv_rows + pid_g * DV + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :],
+                              other=0.0)
+                k_r = tl.load(kv_rows + G * DV + offs_dr[None, :], mask=n_ok[:, None] & dr_ok[None, :], other=0.0)
+            else:  # one latent head (G = 1): the launcher refuses FP8 with G > 1
                 # FP8 bytes -> fp32 in registers, times the tile's scale, then q's dtype (exact).
                 bits = tl.load(kv_rows + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :], other=0)
                 # FP8 -> fp32 and times a power-of-two scale: exact; rounded once to q's dtype below.
@@ -198,7 +239,10 @@ if HAS_TRITON:
             qk = tl.dot(q_v, tl.trans(k_v), input_precision=DOT_PRECISION)  # (BLOCK_H, BLOCK_N)
             qk = tl.dot(q_r, tl.trans(k_r), acc=qk, input_precision=DOT_PRECISION)
             qk = qk * qk_scale
-            visible = n_ok[None, :] & (offs_n[None, :] <= row_last[:, None])
+            if SPARSE:
+                visible = n_ok[None, :] & row_ok[:, None]
+            else:
+                visible = n_ok[None, :] & (offs_n[None, :] <= row_last[:, None])
             qk = tl.where(visible, qk, float("-inf"))
 
             m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -226,10 +270,10 @@ if HAS_TRITON:
             tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
         else:
             lse = tl.where(has_mass, m_i + tl.math.log2(tl.where(has_mass, l_i, 1.0)), float("-inf"))
-            op_ptrs = (O_PART + pid_b.to(tl.int64) * stride_opb + offs_r[:, None] * stride_opr
+            op_ptrs = (O_PART + pid_b.to(tl.int64) * stride_opb + row_glob[:, None] * stride_opr
                        + pid_s * stride_ops + offs_dv[None, :])
             tl.store(op_ptrs, out, mask=row_ok[:, None] & dv_ok[None, :])
-            tl.store(LSE_PART + pid_b.to(tl.int64) * stride_lb + offs_r * stride_lr + pid_s, lse, mask=row_ok)
+            tl.store(LSE_PART + pid_b.to(tl.int64) * stride_lb + row_glob * stride_lr + pid_s, lse, mask=row_ok)
 
     @triton.jit
     def _mla_decode_combine_kernel(
@@ -288,6 +332,8 @@ def mla_decode(
     num_stages: int | None = None,
     block_table: Tensor | None = None,
     kv_dtype: str = "",
+    latent_heads: int = 1,
+    indices: Tensor | None = None,
 ) -> Tensor:
     """Absorbed-MLA decode attention with split-KV; returns ``[B, S, H, head_dim_v]`` in q's dtype.
 
@@ -304,16 +350,32 @@ def mla_decode(
     kv_dtype: "" for a cache in q's dtype; "fp8_e4m3" or "fp8_e5m2" for a uint8 cache (B, T_max,
         row bytes) of DeepSeek FP8 rows [head_dim_v FP8 | fp32 scale per 128 | D - head_dim_v bf16]
         (with ``block_table``, a pool of such rows).
+    latent_heads: G > 1 for Grouped Latent Attention: kv_cache rows are [c_1 .. c_G, k_pe], each
+        c_j head_dim_v wide, and query head h attends over c_{h // (H/G)} and the shared k_pe.
+    indices: optional (B, S, K) int32, the cache rows each query token attends (-1 = none):
+        DeepSeek Sparse Attention's top-k selection. None: every visible row (dense).
     """
     device = q.device if isinstance(q, Tensor) else torch.device("cpu")
     reason = triton_unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"mla_decode cannot run on {device}: {reason}")
-    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, kv_dtype, block_table)
+    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, kv_dtype, block_table, latent_heads)
+    if indices is not None:
+        if indices.dtype != torch.int32 or indices.dim() != 3 or tuple(indices.shape[:2]) != tuple(q.shape[:2]):
+            raise ValueError(f"indices must be int32 (B, S, K) for q of shape {tuple(q.shape)}, got "
+                             f"{indices.dtype} {tuple(indices.shape)}")
+        if indices.device != q.device:
+            raise ValueError(f"indices on {indices.device}, q on {q.device}")
+        if kv_dtype or latent_heads > 1:
+            raise ValueError("indices (sparse decode) read a dense latent of one latent head; "
+                             f"got kv_dtype={kv_dtype!r}, latent_heads={latent_heads}")
+        if indices.stride(2) != 1:
+            indices = indices.contiguous()
     # The launch heuristics size splits by the longest sequence: a pool's is pages * page_size.
     kv_len = None if block_table is None else block_table.shape[1] * kv_cache.shape[1]
     cfg = mla_decode_config(q, kv_cache, num_splits, block_h=block_h, block_n=block_n,
-                            num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype), kv_len=kv_len)
+                            num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype), kv_len=kv_len,
+                            latent_heads=latent_heads)
 
     B, S, H, D = q.shape
     dv = head_dim_v
@@ -325,7 +387,9 @@ def mla_decode(
         q = q.contiguous()
 
     rows = S * H
-    num_programs = B * triton.cdiv(rows, cfg.block_h) * cfg.num_splits
+    sparse = indices is not None
+    row_blocks = S * triton.cdiv(H, cfg.block_h) if sparse else triton.cdiv(rows // latent_heads, cfg.block_h)
+    num_programs = B * latent_heads * row_blocks * cfg.num_splits
     if num_programs > _MAX_GRID:
         raise ValueError(f"num_splits={cfg.num_splits} gives {num_programs} programs, above the grid limit")
 
@@ -355,8 +419,9 @@ def mla_decode(
 
     page_size = 0 if block_table is None else kv_cache.shape[1]
     table = cache_seqlens if block_table is None else block_table  # any int32 tensor when unused
+    idx = indices if sparse else cache_seqlens  # a placeholder pointer the dense kernel never reads
     _mla_decode_split_kernel[(num_programs,)](
-        q, kv_cache, kv_scale, kv_pe, cache_seqlens, o_part, lse_part, out, table,
+        q, kv_cache, kv_scale, kv_pe, cache_seqlens, o_part, lse_part, out, idx, table,
         q.stride(0), q.stride(1), q.stride(2),
         kv_cache.stride(0), kv_cache.stride(1),
         kv_scale.stride(0), kv_scale.stride(1), kv_pe.stride(0), kv_pe.stride(1),
@@ -364,11 +429,12 @@ def mla_decode(
         o_part.stride(0), o_part.stride(1), o_part.stride(2),
         lse_part.stride(0), lse_part.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
+        indices.stride(0) if sparse else 0, indices.stride(1) if sparse else 0,
         float(softmax_scale) * _LOG2E,
-        S, H, cfg.num_splits,
+        S, H, latent_heads, cfg.num_splits, indices.shape[2] if sparse else 0,
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr,
         BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
-        WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot, PAGE_SIZE=page_size,
+        WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot, SPARSE=sparse, PAGE_SIZE=page_size,
         KV_FP8=fp8, N_TILES=block_dv // min(_SCALE_TILE, block_dv), TILE_COLS=min(_SCALE_TILE, block_dv),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

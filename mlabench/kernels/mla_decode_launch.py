@@ -233,14 +233,16 @@ def mla_decode_config(
     num_stages: int | None = None,
     kv_fp8: bool = False,
     kv_len: int | None = None,
+    latent_heads: int = 1,
 ) -> LaunchConfig:
-    """The launch configuration ``mla_decode`` uses for these arguments (None = default);
-    ``kv_len``: the longest sequence's slots, for a paged cache whose tensor is the pool."""
+    """The launch configuration ``mla_decode`` uses for these arguments (None = default); with G
+    latent heads each sequence is G independent problems of S*H/G query rows. ``kv_len``: the
+    longest sequence's slots, for a paged cache whose tensor is the pool."""
     B, S, H, _ = q.shape
     t_max = kv_cache.shape[1] if kv_len is None else kv_len
-    return choose_config(B, S * H, t_max, q.element_size(), num_sms(q.device), block_h=block_h,
-                         block_n=block_n, num_warps=num_warps, num_stages=num_stages, num_splits=num_splits,
-                         kv_fp8=kv_fp8)
+    return choose_config(B * latent_heads, S * H // latent_heads, t_max, q.element_size(),
+                         num_sms(q.device), block_h=block_h, block_n=block_n, num_warps=num_warps,
+                         num_stages=num_stages, num_splits=num_splits, kv_fp8=kv_fp8)
 
 
 def auto_configs() -> dict[LaunchConfig, tuple[str, ...]]:
@@ -278,6 +280,7 @@ def fp8_row_bytes(head_dim_v: int, rope_dim: int) -> int:
 def check_inputs(
     q: Tensor, kv_cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, softmax_scale: float, kv_dtype: str = "",
     block_table: Tensor | None = None,
+    latent_heads: int = 1,
 ) -> None:
     """Raise ValueError naming the first offending argument of ``mla_decode``."""
     if not isinstance(q, Tensor) or q.dim() != 4:
@@ -313,8 +316,13 @@ def check_inputs(
                              f"q batch {B} on {q.device}")
     elif kv_cache.shape[0] != B:
         raise ValueError(f"kv_cache batch {kv_cache.shape[0]} does not match q batch {B}")
-    if not kv_dtype and kv_cache.shape[2] != D:
-        raise ValueError(f"kv_cache last dim {kv_cache.shape[2]} does not match q head dim {D}")
+    if not _is_int(latent_heads) or latent_heads < 1 or H % latent_heads:
+        raise ValueError(f"latent_heads must be a positive int dividing H={H}, got {latent_heads!r}")
+    if kv_dtype and latent_heads > 1:
+        raise ValueError(f"an FP8 cache ({kv_dtype}) has one latent head (DeepSeek's layout), got {latent_heads}")
+    if not kv_dtype and _is_int(head_dim_v) and kv_cache.shape[2] != D + (latent_heads - 1) * head_dim_v:
+        raise ValueError(f"kv_cache last dim {kv_cache.shape[2]} does not match q head dim {D}"
+                         + (f" with {latent_heads} latent heads of {head_dim_v}" if latent_heads > 1 else ""))
     if kv_cache.shape[1] > 0 and kv_cache.stride(2) != 1:
         raise ValueError(f"kv_cache last dim must be contiguous (stride 1), got strides {kv_cache.stride()}")
     if cache_seqlens.shape[0] != B:

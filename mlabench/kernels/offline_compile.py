@@ -28,7 +28,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from mlabench.kernels.mla_decode_launch import LaunchConfig, auto_configs, auto_fp8_configs
+from mlabench.kernels.mla_decode_launch import (
+    DEFAULT_NUM_STAGES,
+    LaunchConfig,
+    auto_configs,
+    auto_fp8_configs,
+    choose_config,
+    default_block_h,
+    default_block_n,
+    default_num_warps,
+)
 
 # Hopper limits: shared memory per block (227 KiB, cudaDevAttrMaxSharedMemoryPerBlockOptin),
 # per SM (228 KiB, of which the driver reserves 1 KiB per resident block) and registers per SM.
@@ -39,8 +48,10 @@ SM90_REGS_PER_SM = 65536
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # A dtype name with this suffix: q in that dtype over DeepSeek's FP8 e4m3 latent rows (KV_FP8 = 1).
 FP8_SUFFIX = "+fp8kv"
-# (d_c, d_r) of the shapes the check covers: DeepSeek's 512 + 64 and a small padded one.
-DIMS = {"deepseek": (512, 64), "small": (64, 16)}
+# (d_c, d_r) of the shapes the check covers: DeepSeek's 512 + 64, a small padded one, and GLA-2 at
+# gla-xl (two latent heads of 256 + one RoPE key of 64 per row: the latent-head grid axis).
+DIMS = {"deepseek": (512, 64), "small": (64, 16), "gla": (256, 64)}
+LATENT_HEADS = {"gla": 2}
 
 
 @dataclass(frozen=True)
@@ -124,11 +135,12 @@ def _specialize(jit_fn, args: dict) -> tuple[dict, dict, dict]:
 
 
 def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, arch: int = 90,
-                   page_size: int = 0) -> CompileResult:
+                   page_size: int = 0, sparse: bool = False) -> CompileResult:
     """Compile ``_mla_decode_split_kernel`` for ``cfg`` at ``DIMS[dims]`` and report its resources.
 
     Arguments mirror a decode launch (S = 1, 128 heads for DeepSeek dims, 16 otherwise),
-    so the compiler sees the same specialization a real call triggers.
+    so the compiler sees the same specialization a real call triggers; `sparse` compiles the
+    index-gathering path (DeepSeek Sparse Attention, 2048 indices per query token).
     """
     import triton
     from triton.backends.compiler import GPUTarget
@@ -143,32 +155,35 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     fp8 = dtype.endswith(FP8_SUFFIX)
     torch_dtype = _DTYPES[dtype.removesuffix(FP8_SUFFIX)]
     B, S, H, T, NS = 2, 1, 128 if dims == "deepseek" else 16, 256, 1 if write_final else 2
+    G = LATENT_HEADS.get(dims, 1)  # G = 1 is specialized as a constant, so GLA is a separate compile
     # Small CPU tensors with the launch's layout: only dtype, alignment and strides matter.
     q = torch.empty(B, S, H, dv + dr, dtype=torch_dtype)
     # Paged: the pool (pages, page_size, row) and a block table; same element strides otherwise.
     pages, slots = (B * T // page_size, page_size) if page_size else (B, T)
-    if fp8:  # the uint8 rows and the fp32-scale and bf16-RoPE views mla_decode passes
+    if fp8:  # the uint8 rows and the fp32-scale and bf16-RoPE views mla_decode passes (one latent head)
         tiles = -(-dv // 128)
         kv = torch.empty(pages, slots, dv + 4 * tiles + 2 * dr, dtype=torch.uint8)
         kv_scale = kv.view(torch.float32)[..., dv // 4: dv // 4 + tiles]
         kv_pe = kv.view(torch.bfloat16)[..., (dv + 4 * tiles) // 2:]
     else:
-        kv = torch.empty(pages, slots, dv + dr, dtype=torch_dtype)
+        kv = torch.empty(pages, slots, G * dv + dr, dtype=torch_dtype)
         kv_scale = kv_pe = kv
     seqlens = torch.empty(B, dtype=torch.int32)
     table = torch.empty(B, T // page_size if page_size else 1, dtype=torch.int32)
     out = torch.empty(B, S, H, dv, dtype=torch_dtype)
     o_part = torch.empty(B, S * H, NS, dv)
     lse_part = torch.empty(B, S * H, NS)
+    indices = torch.empty(B, S, 2048, dtype=torch.int32)
     block_dv = max(16, triton.next_power_of_2(dv))
     block_dr = max(16, triton.next_power_of_2(dr))
     values = [
-        q, kv, kv_scale, kv_pe, seqlens, o_part, lse_part, out, table,
+        q, kv, kv_scale, kv_pe, seqlens, o_part, lse_part, out, indices if sparse else seqlens, table,
         *q.stride()[:3], *kv.stride()[:2], *kv_scale.stride()[:2], *kv_pe.stride()[:2], table.stride(0),
         *o_part.stride()[:3], *lse_part.stride()[:2], *out.stride()[:3],
-        0.1, S, H, NS,
+        *(indices.stride()[:2] if sparse else (0, 0)),
+        0.1, S, H, G, NS, indices.shape[2] if sparse else 0,
         dv, dr, block_dv, block_dr, cfg.block_h, cfg.block_n,
-        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, page_size, 1 if fp8 else 0,
+        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, sparse, page_size, 1 if fp8 else 0,
         block_dv // min(128, block_dv), min(128, block_dv),
     ]
     names = [p.name for p in kernel.params]
@@ -221,7 +236,16 @@ def auto_jobs() -> list[Job]:
     for cfg in auto_fp8_configs():
         jobs += [(cfg, "deepseek", "bf16" + FP8_SUFFIX, False, 0), (cfg, "deepseek", "bf16" + FP8_SUFFIX, True, 0),
                  (cfg, "deepseek", "bf16" + FP8_SUFFIX, False, 64)]
+    # GLA-2 at gla-xl in bf16: 16 heads over 2 latent heads, 8 query rows per program.
+    bh = default_block_h(8, 2)
+    gla = LaunchConfig(bh, default_block_n(2), default_num_warps(bh), DEFAULT_NUM_STAGES, 2)
+    jobs += [(gla, "gla", "bf16", False, 0), (gla, "gla", "bf16", True, 0)]
     return jobs
+
+
+def _compile_sparse(write_final: bool, arch: int) -> CompileResult:
+    """The sparse path at the configuration the launcher picks for one DeepSeek-V3.2 decode token."""
+    return compile_config(choose_config(1, 128, 131072), "deepseek", "bf16", write_final, arch, sparse=True)
 
 
 def _run_job(job: Job, arch: int) -> CompileResult:
@@ -258,7 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     parser.add_argument("--candidates", action="store_true",
                         help="compile the rejected candidates (DeepSeek dims, split variant) instead")
+    parser.add_argument("--sparse", action="store_true",
+                        help="compile the index-gathering path (DeepSeek-V3.2 decode: 128 heads, bf16) instead")
     args = parser.parse_args(argv)
+    if args.sparse:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max(1, min(2, args.jobs))) as pool:
+            results = list(pool.map(_compile_sparse, (False, True), [args.arch] * 2))
+        print(json.dumps([{**asdict(r), "ok": r.ok, "resident_ctas": r.resident_ctas} for r in results]) if args.json
+              else markdown_table(results))
+        return 0 if all(r.ok for r in results) else 1
     jobs = ([(cfg, "deepseek", dt, False, 0) for cfg, dt in CANDIDATES] if args.candidates else auto_jobs())
     results = run_jobs(jobs, args.arch, args.jobs)
     if args.json:

@@ -129,6 +129,7 @@ KV_SOURCES = {
     "kv_cache_bytes_allocator": "allocator delta",
     "kv_cache_bytes_nvml": "NVML delta",
     "backend_cache_bytes": "backend's paged copy",
+    "kv_cache_bytes_per_gpu": "one GPU's share (analytic, tp > 1)",
 }
 KV_STYLE = {
     "analytic": ("solid", "circle"),
@@ -136,6 +137,7 @@ KV_STYLE = {
     "allocator delta": ("dot", "square-open"),
     "NVML delta": ("dashdot", "diamond-open"),
     "backend's paged copy": ("longdash", "x"),
+    "one GPU's share (analytic, tp > 1)": ("solid", "triangle-up"),
 }
 
 
@@ -145,13 +147,17 @@ def kv_chart(df: pd.DataFrame) -> Chart:
                   "cache tensors the module allocated (dashed, open markers), which must agree exactly; where "
                   "the run recorded them, the CUDA allocator's delta (dotted) and NVML's device-used delta "
                   "(dash-dot) around the allocation, which show allocator granularity, and the paged copy a "
-                  "fused backend keeps beside the cache (long dashes).")
+                  "fused backend keeps beside the cache (long dashes). A run with setting tp > 1 also draws "
+                  "what one GPU holds at that tensor-parallel degree (triangles; analytic, MLA.md section 6: "
+                  "heads split, a shared latent or RoPE key on every GPU).")
     rows = df[df["kv_cache_bytes"].notna() | df["kv_cache_bytes_measured"].notna()]
     if rows.empty:
         return Chart(chart.id, chart.title, chart.description, note="No row records KV-cache bytes.")
     rows = rows.assign(series=series_labels(rows, exclude=("seq_len", "batch", "mode", "q_len", "backend"),
                                             group=("variant",)))
     sources = {c: name for c, name in KV_SOURCES.items() if c in rows.columns and rows[c].notna().any()}
+    if "tp" not in rows.columns or not (rows["tp"] > 1).any():
+        sources.pop("kv_cache_bytes_per_gpu", None)  # at tp 1 it is the analytic line again
     long = rows.melt(id_vars=["series", "batch", "seq_len"], value_vars=list(sources),
                      var_name="source", value_name="kv_bytes").dropna(subset=["kv_bytes"])
     long["source"] = long["source"].map(sources)

@@ -30,7 +30,9 @@ from mlabench.schema import normalize_key_value
 # Columns a results.csv must have. The rest of the contract is optional so
 # that baselines written before a column was added still load (filled empty).
 # Key columns added after runs were already on disk, with the value those runs implicitly had.
-KEY_DEFAULTS: dict[str, str] = {"scope": "step", "context": "", "cache_layout": ""}
+KEY_DEFAULTS: dict[str, str] = {"scope": "step", "context": "", "cache_layout": "", "num_latent_heads": "1",
+                                 "q_rank": "0", "k_rank": "0", "v_rank": "0", "index_heads": "0",
+                                 "index_head_dim": "0", "topk": "0"}
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS
                                           if c not in KEY_DEFAULTS and c not in schema.KEY_DEFAULT_FROM) + \
     schema.OUTCOME_COLUMNS + ("latency_ms",)

@@ -16,6 +16,10 @@ from mlabench.variants import gqa  # noqa: F401  (registration: mha, mqa, gqa)
 from mlabench.variants import mla  # noqa: F401  (mla-expanded, mla-latent, mla-absorbed)
 from mlabench.variants import lowrank_kv  # noqa: F401
 from mlabench.variants import linformer  # noqa: F401
+from mlabench.variants import gta  # noqa: F401
+from mlabench.variants import gla  # noqa: F401  (gla-expanded, gla-absorbed)
+from mlabench.variants import tpa  # noqa: F401  (tpa, tpa-factorized)
+from mlabench.variants import dsa  # noqa: F401
 # isort: on
 from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention
 from mlabench.variants.registry import (

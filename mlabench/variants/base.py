@@ -18,6 +18,12 @@ The core contract, shared by every variant and backend:
     core(q, k, v, scale, causal) -> o
     q (B, S, Hq, Dk), k (B, T, Hkv, Dk), v (B, T, Hkv, Dv), Hq % Hkv == 0,
     query head h reads KV head h // (Hq / Hkv); o (B, S, Hq, Dv) in q's dtype.
+    `causal` is a bool (bottom-right causal or none) or a (B, S, T) bool tensor, True where
+    query s may see key t (DeepSeek Sparse Attention's index mask, causality included).
+
+A variant whose core is not this contract (tpa-factorized contracts factor tensors and never
+builds K or V) sets `generic_core = False` and overrides `native_core`: `forward` and the eager
+backend run it, and backends that swap in a generic kernel (sdpa) answer unsupported.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from mlabench.config import AttentionShape
+from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
 from mlabench.variants.cache_map import CacheMap
@@ -40,7 +46,7 @@ if TYPE_CHECKING:
 
 
 class CoreAttention(Protocol):
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor: ...
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor: ...
 
 
 def causal_mask(s: int, t: int, device: torch.device) -> Tensor:
@@ -60,9 +66,10 @@ def ragged_mask(lengths: Tensor, s: int, t: int, causal: bool) -> Tensor:
     return k_pos < lengths[:, None, None]
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
                     lengths: Tensor | None = None) -> Tensor:
     """softmax(q k^T * scale + mask) v in plain PyTorch; softmax in fp32 (fp64 for fp64 inputs).
+    `causal` as a (B, S, T) bool tensor is the mask itself (True: visible).
     `lengths` (B,): a ragged batch, keys past a sequence's length masked out."""
     b, s, hq, dk = q.shape
     t, hkv = k.shape[1], k.shape[2]
@@ -70,7 +77,10 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     qg = q.view(b, s, hkv, groups, dk)  # (B, S, G, H/G, Dk): no copy of K/V for GQA
     scores = torch.einsum("bsgnd,btgd->bgnst", qg, k).to(acc) * scale  # (B, G, H/G, S, T)
-    if lengths is not None:
+    if isinstance(causal, Tensor):
+        mask = causal if lengths is None else causal & ragged_mask(lengths, s, t, False)
+        scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
+    elif lengths is not None:
         mask = ragged_mask(lengths, s, t, causal)[:, None, None]  # (B, 1, 1, S, T)
         # Masked keys get probability exactly 0: the slack past a sequence's end (finite: caches
         # are allocated zeroed) adds nothing, and is not copied out of V on every step.
@@ -82,7 +92,7 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
     return out.reshape(b, s, hq, v.shape[-1])
 
 
-def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
                       lengths: Tensor | None = None, max_scores: int = 2**26) -> Tensor:
     """`eager_attention` over blocks of queries so the score matrix stays under `max_scores`
     elements: the float64 reference of a long prefill must not need the full (S, T) scores."""
@@ -96,8 +106,9 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: boo
     outs = []
     for start in range(0, s, chunk):
         end = min(s, start + chunk)
-        keys = t - s + end if causal else t  # the block's last query sees keys up to here
-        outs.append(eager_attention(q[:, start:end], k[:, :keys], v[:, :keys], scale, causal))
+        keys = t - s + end if causal is True else t  # the block's last query sees keys up to here
+        block_mask = causal[:, start:end] if isinstance(causal, Tensor) else causal
+        outs.append(eager_attention(q[:, start:end], k[:, :keys], v[:, :keys], scale, block_mask))
     return torch.cat(outs, dim=1)
 
 
@@ -156,6 +167,15 @@ def linear(d_in: int, d_out: int, device: torch.device | None, dtype: torch.dtyp
     return nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype)
 
 
+def check_tp(sh: AttentionShape, tp: int) -> None:
+    """Tensor parallelism splits the query heads (as vLLM and SGLang do): tp must be a positive
+    divisor of H; ShapeError naming `tp` otherwise."""
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ShapeError("tp", f"must be a positive integer, got {tp!r}")
+    if sh.num_heads % tp:
+        raise ShapeError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({sh.num_heads})")
+
+
 class AttentionVariant(nn.Module):
     """Base class: one attention design, its math (`forward`) and its costs (class methods).
 
@@ -173,6 +193,11 @@ class AttentionVariant(nn.Module):
     supports_decode: ClassVar[bool] = True
     cache_tensor_count: ClassVar[int] = 2  # cache tensors per layer (K and V): per-tensor FP8 scales per layer
     fp8_cache: ClassVar[str] = "each cache tensor in FP8 + one fp32 scale per tensor per layer"  # kv_dtype fp8_*
+    generic_core: ClassVar[bool] = True  # False: `native_core` is not the (q, k, v) contract; see the top
+    # False: the variant reads and writes its cache by (batch, token) slices, not through the
+    # CacheMap (`_write`, `_read`, `_rope_at`): no ragged batch or paged cache, refused up front.
+    serving_layouts: ClassVar[bool] = True
+    shape_fields: ClassVar[tuple[str, ...]] = ()  # the config.OPTIONAL_FIELDS this variant reads
 
     # --- shape and cost model (no tensors) -----------------------------------------------
     @classmethod
@@ -187,12 +212,30 @@ class AttentionVariant(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int | None:
+        """Cache elements per token per layer held on ONE GPU at tensor-parallel degree `tp` (MLA.md
+        section 6: query heads split over the GPUs, what cannot split is replicated). tp = 1 is the
+        whole cache; a variant that keeps a cache under tensor parallelism defines the rest."""
+        if tp == 1:
+            return cls.kv_elements_per_token(sh)
+        raise NotImplementedError(f"{cls.name} has no tensor-parallel cache model (tp = {tp})")
+
+    @classmethod
     def kv_cache_elements(cls, sh: AttentionShape, batch: int, seq_len: int) -> int:
         """Cache elements of one layer for `batch` sequences of `seq_len` slots."""
         per_token = cls.kv_elements_per_token(sh)
         if per_token is None:
             raise NotImplementedError(f"{cls.name} must define kv_cache_elements")
         return batch * seq_len * per_token
+
+    @classmethod
+    def no_serving_layouts(cls, sh: AttentionShape) -> str:
+        """Why this variant takes no ragged batch or paged cache ('' when it does)."""
+        if cls.kv_elements_per_token(sh) is None:
+            return "caches no per-token rows"
+        if not cls.serving_layouts:
+            return "reads its cache by (batch, token) slices"
+        return ""
 
     # --- the stored cache: its dtype, layout and bytes -----------------------------------
     @classmethod
@@ -228,6 +271,14 @@ class AttentionVariant(nn.Module):
         if not sh.kv_quantized:
             return elements * sh.element_bytes
         return elements + cls.kv_fixed_bytes(sh)
+
+    @classmethod
+    def kv_cache_elements_per_gpu(cls, sh: AttentionShape, batch: int, seq_len: int, tp: int) -> int:
+        """Cache elements of one layer on ONE GPU at tensor-parallel degree `tp`."""
+        per_token = cls.kv_elements_per_token_per_gpu(sh, tp)
+        if per_token is None:
+            raise NotImplementedError(f"{cls.name} must define kv_cache_elements_per_gpu")
+        return batch * seq_len * per_token
 
     @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
@@ -326,8 +377,10 @@ class AttentionVariant(nn.Module):
         self.prepare_length(max_seq_len)
         self.batch, self.max_seq_len = batch, max_seq_len
         self._cache = {}  # drop the old cache before the new one exists: never two at once
-        if (lengths is not None or page_size) and self.kv_elements_per_token(self.shape) is None:
-            raise UnsupportedError(f"{self.name} caches no per-token rows: no ragged or paged cache")
+        if lengths is not None or page_size:
+            why = self.no_serving_layouts(self.shape)
+            if why:
+                raise UnsupportedError(f"{self.name} {why}: no ragged or paged cache")
         self.cache_map = CacheMap(batch, max_seq_len, self.weight_device, lengths, page_size, shuffle_seed)
         self._new_cache(**{name: self.cache_map.tensor_shape(dims)
                            for name, dims in self.cache_shapes(batch, max_seq_len).items()})
@@ -457,8 +510,14 @@ class AttentionVariant(nn.Module):
         """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d)."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention = eager_attention) -> Tensor:
+    def native_core(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
+                    lengths: Tensor | None = None) -> Tensor:
+        """The variant's own attention core in plain PyTorch, on what `core_inputs` returns."""
+        return eager_attention(q, k, v, scale, causal, lengths)
+
+    def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention | None = None) -> Tensor:
         q, k, v, scale, causal = self.core_inputs(x, start_pos)
+        core = core or self.native_core
         lengths = self.step_lengths(x.shape[0], start_pos, x.shape[1])
         if lengths is None:
             return self.core_output(core(q, k, v, scale, causal))

@@ -6,6 +6,7 @@ rotate-half RoPE. Cache: K and V, (B, T, G, D) each: 2*G*D elements per token.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +44,11 @@ class GroupedQueryAttention(AttentionVariant):
     @classmethod
     def kv_elements_per_token(cls, sh: AttentionShape) -> int:
         return 2 * sh.kv_heads * sh.head_dim
+
+    @classmethod
+    def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        # Each GPU holds the KV heads its query heads read: a KV head is copied when tp > G.
+        return 2 * math.ceil(sh.kv_heads / tp) * sh.head_dim
 
     @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:

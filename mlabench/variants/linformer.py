@@ -49,6 +49,14 @@ class Linformer(AttentionVariant):
         return batch * 2 * sh.kv_lora_rank * sh.num_heads * sh.head_dim
 
     @classmethod
+    def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> None:
+        return None  # no per-token cache at any tensor-parallel degree
+
+    @classmethod
+    def kv_cache_elements_per_gpu(cls, sh: AttentionShape, batch: int, seq_len: int, tp: int) -> int:
+        return batch * 2 * sh.kv_lora_rank * (sh.num_heads // tp) * sh.head_dim  # per-head rows split
+
+    @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
         if seq_len is None:
             raise ValueError("linformer's parameter count depends on seq_len (its [k, n] projections)")

@@ -46,6 +46,10 @@ class LowRankKV(AttentionVariant):
         return 2 * sh.num_heads * sh.kv_lora_rank
 
     @classmethod
+    def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        return 2 * (sh.num_heads // tp) * sh.kv_lora_rank  # per-head latents split with the heads
+
+    @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
         d, h, dh, r = sh.hidden_size, sh.num_heads, sh.head_dim, sh.kv_lora_rank
         return d * h * dh + 2 * d * h * r + 2 * h * dh * r + h * dh * d

@@ -57,6 +57,11 @@ class _MLABase(AttentionVariant):
         return sh.kv_lora_rank + sh.rope_head_dim
 
     @classmethod
+    def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        # The latent serves every head: each GPU holds all of it, whatever tp.
+        return sh.kv_lora_rank + sh.rope_head_dim
+
+    @classmethod
     def _query_params(cls, sh: AttentionShape) -> int:
         """Query path weights, as multiply-adds per token (norm weights not included)."""
         h, d = sh.num_heads, sh.hidden_size
@@ -154,6 +159,10 @@ class MLAExpanded(_MLABase):
     @classmethod
     def kv_elements_per_token(cls, sh: AttentionShape) -> int:
         return sh.num_heads * (sh.qk_head_dim + sh.value_dim)
+
+    @classmethod
+    def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        return sh.num_heads // tp * (sh.qk_head_dim + sh.value_dim)  # per-head K, V split with the heads
 
     @classmethod
     def core_flops(cls, sh: AttentionShape, step: Step) -> int:
@@ -285,6 +294,10 @@ class LatentStep:
     # "" when `cache` holds values in q's dtype; else the FP8 format of DeepSeek's byte rows in a
     # uint8 cache (B_max, T_max, row bytes): [d_c FP8 | fp32 scale per 128 | d_r bf16] (kvquant.py)
     kv_dtype: str = ""
+    # Grouped Latent Attention: rows are [c_1 .. c_G (d_c each), k_pe] and query head h reads
+    # c_{h // (H/G)}; 1 for MLA.
+    latent_heads: int = 1
+    indices: Tensor | None = None  # (B, S, K) int32 cache rows per query token, -1 none (dsa); None: dense
 
     @property
     def page_size(self) -> int:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mlabench.config import AttentionShape, ShapeError, canonical_dtype
+from mlabench.config import OPTIONAL_FIELDS, AttentionShape, ShapeError, canonical_dtype
 from mlabench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -49,8 +49,12 @@ def variant_class(name: str) -> type[AttentionVariant]:
 
 def shape_for_variant(variant: str, shape: AttentionShape) -> AttentionShape:
     """The shape `variant` actually runs (num_kv_heads set to the KV heads it attends with);
-    ShapeError naming the field when the shape cannot serve it."""
-    return variant_class(variant).normalize_shape(shape)
+    ShapeError naming the field when the shape cannot serve it. Optional fields the variant does
+    not read are 0 (config.OPTIONAL_FIELDS)."""
+    cls = variant_class(variant)
+    sh = cls.normalize_shape(shape)
+    unused = {f: 0 for f in OPTIONAL_FIELDS if f not in cls.shape_fields and getattr(sh, f)}
+    return sh.replace(**unused) if unused else sh
 
 
 def build_variant(name: str, shape: AttentionShape, device: torch.device | str = "cpu",

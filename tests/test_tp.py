@@ -1,0 +1,106 @@
+"""KV bytes per GPU under tensor parallelism (MLA.md section 6): the base-class contract, `mlabench kv
+--tp`, the sweep's `tp` setting and column, and the report's per-GPU KV line."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from cli_run import run_cli
+
+from mlabench import analytic
+from mlabench.config import AttentionShape, from_name
+from mlabench.report.charts import kv_chart
+from mlabench.variants import VARIANT_CLASSES, AttentionVariant, shape_for_variant
+
+SHAPE = AttentionShape(hidden_size=64, num_heads=8, num_kv_heads=2, head_dim=16, rope_head_dim=8, q_lora_rank=16,
+                       kv_lora_rank=32, num_latent_heads=4)
+
+
+@pytest.mark.parametrize("variant", list(VARIANT_CLASSES))
+def test_tp_1_is_the_whole_cache_and_more_gpus_never_hold_more(variant: str) -> None:
+    try:
+        sh = shape_for_variant(variant, SHAPE)
+    except ValueError:
+        pytest.skip(f"{variant} cannot run this shape")
+    whole = analytic.kv_cache_bytes(variant, sh, 2, 5)
+    shares = [analytic.kv_cache_bytes_per_gpu(variant, sh, 2, 5, tp) for tp in (1, 2, 4, 8)]
+    assert shares[0] == whole
+    assert all(a >= b for a, b in zip(shares, shares[1:], strict=False))
+    assert all(share * tp >= whole for share, tp in zip(shares, (1, 2, 4, 8), strict=True))  # nothing lost
+
+
+def test_section_6_at_this_shape() -> None:
+    """G = 2, h_c = 4 of d_g = 8, d_r = 8 at tp 4: GQA copies its KV heads, GLA splits its latent heads."""
+    per_gpu = {v: analytic.kv_elements_per_token_per_gpu(v, SHAPE, 4) for v in
+               ("gqa", "mha", "gta", "gla-absorbed", "mla-absorbed", "mla-expanded")}
+    assert per_gpu == {"gqa": 2 * 1 * 16,  # ceil(G/N) = 1 KV head, copied on two GPUs each
+                       "mha": 2 * 2 * 16, "gta": 1 * 16 + 8, "gla-absorbed": 1 * 8 + 8, "mla-absorbed": 32 + 8,
+                       "mla-expanded": 2 * (24 + 16)}
+    assert analytic.kv_elements_per_token_per_gpu("lowrank-kv", SHAPE.replace(kv_lora_rank=4), 4) == 2 * 2 * 4
+
+
+def test_a_variant_without_a_tp_model_says_so() -> None:
+    class Bare(AttentionVariant):
+        name = "bare"
+
+        @classmethod
+        def kv_elements_per_token(cls, sh: AttentionShape) -> int:
+            return 7
+
+    assert Bare.kv_elements_per_token_per_gpu(SHAPE, 1) == 7
+    with pytest.raises(NotImplementedError, match="bare.*tensor-parallel"):
+        Bare.kv_elements_per_token_per_gpu(SHAPE, 2)
+
+
+def test_kv_tp_prints_per_gpu_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["kv", "--preset", "gla-xl", "--tp", "2", "--seq-len", "4096", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    rows = {r["variant"]: r for r in doc["variants"]}
+    assert doc["tp"] == 2 and doc["analytic"] is True
+    assert rows["gla-absorbed"]["bytes_per_token_per_layer_per_gpu"] == 640
+    assert rows["mla-absorbed"]["bytes_per_token_per_layer_per_gpu"] == 1152
+    assert rows["gla-absorbed"]["batch_bytes_per_gpu"] == 640 * 24 * 4096
+    code, out, err = run_cli(["kv", "--preset", "gla-xl", "--tp", "2"], capsys)
+    assert code == 0 and "640 B" in out and "analytic" in err
+
+
+@pytest.mark.parametrize("tp", ["3", "0"])
+def test_kv_refuses_a_tp_that_does_not_divide_the_heads(tp: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["kv", "--preset", "gla-xl", "--tp", tp], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("mlabench: error: --tp")
+
+
+def test_sweep_refuses_a_tp_that_does_not_divide_the_heads(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["sweep", "--model", "tiny", "--variant", "gqa", "--tp", "3", "--dry-run"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "tp" in err and "num_heads (8)" in err
+
+
+def test_sweep_rows_carry_tp_and_the_per_gpu_share() -> None:
+    from mlabench.case import Case
+    from mlabench.runner import analytic_columns
+
+    sh = shape_for_variant("gla-absorbed", from_name("gla-xl"))
+    case = Case("t", "gla-xl", "gla-absorbed", "eager", "decode", "cpu", 2, 100, 1, sh)
+    cols = analytic_columns(case, tp=2)
+    assert cols["tp"] == 2 and cols["kv_cache_bytes_per_gpu"] == 640 * 2 * 100
+    assert cols["kv_cache_bytes"] == 1152 * 2 * 100
+    assert analytic_columns(case)["kv_cache_bytes_per_gpu"] == cols["kv_cache_bytes"]
+
+
+def _rows(tp: int) -> pd.DataFrame:
+    return pd.DataFrame({"variant": ["gla-absorbed", "mla-absorbed"], "model": "gla-xl", "backend": "eager",
+                         "mode": "decode", "batch": 1, "seq_len": 1024, "q_len": 1, "status": "ok", "tp": tp,
+                         "kv_cache_bytes": [1152 * 1024] * 2, "kv_cache_bytes_measured": [1152 * 1024] * 2,
+                         "kv_cache_bytes_per_gpu": [(640 if tp == 2 else 1152) * 1024, 1152 * 1024]})
+
+
+def test_report_kv_chart_draws_the_per_gpu_share_only_when_tp_above_1() -> None:
+    names = {t.name for t in kv_chart(_rows(2)).figure.data}
+    assert any("one GPU" in n for n in names)
+    per_gpu = [t for t in kv_chart(_rows(2)).figure.data if "one GPU" in t.name]
+    assert sorted(y for t in per_gpu for y in t.y) == [640 * 1024, 1152 * 1024]
+    assert not any("one GPU" in t.name for t in kv_chart(_rows(1)).figure.data)
