@@ -211,7 +211,8 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any], profiled: list[Pr
     gen = torch.Generator().manual_seed(ctx.seed + 1)
     x = torch.randn(case.batch, step.new_tokens, sh.hidden_size, generator=gen).to(device, dtype)
     inputs = StepInputs(x=x, start_pos=step.context)
-    module.step_lengths(case.batch, step.context, step.new_tokens)  # a ragged step's positions, built untimed
+    # A ragged or paged step's positions and write slots, built here, outside the timed calls.
+    module.cache_map.prepare_step(case.batch, step.context, step.new_tokens)
 
     prepared = BACKENDS[case.backend].prepare(module, case, inputs)
     row.update(backend_detail=prepared.detail, compile_ms=prepared.compile_ms,

@@ -39,6 +39,7 @@ class CacheMap:
     block_table: Tensor | None = field(default=None, init=False)  # (B, max pages) int32
     _table: Tensor | None = field(default=None, init=False)  # the same, int64, for indexing
     _positions: dict[tuple[int, int, int], Tensor] = field(default_factory=dict, init=False)
+    _write_index: dict[tuple[int, int, int], object] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         if self.lengths is not None:
@@ -95,6 +96,19 @@ class CacheMap:
             self._positions[key] = pos.to(self.device)
         return self._positions[key]
 
+    def prepare_step(self, b: int, start_pos: int, s: int) -> object:
+        """Build (once) the index tensors a step of s tokens at start_pos writes through, so the
+        timed calls build none, and a compiled step finds them ready (no data-dependent checks
+        inside its graph). Returns the write index: flat slots (paged) or (sequence, position)."""
+        key = (b, start_pos, s)
+        if key not in self._write_index:
+            pos = self.positions(b, start_pos, s)
+            if pos is None:
+                pos = torch.arange(start_pos, start_pos + s, device=self.device).expand(b, s)
+            self._write_index[key] = (self._slots(pos) if self.page_size
+                                      else (torch.arange(b, device=self.device)[:, None], pos))
+        return self._write_index[key]
+
     def step_lengths(self, b: int, start_pos: int, s: int) -> Tensor | None:
         """(b,) int64 tokens each sequence holds after the step (the cores' `lengths`); None uniform."""
         pos = self.positions(b, start_pos, s)
@@ -110,16 +124,14 @@ class CacheMap:
     def write(self, cache: Tensor, start_pos: int, rows: Tensor) -> None:
         """Write the step's new rows (b, S, ...) at their positions."""
         b, s = rows.shape[:2]
-        pos = self.positions(b, start_pos, s)
-        if pos is None and not self.page_size:
+        if self.lengths is None and not self.page_size:
             cache[:b, start_pos:start_pos + s] = rows
             return
-        if pos is None:
-            pos = torch.arange(start_pos, start_pos + s, device=cache.device).expand(b, s)
+        index = self.prepare_step(b, start_pos, s)
         if self.page_size:
-            cache.view(-1, *cache.shape[2:])[self._slots(pos)] = rows
+            cache.view(-1, *cache.shape[2:])[index] = rows  # (b, S) flat slots
         else:
-            cache[torch.arange(b, device=cache.device)[:, None], pos] = rows
+            cache[index] = rows  # (sequence, position) pairs
 
     def read(self, cache: Tensor, b: int, end: int) -> Tensor:
         """Slots [0, end) of the first b sequences as (b, end, ...): a view when contiguous, a
