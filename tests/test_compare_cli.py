@@ -167,7 +167,7 @@ def test_different_dtype_is_not_comparable(runs: dict[str, Path], capsys: pytest
     code, out, _ = run_cli(["compare", str(runs["base"]), str(runs["fp16"]), "--allow-env-change", "--json"], capsys)
     assert code in (0, 1)
     doc = json.loads(out)
-    assert doc["joined_ignoring"] == ["dtype"]
+    assert doc["joined_ignoring"] == ["dtype", "kv_dtype"]  # the cache's dtype follows the compute dtype
     assert not [c for c in doc["cases"] if c["verdict"].startswith("only-")]
 
 

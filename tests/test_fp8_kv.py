@@ -31,6 +31,12 @@ B, T = 2, 24
 
 
 def _module(variant: str, kv_dtype: str, start: int, seed: int = 0) -> Any:
+    try:
+        VARIANT_CLASSES[variant].normalize_shape(TINY.replace(kv_dtype=kv_dtype))
+    except ShapeError as exc:
+        if exc.field != "kv_dtype":
+            raise
+        pytest.skip(f"{variant} refuses an {kv_dtype} cache: {exc}")  # said by the variant, as a sweep drops it
     m = build_variant(variant, TINY.replace(kv_dtype=kv_dtype), "cpu", torch.float32, seed=seed)
     m.allocate_cache(B, T)
     if start:
@@ -132,6 +138,12 @@ def test_step_against_the_unquantized_float64_reference(variant: str, kv_dtype: 
         assert acc.compare(out, dequantized, "float32").ok
     quant = acc.quant_error(dequantized, unquantized, B, "float32")
     result = acc.compare(out, unquantized, "float32", quant)
+    if variant == "dsa":
+        # Top-k is discontinuous: FP8 indexer keys may select other tokens than the unquantized ones,
+        # so no small bound holds; the quantization error is still reported, and the step is exact
+        # on what it stored (above).
+        assert quant.rel_err > 1e-3 and result.ok
+        return
     assert 1e-3 < quant.rel_err < 0.5 and result.ok
     assert result.tolerance == pytest.approx(acc.FP8_SLACK * (quant.rel_err + acc.REL_TOLERANCE["float32"]))
 

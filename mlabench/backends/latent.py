@@ -28,6 +28,7 @@ from torch import Tensor
 from mlabench.backends.registry import StepInputs
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.kvquant import LatentFP8
 from mlabench.variants.mla import LatentStep, MLAAbsorbed
 
 
@@ -59,9 +60,9 @@ class LatentCore:
         if kv_dtype and kv_dtype not in self.fp8_kv:
             why = self.fp8_unsupported if not self.fp8_kv else f"it reads {', '.join(self.fp8_kv)} only"
             raise UnsupportedError(f"{self.library} cannot read an {kv_dtype} latent cache: {why}")
-        if kv_dtype and not isinstance(module, MLAAbsorbed):
-            raise UnsupportedError(f"{self.library} reads DeepSeek's FP8 latent layout, which {module.name} "
-                                   "does not store (its FP8 cache has per-tensor scales)")
+        if kv_dtype and not isinstance(module.kv_store, LatentFP8):
+            raise UnsupportedError(f"{self.library} reads an FP8 cache only as DeepSeek's latent rows alone, "
+                                   f"which {module.name} does not store")
         module.reads_stored_cache = bool(kv_dtype)
         b, s = inputs.x.shape[:2]
         self.module = module

@@ -75,8 +75,11 @@ class TritonMLACore(LatentCore):
         paged = {} if table is None else {"block_table": table}
         return mla_decode(step.q, kv, step.cache_seqlens, head_dim_v=step.d_c, softmax_scale=step.scale,
                           num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
-                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, kv_dtype=step.kv_dtype,
-                          latent_heads=step.latent_heads, indices=step.indices, **paged)  # (B, S, H, d_c)
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, latent_heads=step.latent_heads,
+                          # only what this step uses: an FP8 format, dsa's top-k rows, a block table
+                          **({"kv_dtype": step.kv_dtype} if step.kv_dtype else {}),
+                          **({"indices": step.indices} if step.indices is not None else {}),
+                          **paged)  # (B, S, H, d_c)
 
 
 @register_backend(

@@ -30,7 +30,7 @@ NOTED_META: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # Key columns whose change makes the same case a different experiment.
 DRIFT_COLUMNS: tuple[str, ...] = (
-    "dtype", "device", "model", "num_heads", "num_kv_heads", "head_dim",
+    "dtype", "kv_dtype", "device", "model", "num_heads", "num_kv_heads", "head_dim",
     "q_lora_rank", "kv_lora_rank", "num_latent_heads", "rope_head_dim", "v_head_dim",
 )
 HINT = "(pass --allow-env-change to compare anyway)"

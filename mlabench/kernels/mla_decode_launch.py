@@ -45,7 +45,7 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 DEFAULT_BLOCK_N = {2: 32, 4: 16}
 # An FP8 cache converts each KV tile to fp32 in registers before the MMA. At DeepSeek dims the
 # sm_90a compile spills with 16-bit's tiles (16 x 32 at 4 warps: 144 B; 32 x 16 at 8 warps: 592 B)
-# and is clean at 16 rows x 16 tokens over 8 warps (242 registers): that one configuration,
+# and is clean at 16 rows x 16 tokens over 8 warps (240 registers): that one configuration,
 # whatever the row count (NOTES.md's table has it).
 DEFAULT_BLOCK_N_FP8 = 16
 FP8_BLOCK_H = 16

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
+from mlabench.variants import kvquant
 from mlabench.variants.base import causal_mask, check_tp, linear
 from mlabench.variants.mla import LatentStep, MLAAbsorbed
 from mlabench.variants.registry import register_variant
@@ -65,6 +66,8 @@ class Indexer(nn.Module):
 class DSA(MLAAbsorbed):
     serving_layouts = False  # its cache is read and written by (batch, token) slices
     name = "dsa"
+    fp8_cache = ("per token: the latent as DeepSeek's FP8 rows (d_c FP8 + one fp32 scale per 128 + d_r bf16) "
+                 "and the indexer key as d_I FP8 + one fp32 scale per 128: 656 + 132 = 788 bytes at V3.2 dims")
     caches = "latent c_kv + RoPE key + the indexer key"
     cache_formula = "d_c+d_r+d_I"
     shape_fields = ("index_heads", "index_head_dim", "topk")
@@ -80,10 +83,28 @@ class DSA(MLAAbsorbed):
         if sh.index_head_dim < sh.rope_head_dim:
             raise ShapeError("index_head_dim", f"must be at least rope_head_dim ({sh.rope_head_dim}): "
                              "the indexer rotates its first d_r dims")
-        if sh.kv_quantized:
-            raise ShapeError("kv_dtype", "dsa stores its latent and indexer key in the compute dtype only "
-                             "(DeepSeek's FP8 layout for both is not built yet)")
+        if sh.kv_quantized and sh.index_head_dim % 4:
+            # The indexer key's fp32 scale follows its d_I FP8 bytes in each row: 4-byte aligned.
+            raise ShapeError("index_head_dim", f"an FP8 indexer key needs index_head_dim divisible by 4, "
+                                               f"got {sh.index_head_dim}")
         return sh
+
+    @classmethod
+    def kv_format(cls, sh: AttentionShape) -> kvquant.KVFormat | None:
+        if not sh.kv_quantized:
+            return None
+        return kvquant.PerCacheFP8(
+            {"kv_cache": kvquant.LatentFP8(sh.kv_dtype, sh.kv_lora_rank, sh.rope_head_dim),
+             "index_k_cache": kvquant.LatentFP8(sh.kv_dtype, sh.index_head_dim, 0)},
+            scales="per token: one fp32 scale per 128 latent values, RoPE key in bf16; the indexer key "
+                   "with one fp32 scale per 128 values")
+
+    @classmethod
+    def kv_bytes_per_token(cls, sh: AttentionShape) -> int:
+        if sh.kv_quantized:  # 656 + 132 = 788 at DeepSeek-V3.2 dims (MLA.md section 5)
+            return kvquant.latent_row_bytes(sh.kv_lora_rank, sh.rope_head_dim) + \
+                kvquant.latent_row_bytes(sh.index_head_dim, 0)
+        return cls.kv_elements_per_token(sh) * sh.element_bytes
 
     @classmethod
     def kv_elements_per_token(cls, sh: AttentionShape) -> int:
@@ -168,10 +189,10 @@ class DSA(MLAAbsorbed):
         k = F.layer_norm(self.indexer.wk(x).to(acc), norm.normalized_shape, norm.weight.to(acc), norm.bias.to(acc),
                          norm.eps).to(x.dtype)
         k = self._indexer_rope(k[:, :, None], cos, sin)[:, :, 0]
-        cache = self._cache["index_k_cache"]
-        cache[:b, start_pos:end] = k
+        self._store("index_k_cache", (slice(None, b), slice(start_pos, end)), k)
+        keys = self._load("index_k_cache", (slice(None, b), slice(None, end)))
         w = self.indexer.weights_proj(x).to(acc) * (sh.index_heads**-0.5 * sh.index_head_dim**-0.5)  # (B, S, H_I)
-        logits = F.relu(torch.einsum("bsjd,btd->bsjt", q.to(acc), cache[:b, :end].to(acc)))  # (B, S, H_I, T)
+        logits = F.relu(torch.einsum("bsjd,btd->bsjt", q.to(acc), keys.to(acc)))  # (B, S, H_I, T)
         scores = torch.einsum("bsj,bsjt->bst", w, logits)
         return scores.masked_fill(~causal_mask(s, end, x.device), float("-inf"))
 

@@ -200,7 +200,39 @@ class LatentFP8:
             self.store(cache, name, (slice(b, b + 1), slice(0, length)), values(b)[None])
 
 
-KVFormat = PerTensorFP8 | LatentFP8
+class PerCacheFP8:
+    """Several cache tensors, each in its own row format (DeepSeek-V3.2: the latent in DeepSeek's
+    FP8 rows, the indexer key as d_I FP8 values with one fp32 scale per 128)."""
+
+    def __init__(self, formats: dict[str, LatentFP8], scales: str):
+        self.formats, self.scales = formats, scales
+
+    def allocate(self, shapes: dict[str, tuple[int, ...]], device: torch.device) -> dict[str, Tensor]:
+        return {name: self.formats[name].allocate({name: dims}, device)[name] for name, dims in shapes.items()}
+
+    def store(self, cache: dict[str, Tensor], name: str, index: Index, values: Tensor) -> None:
+        self.formats[name].store(cache, name, index, values)
+
+    def load(self, cache: dict[str, Tensor], name: str, index: Index, dtype: torch.dtype) -> Tensor:
+        return self.formats[name].load(cache, name, index, dtype)
+
+    def roundtrip(self, cache: dict[str, Tensor], name: str, values: Tensor) -> Tensor:
+        return self.formats[name].roundtrip(cache, name, values)
+
+    def fill(self, cache: dict[str, Tensor], name: str, length: int, values: Callable[[int], Tensor]) -> None:
+        self.formats[name].fill(cache, name, length, values)
+
+    def to_stored(self, cache: dict[str, Tensor], name: str, values: Tensor) -> Tensor:
+        return self.formats[name].to_stored(cache, name, values)
+
+    def from_stored(self, cache: dict[str, Tensor], name: str, stored: Tensor, dtype: torch.dtype) -> Tensor:
+        return self.formats[name].from_stored(cache, name, stored, dtype)
+
+    def calibrate_fill(self, cache: dict[str, Tensor], name: str) -> None:
+        self.formats[name].calibrate_fill(cache, name)
+
+
+KVFormat = PerTensorFP8 | LatentFP8 | PerCacheFP8
 
 
 class RoundTrip:

@@ -102,8 +102,9 @@ class _TPABase(AttentionVariant):
         a_q = self.W_A_q(x).view(b, s, h, sh.q_rank)
         b_q = apply_rotate_half(self.W_B_q(x).view(b, s, sh.q_rank, dh), cos, sin)  # RoPE on B rows only
         b_k = apply_rotate_half(self.W_B_k(x).view(b, s, sh.k_rank, dh), cos, sin)
-        self._cache["k_factors"][:b, start_pos:end] = torch.cat((self.W_A_k(x), b_k.flatten(2)), dim=-1)
-        self._cache["v_factors"][:b, start_pos:end] = torch.cat((self.W_A_v(x), self.W_B_v(x)), dim=-1)
+        new = (slice(None, b), slice(start_pos, end))
+        self._store("k_factors", new, torch.cat((self.W_A_k(x), b_k.flatten(2)), dim=-1))
+        self._store("v_factors", new, torch.cat((self.W_A_v(x), self.W_B_v(x)), dim=-1))
         return a_q, b_q
 
     def _cached_factors(self, t: Tensor, rank: int) -> tuple[Tensor, Tensor]:
@@ -148,8 +149,9 @@ class TPA(_TPABase):
         sh = self.shape
         end = start_pos + s
         a_q, b_q = self._factors(x, start_pos)
-        a_k, b_k = self._cached_factors(self._cache["k_factors"][:b, :end], sh.k_rank)
-        a_v, b_v = self._cached_factors(self._cache["v_factors"][:b, :end], sh.v_rank)
+        seen = (slice(None, b), slice(None, end))
+        a_k, b_k = self._cached_factors(self._load("k_factors", seen), sh.k_rank)
+        a_v, b_v = self._cached_factors(self._load("v_factors", seen), sh.v_rank)
         q = torch.einsum("bshr,bsrd->bshd", a_q, b_q) / sh.q_rank
         k = torch.einsum("bthr,btrd->bthd", a_k, b_k) / sh.k_rank
         v = torch.einsum("bthr,btrd->bthd", a_v, b_v) / sh.v_rank
@@ -188,8 +190,9 @@ class TPAFactorized(_TPABase):
         end = start_pos + s
         a_q, b_q = self._factors(x, start_pos)
         q = torch.cat((a_q.flatten(2), b_q.flatten(2)), dim=-1)[:, :, None]
-        k = self._cache["k_factors"][:b, :end, None]
-        v = self._cache["v_factors"][:b, :end, None]
+        seen = (slice(None, b), slice(None, end))
+        k = self._load("k_factors", seen)[:, :, None]  # a view unless the cache is FP8
+        v = self._load("v_factors", seen)[:, :, None]
         return q, k, v, self.shape.head_dim**-0.5, True
 
     def native_core(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor:
