@@ -15,14 +15,21 @@ formulas live on its class (`AttentionVariant.kv_elements_per_token`, `core_flop
   those bytes, and anything expanded from it (mla-latent, lowrank-kv) the compute dtype.
 - Timing scope "core" has its own figures (`kernel_flops`, `kernel_bytes`): the core alone
   on the tensors the variant hands it, so a kernel's roofline share reads off core rows.
+- A ragged batch is a list of steps, one per distinct length (`ragged_steps`): FLOPs and
+  bytes are sums over the real lengths, weights counted once. KV bytes are what the layout
+  holds: B x the longest sequence for a contiguous cache, whole pages over the real lengths
+  for a paged one (`layout_kv_cache_bytes`).
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlabench.config import AttentionShape, ShapeError
+from mlabench.layout import pages_for
 from mlabench.variants.registry import variant_class
 
 if TYPE_CHECKING:
@@ -176,11 +183,16 @@ def bytes_moved(variant: str, shape: AttentionShape, step: Step) -> int:
     """Minimum bytes a step must move: weights once, x in and y out, the core's Q and O, and
     the cache traffic the variant defines (read T tokens, write S, plus anything it expands)."""
     cls, sh = _normalized(variant, shape)
+    return cls.param_count(sh, seq_len=step.total) * sh.element_bytes + _token_bytes(variant, shape, step)
+
+
+def _token_bytes(variant: str, shape: AttentionShape, step: Step) -> int:
+    """bytes_moved less the weights: what grows with the batch's sequences."""
+    cls, sh = _normalized(variant, shape)
     eb = sh.element_bytes
-    weights = cls.param_count(sh, seq_len=step.total) * eb
     q_w, o_w = cls.qo_widths(sh)
     activations = step.batch * step.new_tokens * (2 * sh.hidden_size + q_w + o_w) * eb
-    return weights + activations + _cache_traffic_bytes(cls, sh, step)
+    return activations + _cache_traffic_bytes(cls, sh, step)
 
 
 # --- the attention core alone (timing scope "core") ----------------------------------------
@@ -210,3 +222,46 @@ def scoped_flops(variant: str, shape: AttentionShape, step: Step, scope: str) ->
 
 def scoped_bytes(variant: str, shape: AttentionShape, step: Step, scope: str) -> int:
     return kernel_bytes(variant, shape, step) if scope == "core" else bytes_moved(variant, shape, step)
+
+
+# --- ragged batches and cache layouts ----------------------------------------------------------
+def ragged_steps(lengths: Sequence[int], q_len: int) -> list[Step]:
+    """A ragged decode step as one Step per distinct length L (batch: how many sequences hold L),
+    each with its q_len new tokens at [L - q_len, L)."""
+    return [Step(batch=n, context=length - q_len, new_tokens=q_len) for length, n in sorted(Counter(lengths).items())]
+
+
+def ragged_scoped_flops(variant: str, shape: AttentionShape, steps: Sequence[Step], scope: str) -> int:
+    """FLOPs of a ragged step: the sum over its sequences (every term is per sequence)."""
+    return sum(scoped_flops(variant, shape, st, scope) for st in steps)
+
+
+def ragged_scoped_bytes(variant: str, shape: AttentionShape, steps: Sequence[Step], scope: str) -> int:
+    """Bytes of a ragged step: the sum over its sequences, the weights (scope step) once."""
+    if scope == "core":
+        return sum(kernel_bytes(variant, shape, st) for st in steps)
+    cls, sh = _normalized(variant, shape)
+    weights = cls.param_count(sh, seq_len=max(st.total for st in steps)) * sh.element_bytes
+    return weights + sum(_token_bytes(variant, shape, st) for st in steps)
+
+
+def layout_kv_cache_bytes_per_gpu(variant: str, shape: AttentionShape, batch: int, seq_len: int, tp: int,
+                                  lengths: Sequence[int] | None = None, page_size: int = 0) -> int:
+    """`layout_kv_cache_bytes` on ONE GPU at tensor-parallel degree tp: a paged cache's slots are
+    its whole pages, each GPU holding its share of every stored row."""
+    if not page_size:
+        return kv_cache_bytes_per_gpu(variant, shape, batch, seq_len, tp)
+    slots = sum(pages_for(list(lengths) if lengths is not None else [seq_len] * batch, page_size)) * page_size
+    return kv_cache_bytes_per_gpu(variant, shape, 1, slots, tp)  # per-token caches: bytes follow the slots
+
+
+def layout_kv_cache_bytes(variant: str, shape: AttentionShape, batch: int, seq_len: int,
+                          lengths: Sequence[int] | None = None, page_size: int = 0, layers: int = 1) -> int:
+    """Bytes the cache tensors of one layer hold: a contiguous cache B x seq_len slots (each
+    sequence owns the longest one's room), a paged one whole pages over each sequence's length
+    (`lengths`, default all seq_len); the block table is metadata, not KV."""
+    if not page_size:
+        return kv_cache_bytes(variant, shape, batch, seq_len, layers)
+    slots = sum(pages_for(list(lengths) if lengths is not None else [seq_len] * batch, page_size)) * page_size
+    cls, sh = _normalized(variant, shape)
+    return (kv_bytes_per_token(variant, shape) * slots + cls.kv_fixed_bytes(sh)) * layers  # FP8: rows as stored

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from mlabench import analytic, schema
 from mlabench.config import AttentionShape
+from mlabench.context import parse_context
+from mlabench.layout import CacheLayout, parse_layout
 
 Mode = Literal["prefill", "decode"]
 MODES: tuple[str, ...] = ("prefill", "decode")
@@ -36,6 +38,19 @@ class Case:
     # Options of this case's backend (compile_mode, num_splits, ...), sorted by name: part of
     # the identity, since a max-autotune compile and a default one are different measurements.
     options: tuple[tuple[str, Any], ...] = ()
+    # Ragged batch: the canonical context spec (context.py); seq_len is then its longest
+    # sequence. '' = every sequence holds seq_len tokens.
+    context: str = ""
+    cache_layout: str = ""  # 'paged:PAGE_SIZE' (layout.py); '' = contiguous
+
+    @property
+    def lengths(self) -> tuple[int, ...] | None:
+        """Each sequence's tokens after the step for a ragged case (None: all seq_len)."""
+        return parse_context(self.context).lengths(self.batch) if self.context else None
+
+    @property
+    def layout(self) -> CacheLayout:
+        return parse_layout(self.cache_layout) if self.cache_layout else CacheLayout()
 
     @property
     def dtype(self) -> str:
@@ -91,6 +106,8 @@ class Case:
             "index_head_dim": sh.index_head_dim,
             "topk": sh.topk,
             "options": self.options_text,
+            "context": self.context,
+            "cache_layout": self.cache_layout,
         }
 
     @property
@@ -110,4 +127,6 @@ class Case:
         return (f"{self.model} {self.variant}/{self.backend} {self.mode} b={self.batch} "
                 f"T={self.seq_len}" + (f" q={self.q_len}" if self.mode == "decode" else "")
                 + f" {self.dtype}" + (f" kv={self.shape.kv_dtype}" if self.shape.kv_dtype else "")
-                + (" core" if self.scope == "core" else ""))
+                + (" core" if self.scope == "core" else "")
+                + (f" ctx={self.context}" if self.context else "")
+                + (f" {self.cache_layout}" if self.cache_layout else ""))

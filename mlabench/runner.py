@@ -29,6 +29,7 @@ from mlabench import analytic, schema
 from mlabench.backends import BACKENDS, StepInputs
 from mlabench.backends.library import LoadFailure
 from mlabench.case import Case
+from mlabench.context import lengths_summary
 from mlabench.errors import CaseTimeout, SkippedError, UnsupportedError, is_sticky_cuda_error
 from mlabench.measure import accuracy as acc
 from mlabench.measure.envinfo import cpu_model
@@ -82,17 +83,28 @@ def analytic_columns(case: Case, tp: int = 1) -> dict[str, Any]:
     """Deterministic columns known before anything runs (the formulas; `params` is counted on
     the module itself once it exists). `kv_cache_bytes_per_gpu` is one GPU's share at
     tensor-parallel degree tp, empty for a variant without a tensor-parallel cache model."""
-    sh, step = case.shape, case.step
+    sh, step, lengths = case.shape, case.step, case.lengths
+    page_size = case.layout.page_size
+    kv = analytic.layout_kv_cache_bytes(case.variant, sh, case.batch, case.seq_len, lengths, page_size)
     try:
-        per_gpu: int | None = analytic.kv_cache_bytes_per_gpu(case.variant, sh, case.batch, case.seq_len, tp)
+        per_gpu: int | None = analytic.layout_kv_cache_bytes_per_gpu(case.variant, sh, case.batch, case.seq_len,
+                                                                     tp, lengths, page_size)
     except NotImplementedError:
         per_gpu = None
+    shared = {"tp": tp, "kv_cache_bytes_per_gpu": per_gpu, "kv_cache_bytes": kv}
+    if lengths is None:
+        return {
+            **shared,
+            "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
+            "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
+            **lengths_summary((case.seq_len,), ragged=False),
+        }
+    steps = analytic.ragged_steps(lengths, case.q_len)  # sums over the real lengths, not batch x max
     return {
-        "tp": tp,
-        "kv_cache_bytes_per_gpu": per_gpu,
-        "kv_cache_bytes": analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len),
-        "flops": analytic.scoped_flops(case.variant, sh, step, case.scope),
-        "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
+        **shared,
+        "flops": analytic.ragged_scoped_flops(case.variant, sh, steps, case.scope),
+        "bytes": analytic.ragged_scoped_bytes(case.variant, sh, steps, case.scope),
+        **lengths_summary(lengths),
     }
 
 
@@ -185,7 +197,11 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any], profiled: list[Pr
     # allocation is the cache tensors alone.
     module.prepare_length(case.seq_len)
     row["params"] = sum(p.numel() for p in module.parameters())
-    delta = measure_allocation(lambda: module.allocate_cache(case.batch, case.seq_len), device, ctx.nvml)
+    layout = case.layout
+    # Pages are shuffled with the case's seed, as the context is filled with it.
+    delta = measure_allocation(lambda: module.allocate_cache(case.batch, case.seq_len, lengths=case.lengths,
+                                                             page_size=layout.page_size, shuffle_seed=ctx.seed),
+                               device, ctx.nvml)
     row.update(kv_cache_bytes_measured=module.cache_nbytes(), kv_cache_bytes_allocator=delta.allocator,
                kv_cache_bytes_nvml=delta.nvml)
     if device.type == "cpu":
@@ -195,6 +211,8 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any], profiled: list[Pr
     gen = torch.Generator().manual_seed(ctx.seed + 1)
     x = torch.randn(case.batch, step.new_tokens, sh.hidden_size, generator=gen).to(device, dtype)
     inputs = StepInputs(x=x, start_pos=step.context)
+    # A ragged or paged step's positions and write slots, built here, outside the timed calls.
+    module.cache_map.prepare_step(case.batch, step.context, step.new_tokens)
 
     prepared = BACKENDS[case.backend].prepare(module, case, inputs)
     row.update(backend_detail=prepared.detail, compile_ms=prepared.compile_ms,

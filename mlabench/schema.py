@@ -71,6 +71,11 @@ class ResultRow:
     index_head_dim: int = _column("key", key=True)
     topk: int = _column("key", key=True)
     options: str = _column("key", key=True)  # this backend's options, "name=value;..." ('' for none)
+    # Serving axes ('' = the idealised case, which is how runs written before them read):
+    # `context` the ragged-length spec (seq_len is then its longest sequence), `cache_layout`
+    # 'paged:PAGE_SIZE' for a paged cache.
+    context: str = _column("key", key=True)
+    cache_layout: str = _column("key", key=True)
     # Outcome
     status: str = _column("outcome", key=True)  # required like a key field, though not part of the key
     error: str | None = _column("outcome")
@@ -124,6 +129,11 @@ class ResultRow:
     wall_s: float | None = _column("extra")
     host: str | None = _column("extra")
     device_name: str | None = _column("extra")
+    # Context per sequence after the step (ragged batches differ; uniform ones are all seq_len).
+    context_min: int | None = _column("extra")
+    context_mean: float | None = _column("extra")
+    context_max: int | None = _column("extra")
+    context_lengths: str | None = _column("extra")  # a ragged case's lengths, "L1/L2/..." in batch order
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ResultRow:
@@ -161,6 +171,9 @@ EXTRA_COLUMNS: tuple[str, ...] = _columns("extra")
 # `round`: which pass over the case list (sweep --rounds) took the sample; files
 # written before rounds existed have no such column and read as round 0.
 SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms", "round")
+
+# Key columns whose empty value means "as before they existed" (see case_id).
+OPTIONAL_KEY_COLUMNS: frozenset[str] = frozenset({"context", "cache_layout"})
 
 STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped", "unsupported", "inaccurate", "timeout")
 FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate", "timeout"})
@@ -213,6 +226,11 @@ def case_id(key: Mapping[str, Any]) -> str:
     values = {c: normalize_key_value(key.get(c)) for c in KEY_COLUMNS}
     for column, default_from in KEY_DEFAULT_FROM.items():
         if values[column] in ("", values[default_from]):
+            del values[column]
+    # Key columns added with an empty default leave the id of every case that does not set them
+    # unchanged, so runs and baselines measured before them still join and resume.
+    for column in OPTIONAL_KEY_COLUMNS:
+        if not values[column]:
             del values[column]
     canonical = json.dumps(list(values.values()), separators=(",", ":"))
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]

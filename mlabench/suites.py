@@ -15,6 +15,11 @@
     dtype = ["auto"]      # auto: bfloat16 on CUDA, float32 on CPU
     scope = ["step"]      # step: the whole layer is timed; core: the attention core alone
     kv_dtype = ["auto"]   # what the cache stores: auto (the compute dtype), fp8_e4m3, fp8_e5m2
+    seq_len = ["uniform:1024-32768"]  # a ragged batch: a context distribution (context.py), decode only
+    cache_layout = ["contiguous", "paged:16"]  # paged caches (layout.py), decode only
+
+A `[cpu]` table (optional) holds axes that replace the grids' on a CPU device: a suite sized
+for a GPU still runs on a CPU, at the same model dims with small batches and contexts.
 
 A grid may set `suite = "claims"` (one name): its rows are recorded under that suite name
 instead of the file's, so a suite can carry the claims configurations and the report still
@@ -51,13 +56,15 @@ from mlabench.config import (
     from_name,
     validate_case_dims,
 )
+from mlabench.context import is_spec, parse_context
 from mlabench.errors import UsageError
+from mlabench.layout import parse_layout
 from mlabench.settings import SweepSettings
-from mlabench.variants.registry import shape_for_variant, variant_names
+from mlabench.variants.registry import shape_for_variant, variant_class, variant_names
 
-CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope")
+CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope", "cache_layout")
 SHAPE_AXES = tuple(f.name for f in fields(AttentionShape) if f.name not in ("name", "dtype"))
-TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options"}
+TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options", "cpu"}
 # Suite names become directory names (results/runs/<time>-<suite>-<device>): no separators, no "..".
 SUITE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -70,6 +77,7 @@ class Suite:
     grids: tuple[dict[str, list[Any]], ...]
     settings: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # backend options (compile_mode, sdpa_kernel, ...)
+    cpu_axes: dict[str, list[Any]] = field(default_factory=dict)  # [cpu]: axes replacing the grids' on a CPU
 
 
 def _suite_dirs() -> list[Path]:
@@ -117,7 +125,7 @@ def _as_list(key: str, value: Any) -> list[Any]:
 
 _DTYPE_NAMES = frozenset(DTYPES) | frozenset(DTYPE_ALIASES)
 _FLOAT_FIELDS = frozenset(f.name for f in fields(AttentionShape) if f.type in (float, "float"))
-_STRING_AXES = frozenset({"model", "variant", "backend", "mode", "dtype", "scope", "kv_dtype"})
+_STRING_AXES = frozenset({"model", "variant", "backend", "mode", "dtype", "scope", "kv_dtype", "cache_layout"})
 
 
 def _check_type(key: str, value: Any, where: str) -> None:
@@ -126,12 +134,24 @@ def _check_type(key: str, value: Any, where: str) -> None:
     if key in _STRING_AXES:
         if not isinstance(value, str):
             raise UsageError(f"suite: {key} must be a name, got {value!r} in {where}")
+        if key == "cache_layout":
+            _named(where, parse_layout, value)
+        return
+    if key == "seq_len" and is_spec(value):
+        _named(where, parse_context, value)  # a ragged batch's distribution, refused here when malformed
         return
     if key in _FLOAT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise UsageError(f"suite: {key} must be a finite number, got {value!r} in {where}")
     elif isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"suite: {key} must be an integer, got {value!r} in {where}")
+
+
+def _named(where: str, parse: Any, value: Any) -> None:
+    try:
+        parse(value)
+    except UsageError as exc:
+        raise UsageError(f"suite: {exc} in {where}") from None
 
 
 def _check_axes(where: str, table: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -177,8 +197,12 @@ def load_suite(name_or_path: str) -> Suite:
     if not isinstance(name, str) or not SUITE_NAME.fullmatch(name) or set(name) == {"."}:
         raise UsageError(f"suite: name {name!r} in {path.name} must be letters, digits, '.', '_' or '-' "
                          "(it becomes part of a directory name)")
+    cpu_axes = data.get("cpu", {})
+    if not isinstance(cpu_axes, dict):
+        raise UsageError(f"suite: [cpu] of {path.name} must be a table")
     return Suite(name=name, description=str(data.get("description", "")),
-                 path=str(path), grids=expanded, settings=settings, options=dict(options))
+                 path=str(path), grids=expanded, settings=settings, options=dict(options),
+                 cpu_axes=_check_axes("[cpu]", cpu_axes))
 
 
 def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: str) -> None:
@@ -201,6 +225,8 @@ def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: 
             raise UsageError(f"suite: {exc} in {where}") from None
     for axis in ("batch", "seq_len", "q_len"):
         for v in axes.get(axis, []):
+            if axis == "seq_len" and is_spec(v):
+                continue  # a distribution, parsed by _check_axes
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise UsageError(f"suite: {axis} must be positive integers, got {v!r} in {where}")
 
@@ -224,8 +250,9 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
     seen: dict[str, dict[str, Any]] = {}  # case id -> the grid point that first produced it
     dropped: list[str] = []
     merged: list[str] = []
+    cpu = suite.cpu_axes if device.startswith("cpu") else {}
     for i, grid in enumerate(suite.grids):
-        axes = {**grid, **overrides}
+        axes = {**grid, **cpu, **overrides}
         where = f"[[grid]] #{i + 1} of {suite.name}" if not overrides else f"{suite.name} with overrides"
         _check_names(axes, backends, where)
         missing = [a for a in ("model", "variant") if a not in axes]
@@ -238,6 +265,7 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
         axes.setdefault("q_len", [1])
         axes.setdefault("dtype", ["auto"])
         axes.setdefault("scope", ["step"])
+        axes.setdefault("cache_layout", ["contiguous"])
         shape_axes = [a for a in SHAPE_AXES if a in axes]
         names = list(CASE_AXES) + shape_axes
         kept = 0
@@ -281,17 +309,34 @@ def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[
     dtype = point["dtype"]
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    q_len = point["seq_len"] if point["mode"] == "prefill" else point["q_len"]
+    seq_len, context = point["seq_len"], ""
+    layout = parse_layout(point["cache_layout"])
+    if (is_spec(seq_len) or layout.paged) and point["mode"] == "prefill":
+        dropped.append(f"{point['model']} {point['variant']}: ragged contexts and paged caches are decode steps")
+        return None
+    if is_spec(seq_len):
+        spec = parse_context(seq_len)
+        lengths = spec.lengths(point["batch"])
+        if min(lengths) < point["q_len"]:
+            dropped.append(f"{point['model']} {point['variant']}: {spec.text} draws a context of {min(lengths)} "
+                           f"tokens for batch {point['batch']}, shorter than q_len {point['q_len']}")
+            return None
+        seq_len, context = max(lengths), spec.text
+    q_len = seq_len if point["mode"] == "prefill" else point["q_len"]
     try:
         shape = from_name(point["model"], dtype=dtype, **{a: point[a] for a in shape_axes})
         shape = shape_for_variant(point["variant"], shape)
-        validate_case_dims(point["batch"], point["seq_len"], q_len)
+        validate_case_dims(point["batch"], seq_len, q_len)
     except ShapeError as exc:
         dropped.append(f"{point['model']} {point['variant']}: {exc}")
         return None
+    why = variant_class(point["variant"]).no_serving_layouts(shape) if context or layout.paged else ""
+    if why:
+        dropped.append(f"{point['model']} {point['variant']}: {why} (no ragged or paged cache)")
+        return None
     return Case(suite=suite, model=point["model"], variant=point["variant"], backend=point["backend"],
-                mode=point["mode"], device=device, batch=point["batch"], seq_len=point["seq_len"],
-                q_len=q_len, shape=shape, scope=point["scope"])
+                mode=point["mode"], device=device, batch=point["batch"], seq_len=seq_len,
+                q_len=q_len, shape=shape, scope=point["scope"], context=context, cache_layout=layout.text)
 
 
 def shard(cases: list[Case], k: int, n: int) -> list[Case]:

@@ -108,7 +108,7 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overri
     """Everything checked before any work: names, shapes, settings, the output directory.
     `sweep` plans a suite; `run` plans a one-case suite the same way."""
     merged_suite = Suite(suite.name, suite.description, suite.path, suite.grids, suite.settings,
-                         {**suite.options, **overrides.options})
+                         {**suite.options, **overrides.options}, suite.cpu_axes)
     expansion = expand(merged_suite, device_label(device), served_variants(), overrides.axes)
     cases = apply_options(expansion.cases, merged_suite.options)
     grid = cases

@@ -34,7 +34,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def _key(r: dict) -> tuple:
-    return (r["dims"], r["dtype"], r["block_h"], r["block_n"], r["num_warps"], r["num_stages"], r["write_final"])
+    return (r["dims"], r["dtype"], r["block_h"], r["block_n"], r["num_warps"], r["num_stages"], r["write_final"],
+            r["page_size"])
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,10 @@ def results() -> list[dict]:
 
 
 def test_every_auto_config_was_compiled(results: list[dict]) -> None:
-    want = {(dims, dtype, cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_stages, final)
-            for cfg, dims, dtype, final in oc.auto_jobs()}
+    want = {(dims, dtype, cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_stages, final, page)
+            for cfg, dims, dtype, final, page in oc.auto_jobs()}
     assert {_key(r) for r in results} == want
+    assert any(r["page_size"] for r in results)  # the block-table path is compiled too
     assert all(r["ptx_target"] == "sm_90a" for r in results), {r["ptx_target"] for r in results}
 
 

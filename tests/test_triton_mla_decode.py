@@ -468,3 +468,24 @@ def test_interpreter_flag_matches_environment() -> None:
     # Documents which path ran: compiled kernels on CUDA, the interpreter otherwise.
     if DEVICE.type == "cpu":
         assert mla_mod._INTERPRETED
+
+
+@pytest.mark.parametrize("page_size", [4, 16])
+def test_paged_ragged_cache_through_a_block_table(page_size: int) -> None:
+    # The same ragged batch as a shuffled page pool: pages of other sequences, unused slots and
+    # one page no sequence owns are NaN-poisoned, so any read outside a sequence's pages shows.
+    from mlabench.variants.cache_map import CacheMap
+
+    lengths = [2, 40, 17]
+    q, kv, seqlens = make_inputs(lengths, S=2, H=2, dv=32, dr=16, seed=6)
+    cmap = CacheMap(len(lengths), max(lengths), DEVICE, tuple(lengths), page_size, shuffle_seed=2)
+    pool = torch.full((cmap.num_pages + 1, page_size, 48), float("nan"), dtype=kv.dtype, device=DEVICE)
+    for b, n in enumerate(lengths):
+        pos = torch.arange(n, device=DEVICE)[None, :]
+        pool.view(-1, 48)[cmap._slots(pos, torch.tensor([b], device=DEVICE))[0]] = kv[b, :n]
+    assert torch.isnan(pool).any()  # the poison is there
+    for splits in (1, 3):
+        out = mla_decode(q, pool, seqlens, 32, 0.15, splits, block_table=cmap.block_table)
+        assert torch.isfinite(out).all(), "a NaN-poisoned slot was read"
+        atol, rtol, min_cos = _TOL[q.dtype]
+        assert_close_strict(out, reference(q, kv, seqlens, 32, 0.15), atol, rtol, min_cos, what=f"paged {page_size}")

@@ -187,7 +187,8 @@ def _prepare_core(module: AttentionVariant, inputs: StepInputs, mode: str, chunk
     native = eager_attention if type(module).generic_core else module.native_core
     core = torch.compile(native, dynamic=False, fullgraph=True, **_compile_kwargs(device, mode, chunk))
     q, k, v, scale, causal = module.core_inputs(x, start)
-    compile_ms = warm_up(lambda: core(q, k, v, scale, causal), device, min_calls=2)
+    lengths = module.step_lengths(x.shape[0], start, x.shape[1])  # a ragged step's, else None
+    compile_ms = warm_up(lambda: core(q, k, v, scale, causal, lengths), device, min_calls=2)
     detail = f"compile-core:{mode}"
     if device.type == "cpu" and chunk > 0 and _has_min_chunk_size():
         detail += f",cpp_min_chunk_size={chunk}"

@@ -21,6 +21,7 @@ FP8 rows with per-token tile scales.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -89,15 +90,19 @@ class FlashInferMLACore(PagedLatentCore):
 
 
 def plan_arguments(paged: PagedCache, q_len: int) -> dict[str, Tensor]:
-    """FlashInfer's CSR description of the batch: query rows, pages and lengths per sequence (int32)."""
-    b, blocks = paged.block_table.shape
+    """FlashInfer's CSR description of the batch: query rows, pages and lengths per sequence (int32).
+    A ragged batch lists each sequence's own whole pages only."""
+    b = paged.block_table.shape[0]
     device = paged.block_table.device
+    lengths = paged.seq_lens
+    pages = [-(-n // paged.block_size) for n in lengths]
     seqs = torch.arange(b + 1, dtype=torch.int32, device=device)
+    kv_indptr = torch.tensor([0, *itertools.accumulate(pages)], dtype=torch.int32, device=device)
     return {
         "qo_indptr": seqs * q_len,  # (B + 1,) sequence b's query rows are [b*S, (b+1)*S)
-        "kv_indptr": seqs * blocks,  # (B + 1,) sequence b's pages are kv_indices[b*blocks : (b+1)*blocks]
-        "kv_indices": paged.block_table.flatten(),  # (B * blocks,)
-        "kv_len_arr": torch.full((b,), paged.seq_len, dtype=torch.int32, device=device),  # (B,)
+        "kv_indptr": kv_indptr,  # (B + 1,) sequence b's pages are kv_indices[indptr[b] : indptr[b+1]]
+        "kv_indices": torch.cat([paged.block_table[i, :n] for i, n in enumerate(pages)]),  # (total pages,)
+        "kv_len_arr": torch.tensor(lengths, dtype=torch.int32, device=device),  # (B,)
     }
 
 
@@ -142,7 +147,7 @@ def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs)
             args = plan_arguments(core.paged, s)
             wrapper.plan(
                 args["qo_indptr"], args["kv_indptr"], args["kv_indices"], args["kv_len_arr"],
-                sh.num_heads, sh.kv_lora_rank, sh.rope_head_dim, BLOCK_SIZE,
+                sh.num_heads, sh.kv_lora_rank, sh.rope_head_dim, core.block_size,
                 True,  # causal, bottom-right aligned
                 scale,
                 dtype,  # q_data_type
@@ -153,5 +158,6 @@ def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs)
 
     compile_ms = first_call_ms(plan_and_first_call, x.device)
     version = getattr(lib, "__version__", "?")
-    return Prepared(fn=fn, detail=f"flashinfer:{version},{backend},page={BLOCK_SIZE}", compile_ms=compile_ms,
+    return Prepared(fn=fn, detail=f"flashinfer:{version},{backend},page={core.block_size}"
+                    + (",native" if core.native else ""), compile_ms=compile_ms,
                     core=core.alone, extra_cache_bytes=core.extra_cache_bytes)

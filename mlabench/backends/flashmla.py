@@ -66,6 +66,7 @@ class FlashMLACore(PagedLatentCore):
     """A LatentStep -> o_lat through flash_mla_with_kvcache on the page pool."""
 
     library = "flashmla"
+    page_sizes = (BLOCK_SIZE,)  # FlashMLA's kernels read 64-token pages only
     fp8_kv = ("fp8_e4m3",)  # FlashMLA's FP8 cache: 656-byte e4m3 rows
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs, lib: Any):
@@ -135,5 +136,7 @@ def prepare_flashmla(module: AttentionVariant, case: Case, inputs: StepInputs) -
 
     compile_ms = first_call_ms(schedule_and_first_call, x.device)
     version = getattr(lib, "__version__", "?")
-    return Prepared(fn=fn, detail=f"flashmla:{version},block={BLOCK_SIZE}", compile_ms=compile_ms, core=core.alone,
+    native = ",native" if core.native else ""
+    return Prepared(fn=fn, detail=f"flashmla:{version},block={BLOCK_SIZE}{native}", compile_ms=compile_ms,
+                    core=core.alone,
                     extra_cache_bytes=core.extra_cache_bytes)

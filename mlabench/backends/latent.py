@@ -66,7 +66,13 @@ class LatentCore:
         module.reads_stored_cache = bool(kv_dtype)
         b, s = inputs.x.shape[:2]
         self.module = module
-        self.cache_seqlens = torch.full((b,), inputs.start_pos + s, dtype=torch.int32, device=inputs.x.device)
+        lengths = module.step_lengths(b, inputs.start_pos, s)  # ragged: each sequence's own length
+        if lengths is None:
+            self.cache_seqlens = torch.full((b,), inputs.start_pos + s, dtype=torch.int32, device=inputs.x.device)
+        else:
+            self.cache_seqlens = lengths.to(torch.int32)
+        # A paged case's cache is a page pool: the kernel reads it through the block table, in place.
+        module.read_pages_in_core = module.cache_map is not None and module.cache_map.page_size > 0
         self._checked = False
 
     def latent_step(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> LatentStep:
@@ -76,10 +82,13 @@ class LatentCore:
             self._checked = True
         return step
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+    # `lengths` (a ragged step's) is already in cache_seqlens, made once for the case.
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+                 lengths: Tensor | None = None) -> Tensor:
         return self.step(self.latent_step(q, k, v, scale, causal))
 
-    def alone(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+    def alone(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+              lengths: Tensor | None = None) -> Tensor:
         """The kernel alone (scope "core"): no cache mirroring, which the step `prepare` ran once did."""
         return self.attend(self.latent_step(q, k, v, scale, causal))
 

@@ -52,7 +52,12 @@ class PagedCache:
 
     pool: Tensor  # (num_pages, block_size, D), contiguous
     block_table: Tensor  # (B, blocks per sequence) int32, on the pool's device
-    seq_len: int
+    seq_len: int  # the longest sequence's tokens
+    lengths: tuple[int, ...] | None = None  # ragged: each sequence's tokens (None: all seq_len)
+
+    @property
+    def seq_lens(self) -> tuple[int, ...]:
+        return self.lengths if self.lengths is not None else (self.seq_len,) * self.block_table.shape[0]
 
     @property
     def block_size(self) -> int:
@@ -110,23 +115,48 @@ def pages_for_step(cache: Tensor, batch: int, start: int, stop: int,
 
 
 class PagedLatentCore(LatentCore):
-    """A fused latent core that reads a page pool: the pool is a copy of the cache built here,
-    once; inside a step the core first mirrors the step's new latent rows into it."""
+    """A fused latent core that reads a page pool. When the case's cache is itself paged
+    (cache_layout = paged) the core reads that pool and block table natively: no copy. Else
+    the pool is a copy of the contiguous cache built here, once, and inside a step the core
+    first mirrors the step's new latent rows into it. `page_sizes`: the pages the library reads."""
+
+    page_sizes: tuple[int, ...] | None = None  # None: any
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs, block_size: int = BLOCK_SIZE):
         super().__init__(module, inputs)
         b, s = inputs.x.shape[:2]
         start = inputs.start_pos
-        self.paged, self.slots = pages_for_step(module.cache_tensors()["kv_cache"], b, start, start + s, block_size)
+        cmap = module.cache_map
+        self.native = cmap is not None and cmap.page_size > 0
+        if self.native:
+            if self.page_sizes is not None and cmap.page_size not in self.page_sizes:
+                raise UnsupportedError(f"{self.library} reads pages of {', '.join(map(str, self.page_sizes))} "
+                                       f"tokens, not {cmap.page_size}")
+            lengths = tuple(int(n) for n in self.cache_seqlens.tolist())  # once, outside the timed calls
+            self.paged = PagedCache(module.cache_tensors()["kv_cache"], cmap.block_table[:b], max(lengths), lengths)
+            self.slots = None
+        elif cmap is not None and cmap.ragged:
+            raise UnsupportedError(f"{self.library} takes a ragged batch on its own paged layout: "
+                                   "use cache_layout = paged")
+        else:
+            self.paged, self.slots = pages_for_step(module.cache_tensors()["kv_cache"], b, start, start + s,
+                                                    block_size)
 
     @property
-    def extra_cache_bytes(self) -> int:
-        """The second copy of the cache the step needs: the pool and its block table."""
+    def block_size(self) -> int:
+        return self.paged.block_size
+
+    @property
+    def extra_cache_bytes(self) -> int | None:
+        """The second copy of the cache the step needs: the pool and its block table (none when native)."""
+        if self.native:
+            return None
         return self.paged.pool.nbytes + self.paged.block_table.nbytes
 
     def step(self, step: LatentStep) -> Tensor:
-        # The variant wrote this step's rows into our contiguous cache; the kernel reads the pool.
-        write_rows(self.paged.pool, self.slots, step.new_rows)  # (B, S, D)
+        if not self.native:
+            # The variant wrote this step's rows into our contiguous cache; the kernel reads the pool.
+            write_rows(self.paged.pool, self.slots, step.new_rows)  # (B, S, D)
         return self.attend(step)
 
 

@@ -39,7 +39,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError, UsageError
-from mlabench.variants.base import AttentionVariant, causal_mask
+from mlabench.variants.base import AttentionVariant, causal_mask, ragged_mask
 
 SDPA_KERNELS: dict[str, SDPBackend | None] = {
     "auto": None,
@@ -75,13 +75,22 @@ class SDPACore:
             self._mask = causal_mask(s, t, device)
         return self._mask
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor:
+    def _ragged_mask(self, lengths: Tensor, s: int, t: int, causal: bool) -> Tensor:
+        # One case has one set of lengths: build the (B, 1, S, T) mask once, outside the timed calls.
+        if self._mask is None or self._mask.shape != (lengths.shape[0], 1, s, t):
+            self._mask = ragged_mask(lengths, s, t, causal)[:, None]
+        return self._mask
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
+                 lengths: Tensor | None = None) -> Tensor:
         s, t = q.shape[1], k.shape[1]
         qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), views
         mask: Tensor | None = None
         is_causal = False
         if isinstance(causal, Tensor):
             mask = causal[:, None]  # (B, 1, S, T): an explicit mask (dsa's index mask), broadcast over heads
+        elif lengths is not None:  # ragged: a boolean mask per sequence, broadcast over heads
+            mask = self._ragged_mask(lengths, s, t, causal)
         elif causal and s > 1:
             if s == t:
                 is_causal = True
@@ -145,13 +154,14 @@ def prepare_sdpa(module: AttentionVariant, case: Case, inputs: StepInputs) -> Pr
     x, start = inputs.x, inputs.start_pos
     core = SDPACore()
 
-    run_core: Callable[[Tensor, Tensor, Tensor, float, bool], Tensor]
+    run_core: Callable[..., Tensor]
     if backend is None:
         run_core = core
     else:
-        def run_core(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool) -> Tensor:
+        def run_core(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool,
+                     lengths: Tensor | None = None) -> Tensor:
             with sdpa_kernel([backend]):
-                return core(q, k, v, scale, causal)
+                return core(q, k, v, scale, causal, lengths)
 
     def fn() -> Tensor:
         return module(x, start, run_core)

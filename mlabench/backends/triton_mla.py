@@ -64,18 +64,22 @@ class TritonMLACore(LatentCore):
         self.config: LaunchConfig | None = None  # resolved on the first call, then fixed for the case
 
     def attend(self, step: LatentStep) -> Tensor:
-        kv = step.kv  # (B, T, D) view with the cache's strides: no copy
+        kv = step.kv  # (B, T, D) view with the cache's strides, or the page pool: no copy
+        table = step.block_table  # (B, max pages) for a paged cache, else None
         if self.config is None:
             # Resolved once, so every timed call runs (and the row records) the same launch.
-            self.config = mla_decode_config(step.q, kv, **self.knobs, kv_fp8=bool(step.kv_dtype),
+            kv_len = None if table is None else table.shape[1] * step.page_size
+            self.config = mla_decode_config(step.q, kv, **self.knobs, kv_fp8=bool(step.kv_dtype), kv_len=kv_len,
                                             latent_heads=step.latent_heads)
         cfg = self.config
+        paged = {} if table is None else {"block_table": table}
         return mla_decode(step.q, kv, step.cache_seqlens, head_dim_v=step.d_c, softmax_scale=step.scale,
                           num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages, latent_heads=step.latent_heads,
-                          # only what this step uses: an FP8 format, dsa's top-k rows
+                          # only what this step uses: an FP8 format, dsa's top-k rows, a block table
                           **({"kv_dtype": step.kv_dtype} if step.kv_dtype else {}),
-                          **({"indices": step.indices} if step.indices is not None else {}))  # (B, S, H, d_c)
+                          **({"indices": step.indices} if step.indices is not None else {}),
+                          **paged)  # (B, S, H, d_c)
 
 
 @register_backend(
@@ -106,4 +110,6 @@ def prepare_triton(module: AttentionVariant, case: Case, inputs: StepInputs) -> 
     # loads it from Triton's disk cache): compile time, outside the timed calls.
     compile_ms = first_call_ms(fn, x.device)
     assert core.config is not None  # set by the first call
-    return Prepared(fn=fn, detail=f"triton:{core.config.detail}", compile_ms=compile_ms, core=core.alone)
+    paged = module.cache_map.page_size if module.cache_map is not None else 0
+    detail = f"triton:{core.config.detail}" + (f",paged={paged}" if paged else "")
+    return Prepared(fn=fn, detail=detail, compile_ms=compile_ms, core=core.alone)

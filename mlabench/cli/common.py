@@ -110,6 +110,24 @@ def split_list(option: str, text: str | None, kind: type = str) -> list[Any] | N
     return out
 
 
+def split_seq_lens(option: str, text: str | None) -> list[Any] | None:
+    """'1024,uniform:1-9,lognormal:median=4096,sigma=1' -> [1024, 'uniform:1-9', 'lognormal:...'].
+    A context spec may hold a comma itself: a piece that is neither a length nor a spec (no ':')
+    continues the spec before it."""
+    pieces = split_list(option, text)
+    if pieces is None:
+        return None
+    out: list[Any] = []
+    for piece in pieces:
+        if piece.isdigit():
+            out.append(int(piece))
+        elif ":" in piece or not out or not isinstance(out[-1], str):
+            out.append(piece)  # a spec; a bad one is refused, naming it, when the grid expands
+        else:
+            out[-1] += "," + piece
+    return out
+
+
 def _number_or_text(text: str) -> Any:
     try:
         return int(text)

@@ -54,7 +54,8 @@ def run(
     backend: Annotated[str, typer.Option(help="Backend.")] = "eager",
     mode: Annotated[str, typer.Option(help="prefill or decode.")] = "decode",
     batch: Annotated[int, typer.Option(help="Sequences per step.")] = 1,
-    seq_len: Annotated[int, typer.Option(help="Context length (decode: including the new tokens).")] = 1024,
+    seq_len: Annotated[str, typer.Option(help="Context length (decode: including the new tokens), or a ragged "
+                                         "batch's distribution, e.g. uniform:1024-32768.")] = "1024",
     q_len: Annotated[int, typer.Option(help="New tokens per decode step.")] = 1,
     dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32.")] = "auto",
     scope: Annotated[str, typer.Option(help="Timing scope: step (the whole layer) or core (the attention "
@@ -109,8 +110,9 @@ def run(
         raise UsageError(f"--variant: unknown variant {variant!r} (choose from {', '.join(variant_names())})")
     if backend in served and variant not in served[backend]:
         raise UsageError(f"--backend: {backend} does not serve {variant} (it serves {', '.join(served[backend])})")
+    context = int(seq_len) if seq_len.strip().isdigit() else seq_len.strip()  # a length, or a distribution
     grid = {"model": [model], "variant": [variant], "backend": [backend], "mode": [mode], "batch": [batch],
-            "seq_len": [seq_len], "q_len": [q_len], "dtype": [dtype], "scope": [scope], **shape_axes}
+            "seq_len": [context], "q_len": [q_len], "dtype": [dtype], "scope": [scope], **shape_axes}
     suite = Suite(name="run", description="one case from `mlabench run`", path="", grids=(grid,),
                   settings=RUN_SETTINGS)
     plan = plan_sweep(suite, dev, Overrides(settings=settings, options=options), out)

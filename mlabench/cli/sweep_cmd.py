@@ -41,6 +41,7 @@ from mlabench.cli.common import (
     parse_assignments,
     parse_options,
     split_list,
+    split_seq_lens,
     write_report_or_warn,
 )
 from mlabench.errors import UsageError
@@ -62,7 +63,8 @@ def axis_overrides(given: dict[str, str | None], assignments: list[str] | None) 
     """Command-line axis overrides ({field: comma-separated text or None}, and --set), each
     replacing the suite's whole axis."""
     def parsed(names: list[str]) -> dict[str, list[Any]]:
-        lists = {name: split_list(AXIS_FLAGS[name][0], given[name], AXIS_FLAGS[name][1]) for name in names}
+        lists = {name: split_seq_lens(AXIS_FLAGS[name][0], given[name]) if name == "seq_len"
+                 else split_list(AXIS_FLAGS[name][0], given[name], AXIS_FLAGS[name][1]) for name in names}
         return {name: values for name, values in lists.items() if values is not None}
 
     # --scope last: it wins over --set scope=..., as it always has, and keeps the axes' order.
@@ -85,7 +87,9 @@ def sweep(
     backend: Annotated[str | None, _axis("Backends, e.g. eager,sdpa")] = None,
     mode: Annotated[str | None, _axis("Modes: prefill, decode")] = None,
     batch: Annotated[str | None, _axis("Batch sizes, e.g. 1,8")] = None,
-    seq_len: Annotated[str | None, _axis("Context lengths, e.g. 1024,4096")] = None,
+    seq_len: Annotated[str | None, _axis(
+        "Context lengths, e.g. 1024,4096, or a ragged batch's distribution: uniform:1024-32768, "
+        "lognormal:median=4096,sigma=1, list:900/4096")] = None,
     q_len: Annotated[str | None, _axis("New tokens per decode step")] = None,
     dtype: Annotated[str | None, _axis("Dtypes: auto, bfloat16, float16, float32")] = None,
     kv_lora_rank: Annotated[str | None, _axis("Latent ranks (MLA d_c, lowrank-kv r, linformer k)")] = None,

@@ -87,10 +87,12 @@ if HAS_TRITON:
     @triton.jit
     def _mla_decode_split_kernel(
         Q, KV, KV_SCALE, KV_PE, SEQLENS, O_PART, LSE_PART, OUT, INDICES,
+        BLOCK_TABLE,  # paged: (B, max pages) int32 page ids; unused when PAGE_SIZE == 0
         stride_qb, stride_qs, stride_qh,
-        stride_kvb, stride_kvt,
-        stride_scb, stride_sct,  # FP8 only: the fp32 scales view (B, T, tiles)
-        stride_peb, stride_pet,  # FP8 only: the bf16 RoPE view (B, T, d_r)
+        stride_kvb, stride_kvt,  # paged: KV is the pool, stride_kvb its page stride
+        stride_scb, stride_sct,  # FP8 only: the fp32 scales view (B or pages, T or page, tiles)
+        stride_peb, stride_pet,  # FP8 only: the bf16 RoPE view (B or pages, T or page, d_r)
+        stride_btb,
         stride_opb, stride_opr, stride_ops,
         stride_lb, stride_lr,
         stride_ob, stride_os, stride_oh,
@@ -109,6 +111,7 @@ if HAS_TRITON:
         # bf16 tiles are widened to fp32 (exact) before each dot. Always False when compiled.
         UPCAST_DOT: tl.constexpr,
         SPARSE: tl.constexpr,  # attend only the rows INDICES names
+        PAGE_SIZE: tl.constexpr = 0,  # 0: a contiguous (B, T_max, D) cache; else tokens per page
         KV_FP8: tl.constexpr = 0,  # 0: KV holds q's dtype; 1: FP8 e4m3 rows; 2: FP8 e5m2 rows
         N_TILES: tl.constexpr = 1,  # FP8: scale tiles across BLOCK_DV (BLOCK_DV // TILE_COLS)
         TILE_COLS: tl.constexpr = 128,  # FP8: columns per scale tile, min(128, BLOCK_DV)
@@ -171,9 +174,12 @@ if HAS_TRITON:
             q_v = q_v.to(tl.float32)
             q_r = q_r.to(tl.float32)
 
-        kv_base = KV + pid_b.to(tl.int64) * stride_kvb
-        sc_base = KV_SCALE + pid_b.to(tl.int64) * stride_scb
-        pe_base = KV_PE + pid_b.to(tl.int64) * stride_peb
+        if PAGE_SIZE == 0:
+            kv_base = KV + pid_b.to(tl.int64) * stride_kvb
+            sc_base = KV_SCALE + pid_b.to(tl.int64) * stride_scb
+            pe_base = KV_PE + pid_b.to(tl.int64) * stride_peb
+        else:
+            table_row = BLOCK_TABLE + pid_b.to(tl.int64) * stride_btb
 
         m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -190,7 +196,19 @@ if HAS_TRITON:
                 pos = tok.to(tl.int64)
             else:
                 pos = offs_n
-            kv_rows = kv_base + pos[:, None] * stride_kvt
+            if PAGE_SIZE == 0:
+                kv_rows = kv_base + pos[:, None] * stride_kvt
+                sc_rows = sc_base + pos[:, None] * stride_sct
+                pe_rows = pe_base + pos[:, None] * stride_pet
+            else:
+                # Each token's page through the block table (pages are shuffled: no two tiles
+                # need be adjacent); masked tokens read page 0's entry, never their own slot.
+                page = tl.load(table_row + pos // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
+                slot = pos % PAGE_SIZE
+                kv_rows = KV + (page * stride_kvb + slot * stride_kvt)[:, None]
+                # An FP8 pool's scales and RoPE key are views of the same rows: same page, same slot.
+                sc_rows = KV_SCALE + (page * stride_scb + slot * stride_sct)[:, None]
+                pe_rows = KV_PE + (page * stride_peb + slot * stride_pet)[:, None]
             # Masked loads never touch positions >= seqlen (the slack may hold garbage).
             if KV_FP8 == 0:
                 k_v = tl.load(kv_rows + pid_g * DV + offs_dv[None, :], mask=n_ok[:, None] & dv_ok[None, :],
@@ -207,11 +225,11 @@ if HAS_TRITON:
                 # One scale per (token, 128-column tile), broadcast over its tile through a reshape
                 # rather than gathered per element: a (BLOCK_N, BLOCK_DV) fp32 scale tile spills.
                 offs_t = tl.arange(0, N_TILES)
-                sc = tl.load(sc_base + pos[:, None] * stride_sct + offs_t[None, :],
+                sc = tl.load(sc_rows + offs_t[None, :],
                              mask=n_ok[:, None] & (offs_t * TILE_COLS < DV)[None, :], other=0.0)  # (BLOCK_N, N_TILES)
                 lat = tl.reshape(lat, (BLOCK_N, N_TILES, TILE_COLS)) * sc[:, :, None]
                 k_v = tl.reshape(lat, (BLOCK_N, BLOCK_DV)).to(Q.dtype.element_ty)
-                k_r = tl.load(pe_base + pos[:, None] * stride_pet + offs_dr[None, :],
+                k_r = tl.load(pe_rows + offs_dr[None, :],
                               mask=n_ok[:, None] & dr_ok[None, :], other=0.0).to(Q.dtype.element_ty)
             if UPCAST_DOT:
                 k_v = k_v.to(tl.float32)
@@ -312,6 +330,7 @@ def mla_decode(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    block_table: Tensor | None = None,
     kv_dtype: str = "",
     latent_heads: int = 1,
     indices: Tensor | None = None,
@@ -321,12 +340,16 @@ def mla_decode(
     q: (B, S, H, D) queries in the absorbed space, D = d_c + d_r.
     kv_cache: (B, T_max, D), one KV head; V = kv_cache[..., :head_dim_v]. May be a strided view,
         but the last dim must have stride 1.
+        With ``block_table``: a page pool (num_pages, page_size, D) instead.
     cache_seqlens: (B,) int32 valid tokens per sequence, including the S new ones.
     softmax_scale: multiplies q . k; always explicit (DeepSeek: d_qk**-0.5 times the YaRN factor).
     num_splits, block_h, block_n, num_warps, num_stages: launch knobs; None picks the default
         (``mla_decode_config`` returns the resulting configuration; NOTES.md explains it).
+    block_table: (B, max pages) int32 page ids of a paged cache: token p of sequence b is
+        kv_cache[block_table[b, p // page_size], p % page_size]. None: kv_cache is contiguous.
     kv_dtype: "" for a cache in q's dtype; "fp8_e4m3" or "fp8_e5m2" for a uint8 cache (B, T_max,
-        row bytes) of DeepSeek FP8 rows [head_dim_v FP8 | fp32 scale per 128 | D - head_dim_v bf16].
+        row bytes) of DeepSeek FP8 rows [head_dim_v FP8 | fp32 scale per 128 | D - head_dim_v bf16]
+        (with ``block_table``, a pool of such rows).
     latent_heads: G > 1 for Grouped Latent Attention: kv_cache rows are [c_1 .. c_G, k_pe], each
         c_j head_dim_v wide, and query head h attends over c_{h // (H/G)} and the shared k_pe.
     indices: optional (B, S, K) int32, the cache rows each query token attends (-1 = none):
@@ -336,7 +359,7 @@ def mla_decode(
     reason = triton_unavailable_reason(device)
     if reason is not None:
         raise RuntimeError(f"mla_decode cannot run on {device}: {reason}")
-    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, kv_dtype, latent_heads)
+    check_inputs(q, kv_cache, cache_seqlens, head_dim_v, softmax_scale, kv_dtype, block_table, latent_heads)
     if indices is not None:
         if indices.dtype != torch.int32 or indices.dim() != 3 or tuple(indices.shape[:2]) != tuple(q.shape[:2]):
             raise ValueError(f"indices must be int32 (B, S, K) for q of shape {tuple(q.shape)}, got "
@@ -348,8 +371,10 @@ def mla_decode(
                              f"got kv_dtype={kv_dtype!r}, latent_heads={latent_heads}")
         if indices.stride(2) != 1:
             indices = indices.contiguous()
+    # The launch heuristics size splits by the longest sequence: a pool's is pages * page_size.
+    kv_len = None if block_table is None else block_table.shape[1] * kv_cache.shape[1]
     cfg = mla_decode_config(q, kv_cache, num_splits, block_h=block_h, block_n=block_n,
-                            num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype),
+                            num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype), kv_len=kv_len,
                             latent_heads=latent_heads)
 
     B, S, H, D = q.shape
@@ -392,12 +417,15 @@ def mla_decode(
         o_part = q.new_empty((B, rows, cfg.num_splits, dv), dtype=torch.float32)  # (B, S*H, NS, dv)
         lse_part = q.new_empty((B, rows, cfg.num_splits), dtype=torch.float32)  # (B, S*H, NS)
 
+    page_size = 0 if block_table is None else kv_cache.shape[1]
+    table = cache_seqlens if block_table is None else block_table  # any int32 tensor when unused
     idx = indices if sparse else cache_seqlens  # a placeholder pointer the dense kernel never reads
     _mla_decode_split_kernel[(num_programs,)](
-        q, kv_cache, kv_scale, kv_pe, cache_seqlens, o_part, lse_part, out, idx,
+        q, kv_cache, kv_scale, kv_pe, cache_seqlens, o_part, lse_part, out, idx, table,
         q.stride(0), q.stride(1), q.stride(2),
         kv_cache.stride(0), kv_cache.stride(1),
         kv_scale.stride(0), kv_scale.stride(1), kv_pe.stride(0), kv_pe.stride(1),
+        table.stride(0),
         o_part.stride(0), o_part.stride(1), o_part.stride(2),
         lse_part.stride(0), lse_part.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
@@ -406,7 +434,7 @@ def mla_decode(
         S, H, latent_heads, cfg.num_splits, indices.shape[2] if sparse else 0,
         DV=dv, DR=dr, BLOCK_DV=block_dv, BLOCK_DR=block_dr,
         BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n,
-        WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot, SPARSE=sparse,
+        WRITE_FINAL=write_final, DOT_PRECISION=precision, UPCAST_DOT=upcast_dot, SPARSE=sparse, PAGE_SIZE=page_size,
         KV_FP8=fp8, N_TILES=block_dv // min(_SCALE_TILE, block_dv), TILE_COLS=min(_SCALE_TILE, block_dv),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

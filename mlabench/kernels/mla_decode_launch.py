@@ -232,12 +232,15 @@ def mla_decode_config(
     num_warps: int | None = None,
     num_stages: int | None = None,
     kv_fp8: bool = False,
+    kv_len: int | None = None,
     latent_heads: int = 1,
 ) -> LaunchConfig:
     """The launch configuration ``mla_decode`` uses for these arguments (None = default); with G
-    latent heads each sequence is G independent problems of S*H/G query rows."""
+    latent heads each sequence is G independent problems of S*H/G query rows. ``kv_len``: the
+    longest sequence's slots, for a paged cache whose tensor is the pool."""
     B, S, H, _ = q.shape
-    return choose_config(B * latent_heads, S * H // latent_heads, kv_cache.shape[1], q.element_size(),
+    t_max = kv_cache.shape[1] if kv_len is None else kv_len
+    return choose_config(B * latent_heads, S * H // latent_heads, t_max, q.element_size(),
                          num_sms(q.device), block_h=block_h, block_n=block_n, num_warps=num_warps,
                          num_stages=num_stages, num_splits=num_splits, kv_fp8=kv_fp8)
 
@@ -276,6 +279,7 @@ def fp8_row_bytes(head_dim_v: int, rope_dim: int) -> int:
 
 def check_inputs(
     q: Tensor, kv_cache: Tensor, cache_seqlens: Tensor, head_dim_v: int, softmax_scale: float, kv_dtype: str = "",
+    block_table: Tensor | None = None,
     latent_heads: int = 1,
 ) -> None:
     """Raise ValueError naming the first offending argument of ``mla_decode``."""
@@ -304,7 +308,13 @@ def check_inputs(
         raise ValueError(f"cache_seqlens is on {cache_seqlens.device} but q is on {q.device}")
     if S < 1 or H < 1 or D < 2:
         raise ValueError(f"q shape {tuple(q.shape)} needs S >= 1, H >= 1 and D >= 2")
-    if kv_cache.shape[0] != B:
+    if block_table is not None:
+        if not isinstance(block_table, Tensor) or block_table.dim() != 2 or block_table.dtype != torch.int32:
+            raise ValueError(f"block_table must be a 2-D int32 tensor [B, max pages], got {_desc(block_table)}")
+        if block_table.shape[0] != B or block_table.device != q.device:
+            raise ValueError(f"block_table {tuple(block_table.shape)} on {block_table.device} does not match "
+                             f"q batch {B} on {q.device}")
+    elif kv_cache.shape[0] != B:
         raise ValueError(f"kv_cache batch {kv_cache.shape[0]} does not match q batch {B}")
     if not _is_int(latent_heads) or latent_heads < 1 or H % latent_heads:
         raise ValueError(f"latent_heads must be a positive int dividing H={H}, got {latent_heads!r}")
@@ -337,8 +347,9 @@ def check_inputs(
     # Value checks only where they cost no device sync.
     if cache_seqlens.device.type == "cpu" and B > 0:
         lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
-        if lo < S or hi > kv_cache.shape[1]:
+        t_max = kv_cache.shape[1] if block_table is None else kv_cache.shape[1] * block_table.shape[1]
+        if lo < S or hi > t_max:
             raise ValueError(
-                f"cache_seqlens must lie in [S={S}, T_max={kv_cache.shape[1]}] (they include the S new "
+                f"cache_seqlens must lie in [S={S}, T_max={t_max}] (they include the S new "
                 f"tokens), got min {lo}, max {hi}"
             )

@@ -69,6 +69,7 @@ class CompileResult:
     spill_bytes: int  # local memory per thread (register spills); 0 for a clean compile
     shared: int  # dynamic shared memory per CTA, bytes
     ptx_target: str  # the PTX ".target" line's architecture, e.g. sm_90a
+    page_size: int = 0  # > 0: the paged variant (reads the cache through a block table)
 
     @property
     def ok(self) -> bool:
@@ -134,7 +135,7 @@ def _specialize(jit_fn, args: dict) -> tuple[dict, dict, dict]:
 
 
 def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, arch: int = 90,
-                   sparse: bool = False) -> CompileResult:
+                   page_size: int = 0, sparse: bool = False) -> CompileResult:
     """Compile ``_mla_decode_split_kernel`` for ``cfg`` at ``DIMS[dims]`` and report its resources.
 
     Arguments mirror a decode launch (S = 1, 128 heads for DeepSeek dims, 16 otherwise),
@@ -157,15 +158,18 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     G = LATENT_HEADS.get(dims, 1)  # G = 1 is specialized as a constant, so GLA is a separate compile
     # Small CPU tensors with the launch's layout: only dtype, alignment and strides matter.
     q = torch.empty(B, S, H, dv + dr, dtype=torch_dtype)
+    # Paged: the pool (pages, page_size, row) and a block table; same element strides otherwise.
+    pages, slots = (B * T // page_size, page_size) if page_size else (B, T)
     if fp8:  # the uint8 rows and the fp32-scale and bf16-RoPE views mla_decode passes (one latent head)
         tiles = -(-dv // 128)
-        kv = torch.empty(B, T, dv + 4 * tiles + 2 * dr, dtype=torch.uint8)
+        kv = torch.empty(pages, slots, dv + 4 * tiles + 2 * dr, dtype=torch.uint8)
         kv_scale = kv.view(torch.float32)[..., dv // 4: dv // 4 + tiles]
         kv_pe = kv.view(torch.bfloat16)[..., (dv + 4 * tiles) // 2:]
     else:
-        kv = torch.empty(B, T, G * dv + dr, dtype=torch_dtype)
+        kv = torch.empty(pages, slots, G * dv + dr, dtype=torch_dtype)
         kv_scale = kv_pe = kv
     seqlens = torch.empty(B, dtype=torch.int32)
+    table = torch.empty(B, T // page_size if page_size else 1, dtype=torch.int32)
     out = torch.empty(B, S, H, dv, dtype=torch_dtype)
     o_part = torch.empty(B, S * H, NS, dv)
     lse_part = torch.empty(B, S * H, NS)
@@ -173,13 +177,13 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     block_dv = max(16, triton.next_power_of_2(dv))
     block_dr = max(16, triton.next_power_of_2(dr))
     values = [
-        q, kv, kv_scale, kv_pe, seqlens, o_part, lse_part, out, indices if sparse else seqlens,
-        *q.stride()[:3], *kv.stride()[:2], *kv_scale.stride()[:2], *kv_pe.stride()[:2],
+        q, kv, kv_scale, kv_pe, seqlens, o_part, lse_part, out, indices if sparse else seqlens, table,
+        *q.stride()[:3], *kv.stride()[:2], *kv_scale.stride()[:2], *kv_pe.stride()[:2], table.stride(0),
         *o_part.stride()[:3], *lse_part.stride()[:2], *out.stride()[:3],
         *(indices.stride()[:2] if sparse else (0, 0)),
         0.1, S, H, G, NS, indices.shape[2] if sparse else 0,
         dv, dr, block_dv, block_dr, cfg.block_h, cfg.block_n,
-        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, sparse, 1 if fp8 else 0,
+        write_final, "ieee" if torch_dtype == torch.float32 else "tf32", False, sparse, page_size, 1 if fp8 else 0,
         block_dv // min(128, block_dv), min(128, block_dv),
     ]
     names = [p.name for p in kernel.params]
@@ -192,7 +196,7 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     regs, spill = _resource_usage(compiled.asm["cubin"], compiled.metadata.name)
     target = re.search(r"^\.target\s+(\w+)", compiled.asm["ptx"], re.MULTILINE)
     return CompileResult(dims, dtype, cfg.block_h, cfg.block_n, cfg.num_warps, cfg.num_stages, write_final,
-                         regs, spill, int(compiled.metadata.shared), target.group(1) if target else "?")
+                         regs, spill, int(compiled.metadata.shared), target.group(1) if target else "?", page_size)
 
 
 # Configurations tried and not picked by the launcher, for the record in NOTES.md (--candidates).
@@ -208,7 +212,8 @@ CANDIDATES: list[tuple[LaunchConfig, str]] = [
     (LaunchConfig(32, 16, 8, 3, 2), "fp32"),
 ]
 
-Job = tuple[LaunchConfig, str, str, bool]
+Job = tuple[LaunchConfig, str, str, bool, int]  # (config, dims, dtype, write_final, page_size)
+PAGED_PAGE_SIZES = (16, 64)  # the serving suite's pages
 
 
 def auto_jobs() -> list[Job]:
@@ -216,21 +221,25 @@ def auto_jobs() -> list[Job]:
 
     Per configuration: its first dtype at DeepSeek dims (split and single-split variants)
     and at the small dims, plus each further dtype at DeepSeek dims (fp16 has bf16's tile
-    sizes, so one variant shows it lowers the same way), and for the 16-bit configurations
-    every FP8-cache configuration (`auto_fp8_configs`: bf16 q over e4m3 rows, split and
-    single-split; e5m2 differs only in the conversion instruction).
+    sizes, so one variant shows it lowers the same way), plus the paged split variant at
+    DeepSeek dims for each page size the serving suite uses (the block-table address path),
+    and for the 16-bit configurations every FP8-cache configuration (`auto_fp8_configs`: bf16
+    q over e4m3 rows, split and single-split, and the split variant over a pool of 64-token
+    pages; e5m2 differs only in the conversion instruction).
     """
     jobs: list[Job] = []
     for cfg, dtypes in auto_configs().items():
-        jobs += [(cfg, "deepseek", dtypes[0], False), (cfg, "deepseek", dtypes[0], True),
-                 (cfg, "small", dtypes[0], False)]
-        jobs += [(cfg, "deepseek", dt, False) for dt in dtypes[1:]]
+        jobs += [(cfg, "deepseek", dtypes[0], False, 0), (cfg, "deepseek", dtypes[0], True, 0),
+                 (cfg, "small", dtypes[0], False, 0)]
+        jobs += [(cfg, "deepseek", dt, False, 0) for dt in dtypes[1:]]
+        jobs += [(cfg, "deepseek", dtypes[0], False, page) for page in PAGED_PAGE_SIZES]
     for cfg in auto_fp8_configs():
-        jobs += [(cfg, "deepseek", "bf16" + FP8_SUFFIX, False), (cfg, "deepseek", "bf16" + FP8_SUFFIX, True)]
+        jobs += [(cfg, "deepseek", "bf16" + FP8_SUFFIX, False, 0), (cfg, "deepseek", "bf16" + FP8_SUFFIX, True, 0),
+                 (cfg, "deepseek", "bf16" + FP8_SUFFIX, False, 64)]
     # GLA-2 at gla-xl in bf16: 16 heads over 2 latent heads, 8 query rows per program.
     bh = default_block_h(8, 2)
     gla = LaunchConfig(bh, default_block_n(2), default_num_warps(bh), DEFAULT_NUM_STAGES, 2)
-    jobs += [(gla, "gla", "bf16", False), (gla, "gla", "bf16", True)]
+    jobs += [(gla, "gla", "bf16", False, 0), (gla, "gla", "bf16", True, 0)]
     return jobs
 
 
@@ -240,7 +249,8 @@ def _compile_sparse(write_final: bool, arch: int) -> CompileResult:
 
 
 def _run_job(job: Job, arch: int) -> CompileResult:
-    return compile_config(*job, arch=arch)
+    cfg, dims, dtype, write_final, page_size = job
+    return compile_config(cfg, dims, dtype, write_final, arch=arch, page_size=page_size)
 
 
 def run_jobs(jobs: list[Job], arch: int = 90, workers: int = 1) -> list[CompileResult]:
@@ -258,7 +268,7 @@ def markdown_table(results: list[CompileResult]) -> str:
     lines = ["| dims | dtype | block_h | block_n | warps | stages | variant | regs | spill B | shared | CTAs/SM |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        variant = "single-split" if r.write_final else "split"
+        variant = ("single-split" if r.write_final else "split") + (f", paged {r.page_size}" if r.page_size else "")
         lines.append(f"| {r.dims} | {r.dtype} | {r.block_h} | {r.block_n} | {r.num_warps} | {r.num_stages} | "
                      f"{variant} | {r.n_regs} | {r.spill_bytes} | {r.shared} B ({r.shared / 1024:.0f} KiB) | "
                      f"{r.resident_ctas} |")
@@ -283,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([{**asdict(r), "ok": r.ok, "resident_ctas": r.resident_ctas} for r in results]) if args.json
               else markdown_table(results))
         return 0 if all(r.ok for r in results) else 1
-    jobs = ([(cfg, "deepseek", dt, False) for cfg, dt in CANDIDATES] if args.candidates else auto_jobs())
+    jobs = ([(cfg, "deepseek", dt, False, 0) for cfg, dt in CANDIDATES] if args.candidates else auto_jobs())
     results = run_jobs(jobs, args.arch, args.jobs)
     if args.json:
         print(json.dumps([{**asdict(r), "ok": r.ok, "resident_ctas": r.resident_ctas} for r in results]))

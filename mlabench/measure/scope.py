@@ -48,22 +48,32 @@ def scoped_call(case: Case, module: AttentionVariant, prepared: Prepared, inputs
         raise UnsupportedError(f"{case.backend} has no attention core to time alone (scope core)")
     with torch.no_grad():
         q, k, v, scale, causal = module.core_inputs(x, start)
+    lengths = module.step_lengths(x.shape[0], start, x.shape[1])  # a ragged step's, else None
+    kw = {} if lengths is None else {"lengths": lengths}
     reference_core = chunked_attention if module.generic_core else module.native_core
+    ref_k, ref_v = k, v
+    if module.read_pages_in_core and module.cache_map is not None and module.cache_map.page_size:
+        # A fused latent kernel on a paged cache gets the page pool itself (mla-absorbed's
+        # `read_pages_in_core`); the reference reads the same tokens gathered in order.
+        ref_k = module.cache_map.read(k.squeeze(2), q.shape[0], start + x.shape[1])[:, :, None, :]
+        ref_v = ref_k[..., : v.shape[-1]]
     if k.dtype == torch.uint8:  # a fused core's FP8 latent rows: its reference reads them dequantized
         def reference() -> Tensor:
-            latent = module.kv_store.decode(k.squeeze(2), torch.float64)[:, :, None, :]  # (B, T, 1, d_c + d_r)
-            return core_reference(q, latent, latent[..., : v.shape[-1]], scale, causal, reference_core)
-        return ScopedCall(lambda: core(q, k, v, scale, causal), reference)
-    return ScopedCall(lambda: core(q, k, v, scale, causal),
-                      lambda: core_reference(q, k, v, scale, causal, reference_core))
+            latent = module.kv_store.decode(ref_k.squeeze(2), torch.float64)[:, :, None, :]  # (B, T, 1, d_c + d_r)
+            return core_reference(q, latent, latent[..., : v.shape[-1]], scale, causal, reference_core, lengths)
+        return ScopedCall(lambda: core(q, k, v, scale, causal, **kw), reference)
+    return ScopedCall(lambda: core(q, k, v, scale, causal, **kw),
+                      lambda: core_reference(q, ref_k, ref_v, scale, causal, reference_core, lengths))
 
 
 @torch.no_grad()
 def core_reference(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
-                   core: CoreAttention = chunked_attention) -> Tensor:
+                   core: CoreAttention = chunked_attention, lengths: Tensor | None = None) -> Tensor:
     """float64 eager core on the `accuracy.reference_rows` (first and last sequence) of the core's inputs."""
     rows = torch.tensor(acc.reference_rows(q.shape[0]), device=q.device)
     q64, k64, v64 = (t.index_select(0, rows).to(torch.float64) for t in (q, k, v))
     if isinstance(causal, Tensor):
         causal = causal.index_select(0, rows)  # an explicit (B, S, T) mask follows its sequences
-    return core(q64, k64, v64, scale, causal)
+    if lengths is None:
+        return core(q64, k64, v64, scale, causal)
+    return core(q64, k64, v64, scale, causal, lengths=lengths.index_select(0, rows))

@@ -37,7 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
+from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
+from mlabench.variants.cache_map import CacheMap
 
 if TYPE_CHECKING:
     from mlabench.analytic import Step
@@ -54,9 +56,21 @@ def causal_mask(s: int, t: int, device: torch.device) -> Tensor:
     return k_pos <= q_pos
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor:
+def ragged_mask(lengths: Tensor, s: int, t: int, causal: bool) -> Tensor:
+    """(B, S, T) bool for a ragged batch: sequence b holds lengths[b] tokens, its S new queries
+    the last S of them; a query sees keys < lengths[b] (and, causal, none after itself)."""
+    k_pos = torch.arange(t, device=lengths.device)[None, None, :]  # (1, 1, T)
+    if causal:
+        q_pos = lengths[:, None] - s + torch.arange(s, device=lengths.device)[None, :]  # (B, S)
+        return k_pos <= q_pos[:, :, None]
+    return k_pos < lengths[:, None, None]
+
+
+def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
+                    lengths: Tensor | None = None) -> Tensor:
     """softmax(q k^T * scale + mask) v in plain PyTorch; softmax in fp32 (fp64 for fp64 inputs).
-    `causal` as a (B, S, T) bool tensor is the mask itself (True: visible)."""
+    `causal` as a (B, S, T) bool tensor is the mask itself (True: visible).
+    `lengths` (B,): a ragged batch, keys past a sequence's length masked out."""
     b, s, hq, dk = q.shape
     t, hkv = k.shape[1], k.shape[2]
     groups = hq // hkv
@@ -64,7 +78,13 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool 
     qg = q.view(b, s, hkv, groups, dk)  # (B, S, G, H/G, Dk): no copy of K/V for GQA
     scores = torch.einsum("bsgnd,btgd->bgnst", qg, k).to(acc) * scale  # (B, G, H/G, S, T)
     if isinstance(causal, Tensor):
-        scores = scores.masked_fill(~causal[:, None, None], float("-inf"))
+        mask = causal if lengths is None else causal & ragged_mask(lengths, s, t, False)
+        scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
+    elif lengths is not None:
+        mask = ragged_mask(lengths, s, t, causal)[:, None, None]  # (B, 1, 1, S, T)
+        # Masked keys get probability exactly 0: the slack past a sequence's end (finite: caches
+        # are allocated zeroed) adds nothing, and is not copied out of V on every step.
+        scores = scores.masked_fill(~mask, float("-inf"))
     elif causal and s > 1:
         scores = scores.masked_fill(~causal_mask(s, t, q.device), float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
@@ -73,14 +93,16 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool 
 
 
 def chunked_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
-                      max_scores: int = 2**26) -> Tensor:
+                      lengths: Tensor | None = None, max_scores: int = 2**26) -> Tensor:
     """`eager_attention` over blocks of queries so the score matrix stays under `max_scores`
     elements: the float64 reference of a long prefill must not need the full (S, T) scores."""
     b, s, h = q.shape[:3]
     t = k.shape[1]
     chunk = max(1, max_scores // max(1, b * h * t))
     if chunk >= s:
-        return eager_attention(q, k, v, scale, causal)
+        return eager_attention(q, k, v, scale, causal, lengths)
+    if lengths is not None:  # decode steps are short: ragged batches never need chunks
+        raise ValueError("chunked_attention: a ragged batch of long query blocks is not supported")
     outs = []
     for start in range(0, s, chunk):
         end = min(s, start + chunk)
@@ -172,6 +194,9 @@ class AttentionVariant(nn.Module):
     cache_tensor_count: ClassVar[int] = 2  # cache tensors per layer (K and V): per-tensor FP8 scales per layer
     fp8_cache: ClassVar[str] = "each cache tensor in FP8 + one fp32 scale per tensor per layer"  # kv_dtype fp8_*
     generic_core: ClassVar[bool] = True  # False: `native_core` is not the (q, k, v) contract; see the top
+    # False: the variant reads and writes its cache by (batch, token) slices, not through the
+    # CacheMap (`_write`, `_read`, `_rope_at`): no ragged batch or paged cache, refused up front.
+    serving_layouts: ClassVar[bool] = True
     shape_fields: ClassVar[tuple[str, ...]] = ()  # the config.OPTIONAL_FIELDS this variant reads
 
     # --- shape and cost model (no tensors) -----------------------------------------------
@@ -202,6 +227,15 @@ class AttentionVariant(nn.Module):
         if per_token is None:
             raise NotImplementedError(f"{cls.name} must define kv_cache_elements")
         return batch * seq_len * per_token
+
+    @classmethod
+    def no_serving_layouts(cls, sh: AttentionShape) -> str:
+        """Why this variant takes no ragged batch or paged cache ('' when it does)."""
+        if cls.kv_elements_per_token(sh) is None:
+            return "caches no per-token rows"
+        if not cls.serving_layouts:
+            return "reads its cache by (batch, token) slices"
+        return ""
 
     # --- the stored cache: its dtype, layout and bytes -----------------------------------
     @classmethod
@@ -304,6 +338,9 @@ class AttentionVariant(nn.Module):
         # checkpoint's attention weights load with load_state_dict as they are.
         self._cache: dict[str, Tensor] = {}
         self._prepared_len = 0
+        self.cache_map: CacheMap | None = None  # ragged lengths, paged pools (cache_map.py)
+        # Set by a fused kernel that reads a page pool itself: the core then gets the pool, not a gather.
+        self.read_pages_in_core = False
         # How the cache is stored (None: in the weights' dtype); the float64 reference has none.
         self.kv_store: kvquant.KVFormat | kvquant.RoundTrip | None = self.kv_format(self.shape)
         self._filled: tuple[int, int] | None = None  # (seed, length) of the last random fill
@@ -332,12 +369,21 @@ class AttentionVariant(nn.Module):
         """Name -> shape of every cache tensor, in the weights' dtype."""
         raise NotImplementedError
 
-    def allocate_cache(self, batch: int, max_seq_len: int) -> None:
-        """Preallocate the KV cache for `batch` sequences of `max_seq_len` slots (zeros)."""
+    def allocate_cache(self, batch: int, max_seq_len: int, *, lengths: tuple[int, ...] | None = None,
+                       page_size: int = 0, shuffle_seed: int = 0) -> None:
+        """Preallocate the KV cache for `batch` sequences of `max_seq_len` slots (zeros); with
+        `lengths`, sequence b holds lengths[b] tokens (ragged); with `page_size`, every cache
+        tensor is a page pool of whole pages over those lengths (cache_map.py)."""
         self.prepare_length(max_seq_len)
         self.batch, self.max_seq_len = batch, max_seq_len
         self._cache = {}  # drop the old cache before the new one exists: never two at once
-        self._new_cache(**self.cache_shapes(batch, max_seq_len))
+        if lengths is not None or page_size:
+            why = self.no_serving_layouts(self.shape)
+            if why:
+                raise UnsupportedError(f"{self.name} {why}: no ragged or paged cache")
+        self.cache_map = CacheMap(batch, max_seq_len, self.weight_device, lengths, page_size, shuffle_seed)
+        self._new_cache(**{name: self.cache_map.tensor_shape(dims)
+                           for name, dims in self.cache_shapes(batch, max_seq_len).items()})
 
     def cache_tensors(self) -> dict[str, Tensor]:
         """The tensors that make up the KV cache (their nbytes is the measured cache size)."""
@@ -383,18 +429,57 @@ class AttentionVariant(nn.Module):
         """
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
+        assert self.cache_map is not None, "allocate_cache first"
         self._filled = (seed, length)
-        if self.kv_store is not None:
-            # The unquantized values one sequence at a time, in the compute dtype, then stored.
-            for name, dims in self.cache_shapes(self.batch, self.max_seq_len).items():
+        if self.kv_store is None:
+            for name, t in self.cache_tensors().items():
+                self.cache_map.fill(t, name, length, seed, random_fill)
+            return
+        # The unquantized values one sequence at a time, in the compute dtype, then stored.
+        for name, dims in self.cache_shapes(self.batch, self.max_seq_len).items():
+            if self.cache_map.plain:
                 self.kv_store.fill(self._cache, name, length, lambda b, n=name, d=dims: self._fill_values(
                     n, d, b, seed, length, self.weight_dtype))
-            return
-        for name, t in self.cache_tensors().items():
-            stream = zlib.crc32(name.encode())  # a separate stream per cache tensor
-            per_seq = length * math.prod(t.shape[2:])  # elements of one sequence's first `length` slots
-            for b in range(t.shape[0]):
-                random_fill(t[b, :length].view(-1), seed, stream, first_index=b * per_seq)
+                continue
+            # Ragged or paged: the same logical values, each sequence's context slots only, encoded
+            # first and then placed where the map keeps that sequence's tokens.
+            self.kv_store.calibrate_fill(self._cache, name)
+            for b, n in enumerate(self.cache_map.context_slots(length)):
+                if n > 0:
+                    values = self._fill_values(name, dims, b, seed, length, self.weight_dtype)[:n]
+                    stored = self.kv_store.to_stored(self._cache, name, values)
+                    self.cache_map.write_sequence(self._cache[name], b, stored)
+
+    # --- cache addressing: what core_inputs use, so every layout is served the same way --------
+    def _write(self, name: str, start_pos: int, rows: Tensor) -> None:
+        """Write the step's rows (B, S, ...) of cache tensor `name` at their positions (quantized
+        first when the cache is FP8)."""
+        if self.kv_store is not None:
+            if self.cache_map.plain:  # one (batch, token) slice: the store writes it in place
+                b, s = rows.shape[:2]
+                self._store(name, (slice(None, b), slice(start_pos, start_pos + s)), rows)
+                return
+            rows = self.kv_store.to_stored(self._cache, name, rows)
+        self.cache_map.write(self._cache[name], start_pos, rows)
+
+    def _read(self, name: str, b: int, end: int) -> Tensor:
+        """(b, end, ...) slots of cache tensor `name` in the weights' dtype: a view of a contiguous
+        cache, a gather of a paged one; an FP8 cache's slots dequantized."""
+        stored = self.cache_map.read(self._cache[name], b, end)
+        if self.kv_store is None:
+            return stored
+        return self.kv_store.from_stored(self._cache, name, stored, self.weight_dtype)
+
+    def _rope_at(self, table: tuple[Tensor, Tensor], b: int, start_pos: int, s: int) -> tuple[Tensor, Tensor]:
+        """cos, sin of the step's positions: (S, d/2) when uniform, (b, S, d/2) per sequence when ragged."""
+        pos = self.cache_map.positions(b, start_pos, s) if self.cache_map is not None else None
+        if pos is None:
+            return table[0][start_pos:start_pos + s], table[1][start_pos:start_pos + s]
+        return table[0][pos], table[1][pos]
+
+    def step_lengths(self, b: int, start_pos: int, s: int) -> Tensor | None:
+        """(b,) tokens each sequence holds after a step of s tokens at start_pos; None when uniform."""
+        return None if self.cache_map is None else self.cache_map.step_lengths(b, start_pos, s)
 
     def _fill_values(self, name: str, dims: tuple[int, ...], b: int, seed: int, length: int,
                      dtype: torch.dtype) -> Tensor:
@@ -425,17 +510,24 @@ class AttentionVariant(nn.Module):
         """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d)."""
         raise NotImplementedError
 
-    def native_core(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor) -> Tensor:
+    def native_core(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
+                    lengths: Tensor | None = None) -> Tensor:
         """The variant's own attention core in plain PyTorch, on what `core_inputs` returns."""
-        return eager_attention(q, k, v, scale, causal)
+        return eager_attention(q, k, v, scale, causal, lengths)
 
     def forward(self, x: Tensor, start_pos: int = 0, core: CoreAttention | None = None) -> Tensor:
         q, k, v, scale, causal = self.core_inputs(x, start_pos)
-        return self.core_output((core or self.native_core)(q, k, v, scale, causal))
+        core = core or self.native_core
+        lengths = self.step_lengths(x.shape[0], start_pos, x.shape[1])
+        if lengths is None:
+            return self.core_output(core(q, k, v, scale, causal))
+        return self.core_output(core(q, k, v, scale, causal, lengths=lengths))  # ragged: every core masks
 
     def reference(self, rows: list[int] | None = None, unquantized: bool = False) -> AttentionVariant:
         """A float64 copy on the same weights and cache contents (of the sequences `rows`,
-        default all), to be run with the eager core on those sequences' inputs.
+        default all), to be run with the eager core on those sequences' inputs. It is always
+        contiguous, with the same per-sequence lengths: a paged cache is checked against the
+        contiguous cache its pages spell.
 
         The copy's cache is unquantized float64. For an FP8 cache it holds the stored values
         dequantized, or with `unquantized` the values before quantization: the context the
@@ -453,12 +545,20 @@ class AttentionVariant(nn.Module):
         if not rows or min(rows) < 0 or max(rows) >= self.batch:
             raise ValueError(f"{self.name}: reference rows {rows} outside the cache's batch of {self.batch}")
         ref.batch = len(rows)
-        index = torch.tensor(rows, device=self.weight_device)
+        cmap = self.cache_map
+        lengths = None if cmap is None or cmap.lengths is None else tuple(cmap.lengths[r] for r in rows)
+        ref.cache_map = CacheMap(len(rows), self.max_seq_len, self.weight_device, lengths)
+        ref.read_pages_in_core = False
+        # The stored tensors of sequences `rows`, contiguous (B', T_max, ...); FP8 scales are per layer.
+        stored = {k: t for k, t in cache.items() if not k.endswith("_scale")}
+        if cmap is not None and (cmap.page_size or rows != list(range(self.batch))):
+            stored = {name: cmap.gather(t, rows) for name, t in stored.items()}
         if self.kv_store is None:
-            ref._cache = {name: t.index_select(0, index).to(torch.float64) for name, t in cache.items()}
+            ref._cache = {name: t.to(torch.float64) for name, t in stored.items()}
             return ref
+        stored.update({k: t for k, t in cache.items() if k.endswith("_scale")})
         everything = (slice(None), slice(None))
-        stored = {k: t if k.endswith("_scale") else t.index_select(0, index) for k, t in cache.items()}
+        held = ref.cache_map.slots
         ref._cache = {}
         for name, dims in self.cache_shapes(self.batch, self.max_seq_len).items():
             if not unquantized:
@@ -468,5 +568,8 @@ class AttentionVariant(nn.Module):
             if self._filled is not None:
                 seed, length = self._filled
                 for i, b in enumerate(rows):
-                    ref._cache[name][i, :length] = self._fill_values(name, dims, b, seed, length, self.weight_dtype)
+                    n = length - (self.max_seq_len - held[i])  # a ragged sequence's context is shorter
+                    if n > 0:
+                        ref._cache[name][i, :n] = self._fill_values(name, dims, b, seed, length,
+                                                                    self.weight_dtype)[:n]
         return ref

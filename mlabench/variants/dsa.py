@@ -64,6 +64,7 @@ class Indexer(nn.Module):
 
 @register_variant
 class DSA(MLAAbsorbed):
+    serving_layouts = False  # its cache is read and written by (batch, token) slices
     name = "dsa"
     fp8_cache = ("per token: the latent as DeepSeek's FP8 rows (d_c FP8 + one fp32 scale per 128 + d_r bf16) "
                  "and the indexer key as d_I FP8 + one fp32 scale per 128: 656 + 132 = 788 bytes at V3.2 dims")

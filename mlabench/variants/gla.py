@@ -51,6 +51,7 @@ def _biased(d_in: int, d_out: int, device: torch.device | str | None, dtype: tor
 
 
 class _GLABase(AttentionVariant):
+    serving_layouts = False  # its cache is read and written by (batch, token) slices
     family = "mla"
     caches = "h_c latent heads + the shared RoPE key"
     cache_formula = "h_c*d_g+d_r"

@@ -86,14 +86,13 @@ class GroupedQueryAttention(AttentionVariant):
         sh = self.shape
         h, g, d = sh.num_heads, sh.kv_heads, sh.head_dim
         end = start_pos + s
-        cos, sin = (t[start_pos:end] for t in self._rope)
+        cos, sin = self._rope_at(self._rope, b, start_pos, s)
         q = apply_rotate_half(self.q_proj(x).view(b, s, h, d), cos, sin)  # (B, S, H, D)
         k = apply_rotate_half(self.k_proj(x).view(b, s, g, d), cos, sin)  # (B, S, G, D)
         v = self.v_proj(x).view(b, s, g, d)
-        self._store("k_cache", (slice(None, b), slice(start_pos, end)), k)
-        self._store("v_cache", (slice(None, b), slice(start_pos, end)), v)
-        seen = (slice(None, b), slice(None, end))
-        return q, self._load("k_cache", seen), self._load("v_cache", seen), d**-0.5, True
+        self._write("k_cache", start_pos, k)
+        self._write("v_cache", start_pos, v)
+        return q, self._read("k_cache", b, end), self._read("v_cache", b, end), d**-0.5, True
 
     def core_output(self, o: Tensor) -> Tensor:
         b, s = o.shape[:2]  # o (B, S, H, D)

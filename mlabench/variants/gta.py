@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 @register_variant
 class GroupedTiedAttention(AttentionVariant):
+    serving_layouts = False  # its cache is read and written by (batch, token) slices
     name = "gta"
     family = "gqa"
     caches = "tied K/V state per KV group + one shared RoPE key"

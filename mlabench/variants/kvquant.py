@@ -17,6 +17,12 @@ with `kv_dtype` an FP8 format the module stores them in one of two layouts:
   stays 16-bit because its rotation would lose more than the latent in FP8.
 
 Scales are powers of two in both layouts, so dequantizing (fp8 * scale) is exact in fp32.
+
+A contiguous uniform cache is written in place (`store`, `load` on (batch, token) slices).
+Ragged and paged caches (variants/cache_map.py) place rows per sequence or per page, so the
+step's rows are encoded first (`to_stored`), then placed like any other cache's rows, and
+read back gathered, then decoded (`from_stored`): a token's stored row is the same bytes
+in every layout.
 """
 
 from __future__ import annotations
@@ -100,9 +106,22 @@ class PerTensorFP8:
         scale = cache[f"{name}_scale"]
         return quantize(values, scale, self.kv_dtype).float() * scale
 
+    # Rows in stored form, for caches whose slots are not one (batch, token) slice (ragged, paged).
+    def to_stored(self, cache: dict[str, Tensor], name: str, values: Tensor) -> Tensor:
+        if name not in self.calibrated:
+            self._calibrate(cache, name, values.detach().abs().amax())
+        return quantize(values, cache[f"{name}_scale"], self.kv_dtype)
+
+    def from_stored(self, cache: dict[str, Tensor], name: str, stored: Tensor, dtype: torch.dtype) -> Tensor:
+        return (stored.float() * cache[f"{name}_scale"]).to(dtype)
+
+    def calibrate_fill(self, cache: dict[str, Tensor], name: str) -> None:
+        """Set the scale of tensor `name` for the random context fill's values."""
+        self._calibrate(cache, name, torch.tensor(FILL_BOUND, device=cache[name].device))
+
     def fill(self, cache: dict[str, Tensor], name: str, length: int, values: Callable[[int], Tensor]) -> None:
         """Slots [0, length) of every sequence from `values(b)` (the unquantized (length, ...) rows)."""
-        self._calibrate(cache, name, torch.tensor(FILL_BOUND, device=cache[name].device))
+        self.calibrate_fill(cache, name)
         for b in range(cache[name].shape[0]):
             self.store(cache, name, (slice(b, b + 1), slice(0, length)), values(b)[None])
 
@@ -164,6 +183,18 @@ class LatentFP8:
     def load(self, cache: dict[str, Tensor], name: str, index: Index, dtype: torch.dtype) -> Tensor:
         return self.decode(cache[name][index], dtype)
 
+    def to_stored(self, cache: dict[str, Tensor], name: str, values: Tensor) -> Tensor:
+        rows = torch.empty((*values.shape[:-1], latent_row_bytes(self.d_c, self.d_r)), device=values.device,
+                           dtype=torch.uint8)
+        self.encode(values, rows)
+        return rows
+
+    def from_stored(self, cache: dict[str, Tensor], name: str, stored: Tensor, dtype: torch.dtype) -> Tensor:
+        return self.decode(stored, dtype)
+
+    def calibrate_fill(self, cache: dict[str, Tensor], name: str) -> None:
+        """Nothing to set: every token's row carries its own scales."""
+
     def fill(self, cache: dict[str, Tensor], name: str, length: int, values: Callable[[int], Tensor]) -> None:
         for b in range(cache[name].shape[0]):
             self.store(cache, name, (slice(b, b + 1), slice(0, length)), values(b)[None])
@@ -191,6 +222,15 @@ class PerCacheFP8:
     def fill(self, cache: dict[str, Tensor], name: str, length: int, values: Callable[[int], Tensor]) -> None:
         self.formats[name].fill(cache, name, length, values)
 
+    def to_stored(self, cache: dict[str, Tensor], name: str, values: Tensor) -> Tensor:
+        return self.formats[name].to_stored(cache, name, values)
+
+    def from_stored(self, cache: dict[str, Tensor], name: str, stored: Tensor, dtype: torch.dtype) -> Tensor:
+        return self.formats[name].from_stored(cache, name, stored, dtype)
+
+    def calibrate_fill(self, cache: dict[str, Tensor], name: str) -> None:
+        self.formats[name].calibrate_fill(cache, name)
+
 
 KVFormat = PerTensorFP8 | LatentFP8 | PerCacheFP8
 
@@ -208,3 +248,9 @@ class RoundTrip:
 
     def load(self, cache: dict[str, Tensor], name: str, index: Index, dtype: torch.dtype) -> Tensor:
         return cache[name][index]
+
+    def to_stored(self, cache: dict[str, Tensor], name: str, values: Tensor) -> Tensor:
+        return self.fmt.roundtrip(self.scales, name, values).to(cache[name].dtype)
+
+    def from_stored(self, cache: dict[str, Tensor], name: str, stored: Tensor, dtype: torch.dtype) -> Tensor:
+        return stored

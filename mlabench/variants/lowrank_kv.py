@@ -102,14 +102,13 @@ class LowRankKV(AttentionVariant):
         sh = self.shape
         h, d, r = sh.num_heads, sh.head_dim, sh.kv_lora_rank
         end = start_pos + s
-        cos, sin = self._rope
-        q = apply_rotate_half(self.q_proj(x).view(b, s, h, d), cos[start_pos:end], sin[start_pos:end])
-        self._store("k_cache", (slice(None, b), slice(start_pos, end)), self.k_proj(x).view(b, s, h, r))
-        self._store("v_cache", (slice(None, b), slice(start_pos, end)), self.v_proj(x).view(b, s, h, r))
-        seen = (slice(None, b), slice(None, end))
-        k = torch.einsum("bthr,hdr->bthd", self._load("k_cache", seen), self.k_up_proj)  # (B, T, H, D)
-        k = apply_rotate_half(k, cos[:end], sin[:end])
-        v = torch.einsum("bthr,hdr->bthd", self._load("v_cache", seen), self.v_up_proj)
+        cos, sin = self._rope_at(self._rope, b, start_pos, s)
+        q = apply_rotate_half(self.q_proj(x).view(b, s, h, d), cos, sin)
+        self._write("k_cache", start_pos, self.k_proj(x).view(b, s, h, r))
+        self._write("v_cache", start_pos, self.v_proj(x).view(b, s, h, r))
+        k = torch.einsum("bthr,hdr->bthd", self._read("k_cache", b, end), self.k_up_proj)  # (B, T, H, D)
+        k = apply_rotate_half(k, self._rope[0][:end], self._rope[1][:end])  # slot t holds position t
+        v = torch.einsum("bthr,hdr->bthd", self._read("v_cache", b, end), self.v_up_proj)
         return q, k, v, d**-0.5, True
 
     def core_output(self, o: Tensor) -> Tensor:

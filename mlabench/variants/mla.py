@@ -182,14 +182,13 @@ class MLAExpanded(_MLABase):
         self._check_step(x, start_pos)
         b, s, _ = x.shape
         end = start_pos + s
-        cos, sin = (t[start_pos:end] for t in self._rope)
+        cos, sin = self._rope_at(self._rope, b, start_pos, s)
         q_nope, q_pe = self._queries(x, cos, sin)
         k, v = self._expand(*self._latent(x, cos, sin))
-        self._store("k_cache", (slice(None, b), slice(start_pos, end)), k)
-        self._store("v_cache", (slice(None, b), slice(start_pos, end)), v)
+        self._write("k_cache", start_pos, k)
+        self._write("v_cache", start_pos, v)
         q = torch.cat((q_nope, q_pe), dim=-1)  # (B, S, H, d_qk)
-        seen = (slice(None, b), slice(None, end))
-        return q, self._load("k_cache", seen), self._load("v_cache", seen), self.shape.mla_softmax_scale, True
+        return q, self._read("k_cache", b, end), self._read("v_cache", b, end), self.shape.mla_softmax_scale, True
 
     core_output = _MLABase._out
 
@@ -231,8 +230,10 @@ class _LatentCacheMLA(_MLABase):
         FP8 cache dequantized."""
         b, s, _ = x.shape
         c_kv, k_pe = self._latent(x, cos, sin)
-        self._store("kv_cache", (slice(None, b), slice(start_pos, start_pos + s)), torch.cat((c_kv, k_pe), dim=-1))
-        return self._load("kv_cache", (slice(None, b), slice(None, start_pos + s)))
+        self._write("kv_cache", start_pos, torch.cat((c_kv, k_pe), dim=-1))
+        if self.read_pages_in_core and self.cache_map.page_size:
+            return self._cache["kv_cache"]  # (num_pages, page, d_c + d_r): a fused kernel reads the pool itself
+        return self._read("kv_cache", b, start_pos + s)
 
 
 @register_variant
@@ -262,8 +263,8 @@ class MLALatent(_LatentCacheMLA):
 
     def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         self._check_step(x, start_pos)
-        s = x.shape[1]
-        cos, sin = (t[start_pos:start_pos + s] for t in self._rope)
+        b, s = x.shape[:2]
+        cos, sin = self._rope_at(self._rope, b, start_pos, s)
         q_nope, q_pe = self._queries(x, cos, sin)
         latent = self._write_latent(x, start_pos, cos, sin)
         k, v = self._expand(*latent.split([self.shape.kv_lora_rank, self.shape.rope_head_dim], dim=-1))
@@ -287,6 +288,9 @@ class LatentStep:
     d_c: int  # V's width
     scale: float  # tau, always explicit: DeepSeek's is d_qk**-0.5 times the YaRN factor, not D**-0.5
     cache_seqlens: Tensor  # (B,) int32, `end` for every sequence; allocated once per case by the caller
+    # A paged cache: `cache` is then the module's page pool (num_pages, page_size, d_c + d_r) and
+    # sequence b's token p lives at cache[block_table[b, p // page_size], p % page_size].
+    block_table: Tensor | None = None  # (B, max pages) int32
     # "" when `cache` holds values in q's dtype; else the FP8 format of DeepSeek's byte rows in a
     # uint8 cache (B_max, T_max, row bytes): [d_c FP8 | fp32 scale per 128 | d_r bf16] (kvquant.py)
     kv_dtype: str = ""
@@ -296,14 +300,19 @@ class LatentStep:
     indices: Tensor | None = None  # (B, S, K) int32 cache rows per query token, -1 none (dsa); None: dense
 
     @property
+    def page_size(self) -> int:
+        return self.cache.shape[1] if self.block_table is not None else 0
+
+    @property
     def end(self) -> int:
         """Tokens each sequence holds after this step (T)."""
         return self.start + self.new_tokens
 
     @property
     def kv(self) -> Tensor:
-        """(B, T, d_c + d_r) view of the cache, its strides kept: what the step attends over."""
-        return self.cache[: self.batch, : self.end]
+        """(B, T, d_c + d_r) view of the cache, its strides kept: what the step attends over
+        (a paged step: the pool itself)."""
+        return self.cache if self.block_table is not None else self.cache[: self.batch, : self.end]
 
     @property
     def new_rows(self) -> Tensor:
@@ -347,8 +356,8 @@ class MLAAbsorbed(_LatentCacheMLA):
 
     def absorbed_query(self, x: Tensor, start_pos: int) -> Tensor:
         """q' = [q_nope W_UK, q_pe] (B, S, H, d_c + d_r) for the tokens of x at start_pos."""
-        s = x.shape[1]
-        cos, sin = (t[start_pos:start_pos + s] for t in self._rope)
+        b, s = x.shape[:2]
+        cos, sin = self._rope_at(self._rope, b, start_pos, s)
         q_nope, q_pe = self._queries(x, cos, sin)
         q_lat = torch.einsum("bshd,hdc->bshc", q_nope, self._w_uk())  # (B, S, H, d_c)
         return torch.cat((q_lat, q_pe), dim=-1)
@@ -366,12 +375,14 @@ class MLAAbsorbed(_LatentCacheMLA):
     def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         """q' (B, S, H, d_c + d_r), k' the latent cache view (B, T, 1, d_c + d_r), v' = k'[..., :d_c]."""
         self._check_step(x, start_pos)
-        s = x.shape[1]
+        b, s = x.shape[:2]
         d_c = self.shape.kv_lora_rank
         q = self.absorbed_query(x, start_pos)
-        cos, sin = (t[start_pos:start_pos + s] for t in self._rope)
-        latent = self._write_latent(x, start_pos, cos, sin)[:, :, None, :]  # (B, T, 1, d_c + d_r)
-        if isinstance(self.kv_store, kvquant.LatentFP8) and self.reads_stored_cache:
+        cos, sin = self._rope_at(self._rope, b, start_pos, s)
+        latent = self._write_latent(x, start_pos, cos, sin)[:, :, None, :]  # (B, T, 1, d_c + d_r) or the pool
+        self._step_start = start_pos  # a paged step's k is the pool: its position is kept here
+        paged_pool = self.read_pages_in_core and self.cache_map.page_size > 0  # latent is already the stored pool
+        if isinstance(self.kv_store, kvquant.LatentFP8) and self.reads_stored_cache and not paged_pool:
             # A fused core dequantizes the FP8 rows itself: hand it the stored bytes (B, T, 1, row
             # bytes), whose first d_c bytes are the FP8 latent, not a dequantized copy.
             latent = self._cache["kv_cache"][: x.shape[0], : start_pos + s, None, :]
@@ -384,8 +395,10 @@ class MLAAbsorbed(_LatentCacheMLA):
         module's cache with its strides (so the kernel reads the cache in place, not a copy) and
         v = k[..., :d_c] (V never materialized)."""
         b, s = q.shape[:2]
-        cache = self._cache["kv_cache"]  # (B_max, T_max, d_c + d_r), or its FP8 byte rows
+        # (B_max, T_max, d_c + d_r), its FP8 byte rows, or the page pool (num_pages, page, d_c + d_r)
+        cache = self._cache["kv_cache"]
         d_c = self.shape.kv_lora_rank
+        paged = self.read_pages_in_core and self.cache_map is not None and self.cache_map.page_size > 0
         if check:
             if not causal:
                 raise UnsupportedError("fused latent cores are causal only")
@@ -398,11 +411,14 @@ class MLAAbsorbed(_LatentCacheMLA):
                                    "(a kernel would read a copy)")
             if v.data_ptr() != k.data_ptr() or v.stride() != k.stride() or v.shape[-1] != d_c:
                 raise RuntimeError(f"{self.name}: v must be k[..., :{d_c}], a view of the same latent")
-            if k.shape[0] != b or cache_seqlens.shape != (b,) or k.shape[1] < s:
+            if (not paged and (k.shape[0] != b or k.shape[1] < s)) or cache_seqlens.shape != (b,):
                 raise RuntimeError(f"{self.name}: q {tuple(q.shape)}, k {tuple(k.shape)} and cache_seqlens "
                                    f"{tuple(cache_seqlens.shape)} do not describe one step")
-        return LatentStep(q, cache, b, k.shape[1] - s, s, d_c, scale, cache_seqlens,
-                          self.shape.kv_dtype if isinstance(self.kv_store, kvquant.LatentFP8) else "")
+        kv_dtype = self.shape.kv_dtype if isinstance(self.kv_store, kvquant.LatentFP8) else ""
+        if paged:
+            return LatentStep(q, cache, b, self._step_start, s, d_c, scale, cache_seqlens,
+                              block_table=self.cache_map.block_table[:b], kv_dtype=kv_dtype)
+        return LatentStep(q, cache, b, k.shape[1] - s, s, d_c, scale, cache_seqlens, kv_dtype=kv_dtype)
 
     def core_output(self, o_lat: Tensor) -> Tensor:
         """o_lat (B, S, H, d_c) -> W_UV per head -> o_proj."""

@@ -59,23 +59,30 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _per_token(table: Tensor, x_dim: int) -> Tensor:
+    """cos/sin rows (S, n) or (B, S, n) shaped to broadcast over x (B, S, [H,] n...)."""
+    if table.dim() == 2:
+        table = table[None]  # (1, S, n)
+    return table.view(table.shape[0], table.shape[1], *(1,) * (x_dim - 3), table.shape[2])
+
+
 def apply_rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, S, H, D); cos/sin (S, D/2). Llama convention."""
+    """x (B, S, H, D); cos/sin (S, D/2), or (B, S, D/2) per sequence (ragged). Llama convention."""
     dt = _compute_dtype(x)
     xf = x.to(dt)
-    c = cos.to(dt)[None, :, None, :]  # (1, S, 1, D/2)
-    s = sin.to(dt)[None, :, None, :]
+    c = _per_token(cos.to(dt), x.dim())  # (1 or B, S, 1, D/2)
+    s = _per_token(sin.to(dt), x.dim())
     x1, x2 = xf.chunk(2, dim=-1)
     out = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
     return out.to(x.dtype)
 
 
 def apply_interleaved(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, S, H, d_r) or (B, S, d_r); cos/sin (S, d_r/2). DeepSeek convention."""
+    """x (B, S, H, d_r) or (B, S, d_r); cos/sin (S, d_r/2), or (B, S, d_r/2) per sequence
+    (ragged). DeepSeek convention."""
     dt = _compute_dtype(x)
     xf = x.to(dt).unflatten(-1, (-1, 2))  # (..., d_r/2, 2)
-    shape = (1, cos.shape[0]) + (1,) * (x.dim() - 3) + (cos.shape[1],)
-    c, s = cos.to(dt).view(shape), sin.to(dt).view(shape)
+    c, s = _per_token(cos.to(dt), x.dim()), _per_token(sin.to(dt), x.dim())
     even, odd = xf[..., 0], xf[..., 1]
     out = torch.stack((even * c - odd * s, even * s + odd * c), dim=-1).flatten(-2)
     return out.to(x.dtype)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 
 class _TPABase(AttentionVariant):
+    serving_layouts = False  # its cache is read and written by (batch, token) slices
     family = "tpa"
     caches = "head factors A_k, A_v + token factors B_k (rotated), B_v"
     cache_formula = "(R_k+R_v)*(H+D)"
