@@ -26,14 +26,13 @@ a FlashMLA format (`unsupported`).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from mlabench.backends.latent import first_call_ms
-from mlabench.backends.library import loading, optional_library
+from mlabench.backends.library import accepts, loading, optional_library
 from mlabench.backends.paged import BLOCK_SIZE, PagedLatentCore, check_deepseek_latent
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
@@ -95,16 +94,6 @@ class FlashMLACore(PagedLatentCore):
         return o  # (B, S, H, d_c)
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    """Whether `fn` takes keyword `name` (assumed yes when it has no readable signature: the
-    first call, inside `loading`, then says otherwise)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
 @register_backend(
     "flashmla",
     description="DeepSeek FlashMLA dense decode on a paged copy of the latent cache (SM90, bf16)",
@@ -118,7 +107,7 @@ def prepare_flashmla(module: AttentionVariant, case: Case, inputs: StepInputs) -
     lib, reason = _load_library()
     if lib is None:
         raise UnsupportedError(str(reason))
-    if module.shape.kv_dtype == "fp8_e4m3" and not _accepts(lib.flash_mla_with_kvcache, "is_fp8_kvcache"):
+    if module.shape.kv_dtype == "fp8_e4m3" and not accepts(lib.flash_mla_with_kvcache, "is_fp8_kvcache"):
         raise UnsupportedError("this flash_mla has no FP8 KV cache (flash_mla_with_kvcache takes no is_fp8_kvcache)")
     x, start = inputs.x, inputs.start_pos
     s, h = x.shape[1], module.shape.num_heads

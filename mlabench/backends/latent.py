@@ -28,7 +28,7 @@ from torch import Tensor
 from mlabench.backends.registry import StepInputs
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
-from mlabench.variants.kvquant import LatentFP8
+from mlabench.variants.kvquant import LatentFP8, PerCacheFP8, latent_rows
 from mlabench.variants.mla import LatentStep, MLAAbsorbed
 
 
@@ -51,6 +51,9 @@ class LatentCore:
     fp8_kv: tuple[str, ...] = ()  # the FP8 latent formats the kernel reads as stored
     fp8_unsupported = "its kernel reads the latent in the compute dtype only"  # why not, when empty
     serves: tuple[type[AttentionVariant], ...] = (MLAAbsorbed,)  # variants with a `latent_step`
+    # Whether the kernel reads the latent's FP8 rows when the cache holds other tensors too
+    # (dsa's indexer key, a PerCacheFP8): only a kernel that never reads those others may.
+    reads_latent_beside_others = False
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs):
         if not isinstance(module, self.serves):
@@ -60,7 +63,10 @@ class LatentCore:
         if kv_dtype and kv_dtype not in self.fp8_kv:
             why = self.fp8_unsupported if not self.fp8_kv else f"it reads {', '.join(self.fp8_kv)} only"
             raise UnsupportedError(f"{self.library} cannot read an {kv_dtype} latent cache: {why}")
-        if kv_dtype and not isinstance(module.kv_store, LatentFP8):
+        alone = isinstance(module.kv_store, LatentFP8)
+        beside = self.reads_latent_beside_others and isinstance(module.kv_store, PerCacheFP8) \
+            and latent_rows(module.kv_store)
+        if kv_dtype and not (alone or beside):
             raise UnsupportedError(f"{self.library} reads an FP8 cache only as DeepSeek's latent rows alone, "
                                    f"which {module.name} does not store")
         module.reads_stored_cache = bool(kv_dtype)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,6 +66,16 @@ JIT_MARKERS: tuple[str, ...] = (
     "nvcc", "ninja", "jit", "compil", "no kernel image", "undefined symbol", "not compiled",
     "cuda_home", "unsupported gpu", "not supported", "sm90", "sm_90", "build",
 )
+
+
+def accepts(fn: object, name: str) -> bool:
+    """Whether `fn` takes keyword `name` (assumed yes when it has no readable signature: the
+    first call, inside `loading`, then says otherwise)."""
+    try:
+        params = inspect.signature(fn).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -225,6 +225,9 @@ class DSA(MLAAbsorbed):
             k, v = self._expand(*latent.split([sh.kv_lora_rank, sh.rope_head_dim], dim=-1))
             return torch.cat((q_nope, q_pe), dim=-1), k, v, sh.mla_softmax_scale, mask
         q_lat = torch.einsum("bshd,hdc->bshc", q_nope, self._w_uk())  # (B, S, H, d_c)
+        if self.reads_stored_cache:
+            # A fused core dequantizes the FP8 rows itself: hand it the stored bytes (B, T, row bytes).
+            latent = self._cache["kv_cache"][:b, :end]
         kv = latent[:, :, None, :]
         return torch.cat((q_lat, q_pe), dim=-1), kv, kv[..., : sh.kv_lora_rank], sh.mla_softmax_scale, mask
 

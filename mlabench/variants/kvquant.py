@@ -235,6 +235,14 @@ class PerCacheFP8:
 KVFormat = PerTensorFP8 | LatentFP8 | PerCacheFP8
 
 
+def latent_rows(fmt: object) -> bool:
+    """Whether the "kv_cache" tensor of a store is held as DeepSeek's FP8 latent rows (alone, or
+    beside other tensors, as dsa's indexer key)."""
+    if isinstance(fmt, PerCacheFP8):
+        return isinstance(fmt.formats.get("kv_cache"), LatentFP8)
+    return isinstance(fmt, LatentFP8)
+
+
 class RoundTrip:
     """The store of a float64 reference on a dequantized FP8 cache: the cache is float64, and the
     rows a step writes go through the FP8 format (with the quantized module's scales) first, so

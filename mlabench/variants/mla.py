@@ -414,7 +414,7 @@ class MLAAbsorbed(_LatentCacheMLA):
             if (not paged and (k.shape[0] != b or k.shape[1] < s)) or cache_seqlens.shape != (b,):
                 raise RuntimeError(f"{self.name}: q {tuple(q.shape)}, k {tuple(k.shape)} and cache_seqlens "
                                    f"{tuple(cache_seqlens.shape)} do not describe one step")
-        kv_dtype = self.shape.kv_dtype if isinstance(self.kv_store, kvquant.LatentFP8) else ""
+        kv_dtype = self.shape.kv_dtype if kvquant.latent_rows(self.kv_store) else ""
         if paged:
             return LatentStep(q, cache, b, self._step_start, s, d_c, scale, cache_seqlens,
                               block_table=self.cache_map.block_table[:b], kv_dtype=kv_dtype)
