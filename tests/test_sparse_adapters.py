@@ -1,4 +1,4 @@
-"""flashmla-sparse (dsa) without its library or a GPU.
+"""flashmla-sparse (dsa) and fa3-qv (gla-absorbed) without their libraries or a GPU.
 
 Each library call is replaced by a float64 torch stand-in that computes the attention from
 the arguments it is given, as the documented API reads them (FlashMLA: 656-byte FP8 rows in
@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 import torch
 
-from mlabench.backends import BACKENDS, StepInputs, flashmla_sparse
+from mlabench.backends import BACKENDS, StepInputs, fa3_qv, flashmla_sparse
+from mlabench.backends.library import LoadFailure
 from mlabench.case import Case
 from mlabench.config import AttentionShape
 from mlabench.errors import UnsupportedError
 from mlabench.measure import accuracy as acc
+from mlabench.measure.timing import TimingSettings
+from mlabench.runner import RunContext, run_case
 from mlabench.variants import VARIANT_CLASSES, AttentionVariant, build_variant
 from mlabench.variants.kvquant import LatentFP8
 
@@ -29,6 +32,9 @@ BATCH, SEQ_LEN, NEW = 2, 130, 2  # three 64-token pages per sequence; two new to
 DSA_TINY = AttentionShape(hidden_size=64, num_heads=4, head_dim=16, rope_head_dim=64, v_head_dim=16,
                           q_lora_rank=24, kv_lora_rank=512, index_heads=2, index_head_dim=64, topk=40,
                           dtype="bfloat16", kv_dtype="fp8_e4m3", name="dsa-tiny")
+# Two latent heads of 32 and the 64-wide RoPE key FlashAttention-3's qv kernels take.
+GLA_TINY = AttentionShape(hidden_size=64, num_heads=4, head_dim=16, rope_head_dim=64, v_head_dim=16,
+                          q_lora_rank=0, kv_lora_rank=64, num_latent_heads=2, dtype="bfloat16", name="gla-tiny")
 
 
 def step_for(variant: str, shape: AttentionShape, backend: str, seq_len: int = SEQ_LEN,
@@ -145,3 +151,116 @@ def test_flashmla_sparse_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_triton_core_still_refuses_dsa_fp8_rows() -> None:
     with pytest.raises(UnsupportedError, match="latent rows alone"):
         BACKENDS["triton"].prepare(*step_for("dsa", DSA_TINY, "triton"))
+
+
+# --- fa3-qv --------------------------------------------------------------------------------------
+
+
+class FakeFA3:
+    """flash_attn_interface.flash_attn_with_kvcache in float64: scores = scale * (q . k + qv . v) over
+    each sequence's first cache_seqlens rows, bottom-right causal, output P @ v."""
+
+    __version__ = "stand-in"
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def flash_attn_with_kvcache(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                k: Any = None, v: Any = None, qv: torch.Tensor | None = None,
+                                cache_seqlens: torch.Tensor | None = None, softmax_scale: float | None = None,
+                                causal: bool = False, **unused: Any) -> torch.Tensor:
+        assert qv is not None and cache_seqlens is not None and k is None and v is None and not unused
+        assert k_cache.dim() == v_cache.dim() == 4 and k_cache.shape[2] == v_cache.shape[2] == 1  # one KV head
+        scale = softmax_scale if softmax_scale is not None else (q.shape[-1] + qv.shape[-1]) ** -0.5
+        self.calls.append({"k_cache": k_cache, "v_cache": v_cache, "scale": softmax_scale, "causal": causal})
+        b, s, h, _ = q.shape
+        out = torch.empty(b, s, h, v_cache.shape[-1], dtype=torch.float64)
+        for i in range(b):
+            n = int(cache_seqlens[i])
+            kc, vc = k_cache[i, :n, 0].double(), v_cache[i, :n, 0].double()
+            scores = (torch.einsum("shd,td->sht", q[i].double(), kc)
+                      + torch.einsum("shd,td->sht", qv[i].double(), vc)) * scale
+            if causal:
+                visible = torch.arange(n)[None, :] <= (n - s + torch.arange(s))[:, None]
+                scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
+            out[i] = torch.softmax(scores, dim=-1) @ vc
+        return out.to(q.dtype)
+
+
+def test_fa3_qv_equals_the_float64_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeFA3()
+    monkeypatch.setattr(fa3_qv, "_load_library", lambda: (fake, None))
+    m, case, inputs = step_for("gla-absorbed", GLA_TINY, "fa3-qv")
+    prepared = BACKENDS["fa3-qv"].prepare(m, case, inputs)
+    assert prepared.detail == "fa3-qv:stand-in,latent_heads=2"
+    ref = acc.reference_output(m, inputs.x, inputs.start_pos)
+    calls = len(fake.calls)
+    out = prepared.fn()
+    assert acc.compare(out, ref, "bfloat16").ok
+    assert len(fake.calls) - calls == 2  # one call per latent head
+    cache = m.cache_tensors()["kv_cache"]  # (B, T_max, 2*32 + 64)
+    for j, call in enumerate(fake.calls[-2:]):
+        assert call["scale"] == m.shape.mla_softmax_scale != (64 + 32) ** -0.5 and call["causal"] is True
+        # Views of the module's cache, never copies: latent head j's columns and the shared RoPE key.
+        assert call["v_cache"].data_ptr() == cache[:, :, 32 * j].data_ptr()
+        assert call["k_cache"].data_ptr() == cache[:, :, 64].data_ptr()
+        assert call["k_cache"].stride()[:2] == call["v_cache"].stride()[:2] == cache.stride()[:2]
+    assert torch.equal(prepared.fn(), out)
+
+
+def test_fa3_qv_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fa3_qv, "_load_library", lambda: (FakeFA3(), None))
+    prepare = BACKENDS["fa3-qv"].prepare
+    with pytest.raises(UnsupportedError, match="64-wide RoPE key .* not 32"):
+        prepare(*step_for("gla-absorbed", GLA_TINY.replace(rope_head_dim=32), "fa3-qv"))
+    with pytest.raises(UnsupportedError, match="bf16 or fp16, not torch.float32"):
+        prepare(*step_for("gla-absorbed", GLA_TINY.replace(dtype="float32"), "fa3-qv"))
+    with pytest.raises(UnsupportedError, match="cannot read an fp8_e4m3 latent cache: .*query's dtype"):
+        prepare(*step_for("gla-absorbed", GLA_TINY.replace(kv_dtype="fp8_e4m3"), "fa3-qv"))
+
+    class FA2Style:  # a flash_attn_with_kvcache without the qv argument
+        def flash_attn_with_kvcache(self, q: Any, k_cache: Any, v_cache: Any, cache_seqlens: Any = None,
+                                    softmax_scale: Any = None, causal: bool = False) -> None: ...
+
+    monkeypatch.setattr(fa3_qv, "_load_library", lambda: (FA2Style(), None))
+    with pytest.raises(UnsupportedError, match="no qv path"):
+        prepare(*step_for("gla-absorbed", GLA_TINY, "fa3-qv"))
+
+
+# --- both: missing libraries ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "module", "missing"), [
+    ("flashmla-sparse", flashmla_sparse, "flash_mla is not installed (build it from source"),
+    ("fa3-qv", fa3_qv, "flash_attn_interface is not installed (build FlashAttention-3 from source"),
+])
+def test_missing_or_broken_library(monkeypatch: pytest.MonkeyPatch, name: str, module: Any, missing: str) -> None:
+    spec = BACKENDS[name]
+    assert spec.modes == ("decode",) and spec.fused
+    if module._load_library()[0] is None:  # the real case here: not installed
+        assert spec.unavailable(CPU).startswith(missing)
+        with pytest.raises(UnsupportedError, match="is not installed"):
+            variant, shape = ("dsa", DSA_TINY) if name == "flashmla-sparse" else ("gla-absorbed", GLA_TINY)
+            spec.prepare(*step_for(variant, shape, name))
+    monkeypatch.setattr(module, "_load_library", lambda: (SimpleNamespace(), None))
+    reason = spec.unavailable(CPU)
+    assert reason is not None and "not cpu" in reason and "SM90" in reason
+    monkeypatch.setattr(module, "_load_library", lambda: (None, "flash_x failed to import: OSError: libcuda"))
+    assert spec.unavailable(torch.device("cuda")) == "flash_x failed to import: OSError: libcuda"
+
+
+@pytest.mark.parametrize(("name", "module", "variant", "shape"), [
+    ("flashmla-sparse", flashmla_sparse, "dsa", DSA_TINY),
+    ("fa3-qv", fa3_qv, "gla-absorbed", GLA_TINY),
+])
+def test_rows_say_skipped_when_missing_and_unsupported_when_broken(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                                   module: Any, variant: str,
+                                                                   shape: AttentionShape) -> None:
+    case = step_for(variant, shape, name)[1]
+    ctx = RunContext(device=CPU, timing=TimingSettings(budget_s=0.002, warmup_s=0.0, min_samples=2))
+    monkeypatch.setattr(module, "_load_library", lambda: (None, "lib is not installed (hint)"))
+    row = run_case(case, ctx).row
+    assert row["status"] == "skipped" and "lib is not installed (hint)" in row["error"]
+    monkeypatch.setattr(module, "_load_library", lambda: (None, LoadFailure("lib failed to import: OSError: x")))
+    row = run_case(case, ctx).row
+    assert row["status"] == "unsupported" and "OSError: x" in row["error"]
