@@ -8,9 +8,16 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from mlabench.backends import compiled, eager, flashinfer, flashmla, sdpa, triton_mla  # noqa: F401  (registration)
-from mlabench.backends import flashmla_sparse  # noqa: F401  (registration)
-from mlabench.backends import fa3_qv  # noqa: F401  (registration)
+from mlabench.backends import (  # noqa: F401  (registration)
+    compiled,
+    eager,
+    fa3_qv,
+    flashinfer,
+    flashmla,
+    flashmla_sparse,
+    sdpa,
+    triton_mla,
+)
 from mlabench.backends.registry import BACKENDS, BackendSpec, Prepared, StepInputs, served_variants
 from mlabench.case import Case
 from mlabench.errors import UsageError
