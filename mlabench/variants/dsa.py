@@ -218,16 +218,19 @@ class DSA(MLAAbsorbed):
         q = self.q_b_proj(q_latent).view(b, s, sh.num_heads, sh.qk_head_dim)
         q_nope, q_pe = q.split([sh.head_dim, sh.rope_head_dim], dim=-1)
         q_pe = apply_interleaved(q_pe, cos, sin)
-        latent = self._write_latent(x, start_pos, cos, sin)  # (B, T, d_c + d_r)
+        if self.reads_stored_cache and start_pos:
+            # A fused core dequantizes the FP8 rows itself: write this step's rows and hand it the
+            # stored bytes (B, T, row bytes), without dequantizing the whole cache it never reads.
+            self._write("kv_cache", start_pos, torch.cat(self._latent(x, cos, sin), dim=-1))
+            latent = self._cache["kv_cache"][:b, :end]
+        else:
+            latent = self._write_latent(x, start_pos, cos, sin)  # (B, T, d_c + d_r)
         mask, self._step_indices = self.index_topk(self.index_scores(x, q_latent, start_pos))
         self._expanded_step = start_pos == 0
         if self._expanded_step:
             k, v = self._expand(*latent.split([sh.kv_lora_rank, sh.rope_head_dim], dim=-1))
             return torch.cat((q_nope, q_pe), dim=-1), k, v, sh.mla_softmax_scale, mask
         q_lat = torch.einsum("bshd,hdc->bshc", q_nope, self._w_uk())  # (B, S, H, d_c)
-        if self.reads_stored_cache:
-            # A fused core dequantizes the FP8 rows itself: hand it the stored bytes (B, T, row bytes).
-            latent = self._cache["kv_cache"][:b, :end]
         kv = latent[:, :, None, :]
         return torch.cat((q_lat, q_pe), dim=-1), kv, kv[..., : sh.kv_lora_rank], sh.mla_softmax_scale, mask
 
