@@ -19,6 +19,8 @@ token, only the rows its `indices` (B, S, K) int32 name. The call is
   topk 2048 needs no padding).
 
 The metadata comes from `get_mla_metadata(cache_seqlens, S * H, 1, H, True, K)` once per case
+(releases that schedule lazily take and ignore these arguments and return (schedule, None),
+then fix the schedule to the first call's shapes, K included: hence the fixed padded width)
 and the first call runs in `prepare` (lazy scheduling, kernel load).
 
 Unsupported: a cache that is not fp8_e4m3 (FlashMLA's sparse decode reads only its FP8
