@@ -15,6 +15,7 @@ from pathlib import Path
 from mlabench import schema
 from mlabench.case import Case
 from mlabench.errors import UsageError
+from mlabench.rundir.write import nearest_existing_dir
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,7 @@ def check_writable_dir(path: Path, option: str) -> None:
     without side effects; the first profile creates it). Writability is tested by writing a
     temporary file in the nearest existing directory: a permission test alone misses a read-only
     filesystem, and is always true for root."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{option}: {path} exists and is not a directory")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"{option}: {path} is under {existing}, which is a file, not a directory")
+    existing = nearest_existing_dir(path, option)
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass

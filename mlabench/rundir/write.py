@@ -45,8 +45,8 @@ def _cut_torn_tail(path: Path) -> None:
 LOCK_FILE = ".mlabench.lock"
 
 
-def check_out_dir(path: Path, option: str = "--out") -> None:
-    """Refuse, before any work, a path that cannot become a writable run directory."""
+def nearest_existing_dir(path: Path, option: str) -> Path:
+    """The directory `path` is or would be created under; refuses a file in the way."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option}: {path} exists and is not a directory")
     existing = path
@@ -54,6 +54,12 @@ def check_out_dir(path: Path, option: str = "--out") -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UsageError(f"{option}: {path} is under {existing}, which is a file, not a directory")
+    return existing
+
+
+def check_out_dir(path: Path, option: str = "--out") -> None:
+    """Refuse, before any work, a path that cannot become a writable run directory."""
+    existing = nearest_existing_dir(path, option)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{option}: {existing} is not writable")
 
