@@ -56,6 +56,7 @@ AXIS_FLAGS: dict[str, tuple[str, type]] = {
     "model": ("--model", str), "variant": ("--variant", str), "backend": ("--backend", str), "mode": ("--mode", str),
     "batch": ("--batch", int), "seq_len": ("--seq-len", int), "q_len": ("--q-len", int), "dtype": ("--dtype", str),
     "kv_lora_rank": ("--kv-lora-rank", int), "num_kv_heads": ("--num-kv-heads", int), "scope": ("--scope", str),
+    "tp": ("--tp", int),
 }
 
 
@@ -120,9 +121,9 @@ def sweep(
         show_default=False)] = None,
     memory_snapshot: MemorySnapshotOpt = False,
     nvtx: NvtxOpt = False,
-    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree of the analytic kv_cache_bytes_per_gpu "
-                                           "column; must divide every case's num_heads [default: the suite's, "
-                                           "else 1].", show_default=False)] = None,
+    tp: Annotated[str | None, _axis("Tensor-parallel degrees: each case runs on that many ranks (processes on "
+                                    "the CPU, GPUs on CUDA), e.g. 1,2,4; must divide num_heads and the KV "
+                                    "groups or be a multiple of them")] = None,
     probe: ProbeOpt = True,
     report: ReportOpt = True,
     as_json: JsonOpt = False,
@@ -152,14 +153,13 @@ def sweep(
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
     settings = flag_settings({"budget_s": budget, "warmup_s": warmup, "min_samples": min_samples,
                               "max_samples": max_samples, "threads": threads, "cuda_graph": cuda_graph,
-                              "accuracy": accuracy, "seed": seed, "timeout_s": timeout, "rounds": rounds,
-                              "tp": tp})
+                              "accuracy": accuracy, "seed": seed, "timeout_s": timeout, "rounds": rounds})
     executor = choose_executor(executor, isolate, ray_address, ray_accelerator)
     shard_spec = (slurm_shard() if shard == "auto" else parse_shard(shard)) if shard else None
     suite_obj = load_suite(suite)
     axes = axis_overrides({"model": model, "variant": variant, "backend": backend, "mode": mode, "batch": batch,
                            "seq_len": seq_len, "q_len": q_len, "dtype": dtype, "kv_lora_rank": kv_lora_rank,
-                           "num_kv_heads": num_kv_heads, "scope": scope}, assignments)
+                           "num_kv_heads": num_kv_heads, "scope": scope, "tp": tp}, assignments)
     options = parse_options(option, {"compile_mode": compile_mode, "sdpa_kernel": sdpa_kernel})
     request = build_request(profile, profile_match, memory_snapshot, nvtx)
     runner: Any = None

@@ -21,7 +21,8 @@ from typing import Protocol
 
 from mlabench.case import Case
 from mlabench.errors import UsageError
-from mlabench.runner import CaseResult, RunContext, run_case
+from mlabench.runner import CaseResult, RunContext
+from mlabench.tp import run_any_case
 
 EXECUTORS: tuple[str, ...] = ("local", "isolate", "ray")
 
@@ -40,7 +41,7 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, run: Callable[[Case, RunContext], CaseResult] = run_case) -> None:
+    def __init__(self, run: Callable[[Case, RunContext], CaseResult] = run_any_case) -> None:
         self._run = run
 
     def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
