@@ -42,7 +42,7 @@ from mlabench.variants import kvquant
 from mlabench.variants.cache_map import CacheMap
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 class CoreAttention(Protocol):

@@ -38,7 +38,7 @@ from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, apply_rotate_half
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 def selected_pairs(step: Step, topk: int) -> int:

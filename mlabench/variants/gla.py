@@ -43,7 +43,7 @@ from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 def _biased(d_in: int, d_out: int, device: torch.device | str | None, dtype: torch.dtype | None) -> nn.Linear:

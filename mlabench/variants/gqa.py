@@ -18,7 +18,7 @@ from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 class GroupedQueryAttention(AttentionVariant):

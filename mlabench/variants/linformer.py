@@ -23,7 +23,7 @@ from mlabench.variants.base import AttentionVariant, linear
 from mlabench.variants.registry import register_variant
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 @register_variant

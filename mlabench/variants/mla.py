@@ -35,7 +35,7 @@ from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 class _MLABase(AttentionVariant):
