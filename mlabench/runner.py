@@ -34,11 +34,11 @@ from mlabench.errors import CaseTimeout, SkippedError, UnsupportedError, is_stic
 from mlabench.measure import accuracy as acc
 from mlabench.measure.envinfo import cpu_model
 from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_case_bytes, measure_allocation
+from mlabench.measure.nvtx import Mark, no_range, nvtx_ranges
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.scope import scoped_call
 from mlabench.measure.timing import TimingSettings, check_deadline, device_scope, time_step
 from mlabench.profiling.case import ProfileResult, ProfileTarget, profile_case
-from mlabench.profiling.nvtx import Mark, no_range, nvtx_ranges
 from mlabench.profiling.request import ProfileRequest
 from mlabench.step import ragged_steps
 from mlabench.variants import build_variant

@@ -42,7 +42,7 @@ from mlabench.errors import NotComparableError, UsageError
 from mlabench.executors import Executor, LocalExecutor
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
-from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
+from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.profiling.request import ProfileRequest
 from mlabench.rounds import combine_rounds, round_order
 from mlabench.rundir import RunWriter
@@ -205,16 +205,6 @@ def open_run(plan: SweepPlan, resume: bool, device_meta: dict[str, Any] | None =
         writer.close()
         raise
     return writer, meta
-
-
-def measure_peaks(device: torch.device, dtypes: list[str], probe: bool) -> Peaks:
-    if probe:
-        try:
-            return probe_peaks(device, dtypes)
-        except Exception:  # a failed probe must not cost the sweep; fall back to the spec table
-            pass
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    return spec_peaks(name, dtypes)
 
 
 def _dtypes(plan: SweepPlan) -> list[str]:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
+from mlabench.measure.nvtx import PROFILE_STEP, Mark
 from mlabench.profiling.breakdown import CORE_RANGE
-from mlabench.profiling.nvtx import PROFILE_STEP, Mark
 from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention
 
 PROFILE_STEPS = 5  # recorded steps per case: enough to average launch jitter, small enough to open quickly
