@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mlabench.config import AttentionShape, ShapeError
+from mlabench.config import AttentionShape
 from mlabench.layout import pages_for
 from mlabench.step import Step
 from mlabench.variants.registry import variant_class
@@ -84,18 +84,17 @@ def _cache_traffic_bytes(cls: type[AttentionVariant], sh: AttentionShape, step: 
     return stored + (elements - tokens * per_token) * sh.element_bytes
 
 
-def check_tp(shape: AttentionShape, tp: int) -> None:
-    """Tensor parallelism splits the query heads evenly (as vLLM and SGLang do): tp must divide H."""
-    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
-        raise ShapeError("tp", f"must be a positive integer, got {tp!r}")
-    if shape.num_heads % tp:
-        raise ShapeError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({shape.num_heads})")
+def check_tp(variant: str, shape: AttentionShape, tp: int) -> None:
+    """Tensor parallelism splits the query heads evenly (as vLLM and SGLang do): tp must divide H
+    and must not straddle the variant's KV groups (`AttentionVariant.check_tp`)."""
+    cls, sh = _normalized(variant, shape)
+    cls.check_tp(sh, tp)
 
 
 def kv_elements_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> int:
     """Cache elements per token per layer on one GPU at tensor-parallel degree tp (MLA.md section 6)."""
     cls, sh = _normalized(variant, shape)
-    check_tp(sh, tp)
+    cls.check_tp(sh, tp)
     per_token = cls.kv_elements_per_token_per_gpu(sh, tp)
     if per_token is None:
         raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
@@ -106,7 +105,7 @@ def kv_bytes_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> 
     """Stored cache bytes per token per layer on ONE GPU at tensor-parallel degree tp (per-layer
     scales not included: `kv_fixed_bytes`)."""
     cls, sh = _normalized(variant, shape)
-    check_tp(sh, tp)
+    cls.check_tp(sh, tp)
     elements = cls.kv_elements_per_token_per_gpu(sh, tp)
     if elements is None:
         raise NotImplementedError(f"{cls.name} has no per-token cache to split over GPUs")
@@ -120,7 +119,7 @@ def kv_cache_bytes_per_gpu(variant: str, shape: AttentionShape, batch: int, seq_
                            layers: int = 1) -> int:
     """Bytes of the cache one GPU holds at tensor-parallel degree tp, times `layers`."""
     cls, sh = _normalized(variant, shape)
-    check_tp(sh, tp)
+    cls.check_tp(sh, tp)
     if not sh.kv_quantized:
         return cls.kv_cache_elements_per_gpu(sh, batch, seq_len, tp) * sh.element_bytes * layers
     # Per-tensor FP8 scales (kv_fixed_bytes) are replicated on every GPU.

@@ -35,9 +35,10 @@ from typing import Any
 
 import torch
 
-from mlabench import schema
+from mlabench import analytic, schema
 from mlabench.backends import apply_options, served_variants
 from mlabench.case import Case
+from mlabench.config import ShapeError
 from mlabench.errors import NotComparableError, UsageError
 from mlabench.executors import Executor, LocalExecutor
 from mlabench.measure.envinfo import device_label, fingerprint
@@ -118,10 +119,11 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overri
             raise UsageError(f"--shard {shard_spec[0]}/{shard_spec[1]}: this slice of the grid's {len(grid)} cases "
                              "is empty (use fewer shards)")
     settings = SweepSettings.resolve(suite.settings, overrides.settings)
-    for case in cases:  # tensor parallelism splits the query heads evenly (MLA.md section 6)
-        if case.shape.num_heads % settings.tp:
-            raise UsageError(f"tp: tensor-parallel degree {settings.tp} does not divide num_heads "
-                             f"({case.shape.num_heads}) of {case.model}")
+    for case in cases:  # the query heads and KV groups split evenly, or the sweep does not start
+        try:
+            analytic.check_tp(case.variant, case.shape, settings.tp)
+        except ShapeError as exc:
+            raise UsageError(f"{exc}, in {case.variant} of {case.model}") from None
     return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, settings,
                      out_dir or default_out_dir(suite.name, device), shard_spec,
                      {k: list(v) for k, v in overrides.axes.items()}, cases_sha1(grid), len(grid))

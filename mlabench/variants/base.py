@@ -167,13 +167,18 @@ def linear(d_in: int, d_out: int, device: torch.device | None, dtype: torch.dtyp
     return nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype)
 
 
-def check_tp(sh: AttentionShape, tp: int) -> None:
+def check_tp(sh: AttentionShape, tp: int, groups: int = 1) -> None:
     """Tensor parallelism splits the query heads (as vLLM and SGLang do): tp must be a positive
-    divisor of H; ShapeError naming `tp` otherwise."""
+    divisor of H and, for a cache of `groups` KV groups that query heads are bound to, a divisor
+    or a multiple of `groups` (vLLM refuses the rest too: one GPU's query heads would read two
+    groups, and one group's share of a GPU would not be whole). ShapeError naming `tp` otherwise."""
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise ShapeError("tp", f"must be a positive integer, got {tp!r}")
     if sh.num_heads % tp:
         raise ShapeError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({sh.num_heads})")
+    if groups > 1 and groups % tp and tp % groups:
+        raise ShapeError("tp", f"tensor-parallel degree {tp} is neither a divisor nor a multiple of the {groups} "
+                               f"KV groups (num_heads {sh.num_heads}): one GPU's query heads would read two groups")
 
 
 class AttentionVariant(nn.Module):
@@ -210,6 +215,17 @@ class AttentionVariant(nn.Module):
     def kv_elements_per_token(cls, sh: AttentionShape) -> int | None:
         """Cache elements per token per layer; None when the cache does not grow with tokens."""
         raise NotImplementedError
+
+    @classmethod
+    def tp_groups(cls, sh: AttentionShape) -> int:
+        """How many KV groups the query heads are bound to when tensor parallelism splits them
+        (G for GQA and GTA, h_c for GLA); 1 when every GPU holds the same cache or each head its own."""
+        return 1
+
+    @classmethod
+    def check_tp(cls, sh: AttentionShape, tp: int) -> None:
+        """ShapeError naming `tp` when tp does not split this variant's heads and groups evenly."""
+        check_tp(sh, tp, cls.tp_groups(sh))
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int | None:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants import kvquant
-from mlabench.variants.base import causal_mask, check_tp, linear
+from mlabench.variants.base import causal_mask, linear
 from mlabench.variants.mla import LatentStep, MLAAbsorbed
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, apply_rotate_half
@@ -113,7 +113,7 @@ class DSA(MLAAbsorbed):
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
         """The whole latent and the whole indexer key on every GPU (MLA.md section 6)."""
-        check_tp(sh, tp)
+        cls.check_tp(sh, tp)
         return cls.kv_elements_per_token(sh)
 
     @classmethod

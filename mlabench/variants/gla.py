@@ -83,7 +83,12 @@ class _GLABase(AttentionVariant):
         return sh.kv_lora_rank + sh.rope_head_dim
 
     @classmethod
+    def tp_groups(cls, sh: AttentionShape) -> int:
+        return sh.num_latent_heads
+
+    @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        cls.check_tp(sh, tp)
         # Latent heads shard with their query heads; past h_c GPUs one is copied; the RoPE key everywhere.
         return max(math.ceil(sh.num_latent_heads / tp), 1) * cls.latent_head_dim(sh) + sh.rope_head_dim
 

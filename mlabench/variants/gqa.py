@@ -46,7 +46,12 @@ class GroupedQueryAttention(AttentionVariant):
         return 2 * sh.kv_heads * sh.head_dim
 
     @classmethod
+    def tp_groups(cls, sh: AttentionShape) -> int:
+        return sh.kv_heads
+
+    @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        cls.check_tp(sh, tp)
         # Each GPU holds the KV heads its query heads read: a KV head is copied when tp > G.
         return 2 * math.ceil(sh.kv_heads / tp) * sh.head_dim
 

@@ -58,7 +58,12 @@ class GroupedTiedAttention(AttentionVariant):
         return sh.kv_heads * sh.head_dim + sh.rope_head_dim
 
     @classmethod
+    def tp_groups(cls, sh: AttentionShape) -> int:
+        return sh.kv_heads
+
+    @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        cls.check_tp(sh, tp)
         # A tied head is copied when tp > G; the one RoPE key is on every GPU.
         return math.ceil(sh.kv_heads / tp) * sh.head_dim + sh.rope_head_dim
 
