@@ -86,7 +86,7 @@ def test_runner_marks_a_backend_wrong_in_the_last_sequence_inaccurate() -> None:
     """End to end: a backend whose core corrupts the last sequence's last query is caught."""
 
     def corrupt_last(q, k, v, scale, causal):
-        from mlabench.variants.base import eager_attention
+        from mlabench.variants.attention import eager_attention
 
         o = eager_attention(q, k, v, scale, causal)
         o[-1, -1] = -o[-1, -1]

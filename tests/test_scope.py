@@ -20,7 +20,7 @@ from mlabench.runner import RunContext, run_case
 from mlabench.step import decode_step, prefill_step
 from mlabench.suites import Suite, expand
 from mlabench.variants import build_variant, shape_for_variant, variant_names
-from mlabench.variants.base import eager_attention
+from mlabench.variants.attention import eager_attention
 
 CPU = torch.device("cpu")
 TINY = from_name("tiny", dtype="float64")

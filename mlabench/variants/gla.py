@@ -37,7 +37,9 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
-from mlabench.variants.base import AttentionVariant, CoreAttention, RMSNorm
+from mlabench.variants.attention import CoreAttention
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import RMSNorm
 from mlabench.variants.mla import LatentStep
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
-from mlabench.variants.base import AttentionVariant, linear
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import linear
 from mlabench.variants.registry import register_variant
 
 if TYPE_CHECKING:
