@@ -20,7 +20,7 @@ from mlabench.backends.library import LoadFailure, optional_library
 from mlabench.config import from_name
 from mlabench.errors import UnsupportedError
 from mlabench.variants import build_variant, eager_attention
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 CPU = torch.device("cpu")
 BATCH, SEQ_LEN, Q_LEN = 2, 24, 2

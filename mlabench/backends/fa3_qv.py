@@ -34,7 +34,7 @@ from mlabench.case import Case
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.gla import GLAAbsorbed
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 INSTALL_HINT = ("build FlashAttention-3 from source: git clone https://github.com/Dao-AILab/flash-attention; "
                 "cd flash-attention/hopper; python setup.py install")

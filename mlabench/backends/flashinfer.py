@@ -34,7 +34,7 @@ from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError, UsageError
 from mlabench.variants.base import AttentionVariant
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 INSTALL_HINT = "pip install flashinfer-python"
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k workspace

@@ -38,7 +38,7 @@ from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 INSTALL_HINT = "build it from source: git clone https://github.com/deepseek-ai/FlashMLA; pip install -v ./FlashMLA"
 

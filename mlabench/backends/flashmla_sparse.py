@@ -48,7 +48,7 @@ from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.dsa import DSA
 from mlabench.variants.kvquant import latent_row_bytes
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 _load_library = optional_library("flash_mla", INSTALL_HINT)  # (flash_mla, None) or (None, why not)
 
