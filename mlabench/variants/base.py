@@ -192,7 +192,7 @@ class AttentionVariant(nn.Module):
     cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in MLA.md's symbols
     supports_decode: ClassVar[bool] = True
     cache_tensor_count: ClassVar[int] = 2  # cache tensors per layer (K and V): per-tensor FP8 scales per layer
-    fp8_cache: ClassVar[str] = "each cache tensor in FP8 + one fp32 scale per tensor per layer"  # kv_dtype fp8_*
+    fp8_cache: ClassVar[str] = "per-tensor: each cache tensor in FP8 + one fp32 scale per tensor per layer"  # kv_dtype fp8_*
     generic_core: ClassVar[bool] = True  # False: `native_core` is not the (q, k, v) contract; see the top
     # False: the variant reads and writes its cache by (batch, token) slices, not through the
     # CacheMap (`_write`, `_read`, `_rope_at`): no ragged batch or paged cache, refused up front.
@@ -260,6 +260,12 @@ class AttentionVariant(nn.Module):
         return per_token * (1 if sh.kv_quantized else sh.element_bytes)
 
     @classmethod
+    def kv_bytes_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int | None:
+        """Stored bytes per token per layer on ONE GPU when a GPU's share of a row is not its share
+        of the elements (None: the analytic model scales the row by the elements held)."""
+        return None
+
+    @classmethod
     def kv_fixed_bytes(cls, sh: AttentionShape) -> int:
         """Stored cache bytes per layer that do not grow with tokens: per-tensor FP8 scales."""
         return 4 * cls.cache_tensor_count if isinstance(cls.kv_format(sh), kvquant.PerTensorFP8) else 0
@@ -316,6 +322,12 @@ class AttentionVariant(nn.Module):
         """Cache (and cache-derived) elements a step must move: by default T tokens read, S written."""
         per_token = cls.kv_elements_per_token(sh) or 0
         return step.batch * (step.total + step.new_tokens) * per_token
+
+    @classmethod
+    def cache_traffic_bytes(cls, sh: AttentionShape, step: Step) -> int | None:
+        """The same traffic in bytes when the cache's tensors are stored at different widths (None:
+        the analytic model counts it from the elements and the stored bytes per token)."""
+        return None
 
     @classmethod
     def attended_keys(cls, sh: AttentionShape, step: Step) -> int:
@@ -392,7 +404,7 @@ class AttentionVariant(nn.Module):
     def _new_cache(self, **shapes: tuple[int, ...]) -> None:
         self._filled = None
         if self.kv_store is not None:
-            self._cache = self.kv_store.allocate(shapes, self.weight_device)
+            self._cache = self.kv_store.allocate(shapes, self.weight_device, self.weight_dtype)
             return
         self._cache = {
             name: torch.zeros(dims, device=self.weight_device, dtype=self.weight_dtype)
@@ -539,8 +551,13 @@ class AttentionVariant(nn.Module):
             self._cache = cache
         ref.to(torch.float64)
         ref.kv_store = None
+        # "Unquantized" is the same case without kv_dtype: a tensor the model itself stores
+        # quantized (dsa's FP8 indexer key) stays so, in the context and in the step's rows.
+        by_design = self.kv_format(self.shape.replace(kv_dtype="")) if unquantized else None
         if self.kv_store is not None and not unquantized:
             ref.kv_store = kvquant.RoundTrip(self.kv_store, {k: t for k, t in cache.items() if k.endswith("_scale")})
+        elif by_design is not None:
+            ref.kv_store = kvquant.RoundTrip(by_design, {})
         rows = list(range(self.batch)) if rows is None else rows
         if not rows or min(rows) < 0 or max(rows) >= self.batch:
             raise ValueError(f"{self.name}: reference rows {rows} outside the cache's batch of {self.batch}")
@@ -561,7 +578,7 @@ class AttentionVariant(nn.Module):
         held = ref.cache_map.slots
         ref._cache = {}
         for name, dims in self.cache_shapes(self.batch, self.max_seq_len).items():
-            if not unquantized:
+            if not unquantized or kvquant.stored_by_design(by_design, name):
                 ref._cache[name] = self.kv_store.load(stored, name, everything, torch.float64)
                 continue
             ref._cache[name] = torch.zeros((len(rows), *dims[1:]), device=self.weight_device, dtype=torch.float64)
