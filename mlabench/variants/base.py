@@ -192,7 +192,8 @@ class AttentionVariant(nn.Module):
     cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in MLA.md's symbols
     supports_decode: ClassVar[bool] = True
     cache_tensor_count: ClassVar[int] = 2  # cache tensors per layer (K and V): per-tensor FP8 scales per layer
-    fp8_cache: ClassVar[str] = "per-tensor: each cache tensor in FP8 + one fp32 scale per tensor per layer"  # kv_dtype fp8_*
+    # kv_dtype fp8_*: the stored layout's short name, then what it holds
+    fp8_cache: ClassVar[str] = "per-tensor: each cache tensor in FP8 + one fp32 scale per tensor per layer"
     generic_core: ClassVar[bool] = True  # False: `native_core` is not the (q, k, v) contract; see the top
     # False: the variant reads and writes its cache by (batch, token) slices, not through the
     # CacheMap (`_write`, `_read`, `_rope_at`): no ragged batch or paged cache, refused up front.

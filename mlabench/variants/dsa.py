@@ -14,9 +14,9 @@ As the reference does, q_I and k_I are rotated by the orthonormal Hadamard matri
 and the rotated key is cached as DeepSeek stores it whatever the latent's dtype: d_I FP8 e4m3
 values and one power-of-two fp32 scale per 128 of them, 132 bytes per token at d_I = 128
 (`index_k_cache`). The indexer reads it dequantized, and so does the float64 reference: the
-quantized key is the model's, not an approximation of it. The query stays in the compute
-dtype (the reference also quantizes it; its scores are then rounded, not reordered). Index scores are computed in fp32 (fp64 for fp64 inputs) so
-bf16 rounding does not reorder them.
+quantized key is the model's, not an approximation of it. The query is not quantized (DeepSeek's
+kernel also takes it in FP8; that is a kernel's choice, not a cached tensor). The rotation and
+the index scores run in fp32 (fp64 for fp64 inputs), so bf16 rounding does not reorder them.
 
 As in the reference: decode attends in latent space (mla-absorbed) with the index mask;
 prefill runs expanded (MHA-mode) attention with the index mask. Both hand the generic core an
@@ -51,11 +51,12 @@ INDEX_KEY_LAYOUT = "FP8 e4m3 + one fp32 scale per 128 values"
 
 
 def hadamard(n: int, device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:
-    """The orthonormal Hadamard matrix of size n (a power of two), Sylvester's construction."""
+    """The Hadamard matrix of size n (a power of two), entries +-1 (exact in every dtype; times
+    n**-0.5 it is orthonormal), Sylvester's construction."""
     h = torch.ones(1, 1, dtype=torch.float64)
     while h.shape[0] < n:
         h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)))
-    return (h * n**-0.5).to(device=device, dtype=dtype)
+    return h.to(device=device, dtype=dtype)
 
 
 def selected_pairs(step: Step, topk: int) -> int:
@@ -83,8 +84,8 @@ class Indexer(nn.Module):
 class DSA(MLAAbsorbed):
     serving_layouts = False  # its cache is read and written by (batch, token) slices
     name = "dsa"
-    fp8_cache = ("128-tile + FP8 index key: per token, the latent as DeepSeek's FP8 rows (d_c FP8 + one fp32 scale per 128 + d_r bf16) "
-                 "and the indexer key, FP8 in every dtype: 656 + 132 = 788 bytes at V3.2 dims")
+    fp8_cache = ("128-tile + FP8 index key: per token, the latent as DeepSeek's FP8 rows (d_c FP8 + one fp32 "
+                 "scale per 128 + d_r bf16) and the indexer key, FP8 in every dtype: 656 + 132 = 788 bytes at V3.2 dims")
     caches = "latent c_kv + RoPE key, and the indexer key in FP8 (d_I values + one fp32 scale per 128)"
     cache_formula = "d_c+d_r+d_I"
     shape_fields = ("index_heads", "index_head_dim", "topk")
@@ -219,15 +220,16 @@ class DSA(MLAAbsorbed):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         cos, sin = (t[start_pos:end] for t in self._rope)
         q = self._indexer_rope(self.indexer.wq_b(q_latent).view(b, s, sh.index_heads, sh.index_head_dim), cos, sin)
-        q = q @ self.rotation  # (B, S, H_I, d_I)
+        rotate = self.rotation.to(acc) * sh.index_head_dim**-0.5  # orthonormal, in the scores' precision
+        q = q.to(acc) @ rotate  # (B, S, H_I, d_I)
         norm = self.indexer.k_norm  # LayerNorm in fp32 (fp64), as the reference runs it
         k = F.layer_norm(self.indexer.wk(x).to(acc), norm.normalized_shape, norm.weight.to(acc), norm.bias.to(acc),
                          norm.eps).to(x.dtype)
-        k = self._indexer_rope(k[:, :, None], cos, sin)[:, :, 0] @ self.rotation  # (B, S, d_I), stored in FP8
+        k = self._indexer_rope(k[:, :, None], cos, sin)[:, :, 0].to(acc) @ rotate  # (B, S, d_I), stored in FP8
         self._store("index_k_cache", (slice(None, b), slice(start_pos, end)), k)
         keys = self._load("index_k_cache", (slice(None, b), slice(None, end)))
         w = self.indexer.weights_proj(x).to(acc) * (sh.index_heads**-0.5 * sh.index_head_dim**-0.5)  # (B, S, H_I)
-        logits = F.relu(torch.einsum("bsjd,btd->bsjt", q.to(acc), keys.to(acc)))  # (B, S, H_I, T)
+        logits = F.relu(torch.einsum("bsjd,btd->bsjt", q, keys.to(acc)))  # (B, S, H_I, T)
         scores = torch.einsum("bsj,bsjt->bst", w, logits)
         return scores.masked_fill(~causal_mask(s, end, x.device), float("-inf"))
 

@@ -59,8 +59,8 @@ class _GLABase(AttentionVariant):
     caches = "h_c latent heads + the shared RoPE key"
     cache_formula = "h_c*d_g+d_r"
     cache_tensor_count = 1  # one row per token: [c_1 .. c_h_c, k_pe]
-    fp8_cache = ("128-tile, as MLA: per token, DeepSeek's tile layout per latent head, d_g FP8 + one fp32 scale per 128 of them, "
-                 "then d_r RoPE values in bf16 (656 bytes at h_c=1, d_g=512, d_r=64: MLA's row)")
+    fp8_cache = ("128-tile, as MLA: per token, DeepSeek's tile layout per latent head, d_g FP8 + one fp32 scale "
+                 "per 128 of them, then d_r RoPE values in bf16 (656 bytes at h_c=1, d_g=512, d_r=64: MLA's row)")
 
     # --- shape and cost model ---------------------------------------------------------
     @classmethod
