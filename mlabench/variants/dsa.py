@@ -85,7 +85,7 @@ class DSA(MLAAbsorbed):
     serving_layouts = False  # its cache is read and written by (batch, token) slices
     name = "dsa"
     fp8_cache = ("128-tile + FP8 index key: per token, the latent as DeepSeek's FP8 rows (d_c FP8 + one fp32 "
-                 "scale per 128 + d_r bf16) and the indexer key, FP8 in every dtype: 656 + 132 = 788 bytes at V3.2 dims")
+                 "scale per 128 + d_r bf16) and the indexer key, FP8 in every dtype: 656 + 132 = 788 B at V3.2 dims")
     caches = "latent c_kv + RoPE key, and the indexer key in FP8 (d_I values + one fp32 scale per 128)"
     cache_formula = "d_c+d_r+d_I"
     shape_fields = ("index_heads", "index_head_dim", "topk")
