@@ -34,14 +34,15 @@ from typing import Any
 
 import torch
 
-from mlabench import schema
+from mlabench import analytic, schema
 from mlabench.backends import apply_options, served_variants
 from mlabench.case import Case
+from mlabench.config import ShapeError
 from mlabench.errors import NotComparableError, UsageError
 from mlabench.executors import Executor, LocalExecutor
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
-from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
+from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.profiling.request import ProfileRequest
 from mlabench.rounds import combine_rounds, round_order
 from mlabench.rundir import RunWriter
@@ -117,10 +118,11 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overri
             raise UsageError(f"--shard {shard_spec[0]}/{shard_spec[1]}: this slice of the grid's {len(grid)} cases "
                              "is empty (use fewer shards)")
     settings = SweepSettings.resolve(suite.settings, overrides.settings)
-    for case in cases:  # tensor parallelism splits the query heads evenly (MLA.md section 6)
-        if case.shape.num_heads % settings.tp:
-            raise UsageError(f"tp: tensor-parallel degree {settings.tp} does not divide num_heads "
-                             f"({case.shape.num_heads}) of {case.model}")
+    for case in cases:  # the query heads and KV groups split evenly, or the sweep does not start
+        try:
+            analytic.check_tp(case.variant, case.shape, settings.tp)
+        except ShapeError as exc:
+            raise UsageError(f"{exc}, in {case.variant} of {case.model}") from None
     return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, settings,
                      out_dir or default_out_dir(suite.name, device), shard_spec,
                      {k: list(v) for k, v in overrides.axes.items()}, cases_sha1(grid), len(grid))
@@ -204,16 +206,6 @@ def open_run(plan: SweepPlan, resume: bool, device_meta: dict[str, Any] | None =
         writer.close()
         raise
     return writer, meta
-
-
-def measure_peaks(device: torch.device, dtypes: list[str], probe: bool) -> Peaks:
-    if probe:
-        try:
-            return probe_peaks(device, dtypes)
-        except Exception:  # a failed probe must not cost the sweep; fall back to the spec table
-            pass
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    return spec_peaks(name, dtypes)
 
 
 def _dtypes(plan: SweepPlan) -> list[str]:

@@ -32,13 +32,14 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants import kvquant
-from mlabench.variants.base import causal_mask, check_tp, linear
+from mlabench.variants.attention import causal_mask
+from mlabench.variants.layers import linear
 from mlabench.variants.mla import LatentStep, MLAAbsorbed
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, apply_rotate_half
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 def selected_pairs(step: Step, topk: int) -> int:
@@ -113,7 +114,7 @@ class DSA(MLAAbsorbed):
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
         """The whole latent and the whole indexer key on every GPU (MLA.md section 6)."""
-        check_tp(sh, tp)
+        cls.check_tp(sh, tp)
         return cls.kv_elements_per_token(sh)
 
     @classmethod
