@@ -20,6 +20,7 @@ import torch
 from mlabench import analytic, schema
 from mlabench.config import AttentionShape, ShapeError, from_name
 from mlabench.measure import accuracy as acc
+from mlabench.step import decode_step
 from mlabench.variants import VARIANT_CLASSES, build_variant
 from mlabench.variants.kvquant import TILE, LatentFP8, PerTensorFP8, fp8_max, latent_row_bytes, torch_fp8
 from tests.cli_run import run_cli
@@ -236,7 +237,7 @@ def test_old_results_read_as_their_dtype(tmp_path: Any) -> None:
 def test_stored_bytes_in_the_work_model() -> None:
     ds = from_name("deepseek-v3")
     fp8 = ds.replace(kv_dtype="fp8_e4m3")
-    step = analytic.decode_step(4, 4096, 1)
+    step = decode_step(4, 4096, 1)
     k_plain, k_fp8 = (analytic.kernel_bytes("mla-absorbed", sh, step) for sh in (ds, fp8))
     assert k_plain - k_fp8 == 4 * 4096 * (1152 - 656)  # the latent read at its stored width
     s_plain, s_fp8 = (analytic.bytes_moved("mla-absorbed", sh, step) for sh in (ds, fp8))

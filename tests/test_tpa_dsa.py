@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from mlabench import analytic
-from mlabench.analytic import decode_step, prefill_step
 from mlabench.config import AttentionShape, ShapeError, from_name
+from mlabench.step import decode_step, prefill_step
 from mlabench.variants import build_variant, variant_class
 from mlabench.variants.dsa import hadamard, selected_pairs
 from mlabench.variants.kvquant import LatentFP8

@@ -86,6 +86,8 @@ def kv(
         cls = VARIANT_CLASSES[name]
         try:
             per_gpu = analytic.kv_bytes_per_token_per_gpu(name, sh, tp)
+        except ShapeError as exc:  # a split that straddles KV groups: no GPU layout to count
+            raise UsageError(f"--tp: {str(exc).removeprefix('tp: ')}, in {name} of {preset}") from None
         except NotImplementedError as exc:
             if variant:
                 raise UsageError(f"--variant {name}: {exc}") from None

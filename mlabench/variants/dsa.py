@@ -38,13 +38,14 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants import kvquant
-from mlabench.variants.base import causal_mask, check_tp, linear
+from mlabench.variants.attention import causal_mask
+from mlabench.variants.layers import linear
 from mlabench.variants.mla import LatentStep, MLAAbsorbed
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, apply_rotate_half
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 INDEX_KEY_DTYPE = "fp8_e4m3"  # DeepSeek-V3.2's index_k_cache, whatever the latent's dtype
 INDEX_KEY_LAYOUT = "FP8 e4m3 + one fp32 scale per 128 values"
@@ -138,7 +139,7 @@ class DSA(MLAAbsorbed):
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
         """The whole latent and the whole indexer key on every GPU (docs/variants.md, tensor parallelism)."""
-        check_tp(sh, tp)
+        cls.check_tp(sh, tp)
         return cls.kv_elements_per_token(sh)
 
     @classmethod

@@ -40,13 +40,15 @@ from torch import Tensor, nn
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
-from mlabench.variants.base import AttentionVariant, CoreAttention, RMSNorm
+from mlabench.variants.attention import CoreAttention
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import RMSNorm
 from mlabench.variants.mla import LatentStep
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 def _biased(d_in: int, d_out: int, device: torch.device | str | None, dtype: torch.dtype | None) -> nn.Linear:
@@ -120,7 +122,12 @@ class _GLABase(AttentionVariant):
         return sh.kv_lora_rank + sh.rope_head_dim
 
     @classmethod
+    def tp_groups(cls, sh: AttentionShape) -> int:
+        return sh.num_latent_heads
+
+    @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        cls.check_tp(sh, tp)
         # Latent heads shard with their query heads; past h_c GPUs one is copied; the RoPE key everywhere.
         return max(math.ceil(sh.num_latent_heads / tp), 1) * cls.latent_head_dim(sh) + sh.rope_head_dim
 

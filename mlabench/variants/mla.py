@@ -30,12 +30,13 @@ from torch import Tensor
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
-from mlabench.variants.base import AttentionVariant, RMSNorm, linear
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import RMSNorm, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 class _MLABase(AttentionVariant):
