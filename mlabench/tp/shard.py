@@ -236,10 +236,13 @@ def shard_module(full: AttentionVariant, rank: int, world: int, device: torch.de
 @torch.no_grad()
 def shard_cache(full: AttentionVariant, local: AttentionVariant, rank: int, world: int) -> None:
     """Allocate the shard's cache at full's batch and length and copy in its slices of full's
-    cache (cut like the weights; a cache the rule does not name is replicated whole)."""
-    if full.kv_store is not None:
-        raise UnsupportedError("an FP8 cache is not sharded (its scales would be cut with the values)")
+    cache (cut like the weights; a cache the rule does not name, its FP8 scales included, is
+    replicated whole). A cut cache must hold plain values: FP8 rows and their scales are not cut."""
     rule, split = shard_rule(type(full)), rank_split(full, rank, world)
+    for name, t in full.cache_tensors().items():
+        if name in rule.caches and t.dtype != full.weight_dtype:
+            raise UnsupportedError(f"{full.name}'s {name} is stored in {t.dtype}, with scales: an FP8 cache "
+                                   "that splits over the ranks is not sharded")
     local.allocate_cache(full.batch, full.max_seq_len)
     for name, t in full.cache_tensors().items():
         cut = rule.caches.get(name)
