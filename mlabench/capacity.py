@@ -50,6 +50,7 @@ class CapacityRow:
     batch_bytes: int  # batch x context slots, all layers, per-layer scales included
     scale_bytes: int  # per-layer FP8 scales over all layers (already in batch_bytes)
     scales: str | None  # the FP8 scale layout in words; None for an unquantized cache
+    layout: str | None  # the stored layout's short name (FP8 tiles or per-tensor scales); None when unquantized
     bytes_per_token_per_layer_per_gpu: int
     bytes_per_token_per_gpu: int
     batch_bytes_per_gpu: int
@@ -114,10 +115,11 @@ def plan_capacity(shape: AttentionShape, variants: Sequence[str] | None = None, 
     for what, value in (("batch", batch), ("seq_len", seq_len), ("layers", 1 if layers is None else layers)):
         if value <= 0:
             raise CapacityError(what, f"must be a positive integer, got {value}")
-    try:
-        analytic.check_tp(shape, tp)
-    except ShapeError as exc:
-        raise CapacityError("tp", f"{str(exc).removeprefix('tp: ')} of {shape.name}") from None
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise CapacityError("tp", f"must be a positive integer, got {tp!r}")
+    if shape.num_heads % tp:  # per variant, a split may also straddle its KV groups (refused in _row)
+        raise CapacityError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({shape.num_heads}) "
+                                  f"of {shape.name}")
     explicit = variants is not None
     rows: list[CapacityRow] = []
     shown: list[tuple[type, AttentionShape]] = []
@@ -138,7 +140,13 @@ def _row(name: str, shape: AttentionShape, batch: int, seq_len: int, tp: int, me
         if cls.kv_elements_per_token(sh) is None:
             raise ValueError(f"{name} keeps a fixed number of rows per sequence, not a per-token cache")
         cost = footprint(name, sh, tp, page_size, layers)
-    except (ShapeError, ValueError, NotImplementedError) as exc:
+    except ShapeError as exc:
+        if exc.field == "tp":  # a split that straddles KV groups: no GPU layout to count, for any variant
+            raise CapacityError("tp", f"{str(exc).removeprefix('tp: ')}, in {name} of {shape.name}") from None
+        if explicit:
+            raise CapacityError("variant", f"{name}: {exc}") from None
+        return None
+    except (ValueError, NotImplementedError) as exc:
         if explicit:  # asked for by name: say why not
             raise CapacityError("variant", f"{name}: {exc}") from None
         return None
@@ -156,6 +164,7 @@ def _row(name: str, shape: AttentionShape, batch: int, seq_len: int, tp: int, me
         variant=name, family=cls.family, num_kv_heads=sh.kv_heads if cls.family == "gqa" else None,
         bytes_per_token_per_layer=per_layer, bytes_per_token=per_layer * n, batch_bytes=whole.bytes(batch, seq_len),
         scale_bytes=fixed, scales=cls.kv_scale_layout(sh) or None,
+        layout=fmt.layout if (fmt := cls.kv_format(sh)) is not None and fmt.layout else None,
         bytes_per_token_per_layer_per_gpu=cost.per_token // n if n else 0, bytes_per_token_per_gpu=cost.per_token,
         batch_bytes_per_gpu=per_gpu,
         fits=None if memory is None else per_gpu <= memory,

@@ -116,29 +116,29 @@ def _print_table(doc: dict[str, Any], shape: Any) -> None:
                         f"{seq_len} tokens{paged}" + (f", tensor parallel {tp}" if tp > 1 else "")
                         + (f", budget {human_bytes(budget)}{per}" if budget else ""),
                   title_justify="left", header_style="bold")
-    columns = ["variant", "per token per layer"] + ([f"per GPU (tp={tp})"] if tp > 1 else []) + \
-        [f"per token (model){per}", f"batch x {seq_len}{per}"]
+    layouts_shown = any(r["layout"] for r in rows)  # a stored layout (FP8 scales) beside every figure it shapes
+    columns = ["variant", "per token per layer"] + (["layout"] if layouts_shown else []) + \
+        ([f"per GPU (tp={tp})"] if tp > 1 else []) + [f"per token (model){per}", f"batch x {seq_len}{per}"]
     for col in columns:
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        table.add_column(col, justify="left" if col in ("variant", "layout") else "right")
     if budget is not None:
         table.add_column("fits")
         table.add_column("longest context", justify="right")
     for r in rows:
         cells = [r["variant"] + (f" (G={r['num_kv_heads']})" if r["num_kv_heads"] else ""),
-                 f"{r['bytes_per_token_per_layer']:,} B"]
+                 f"{r['bytes_per_token_per_layer']:,} B"] + ([r["layout"] or "-"] if layouts_shown else [])
         if tp > 1:
             cells.append(f"{r['bytes_per_token_per_layer_per_gpu']:,} B")
         cells += [human_bytes(r["bytes_per_token_per_gpu"]), human_bytes(r["batch_bytes_per_gpu"])]
         if budget is not None:
             cells += ["[green]yes[/]" if r["fits"] else "[red]no[/]", f"{r['max_seq_len']:,}"]
         table.add_row(*cells)
-    layouts: dict[str, list[str]] = {}
-    for r in rows:  # the scale layout is part of the figures: say what was counted, once per layout
-        if r["scales"]:
-            extra = f" ({r['scale_bytes'] // shape.num_layers:,} B per layer, in the batch column)" \
-                if r["scale_bytes"] else " (in every column)"
-            layouts.setdefault(r["scales"] + extra, []).append(r["variant"])
-    table.caption = "; ".join(f"{', '.join(names)}: {text}" for text, names in layouts.items()) or None
+    layouts: dict[str, str] = {}
+    for r in rows:  # the scale layout is part of the figures: say once per layout what was counted
+        if r["layout"]:
+            layouts.setdefault(r["layout"], r["scales"] + (" (4 B each, in the batch column)" if r["scale_bytes"]
+                                                           else " (in every column)"))
+    table.caption = "; ".join(f"{name}: {text}" for name, text in layouts.items()) or None
     table.caption_justify = "left"
     out_console.print(table)
     if tp > 1:
