@@ -5,7 +5,7 @@ order; the driver appends each to the run directory as it arrives, so a stop kee
 every finished row whichever executor ran it.
 
 - `local`: in this process, one case after another (the default).
-- `isolate`: one case after another, each in a fresh child process (executors/isolate.py).
+- `isolate`: one case after another, each in a child forked from a warm server (executors/isolate.py).
 - `ray`: each case a Ray task whose worker runs it isolated (executors/ray_exec.py).
 
 `on_start(case, done, total)` is called as a case starts (`done`: results yielded so far),
@@ -102,15 +102,16 @@ class IsolateExecutor(OnThisMachine):
 
     def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
             should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]:
-        from mlabench.executors.isolate import plugin_modules, run_isolated
+        from mlabench.executors.isolate import isolate_case, plugin_modules, warm_server
 
         plugins = plugin_modules(cases)
+        warm_server()
         for i, case in enumerate(cases):
             if should_stop():
                 return
             if on_start:
                 on_start(case, i, len(cases))
-            answer = run_isolated(case, ctx, plugins)
+            answer = isolate_case(case, ctx, plugins)
             answer.result.device = answer.device or None
             yield answer.result
 
