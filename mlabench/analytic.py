@@ -23,46 +23,16 @@ formulas live on its class (`AttentionVariant.kv_elements_per_token`, `core_flop
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mlabench.config import AttentionShape, ShapeError
+from mlabench.config import AttentionShape
 from mlabench.layout import pages_for
+from mlabench.step import Step
 from mlabench.variants.registry import variant_class
 
 if TYPE_CHECKING:
     from mlabench.variants.base import AttentionVariant
-
-
-@dataclass(frozen=True)
-class Step:
-    """One timed call: `new_tokens` queries at positions [context, context + new_tokens)."""
-
-    batch: int
-    context: int  # P: tokens already in the cache
-    new_tokens: int  # S
-    causal: bool = True
-
-    @property
-    def total(self) -> int:  # T = P + S
-        return self.context + self.new_tokens
-
-    @property
-    def attended_pairs(self) -> int:
-        """(query, key) pairs per sequence and head: query s sees P + s + 1 keys when causal."""
-        p, s = self.context, self.new_tokens
-        return s * p + s * (s + 1) // 2 if self.causal else s * self.total
-
-
-def prefill_step(batch: int, seq_len: int) -> Step:
-    return Step(batch=batch, context=0, new_tokens=seq_len)
-
-
-def decode_step(batch: int, seq_len: int, q_len: int) -> Step:
-    """seq_len counts the whole context including the q_len new tokens."""
-    return Step(batch=batch, context=seq_len - q_len, new_tokens=q_len)
 
 
 # --- the generic assembly: each variant's class holds its own formulas ---------------------
@@ -105,27 +75,29 @@ def kv_bytes_per_token(variant: str, shape: AttentionShape) -> int:
 def _cache_traffic_bytes(cls: type[AttentionVariant], sh: AttentionShape, step: Step) -> int:
     """The variant's cache traffic in bytes: the cache's own tokens at their stored width (FP8
     rows and their scales), anything expanded from them in the compute dtype."""
+    own = cls.cache_traffic_bytes(sh, step)
+    if own is not None:
+        return own
     elements = cls.cache_traffic_elements(sh, step)
     per_token = cls.kv_elements_per_token(sh)
-    if not sh.kv_quantized or per_token is None:
+    if cls.kv_format(sh) is None or per_token is None:
         return elements * sh.element_bytes
     tokens = step.batch * (step.total + step.new_tokens)  # T read, S written
     stored = tokens * cls.kv_bytes_per_token(sh) + cls.kv_fixed_bytes(sh)
     return stored + (elements - tokens * per_token) * sh.element_bytes
 
 
-def check_tp(shape: AttentionShape, tp: int) -> None:
-    """Tensor parallelism splits the query heads evenly (as vLLM and SGLang do): tp must divide H."""
-    if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
-        raise ShapeError("tp", f"must be a positive integer, got {tp!r}")
-    if shape.num_heads % tp:
-        raise ShapeError("tp", f"tensor-parallel degree {tp} does not divide num_heads ({shape.num_heads})")
+def check_tp(variant: str, shape: AttentionShape, tp: int) -> None:
+    """Tensor parallelism splits the query heads evenly (as vLLM and SGLang do): tp must divide H
+    and must not straddle the variant's KV groups (`AttentionVariant.check_tp`)."""
+    cls, sh = _normalized(variant, shape)
+    cls.check_tp(sh, tp)
 
 
 def kv_elements_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> int:
     """Cache elements per token per layer on one GPU at tensor-parallel degree tp (MLA.md section 6)."""
     cls, sh = _normalized(variant, shape)
-    check_tp(sh, tp)
+    cls.check_tp(sh, tp)
     per_token = cls.kv_elements_per_token_per_gpu(sh, tp)
     if per_token is None:
         raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
@@ -136,13 +108,16 @@ def kv_bytes_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> 
     """Stored cache bytes per token per layer on ONE GPU at tensor-parallel degree tp (per-layer
     scales not included: `kv_fixed_bytes`)."""
     cls, sh = _normalized(variant, shape)
-    check_tp(sh, tp)
+    cls.check_tp(sh, tp)
     elements = cls.kv_elements_per_token_per_gpu(sh, tp)
     if elements is None:
         raise NotImplementedError(f"{cls.name} has no per-token cache to split over GPUs")
-    if not sh.kv_quantized:
+    if cls.kv_format(sh) is None:
         return elements * sh.element_bytes
-    # FP8: a GPU holds its share of every stored row; a row's scales travel with the values they scale.
+    own = cls.kv_bytes_per_token_per_gpu(sh, tp)
+    if own is not None:
+        return own
+    # Stored rows (FP8): a GPU holds its share of every row; a row's scales travel with the values they scale.
     return elements * cls.kv_bytes_per_token(sh) // cls.kv_elements_per_token(sh)
 
 
@@ -150,8 +125,8 @@ def kv_cache_bytes_per_gpu(variant: str, shape: AttentionShape, batch: int, seq_
                            layers: int = 1) -> int:
     """Bytes of the cache one GPU holds at tensor-parallel degree tp, times `layers`."""
     cls, sh = _normalized(variant, shape)
-    check_tp(sh, tp)
-    if not sh.kv_quantized:
+    cls.check_tp(sh, tp)
+    if cls.kv_format(sh) is None:
         return cls.kv_cache_elements_per_gpu(sh, batch, seq_len, tp) * sh.element_bytes * layers
     # Per-tensor FP8 scales (kv_fixed_bytes) are replicated on every GPU.
     return (kv_bytes_per_token_per_gpu(variant, shape, tp) * batch * seq_len + cls.kv_fixed_bytes(sh)) * layers
@@ -225,12 +200,6 @@ def scoped_bytes(variant: str, shape: AttentionShape, step: Step, scope: str) ->
 
 
 # --- ragged batches and cache layouts ----------------------------------------------------------
-def ragged_steps(lengths: Sequence[int], q_len: int) -> list[Step]:
-    """A ragged decode step as one Step per distinct length L (batch: how many sequences hold L),
-    each with its q_len new tokens at [L - q_len, L)."""
-    return [Step(batch=n, context=length - q_len, new_tokens=q_len) for length, n in sorted(Counter(lengths).items())]
-
-
 def ragged_scoped_flops(variant: str, shape: AttentionShape, steps: Sequence[Step], scope: str) -> int:
     """FLOPs of a ragged step: the sum over its sequences (every term is per sequence)."""
     return sum(scoped_flops(variant, shape, st, scope) for st in steps)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mlabench import analytic, schema
+from mlabench import schema
 from mlabench.config import AttentionShape
 from mlabench.context import parse_context
 from mlabench.layout import CacheLayout, parse_layout
+from mlabench.step import Step, decode_step, prefill_step
 
 Mode = Literal["prefill", "decode"]
 MODES: tuple[str, ...] = ("prefill", "decode")
@@ -57,10 +58,10 @@ class Case:
         return self.shape.dtype
 
     @property
-    def step(self) -> analytic.Step:
+    def step(self) -> Step:
         if self.mode == "prefill":
-            return analytic.prefill_step(self.batch, self.seq_len)
-        return analytic.decode_step(self.batch, self.seq_len, self.q_len)
+            return prefill_step(self.batch, self.seq_len)
+        return decode_step(self.batch, self.seq_len, self.q_len)
 
     @property
     def new_tokens(self) -> int:

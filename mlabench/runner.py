@@ -34,12 +34,13 @@ from mlabench.errors import CaseTimeout, SkippedError, UnsupportedError, is_stic
 from mlabench.measure import accuracy as acc
 from mlabench.measure.envinfo import cpu_model
 from mlabench.measure.memory import NvmlDevice, available_ram_bytes, estimate_case_bytes, measure_allocation
+from mlabench.measure.nvtx import Mark, no_range, nvtx_ranges
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.scope import scoped_call
 from mlabench.measure.timing import TimingSettings, check_deadline, device_scope, time_step
 from mlabench.profiling.case import ProfileResult, ProfileTarget, profile_case
-from mlabench.profiling.nvtx import Mark, no_range, nvtx_ranges
 from mlabench.profiling.request import ProfileRequest
+from mlabench.step import ragged_steps
 from mlabench.variants import build_variant
 from mlabench.variants.registry import torch_dtype
 
@@ -99,7 +100,7 @@ def analytic_columns(case: Case, tp: int = 1) -> dict[str, Any]:
             "bytes": analytic.scoped_bytes(case.variant, sh, step, case.scope),
             **lengths_summary((case.seq_len,), ragged=False),
         }
-    steps = analytic.ragged_steps(lengths, case.q_len)  # sums over the real lengths, not batch x max
+    steps = ragged_steps(lengths, case.q_len)  # sums over the real lengths, not batch x max
     return {
         **shared,
         "flops": analytic.ragged_scoped_flops(case.variant, sh, steps, case.scope),

@@ -17,6 +17,7 @@ from typing import Any
 RESULTS_CSV = "results.csv"
 SAMPLES_CSV = "samples.csv"  # long format: case_id, sample, latency_ms, round
 META_JSON = "meta.json"
+ROUNDS_JSONL = "rounds.jsonl"  # sweep --rounds: each finished round of a case, its row as one JSON line
 REPORT_HTML = "report.html"
 
 def _column(group: str, key: bool = False) -> Any:

@@ -10,11 +10,10 @@ a different suite, case list or overrides exit 2, each naming what differs.
 With `rounds` R > 1 the case list runs R times, each round in its own seeded
 order (`mlabench.rounds`). Every round re-runs the whole case (build, cache fill,
 backend prepare, timing) wherever the executor runs it; only the float64 accuracy check is
-limited to the first round. Samples are written per round as they are taken; a
-case's results row, summarising all its rounds, is appended when its last round
-ends, so a killed sweep keeps the cases whose last round finished and `--resume`
-runs the others again from round 0. Cases that were skipped, unsupported or
-failed in round 0 are not re-run.
+limited to the first round. Each round of a case is journalled as it ends (rundir.write);
+its results row, summarising all its rounds, is appended when its last round ends, and
+`--resume` runs only the missing rounds. Cases skipped, unsupported or failed in round 0
+are not re-run.
 
 An executor (`mlabench.executors`) runs the cases: in this process by default, each in a
 child process (`isolate`), or as Ray tasks (`ray`); results come back here in any order and
@@ -35,14 +34,15 @@ from typing import Any
 
 import torch
 
-from mlabench import schema
+from mlabench import analytic, schema
 from mlabench.backends import apply_options, served_variants
 from mlabench.case import Case
+from mlabench.config import ShapeError
 from mlabench.errors import NotComparableError, UsageError
 from mlabench.executors import Executor, LocalExecutor
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
-from mlabench.measure.peaks import Peaks, probe_peaks, spec_peaks
+from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.profiling.request import ProfileRequest
 from mlabench.rounds import combine_rounds, round_order
 from mlabench.rundir import RunWriter
@@ -118,10 +118,11 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overri
             raise UsageError(f"--shard {shard_spec[0]}/{shard_spec[1]}: this slice of the grid's {len(grid)} cases "
                              "is empty (use fewer shards)")
     settings = SweepSettings.resolve(suite.settings, overrides.settings)
-    for case in cases:  # tensor parallelism splits the query heads evenly (MLA.md section 6)
-        if case.shape.num_heads % settings.tp:
-            raise UsageError(f"tp: tensor-parallel degree {settings.tp} does not divide num_heads "
-                             f"({case.shape.num_heads}) of {case.model}")
+    for case in cases:  # the query heads and KV groups split evenly, or the sweep does not start
+        try:
+            analytic.check_tp(case.variant, case.shape, settings.tp)
+        except ShapeError as exc:
+            raise UsageError(f"{exc}, in {case.variant} of {case.model}") from None
     return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, settings,
                      out_dir or default_out_dir(suite.name, device), shard_spec,
                      {k: list(v) for k, v in overrides.axes.items()}, cases_sha1(grid), len(grid))
@@ -205,16 +206,6 @@ def open_run(plan: SweepPlan, resume: bool, device_meta: dict[str, Any] | None =
         writer.close()
         raise
     return writer, meta
-
-
-def measure_peaks(device: torch.device, dtypes: list[str], probe: bool) -> Peaks:
-    if probe:
-        try:
-            return probe_peaks(device, dtypes)
-        except Exception:  # a failed probe must not cost the sweep; fall back to the spec table
-            pass
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    return spec_peaks(name, dtypes)
 
 
 def _dtypes(plan: SweepPlan) -> list[str]:
@@ -343,19 +334,31 @@ def _run_once(todo: list[Case], ctx: RunContext, executor: Executor, log: _Log,
 
 def _run_rounds(todo: list[Case], rounds: int, ctx: RunContext, executor: Executor, log: _Log,
                 on_start: Callable[[Case, int, int], None] | None, should_stop: Callable[[], bool]) -> OSError | None:
-    """Every case `rounds` times, round by round in shuffled order; a row appended after the case's last round.
-    Each round goes to the executor whole (its results may come back in any order) and ends before
-    the next starts, so every sample is tagged with its round. Returns the write error that stopped
-    it, if one did."""
+    """Every case `rounds` times (a resumed one: its missing rounds), each round in its own order and whole
+    before the next; a row after a case's last round. Returns the write error that stopped it, if one did."""
     later = dataclasses.replace(ctx, accuracy=False)  # the reference check is deterministic: once is enough
     if ctx.profile is not None:  # one trace per case, after round 0's samples; NVTX ranges in every round
         later.profile = dataclasses.replace(ctx.profile, out_dir=None, memory_snapshot=False)
-    done: dict[str, list[CaseResult]] = {c.case_id: [] for c in todo}
-    step, total = 0, len(todo) * rounds
+    done = {c.case_id: [CaseResult(schema.ResultRow.from_mapping(row), samples)
+                        for row, samples in log.writer.unfinished_rounds.get(c.case_id, [])] for c in todo}
+    def going(history: list[CaseResult]) -> bool:  # skipped, unsupported or failed in round 0: no more rounds
+        return len(history) < rounds and (not history or history[0].status in ("ok", "inaccurate"))
+
+    def finish(history: list[CaseResult], fatal: bool = False) -> None:
+        row = schema.ResultRow.from_mapping(
+            combine_rounds([h.row.as_dict() for h in history], [h.samples_ms for h in history]))
+        log.writer.append(row, [])
+        log.outcome.results.append(CaseResult(row, [x for h in history for x in h.samples_ms], fatal))
+    try:  # killed after a case's last journalled round, before its row
+        for history in done.values():
+            if history and not going(history):
+                finish(history)
+    except OSError as exc:
+        log.outcome.interrupted = True
+        return exc
+    step, total = 0, sum(rounds - len(h) for h in done.values() if going(h))
     for r in range(rounds):
-        # Skipped, unsupported or failed in round 0: its row is already written.
-        cases = [c for c in round_order(todo, ctx.seed, r)
-                 if not done[c.case_id] or done[c.case_id][0].status in ("ok", "inaccurate")]
+        cases = [c for c in round_order(todo, ctx.seed, r) if len(done[c.case_id]) == r and going(done[c.case_id])]
 
         def started(case: Case, i: int, _n: int, base: int = step) -> None:
             if on_start:
@@ -368,17 +371,13 @@ def _run_rounds(todo: list[Case], rounds: int, ctx: RunContext, executor: Execut
                 finished += 1
                 history = done[str(result.row.case_id)]
                 try:
-                    log.writer.append_samples(str(result.row.case_id), result.samples_ms, r)
+                    log.writer.append_round(result.row, result.samples_ms, r)
                     log.device(result)
                     history.append(result)
                     if log.on_end:
                         log.on_end(result)
-                    if r == rounds - 1 or (r == 0 and result.status not in ("ok", "inaccurate")) or result.fatal:
-                        row = schema.ResultRow.from_mapping(
-                            combine_rounds([h.row.as_dict() for h in history], [h.samples_ms for h in history]))
-                        log.writer.append(row, [])
-                        log.outcome.results.append(CaseResult(row, [x for h in history for x in h.samples_ms],
-                                                              result.fatal))
+                    if not going(history) or result.fatal:
+                        finish(history, result.fatal)
                 except OSError as exc:  # disk full, directory gone: rows on disk stay valid for --resume
                     log.outcome.interrupted = True
                     return exc

@@ -39,8 +39,9 @@ def kv_bytes(variant: str, dims: dict[str, Any], batch: int, seq_len: int, dtype
     eb = DTYPE_BYTES[dtype]
     if variant.startswith("mla"):
         per_token = dims["kv_lora_rank"] + dims["rope_head_dim"]
-    elif variant == "dsa":
-        per_token = dims["kv_lora_rank"] + dims["rope_head_dim"] + dims["index_head_dim"]
+    elif variant == "dsa":  # the latent, and the indexer key in FP8 with one fp32 scale per 128 in every dtype
+        d_i = dims["index_head_dim"]
+        return batch * seq_len * ((dims["kv_lora_rank"] + dims["rope_head_dim"]) * eb + d_i + 4 * -(-d_i // 128))
     elif variant.startswith("tpa"):
         per_token = (dims["k_rank"] + dims["v_rank"]) * (dims["num_heads"] + dims["head_dim"])
     elif variant == "lowrank-kv":
@@ -132,7 +133,7 @@ def _outcome(variant: str, backend: str, mode: str, batch: int, seq_len: int, fa
 
 
 def claims_cases(device: str) -> Iterable[tuple[dict[str, Any], int]]:
-    """(key, hidden) of the rows the `claims` suite produces (DESIGN: claims A, B, C; claims_sparse D-F)."""
+    """(key, hidden) of the rows the `claims` suite produces (DESIGN: claims A, B, C; claims E-G)."""
     ds = dict(num_heads=128, head_dim=128)
     for variant, extra in (
         ("mha", dict(num_kv_heads=128)),

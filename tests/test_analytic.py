@@ -6,6 +6,7 @@ import pytest
 
 from mlabench import analytic
 from mlabench.config import PRESETS, AttentionShape, ShapeError, from_name, validate_case_dims
+from mlabench.step import Step, decode_step, prefill_step
 from mlabench.variants import VARIANT_CLASSES, build_variant, shape_for_variant
 from mlabench.variants.registry import torch_dtype
 
@@ -65,7 +66,7 @@ def test_deepseek_paper_table_1_formulas() -> None:
 def test_mla_cost_ratios_from_mla_md() -> None:
     """Absorbed: 3.4x expanded's core FLOPs, 71x fewer cache bytes at H = 128."""
     v3 = from_name("deepseek-v3")
-    step = analytic.decode_step(1, 4096, 1)
+    step = decode_step(1, 4096, 1)
     ratio = analytic.core_flops("mla-absorbed", v3, step) / analytic.core_flops("mla-expanded", v3, step)
     assert ratio == pytest.approx(3.4)
     cache = analytic.kv_elements_per_token("mla-expanded", v3) / analytic.kv_elements_per_token("mla-absorbed", v3)
@@ -88,16 +89,16 @@ def test_lowrank_claim_ratio() -> None:
 
 
 def test_attended_pairs_and_steps() -> None:
-    assert analytic.prefill_step(1, 4).attended_pairs == 1 + 2 + 3 + 4
-    step = analytic.decode_step(2, 10, 2)
+    assert prefill_step(1, 4).attended_pairs == 1 + 2 + 3 + 4
+    step = decode_step(2, 10, 2)
     assert (step.context, step.new_tokens, step.total) == (8, 2, 10)
     assert step.attended_pairs == 9 + 10
-    assert analytic.Step(1, 0, 4, causal=False).attended_pairs == 16
+    assert Step(1, 0, 4, causal=False).attended_pairs == 16
 
 
 def test_decode_bytes_dominated_by_cache_at_long_context() -> None:
     lite = from_name("deepseek-v2-lite")
-    step = analytic.decode_step(64, 32768, 1)
+    step = decode_step(64, 32768, 1)
     cache = analytic.kv_cache_bytes("mla-absorbed", lite, 64, 32768)
     total = analytic.bytes_moved("mla-absorbed", lite, step)
     assert cache < total < 1.1 * cache

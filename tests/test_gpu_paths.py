@@ -31,7 +31,7 @@ from mlabench.measure.timing import GRAPH_TARGET_MS, Timing, TimingSettings, gra
 from mlabench.runner import RunContext, run_case
 from mlabench.suites import Suite, expand, load_suite
 from mlabench.variants import build_variant
-from mlabench.variants.base import random_fill
+from mlabench.variants.fill import random_fill
 
 CPU = torch.device("cpu")
 FAST = TimingSettings(budget_s=0.002, warmup_s=0.0, min_samples=2)

@@ -10,6 +10,7 @@ import torch
 
 from mlabench import analytic
 from mlabench.config import AttentionShape, ShapeError, from_name
+from mlabench.step import decode_step
 from mlabench.variants import build_variant, shape_for_variant
 
 # Small, with every axis distinct so a transposed view cannot pass: H=4, G=2, D=12, d_r=6,
@@ -165,7 +166,7 @@ def test_gla_xl_cache_figures_from_mla_md() -> None:
 
 
 def test_gla_absorbed_does_about_half_of_mla_core_flops() -> None:
-    sh, step = from_name("gla-xl"), analytic.decode_step(1, 4096, 1)
+    sh, step = from_name("gla-xl"), decode_step(1, 4096, 1)
     ratio = analytic.core_flops("gla-absorbed", sh, step) / analytic.core_flops("mla-absorbed", sh, step)
     assert ratio == (2 * 256 + 64) / (2 * 512 + 64)  # 2H(2d_g + d_r)T over 2H(2d_c + d_r)T: 0.53
 

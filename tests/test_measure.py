@@ -19,6 +19,7 @@ from mlabench.measure import accuracy as acc
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.timing import TimingSettings
 from mlabench.runner import RunContext, _summarize, run_case
+from mlabench.step import decode_step, prefill_step
 from mlabench.variants import build_variant, shape_for_variant, variant_names
 
 CPU = torch.device("cpu")
@@ -85,7 +86,7 @@ def test_runner_marks_a_backend_wrong_in_the_last_sequence_inaccurate() -> None:
     """End to end: a backend whose core corrupts the last sequence's last query is caught."""
 
     def corrupt_last(q, k, v, scale, causal):
-        from mlabench.variants.base import eager_attention
+        from mlabench.variants.attention import eager_attention
 
         o = eager_attention(q, k, v, scale, causal)
         o[-1, -1] = -o[-1, -1]
@@ -164,7 +165,7 @@ def test_gqa_decode_flops_and_bytes_by_hand() -> None:
     """d=8, H=2, G=1, D=4, one sequence, P=3 cached + 1 new token, fp32."""
     sh = shape_for_variant("gqa", from_name("tiny").replace(hidden_size=8, num_heads=2, num_kv_heads=1,
                                                             head_dim=4, dtype="float32"))
-    step = analytic.decode_step(1, 4, 1)
+    step = decode_step(1, 4, 1)
     # Projections per token: q 8*8, k 8*4, v 8*4, o 8*8 multiply-adds = 192, x2 FLOPs.
     proj = 2 * (8 * 8 + 8 * 4 + 8 * 4 + 8 * 8)
     # Core: each of 2 heads, 4 keys: scores 4*4 MACs and weighted sum 4*4 MACs.
@@ -181,7 +182,7 @@ def test_mla_absorbed_decode_flops_by_hand() -> None:
     sh = shape_for_variant("mla-absorbed", from_name("tiny").replace(
         hidden_size=8, num_heads=2, head_dim=3, rope_head_dim=2, v_head_dim=3, q_lora_rank=0, kv_lora_rank=4,
         dtype="float32"))
-    step = analytic.decode_step(1, 5, 1)
+    step = decode_step(1, 5, 1)
     # Core: per head and key, q'.k' over d_c + d_r = 6 and p*v over d_c = 4 MACs.
     core = 2 * 2 * 5 * (6 + 4)
     # Projections: q 8 -> 2*5, kv_a 8 -> 6, W_UK 2*3*4, W_UV 2*4*3, o 6 -> 8.
@@ -193,7 +194,7 @@ def test_mla_absorbed_decode_flops_by_hand() -> None:
 def test_linformer_flops_count_every_head_whatever_num_kv_heads_says() -> None:
     """The module projects K and V for all H heads; the formula once used the preset's G."""
     base = from_name("tiny").replace(dtype="float32")
-    step = analytic.prefill_step(1, 16)
+    step = prefill_step(1, 16)
     with_g = analytic.flops("linformer", base.replace(num_kv_heads=2), step)
     without = analytic.flops("linformer", base.replace(num_kv_heads=None), step)
     assert with_g == without

@@ -27,9 +27,9 @@ from synthetic_runs import make_run
 from mlabench import runner, schema
 from mlabench.backends import BACKENDS
 from mlabench.case import Case
+from mlabench.measure import nvtx
 from mlabench.measure.timing import TimingSettings
 from mlabench.profiling import breakdown as bd
-from mlabench.profiling import nvtx
 from mlabench.profiling.request import ProfileRequest
 from mlabench.profiling.trace import PROFILE_STEPS
 from mlabench.runner import RunContext, run_case

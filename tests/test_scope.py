@@ -17,9 +17,10 @@ from mlabench.config import from_name
 from mlabench.errors import UnsupportedError
 from mlabench.measure.scope import core_reference, scoped_call
 from mlabench.runner import RunContext, run_case
+from mlabench.step import decode_step, prefill_step
 from mlabench.suites import Suite, expand
 from mlabench.variants import build_variant, shape_for_variant, variant_names
-from mlabench.variants.base import eager_attention
+from mlabench.variants.attention import eager_attention
 
 CPU = torch.device("cpu")
 TINY = from_name("tiny", dtype="float64")
@@ -80,7 +81,7 @@ def test_kernel_figures_follow_the_core_inputs(variant: str) -> None:
     start, s = (0, 24) if variant == "linformer" else (20, 4)
     module = _module(variant)
     q, k, v, _, _ = module.core_inputs(torch.zeros(2, s, TINY.hidden_size, dtype=torch.float64), start)
-    step = analytic.prefill_step(2, 24) if variant == "linformer" else analytic.decode_step(2, 24, 4)
+    step = prefill_step(2, 24) if variant == "linformer" else decode_step(2, 24, 4)
     sh = shape_for_variant(variant, TINY)
     out_width = q.shape[2] * v.shape[-1]
     kv = k.numel() if variant == "mla-absorbed" else k.numel() + v.numel()
@@ -96,7 +97,7 @@ def test_kernel_figures_follow_the_core_inputs(variant: str) -> None:
 
 
 def test_scoped_figures_pick_by_scope() -> None:
-    sh, step = from_name("deepseek-v3"), analytic.decode_step(32, 4096, 1)
+    sh, step = from_name("deepseek-v3"), decode_step(32, 4096, 1)
     assert analytic.scoped_bytes("mla-absorbed", sh, step, "core") == analytic.kernel_bytes("mla-absorbed", sh, step)
     assert analytic.scoped_bytes("mla-absorbed", sh, step, "step") == analytic.bytes_moved("mla-absorbed", sh, step)
     # At batch 32 x 4k the cache dominates: core bytes are cache + Q + O only.

@@ -23,6 +23,7 @@ from mlabench.config import PRESETS
 from mlabench.context import parse_context
 from mlabench.errors import UnsupportedError, UsageError
 from mlabench.layout import CacheLayout, parse_layout
+from mlabench.step import decode_step, ragged_steps
 from mlabench.suites import load_suite
 from mlabench.variants import VARIANT_CLASSES, build_variant
 
@@ -137,14 +138,14 @@ def test_ragged_flops_and_bytes_sum_over_the_real_lengths() -> None:
     for variant in ("gqa", "mla-absorbed", "mla-latent"):
         for scope in ("step", "core"):
             # Equal lengths are the uniform case exactly ...
-            uniform = analytic.decode_step(3, 40, 2)
-            same = analytic.ragged_steps((40, 40, 40), 2)
+            uniform = decode_step(3, 40, 2)
+            same = ragged_steps((40, 40, 40), 2)
             assert analytic.ragged_scoped_flops(variant, sh, same, scope) == analytic.scoped_flops(
                 variant, sh, uniform, scope)
             assert analytic.ragged_scoped_bytes(variant, sh, same, scope) == analytic.scoped_bytes(
                 variant, sh, uniform, scope)
             # ... and a ragged batch costs less than batch x its longest sequence.
-            ragged = analytic.ragged_steps((10, 40, 25), 2)
+            ragged = ragged_steps((10, 40, 25), 2)
             assert analytic.ragged_scoped_flops(variant, sh, ragged, scope) < analytic.scoped_flops(
                 variant, sh, uniform, scope)
 

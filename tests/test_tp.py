@@ -104,3 +104,37 @@ def test_report_kv_chart_draws_the_per_gpu_share_only_when_tp_above_1() -> None:
     per_gpu = [t for t in kv_chart(_rows(2)).figure.data if "one GPU" in t.name]
     assert sorted(y for t in per_gpu for y in t.y) == [640 * 1024, 1152 * 1024]
     assert not any("one GPU" in t.name for t in kv_chart(_rows(1)).figure.data)
+
+
+STRADDLE = ["--set", "num_heads=6", "--set", "num_kv_heads=2", "--tp", "3"]  # GPU 1 holds heads 2-3: groups 0 and 1
+
+
+@pytest.mark.parametrize(("variant", "tp", "groups"), [("gqa", 3, 2), ("gta", 3, 2), ("gla-absorbed", 3, 2),
+                                                       ("gqa", 4, 6), ("gla-expanded", 6, 4)])
+def test_a_split_that_straddles_kv_groups_is_refused(variant: str, tp: int, groups: int) -> None:
+    h = 12
+    sh = shape_for_variant(variant, SHAPE.replace(num_heads=h, num_kv_heads=groups, num_latent_heads=groups,
+                                                  kv_lora_rank=8 * groups))
+    with pytest.raises(ValueError, match=f"degree {tp} is neither a divisor nor a multiple of the {groups} KV"):
+        analytic.kv_bytes_per_token_per_gpu(variant, sh, tp)
+
+
+@pytest.mark.parametrize("variant", ["gqa", "gta", "gla-absorbed"])
+def test_divisors_and_multiples_of_the_groups_are_accepted(variant: str) -> None:
+    sh = shape_for_variant(variant, SHAPE.replace(num_heads=12, num_kv_heads=2, num_latent_heads=2, kv_lora_rank=16))
+    shares = [analytic.kv_elements_per_token_per_gpu(variant, sh, tp) for tp in (1, 2, 4, 6, 12)]
+    assert shares[1] < shares[0] and shares[1] == shares[2] == shares[3] == shares[4]  # past G a group is copied
+
+
+def test_kv_refuses_a_straddling_split(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["kv", "--preset", "tiny", *STRADDLE], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("mlabench: error: --tp") and "2 KV groups" in err
+
+
+def test_sweep_refuses_a_straddling_split_before_any_case(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    out = tmp_path / "run"
+    code, _, err = run_cli(["sweep", "--model", "tiny", "--variant", "mla-absorbed,gqa", *STRADDLE,
+                            "--out", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "2 KV groups" in err
+    assert not (out / "results.csv").exists()

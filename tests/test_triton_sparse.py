@@ -13,7 +13,7 @@ pytest.importorskip("triton")
 from mlabench.config import AttentionShape  # noqa: E402
 from mlabench.kernels.mla_decode import mla_decode, triton_unavailable_reason  # noqa: E402
 from mlabench.variants import build_variant  # noqa: E402
-from mlabench.variants.base import eager_attention  # noqa: E402
+from mlabench.variants.attention import eager_attention  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _REASON = triton_unavailable_reason(DEVICE)

@@ -263,7 +263,7 @@ def test_gqa_family_matches_the_math_contract(variant: str) -> None:
 
 
 def test_chunked_reference_attention_equals_eager() -> None:
-    from mlabench.variants.base import chunked_attention, eager_attention
+    from mlabench.variants.attention import chunked_attention, eager_attention
 
     g = torch.Generator().manual_seed(71)
     q = torch.randn(2, 9, 4, 8, generator=g, dtype=F64)

@@ -49,7 +49,8 @@ from torch import Tensor
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError, UsageError
-from mlabench.variants.base import AttentionVariant, eager_attention
+from mlabench.variants.attention import eager_attention
+from mlabench.variants.base import AttentionVariant
 
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")

@@ -63,6 +63,9 @@ class LatentCore:
         if kv_dtype and kv_dtype not in self.fp8_kv:
             why = self.fp8_unsupported if not self.fp8_kv else f"it reads {', '.join(self.fp8_kv)} only"
             raise UnsupportedError(f"{self.library} cannot read an {kv_dtype} latent cache: {why}")
+        if kv_dtype and not isinstance(module, MLAAbsorbed):
+            raise UnsupportedError(f"{self.library} reads FP8 latent rows of one latent head (mla-absorbed's, "
+                                   f"dsa's), not {module.name}'s")
         alone = isinstance(module.kv_store, LatentFP8)
         beside = self.reads_latent_beside_others and isinstance(module.kv_store, PerCacheFP8) \
             and latent_rows(module.kv_store)

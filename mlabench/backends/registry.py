@@ -13,7 +13,7 @@ validates `case.option(name)`, raising UsageError naming the option. Options are
 a case's identity, and a case carries only its own backend's (`backends.apply_options`).
 
 `Prepared.core` is the attention core the backend swaps into the step (the core contract
-of variants/base.py), for timing scope "core": the runner calls it alone on the tensors
+of variants/attention.py), for timing scope "core": the runner calls it alone on the tensors
 `module.core_inputs` returns. It is set up by the same `prepare` (plans, page pools,
 compilation), so the core timed alone is the core the step runs.
 """
@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from mlabench.case import MODES, Case
-from mlabench.variants.base import AttentionVariant, CoreAttention
+from mlabench.variants.attention import CoreAttention
+from mlabench.variants.base import AttentionVariant
 from mlabench.variants.registry import variant_names
 
 

@@ -1,6 +1,6 @@
 """`sdpa`: `torch.nn.functional.scaled_dot_product_attention` as the attention core.
 
-Serves every variant, each through the one core contract (base.py): the GQA family with
+Serves every variant, each through the one core contract (variants/attention.py): the GQA family with
 `enable_gqa` (no K/V repeat in memory for the fused kernels), mla-expanded and mla-latent
 (q/k 192 wide, v 128), mla-absorbed as one-KV-head attention (q/k d_c + d_r wide, v the
 first d_c columns of k, a view), lowrank-kv, and linformer (not causal). Tensors are
@@ -39,7 +39,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError, UsageError
-from mlabench.variants.base import AttentionVariant, causal_mask, ragged_mask
+from mlabench.variants.attention import causal_mask, ragged_mask
+from mlabench.variants.base import AttentionVariant
 
 SDPA_KERNELS: dict[str, SDPBackend | None] = {
     "auto": None,

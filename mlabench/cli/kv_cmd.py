@@ -86,6 +86,8 @@ def kv(
         cls = VARIANT_CLASSES[name]
         try:
             per_gpu = analytic.kv_bytes_per_token_per_gpu(name, sh, tp)
+        except ShapeError as exc:  # a split that straddles KV groups: no GPU layout to count
+            raise UsageError(f"--tp: {str(exc).removeprefix('tp: ')}, in {name} of {preset}") from None
         except NotImplementedError as exc:
             if variant:
                 raise UsageError(f"--variant {name}: {exc}") from None
@@ -102,7 +104,8 @@ def kv(
         row = {"variant": name, "family": VARIANT_CLASSES[name].family,
                "num_kv_heads": sh.kv_heads if VARIANT_CLASSES[name].family == "gqa" else None,
                "bytes_per_token_per_layer": per_layer, "bytes_per_token": per_token, "batch_bytes": total,
-               "scale_bytes": fixed, "scales": cls.kv_scale_layout(sh) or None}
+               "scale_bytes": fixed, "scales": cls.kv_scale_layout(sh) or None,
+               "layout": fmt.layout if (fmt := cls.kv_format(sh)) is not None and fmt.layout else None}
         gpu_token = per_gpu * sh.num_layers
         row.update(bytes_per_token_per_layer_per_gpu=per_gpu, bytes_per_token_per_gpu=gpu_token,
                    batch_bytes_per_gpu=analytic.kv_cache_bytes_per_gpu(name, sh, batch, seq_len, tp,
@@ -123,29 +126,29 @@ def kv(
                         f"{seq_len} tokens" + (f", tensor parallel {tp}" if tp > 1 else "")
                         + (f", budget {human_bytes(budget)}{per}" if budget else ""),
                   title_justify="left", header_style="bold")
-    columns = ["variant", "per token per layer"] + ([f"per GPU (tp={tp})"] if tp > 1 else []) + \
-        [f"per token (model){per}", f"batch x {seq_len}{per}"]
+    layouts_shown = any(r["layout"] for r in rows)  # a stored layout (FP8 scales) beside every figure it shapes
+    columns = ["variant", "per token per layer"] + (["layout"] if layouts_shown else []) + \
+        ([f"per GPU (tp={tp})"] if tp > 1 else []) + [f"per token (model){per}", f"batch x {seq_len}{per}"]
     for col in columns:
-        table.add_column(col, justify="left" if col == "variant" else "right")
+        table.add_column(col, justify="left" if col in ("variant", "layout") else "right")
     if budget is not None:
         table.add_column("fits")
         table.add_column("longest context", justify="right")
     for r in rows:
         cells = [r["variant"] + (f" (G={r['num_kv_heads']})" if r["num_kv_heads"] else ""),
-                 f"{r['bytes_per_token_per_layer']:,} B"]
+                 f"{r['bytes_per_token_per_layer']:,} B"] + ([r["layout"] or "-"] if layouts_shown else [])
         if tp > 1:
             cells.append(f"{r['bytes_per_token_per_layer_per_gpu']:,} B")
         cells += [human_bytes(r["bytes_per_token_per_gpu"]), human_bytes(r["batch_bytes_per_gpu"])]
         if budget is not None:
             cells += ["[green]yes[/]" if r["fits"] else "[red]no[/]", f"{r['max_seq_len']:,}"]
         table.add_row(*cells)
-    layouts: dict[str, list[str]] = {}
-    for r in rows:  # the scale layout is part of the figures: say what was counted, once per layout
-        if r["scales"]:
-            extra = f" ({r['scale_bytes'] // shape.num_layers:,} B per layer, in the batch column)" \
-                if r["scale_bytes"] else " (in every column)"
-            layouts.setdefault(r["scales"] + extra, []).append(r["variant"])
-    table.caption = "; ".join(f"{', '.join(names)}: {text}" for text, names in layouts.items()) or None
+    layouts: dict[str, str] = {}
+    for r in rows:  # the scale layout is part of the figures: say once per layout what was counted
+        if r["layout"]:
+            layouts.setdefault(r["layout"], r["scales"] + (" (4 B each, in the batch column)" if r["scale_bytes"]
+                                                           else " (in every column)"))
+    table.caption = "; ".join(f"{name}: {text}" for name, text in layouts.items()) or None
     table.caption_justify = "left"
     out_console.print(table)
     if tp > 1:

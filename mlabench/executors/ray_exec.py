@@ -29,7 +29,7 @@ from mlabench.case import Case
 from mlabench.errors import UsageError
 from mlabench.executors import OnStart
 from mlabench.executors.isolate import Isolated, failed_row, plugin_modules, run_isolated
-from mlabench.measure.peaks import Peaks
+from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.runner import CaseResult, RunContext
 
 # Cases submitted beyond what the cluster can run at once: enough to keep workers busy between
@@ -58,7 +58,6 @@ def _describe_task(device: torch.device, dtypes: list[str], probe: bool, threads
     worker that later starts cases): the fingerprint and roofline peaks of the device cases will
     get, CPU peaks with the cases' thread count."""
     from mlabench.measure.envinfo import device_info
-    from mlabench.sweep import measure_peaks
 
     if device.type == "cpu" and threads:
         torch.set_num_threads(int(threads))

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mlabench.variants.base import AttentionVariant, chunked_attention
+# Worst element's error allowed per dtype, relative to max(|reference element|, output RMS):
+from mlabench.variants.attention import chunked_attention
+from mlabench.variants.base import AttentionVariant
 
 # Worst element's error allowed per dtype, relative to max(|reference element|, output RMS):
 # a few units of the dtype's rounding, grown for the reductions (softmax over T, matmuls over d).

@@ -103,6 +103,17 @@ def _probe(device: torch.device, dtypes: Iterable[str], budget_s: float) -> Peak
                  read_bytes_per_s=read_bw)
 
 
+def measure_peaks(device: torch.device, dtypes: list[str], probe: bool) -> Peaks:
+    """The probed peaks of `device` when `probe`, else (or when the probe fails) the spec table's."""
+    if probe:
+        try:
+            return probe_peaks(device, dtypes)
+        except Exception:  # a failed probe must not cost the sweep; fall back to the spec table
+            pass
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return spec_peaks(name, dtypes)
+
+
 def roofline_pct(flops: float, n_bytes: float, latency_ms: float, peaks: Peaks, dtype: str) -> float | None:
     peak_flops = peaks.flops_for(dtype)
     if not peak_flops or not peaks.bytes_per_s or latency_ms <= 0:

@@ -25,7 +25,8 @@ from mlabench.backends.registry import Prepared, StepInputs
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError
 from mlabench.measure import accuracy as acc
-from mlabench.variants.base import AttentionVariant, CoreAttention, chunked_attention
+from mlabench.variants.attention import CoreAttention, chunked_attention
+from mlabench.variants.base import AttentionVariant
 
 
 @dataclass(frozen=True)

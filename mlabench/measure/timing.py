@@ -22,7 +22,7 @@ case and `max_samples` its sample count. A `deadline` (the case's wall limit) is
 between calls: a step is never interrupted, so one call that alone runs past the deadline
 ends the case at the next check, after it returns.
 
-With `ranges` (an NVTX range factory, profiling/nvtx.py) warm-up, graph capture, the sampling
+With `ranges` (an NVTX range factory, measure/nvtx.py) warm-up, graph capture, the sampling
 phase as a whole and every timed call or graph replay in it run inside named NVTX ranges for
 Nsight. In cold mode `do_bench` runs its own warm-up calls through the same wrapped step, so
 those carry the sample range too. Without `ranges` the step is timed unwrapped.
@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from mlabench.errors import CaseTimeout
-from mlabench.profiling.nvtx import CAPTURE, SAMPLE, SAMPLES, WARMUP, Mark, marked, no_range
+from mlabench.measure.nvtx import CAPTURE, SAMPLE, SAMPLES, WARMUP, Mark, marked, no_range
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ import torch
 
 from mlabench.backends.registry import Prepared, StepInputs
 from mlabench.case import Case
+from mlabench.measure.nvtx import Mark
 from mlabench.measure.timing import TimingSettings, time_step
 from mlabench.profiling import breakdown as bd
-from mlabench.profiling.nvtx import Mark
 from mlabench.profiling.request import ProfileRequest
 from mlabench.profiling.snapshot import recording
 from mlabench.profiling.trace import PROFILE_STEPS, trace_steps

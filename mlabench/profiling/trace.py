@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
+from mlabench.measure.nvtx import PROFILE_STEP, Mark
 from mlabench.profiling.breakdown import CORE_RANGE
-from mlabench.profiling.nvtx import PROFILE_STEP, Mark
-from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention
+from mlabench.variants.attention import CoreAttention, eager_attention
+from mlabench.variants.base import AttentionVariant
 
 PROFILE_STEPS = 5  # recorded steps per case: enough to average launch jitter, small enough to open quickly
 

@@ -4,7 +4,7 @@ Shared by `report`, `compare` and `merge`. Every malformed input raises
 `UsageError` with one line that names the file and the column or row at fault,
 so the CLI exits 2 instead of printing a pandas traceback. Imports no torch.
 
-A torn last row (no final newline: the sweep was killed while writing it) is the
+A torn last row (one the CSV parser cannot close: the sweep was killed while writing it) is the
 case that was in flight, which a killed sweep loses by design. `report` and
 `compare` drop it with a warning on stderr, so a killed sweep can still be read
 (compare then shows that case as missing); `merge`, which writes a new run,
@@ -24,7 +24,7 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import UsageError
-from mlabench.rundir.write import read_meta_json
+from mlabench.rundir.write import complete_rows_end, read_meta_json
 from mlabench.schema import normalize_key_value
 
 # Columns a results.csv must have. The rest of the contract is optional so
@@ -112,14 +112,18 @@ def _read_csv_text(path: Path, what: str, torn: Torn = "warn", required: tuple[s
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not a UTF-8 CSV file") from None
-    if not text.endswith("\n"):
+    try:
+        end = complete_rows_end(text)
+    except csv.Error as exc:
+        raise UsageError(f"{path}: corrupt CSV ({exc})") from None
+    if end < len(text):
         if torn == "refuse":
             raise UsageError(f"{path}: the last row is torn (the sweep was killed while writing it); "
                              "finish the run with `mlabench sweep ... --resume` first")
         if torn == "warn":
             print(f"mlabench: warning: {path}: dropped a torn last row (the sweep was killed while writing it; "
                   "`--resume` measures that case again)", file=sys.stderr)
-        text = text[: text.rfind("\n") + 1]
+        text = text[:end]
     try:
         rows = [r for r in csv.reader(io.StringIO(text, newline=""), strict=True) if r]
     except csv.Error as exc:

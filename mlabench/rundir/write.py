@@ -1,9 +1,13 @@
 """Writing a run directory crash-safely: rows appended and flushed as each case ends.
 
 A case's raw samples are written before its row, so a row on disk always has its
-samples; a kill loses at most the case in flight. On resume a torn last line
-(the kill hit mid-write) is cut off and samples of unfinished cases dropped, so
-re-running them leaves no duplicates.
+samples; a kill loses at most the case in flight. On resume a torn last row (the
+kill hit mid-write) is cut off where the CSV parser's last complete row ends, and
+samples of unfinished cases dropped, so re-running them leaves no duplicates.
+
+With several rounds, each round of a case is journalled as it ends (its samples, then
+its row as one JSON line in rounds.jsonl); on resume a case's journalled rounds and
+their samples are kept (`unfinished_rounds`) and only its missing rounds run again.
 
 A writer holds an exclusive lock (flock on `.mlabench.lock`) on its directory for
 its whole life, so two sweeps can never append to one run; the kernel releases
@@ -15,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import fcntl
+import io
 import json
 import math
 import os
@@ -35,11 +40,49 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
+def complete_rows_end(text: str) -> int:
+    """Where the last complete CSV row of `text` ends: len(text) when no row is torn.
+
+    A row is complete when the CSV parser has closed it and its line ending follows. Cutting
+    at the last newline instead would keep half of a torn row whose quoted field holds a
+    newline (an error's traceback), leaving a quote that never closes. Raises csv.Error for
+    a malformed row before the last one: that is damage, not a kill mid-write."""
+    consumed = 0
+
+    def lines() -> Iterable[str]:
+        nonlocal consumed
+        for line in io.StringIO(text, newline=""):
+            consumed += len(line)
+            yield line
+
+    end = 0
+    try:
+        for _ in csv.reader(lines(), strict=True):
+            if text[consumed - 1] in "\r\n":
+                end = consumed
+    except csv.Error:
+        if consumed < len(text):
+            raise
+    return end
+
+
 def _cut_torn_tail(path: Path) -> None:
-    """Drop a last line without its newline (the process died while writing it)."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    """Drop a last row the process died while writing."""
+    text = path.read_bytes().decode("utf-8", "surrogateescape")  # a cut may split a character
+    try:
+        end = complete_rows_end(text)
+    except csv.Error as exc:
+        raise UsageError(f"--resume: {path} is corrupt before its last row ({exc}); start a new --out") from None
+    if end < len(text):
+        path.write_bytes(text[:end].encode("utf-8", "surrogateescape"))
+
+
+def _sample_round(sample: list[str]) -> int:
+    """A samples.csv row's round; rows written before rounds existed are round 0."""
+    try:
+        return int(sample[3]) if len(sample) > 3 and sample[3] else 0
+    except ValueError:
+        return -1  # matches no journalled round
 
 
 LOCK_FILE = ".mlabench.lock"
@@ -97,7 +140,10 @@ class RunWriter:
         self.dir = run_dir
         self.results_path = run_dir / schema.RESULTS_CSV
         self.samples_path = run_dir / schema.SAMPLES_CSV
+        self.rounds_path = run_dir / schema.ROUNDS_JSONL
         self.finished: set[str] = set()
+        # Resume: the journalled rounds (row as written, samples) of each case without a row yet.
+        self.unfinished_rounds: dict[str, list[tuple[dict[str, Any], list[float]]]] = {}
         self.previous_meta: dict[str, Any] | None = None
         check_out_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +160,7 @@ class RunWriter:
             else:
                 self._start(self.results_path, schema.COLUMNS)
                 self._start(self.samples_path, schema.SAMPLE_COLUMNS)
+                self.rounds_path.unlink(missing_ok=True)
         except BaseException:
             self.close()
             raise
@@ -157,19 +204,63 @@ class RunWriter:
                 raise UsageError(f"--resume: {self.results_path} was written by another mlabench version "
                                  "(columns differ)")
             self.finished = {row["case_id"] for row in reader}
+        samples: list[list[str]] = []
         if self.samples_path.exists():
             _cut_torn_tail(self.samples_path)
             with self.samples_path.open(newline="") as f:
-                kept = [r for r in csv.reader(f)][1:]
-            kept = [r for r in kept if r and r[0] in self.finished]
-            tmp = self.samples_path.with_suffix(".tmp")
-            with tmp.open("w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(schema.SAMPLE_COLUMNS)
-                w.writerows(kept)
-            os.replace(tmp, self.samples_path)
-        else:
-            self._start(self.samples_path, schema.SAMPLE_COLUMNS)
+                samples = [r for r in csv.reader(f)][1:]
+        journal = self._read_journal()
+        kept_rounds = self._restore_rounds(journal, samples)
+        kept = [r for r in samples if r and (r[0] in self.finished or (r[0], _sample_round(r)) in kept_rounds)]
+        tmp = self.samples_path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(schema.SAMPLE_COLUMNS)
+            w.writerows(kept)
+        os.replace(tmp, self.samples_path)
+        if journal:  # rounds measured again later must not appear twice
+            tmp = self.rounds_path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps({"round": r, "row": row}) + "\n" for cid, r, row in journal
+                                   if cid in self.finished or (cid, r) in kept_rounds), encoding="utf-8")
+            os.replace(tmp, self.rounds_path)
+
+    def _read_journal(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """(case id, round, row) of each whole line of rounds.jsonl; a torn or foreign line is left out."""
+        if not self.rounds_path.exists():
+            return []
+        entries = []
+        for line in self.rounds_path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
+            try:
+                entry = json.loads(line)
+                row, r = entry["row"], int(entry["round"])
+                if isinstance(row, dict) and set(row) <= set(schema.COLUMNS) and r >= 0:
+                    entries.append((str(row["case_id"]), r, row))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return entries
+
+    def _restore_rounds(self, journal: list[tuple[str, int, dict[str, Any]]],
+                        samples: list[list[str]]) -> set[tuple[str, int]]:
+        """Fill `unfinished_rounds` from the journal: rounds 0..k-1 of each case without a row yet
+        (the rounds after a gap are measured again). Returns the (case id, round) pairs kept."""
+        rows: dict[str, dict[int, dict[str, Any]]] = {}
+        for cid, r, row in journal:
+            if cid not in self.finished:
+                rows.setdefault(cid, {})[r] = row
+        draws: dict[tuple[str, int], list[float]] = {}
+        for s in samples:
+            if len(s) >= 3 and s[0] in rows:
+                try:
+                    draws.setdefault((s[0], _sample_round(s)), []).append(float(s[2]))
+                except ValueError:
+                    continue
+        for cid, by_round in rows.items():
+            k = 0
+            while k in by_round:
+                k += 1
+            if k:
+                self.unfinished_rounds[cid] = [(by_round[i], draws.get((cid, i), [])) for i in range(k)]
+        return {(cid, i) for cid, done in self.unfinished_rounds.items() for i in range(len(done))}
 
     @staticmethod
     def _append(path: Path, rows: Iterable[Iterable[str]]) -> None:
@@ -183,6 +274,15 @@ class RunWriter:
         if samples_ms:
             self._append(self.samples_path, ([case_id, str(i), repr(float(s)), str(round_index)]
                                              for i, s in enumerate(samples_ms)))
+
+    def append_round(self, row: schema.ResultRow, samples_ms: list[float], round_index: int) -> None:
+        """One finished round of a case whose results row comes later: its samples, then its row
+        in the journal, so a journalled round always has its samples on disk."""
+        self.append_samples(row.case_id, samples_ms, round_index)
+        with self.rounds_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"round": round_index, "row": row.as_dict()}, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def append(self, row: schema.ResultRow | Mapping[str, Any], samples_ms: list[float], round_index: int = 0) -> None:
         if not isinstance(row, schema.ResultRow):

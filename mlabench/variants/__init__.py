@@ -21,7 +21,8 @@ from mlabench.variants import gla  # noqa: F401  (gla-expanded, gla-absorbed)
 from mlabench.variants import tpa  # noqa: F401  (tpa, tpa-factorized)
 from mlabench.variants import dsa  # noqa: F401
 # isort: on
-from mlabench.variants.base import AttentionVariant, CoreAttention, eager_attention
+from mlabench.variants.attention import CoreAttention, eager_attention
+from mlabench.variants.base import AttentionVariant
 from mlabench.variants.registry import (
     VARIANT_CLASSES,
     build_variant,

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mlabench.layout import pages_for
+from mlabench.variants.fill import random_fill
 
 
 @dataclass
@@ -164,7 +165,7 @@ class CacheMap:
         cache.view(-1, *cache.shape[2:])[slots] = rows
 
     @torch.no_grad()
-    def fill(self, cache: Tensor, name: str, length: int, seed: int, random_fill) -> None:  # noqa: ANN001
+    def fill(self, cache: Tensor, name: str, length: int, seed: int) -> None:
         """Fill each sequence's context, slots [0, length - (T_max - slots[b])), with the values the
         contiguous uniform fill gives the same (sequence, slot): element indices b * length * row
         + offset, so contiguous and paged caches of one case hold the same logical values."""

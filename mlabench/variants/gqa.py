@@ -13,12 +13,13 @@ import torch
 from torch import Tensor
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant, linear
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 class GroupedQueryAttention(AttentionVariant):
@@ -46,7 +47,12 @@ class GroupedQueryAttention(AttentionVariant):
         return 2 * sh.kv_heads * sh.head_dim
 
     @classmethod
+    def tp_groups(cls, sh: AttentionShape) -> int:
+        return sh.kv_heads
+
+    @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        cls.check_tp(sh, tp)
         # Each GPU holds the KV heads its query heads read: a KV head is copied when tp > G.
         return 2 * math.ceil(sh.kv_heads / tp) * sh.head_dim
 

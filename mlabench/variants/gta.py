@@ -26,12 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant, linear
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 @register_variant
@@ -58,7 +59,12 @@ class GroupedTiedAttention(AttentionVariant):
         return sh.kv_heads * sh.head_dim + sh.rope_head_dim
 
     @classmethod
+    def tp_groups(cls, sh: AttentionShape) -> int:
+        return sh.kv_heads
+
+    @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        cls.check_tp(sh, tp)
         # A tied head is copied when tp > G; the one RoPE key is on every GPU.
         return math.ceil(sh.kv_heads / tp) * sh.head_dim + sh.rope_head_dim
 

@@ -19,11 +19,12 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
-from mlabench.variants.base import AttentionVariant, linear
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import linear
 from mlabench.variants.registry import register_variant
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 @register_variant

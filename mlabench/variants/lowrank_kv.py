@@ -17,12 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant, linear
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 @register_variant

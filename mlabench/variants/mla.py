@@ -30,12 +30,13 @@ from torch import Tensor
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
-from mlabench.variants.base import AttentionVariant, RMSNorm, linear
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import RMSNorm, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 class _MLABase(AttentionVariant):
@@ -195,7 +196,7 @@ class MLAExpanded(_MLABase):
 
 class _LatentCacheMLA(_MLABase):
     cache_tensor_count = 1
-    fp8_cache = ("per token: d_c FP8 + one fp32 scale per 128 of them + d_r RoPE values in bf16, "
+    fp8_cache = ("128-tile: per token, d_c FP8 + one fp32 scale per 128 of them + d_r RoPE values in bf16, "
                  "d_c+4*ceil(d_c/128)+2*d_r bytes (656 at d_c=512, d_r=64)")
 
     @classmethod
@@ -225,14 +226,18 @@ class _LatentCacheMLA(_MLABase):
         sh = self.shape
         return {"kv_cache": (batch, max_seq_len, sh.kv_lora_rank + sh.rope_head_dim)}
 
-    def _write_latent(self, x: Tensor, start_pos: int, cos: Tensor, sin: Tensor) -> Tensor:
+    def _write_latent(self, x: Tensor, start_pos: int, cos: Tensor, sin: Tensor,
+                      stored: bool = False) -> Tensor:
         """Write this step's [c_kv, k_pe] and return the cache (B, T, d_c + d_r): a view, or the
-        FP8 cache dequantized."""
+        FP8 cache dequantized; with `stored`, the stored rows as they are (a fused core that
+        dequantizes FP8 rows itself must not pay for a dequantized copy it never reads)."""
         b, s, _ = x.shape
         c_kv, k_pe = self._latent(x, cos, sin)
         self._write("kv_cache", start_pos, torch.cat((c_kv, k_pe), dim=-1))
         if self.read_pages_in_core and self.cache_map.page_size:
             return self._cache["kv_cache"]  # (num_pages, page, d_c + d_r): a fused kernel reads the pool itself
+        if stored:
+            return self._cache["kv_cache"][:b, : start_pos + s]  # (B, T, row bytes) of a contiguous cache
         return self._read("kv_cache", b, start_pos + s)
 
 
@@ -379,13 +384,11 @@ class MLAAbsorbed(_LatentCacheMLA):
         d_c = self.shape.kv_lora_rank
         q = self.absorbed_query(x, start_pos)
         cos, sin = self._rope_at(self._rope, b, start_pos, s)
-        latent = self._write_latent(x, start_pos, cos, sin)[:, :, None, :]  # (B, T, 1, d_c + d_r) or the pool
+        # A fused core dequantizes FP8 rows itself: hand it the stored bytes (B, T, 1, row bytes),
+        # whose first d_c bytes are the FP8 latent, and never dequantize the whole cache here.
+        stored = isinstance(self.kv_store, kvquant.LatentFP8) and self.reads_stored_cache
+        latent = self._write_latent(x, start_pos, cos, sin, stored)[:, :, None, :]  # (B, T, 1, D) or the pool
         self._step_start = start_pos  # a paged step's k is the pool: its position is kept here
-        paged_pool = self.read_pages_in_core and self.cache_map.page_size > 0  # latent is already the stored pool
-        if isinstance(self.kv_store, kvquant.LatentFP8) and self.reads_stored_cache and not paged_pool:
-            # A fused core dequantizes the FP8 rows itself: hand it the stored bytes (B, T, 1, row
-            # bytes), whose first d_c bytes are the FP8 latent, not a dequantized copy.
-            latent = self._cache["kv_cache"][: x.shape[0], : start_pos + s, None, :]
         return q, latent, latent[..., :d_c], self.shape.mla_softmax_scale, True
 
     def latent_step(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, cache_seqlens: Tensor,

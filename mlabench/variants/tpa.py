@@ -25,12 +25,14 @@ import torch
 from torch import Tensor
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant, causal_mask, check_tp, linear
+from mlabench.variants.attention import causal_mask
+from mlabench.variants.base import AttentionVariant
+from mlabench.variants.layers import linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
 if TYPE_CHECKING:
-    from mlabench.analytic import Step
+    from mlabench.step import Step
 
 
 class _TPABase(AttentionVariant):
@@ -56,7 +58,7 @@ class _TPABase(AttentionVariant):
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
         """A factors split with the heads, B factors replicate: (R_k + R_v)(H/N + D) (MLA.md section 6)."""
-        check_tp(sh, tp)
+        cls.check_tp(sh, tp)
         return (sh.k_rank + sh.v_rank) * (sh.num_heads // tp + sh.head_dim)
 
     @classmethod
