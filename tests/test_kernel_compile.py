@@ -93,7 +93,7 @@ def test_refuses_an_interpreted_kernel() -> None:
     # In this process conftest.py may have set TRITON_INTERPRET before triton was imported.
     from mlabench.kernels import mla_decode
 
-    if not mla_decode._INTERPRETED:
+    if not mla_decode.INTERPRETED:
         pytest.skip("kernels are compiled in this process (CUDA present or TRITON_INTERPRET unset)")
     cfg = next(iter(oc.auto_configs()))
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
