@@ -27,6 +27,8 @@ from mlabench.tp import pool
 from mlabench.tp.shard import shard_cache, shard_module
 from mlabench.variants import VARIANT_CLASSES, build_variant, shape_for_variant
 
+pytestmark = pytest.mark.xdist_group("processes")  # it starts rank processes, as the Ray tests do
+
 # H = 8 over G = 2 KV groups and h_c = 2 latent heads: N = 2 splits them, N = 4 copies each on two ranks.
 SHAPE = AttentionShape(hidden_size=32, num_heads=8, num_kv_heads=2, head_dim=8, rope_head_dim=4, q_lora_rank=16,
                        kv_lora_rank=16, num_latent_heads=2, q_rank=2, k_rank=2, v_rank=2, index_heads=2,
