@@ -7,6 +7,7 @@ The rank groups (one per degree) are started once and shared by every test of th
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import threading
@@ -153,3 +154,5 @@ def test_a_rank_killed_mid_case_is_one_error_row_and_the_sweep_goes_on(tmp_path:
     done = next(r for r in rows if r["status"] == "ok")
     assert done["kv_cache_bytes_per_gpu_measured"] == done["kv_cache_bytes_per_gpu"]
     assert not pool._GROUPS  # the sweep stopped the group it started
+    meta = json.loads((out / schema.META_JSON).read_text())
+    assert meta["tensor_parallel"] == {"degrees": [2], "backends": ["gloo"]}
