@@ -90,6 +90,11 @@ class _RowColumns:
     # 'paged:PAGE_SIZE' for a paged cache.
     context: str = _column("key", key=True, absent="", id_default="")
     cache_layout: str = _column("key", key=True, absent="", id_default="")
+    # Tensor parallelism: `tp` ranks each hold their shard of the layer (1 = unsharded, how runs
+    # written before the axis read), joined by the torch.distributed backend `dist_backend`
+    # (gloo on the CPU, nccl on CUDA; '' at tp 1).
+    tp: int = _column("key", key=True, absent="1", id_default="1")
+    dist_backend: str = _column("key", key=True, absent="", id_default="")
     # Outcome
     status: str = _column("outcome", key=True)  # required like a key field, though not part of the key
     error: str | None = _column("outcome")
@@ -100,6 +105,10 @@ class _RowColumns:
     latency_ms_iqr: float | None = _column("time")
     n_samples: int | None = _column("time")
     compile_ms: float | None = _column("time")
+    # Tensor-parallel cases: the all-reduce of one step's output alone (median, slowest rank) and its
+    # share of the step's median latency
+    comm_ms: float | None = _column("time")
+    comm_share: float | None = _column("time")
     tokens_per_s: float | None = _column("time")
     # Work
     flops: int | None = _column("work")
@@ -109,8 +118,10 @@ class _RowColumns:
     roofline_pct: float | None = _column("work")
     # Memory
     kv_cache_bytes: int | None = _column("memory")  # analytic
-    tp: int | None = _column("memory")  # tensor-parallel degree of the next column (setting `tp`, default 1)
-    kv_cache_bytes_per_gpu: int | None = _column("memory")  # analytic, one GPU's share at that degree
+    kv_cache_bytes_per_gpu: int | None = _column("memory")  # analytic, one GPU's share at degree tp
+    # nbytes of one rank's cache tensors (the largest rank's) in a tensor-parallel case; an ok row's
+    # equals kv_cache_bytes_per_gpu
+    kv_cache_bytes_per_gpu_measured: int | None = _column("memory")
     kv_cache_bytes_measured: int | None = _column("memory")  # nbytes of the cache tensors
     kv_cache_bytes_allocator: int | None = _column("memory")
     kv_cache_bytes_nvml: int | None = _column("memory")
@@ -218,7 +229,8 @@ STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped", "unsupported", "in
 FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate", "timeout"})
 
 # Deterministic metrics: equal code on equal shapes must give equal values.
-EXACT_COLUMNS: tuple[str, ...] = ("kv_cache_bytes", "kv_cache_bytes_measured", "params", "flops", "bytes")
+EXACT_COLUMNS: tuple[str, ...] = ("kv_cache_bytes", "kv_cache_bytes_measured", "kv_cache_bytes_per_gpu_measured",
+                                  "params", "flops", "bytes")
 
 
 # Timing modes, named by the first word of the `timer` column. Runs timed in different
@@ -238,6 +250,13 @@ def timing_mode(timer: str) -> str:
     return text.split(" ")[0] if text else ""
 
 
+def sdpa_math(backend_detail: str | None) -> bool:
+    """True when a row's SDPA call ran PyTorch's unfused math kernel ('sdpa:auto->math' when the
+    dispatcher fell back to it, 'sdpa:math' when asked): correct, but not a fused kernel's speed,
+    so tables and the report mark such rows where a reader looks, not only in backend_detail."""
+    return str(backend_detail or "").split(",")[0] in ("sdpa:auto->math", "sdpa:math")
+
+
 # Key columns added after runs were on disk, hashed only when they differ from the value those
 # runs implicitly had (another key column's), so every earlier case keeps its id.
 KEY_DEFAULT_FROM: dict[str, str] = {"kv_dtype": "dtype"}
@@ -251,8 +270,9 @@ def case_id(key: Mapping[str, Any]) -> str:
             del values[column]
     # Key columns added after runs were measured leave the id of every case at their default
     # unchanged, so runs and baselines measured before them still join and resume.
+    # (An empty cell is a value never recorded: the default too.)
     for column, default in ID_DEFAULTS.items():
-        if values[column] == default:
+        if values[column] in ("", default):
             del values[column]
     canonical = json.dumps(list(values.values()), separators=(",", ":"))
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]
