@@ -77,9 +77,12 @@ def kv_bytes_per_token(variant: str, shape: AttentionShape) -> int:
 def _cache_traffic_bytes(cls: type[AttentionVariant], sh: AttentionShape, step: Step) -> int:
     """The variant's cache traffic in bytes: the cache's own tokens at their stored width (FP8
     rows and their scales), anything expanded from them in the compute dtype."""
+    own = cls.cache_traffic_bytes(sh, step)
+    if own is not None:
+        return own
     elements = cls.cache_traffic_elements(sh, step)
     per_token = cls.kv_elements_per_token(sh)
-    if not sh.kv_quantized or per_token is None:
+    if cls.kv_format(sh) is None or per_token is None:
         return elements * sh.element_bytes
     tokens = step.batch * (step.total + step.new_tokens)  # T read, S written
     stored = tokens * cls.kv_bytes_per_token(sh) + cls.kv_fixed_bytes(sh)
@@ -111,9 +114,12 @@ def kv_bytes_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> 
     elements = cls.kv_elements_per_token_per_gpu(sh, tp)
     if elements is None:
         raise NotImplementedError(f"{cls.name} has no per-token cache to split over GPUs")
-    if not sh.kv_quantized:
+    if cls.kv_format(sh) is None:
         return elements * sh.element_bytes
-    # FP8: a GPU holds its share of every stored row; a row's scales travel with the values they scale.
+    own = cls.kv_bytes_per_token_per_gpu(sh, tp)
+    if own is not None:
+        return own
+    # Stored rows (FP8): a GPU holds its share of every row; a row's scales travel with the values they scale.
     return elements * cls.kv_bytes_per_token(sh) // cls.kv_elements_per_token(sh)
 
 
@@ -122,7 +128,7 @@ def kv_cache_bytes_per_gpu(variant: str, shape: AttentionShape, batch: int, seq_
     """Bytes of the cache one GPU holds at tensor-parallel degree tp, times `layers`."""
     cls, sh = _normalized(variant, shape)
     cls.check_tp(sh, tp)
-    if not sh.kv_quantized:
+    if cls.kv_format(sh) is None:
         return cls.kv_cache_elements_per_gpu(sh, batch, seq_len, tp) * sh.element_bytes * layers
     # Per-tensor FP8 scales (kv_fixed_bytes) are replicated on every GPU.
     return (kv_bytes_per_token_per_gpu(variant, shape, tp) * batch * seq_len + cls.kv_fixed_bytes(sh)) * layers

@@ -12,12 +12,13 @@ D. The GTA/GLA paper (arXiv 2505.21487) at its 1.47B model (preset gla-xl): GTA-
    GQA-4's cache; GLA-2 at TP 2 holds 640 B per token per layer per GPU where MLA holds 1152;
    GLA-2's absorbed decode does about half of MLA's core FLOPs at the same heads.
 E. T6-medium's TPA caches (R_k + R_v)(H + D) = 444 elements, 888 B per token per layer in bf16
-   (Zhang et al. 2025; MLA.md section 7).
-F. DeepSeek-V3.2 caches the MLA latent plus the indexer key, 704 elements per token per layer
-   (1408 B bf16; 656 + 132 = 788 B in DeepSeek's FP8 layout).
-G. At 128K context a DSA decode step reads every indexer key (about 17 MB per layer in FP8,
-   2 x that in bf16) and 2048 latent rows instead of all of them (the whole latent: about
-   86 MB per layer in FP8): 64x fewer latent bytes. The cache sizes are measured (per token,
+   (Zhang et al. 2025; docs/variants.md, presets).
+F. DeepSeek-V3.2 caches the MLA latent plus the indexer key, the key always as 128 FP8 values
+   and one fp32 scale (132 B) whatever the latent's dtype: 1,152 + 132 = 1,284 B per token per
+   layer with a bf16 latent, 656 + 132 = 788 B in DeepSeek's FP8 layout.
+G. At 128K context a DSA decode step reads every indexer key (132 B each: about 17 MB per
+   layer) and 2048 latent rows instead of all of them (the whole latent: about 151 MB per
+   layer in bf16, 86 MB in FP8): 64x fewer latent bytes. The cache sizes are measured (per token,
    scaled to 131072 tokens: the cache is linear in T); which rows a kernel reads is the
    analytic model's (`cache_traffic_elements`), to be confirmed by a GPU kernel profile.
 (That DSA equals dense MLA when T <= k is proved in float64 by tests/test_tpa_dsa.py; no row
@@ -246,12 +247,15 @@ def _claim_gla(rows: pd.DataFrame) -> list[ClaimResult]:
     # Per GPU at TP 2: GLA-2 (h_c/N)*d_g + d_r = 320 elements (640 B bf16), MLA d_c + d_r = 576 (1152 B).
     for variant, expected in (("gla-absorbed", 640.0), ("mla-absorbed", 1152.0)):
         sel = _select(rows, variant=variant, tp=2, dtype="bfloat16", **base)
-        per_gpu, note = _per_token(sel, "kv_cache_bytes_per_gpu")
+        measured = "kv_cache_bytes_per_gpu_measured"  # one rank's cache tensors, where the case ran sharded
+        column = measured if measured in sel.columns and sel[measured].notna().any() else "kv_cache_bytes_per_gpu"
+        per_gpu, note = _per_token(sel, column)
+        source = f"{'measured on one rank' if column == measured else 'analytic'} ({column})"
         label = "GLA-2" if variant.startswith("gla") else "MLA"
         out.append(ClaimResult(f"{label} at TP 2 holds {expected:,.0f} B of KV cache per token per layer per GPU",
                                GLA_PAPER, expected, per_gpu, "B/token/layer/GPU", _verdict(expected, per_gpu),
                                f"no gla-xl bfloat16 {variant} decode rows swept with tp = 2 in the claims suite"
-                               if per_gpu is None else "; ".join(["analytic (kv_cache_bytes_per_gpu), MLA.md §6"]
+                               if per_gpu is None else "; ".join([source]
                                                                  + ([note] if note else []))))
     # Core FLOPs of one absorbed decode step: 2H(2d_g + d_r)T against MLA's 2H(2d_c + d_r)T.
     flops = {v: _single(_column(_select(rows, variant=v, scope="core", **base), "flops"))[0]
@@ -291,24 +295,26 @@ def _claim_dsa(rows: pd.DataFrame) -> list[ClaimResult]:
     mla, mla_note = _per_token_bytes(_select(rows, model="deepseek-v3.2", variant="mla-absorbed", dtype=dtype))
     gap = "no deepseek-v3.2 bfloat16 dsa / mla-absorbed rows in the claims suite"
     b = config.dtype_bytes(dtype)
-    index_expected = 128 * b * DSA_CONTEXT / MB
+    index_row = 128 + 4  # 128 FP8 values and one fp32 scale, in every dtype
+    expected = 576 * b + index_row
+    index_expected = index_row * DSA_CONTEXT / MB
     index_key = dsa - mla if dsa is not None and mla is not None else None
     index_mb = index_key * DSA_CONTEXT / MB if index_key is not None else None
     latent_mb = mla * DSA_CONTEXT / MB if mla is not None else None
-    fp8 = "FP8 (128 e4m3 + one fp32 scale per indexer key; 656 B latent) is the kv_dtype axis's figure"
+    fp8 = "a FP8 latent (656 B, the kv_dtype axis) makes it 788 B"
     return [
-        ClaimResult("DeepSeek-V3.2 caches latent + indexer key: 704 elements per token per layer (bf16)",
-                    DSA_SOURCE, 704.0 * b, dsa, "B/token/layer", _verdict(704.0 * b, dsa),
-                    dsa_note or gap),
-        ClaimResult("DSA at 128K reads every indexer key: 128 per token, ~17 MB per layer in FP8 (bf16 here)",
+        ClaimResult("DeepSeek-V3.2 caches a bf16 latent (576 values) + the FP8 indexer key (132 B) per token per "
+                    "layer", DSA_SOURCE, float(expected), dsa, "B/token/layer", _verdict(float(expected), dsa),
+                    (f"{dsa_note}; {fp8}" if dsa is not None else gap)),
+        ClaimResult("DSA at 128K reads every indexer key: 128 FP8 values + one fp32 scale per token, ~17 MB per layer",
                     DSA_SOURCE, index_expected, index_mb, "MB/layer", _verdict(index_expected, index_mb),
-                    (f"dsa minus mla-absorbed cache bytes per token x {DSA_CONTEXT}; {fp8}" if index_mb is not None
+                    (f"dsa minus mla-absorbed cache bytes per token x {DSA_CONTEXT}" if index_mb is not None
                      else gap)),
-        ClaimResult("DSA at 128K reads 2048 latent rows, not the whole latent (~86 MB per layer in FP8; bf16 here)",
-                    DSA_SOURCE, 576 * b * DSA_CONTEXT / MB, latent_mb, "MB/layer (whole latent)",
+        ClaimResult("DSA at 128K reads 2048 latent rows, not the whole latent (~151 MB per layer in bf16, 86 MB in "
+                    "FP8)", DSA_SOURCE, 576 * b * DSA_CONTEXT / MB, latent_mb, "MB/layer (whole latent)",
                     _verdict(576 * b * DSA_CONTEXT / MB, latent_mb),
-                    (f"whole latent measured ({mla_note}); reading 2048 of {DSA_CONTEXT} rows is the analytic model's "
-                     f"64x, to confirm on a GPU; {fp8}" if latent_mb is not None else gap)),
+                    (f"whole latent measured ({mla_note}); reading 2048 of {DSA_CONTEXT} rows is the analytic "
+                     f"model's 64x, to confirm on a GPU" if latent_mb is not None else gap)),
     ]
 
 

@@ -39,8 +39,9 @@ def kv_bytes(variant: str, dims: dict[str, Any], batch: int, seq_len: int, dtype
     eb = DTYPE_BYTES[dtype]
     if variant.startswith("mla"):
         per_token = dims["kv_lora_rank"] + dims["rope_head_dim"]
-    elif variant == "dsa":
-        per_token = dims["kv_lora_rank"] + dims["rope_head_dim"] + dims["index_head_dim"]
+    elif variant == "dsa":  # the latent, and the indexer key in FP8 with one fp32 scale per 128 in every dtype
+        d_i = dims["index_head_dim"]
+        return batch * seq_len * ((dims["kv_lora_rank"] + dims["rope_head_dim"]) * eb + d_i + 4 * -(-d_i // 128))
     elif variant.startswith("tpa"):
         per_token = (dims["k_rank"] + dims["v_rank"]) * (dims["num_heads"] + dims["head_dim"])
     elif variant == "lowrank-kv":

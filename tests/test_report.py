@@ -183,3 +183,36 @@ def test_report_and_compare_do_not_import_torch(full_run: Path, tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
     assert (tmp_path / "r.html").exists()
+
+
+# --- labels that say what they are ---------------------------------------------------------
+
+
+def test_headline_ratios_read_like_the_speedup_chart() -> None:
+    """Above 1 is better than MHA in both ratios: MHA's cache / the variant's, MHA's latency / the variant's."""
+    from mlabench.report.tradeoff import headline_table
+
+    rows = pd.DataFrame({"model": "m", "mode": "decode", "suite": "s", "dtype": "bfloat16", "status": "ok",
+                         "batch": 1, "seq_len": 1024, "variant": ["mha", "gqa"], "backend": "eager",
+                         "latency_ms": [2.0, 0.5], "kv_cache_bytes": [4096 * 1024, 1024 * 1024]})
+    html = headline_table(rows)
+    cells = re.findall(r'<td class="num">([^<]*)</td>', html)
+    assert cells == ["1 KiB", "4.00x", "0.5", "4.00x", "4 KiB", "1.00x", "2", "1.00x"]  # gqa: 4x smaller, 4x faster
+    assert "speedup vs MHA</th>" in html and "KV smaller than MHA</th>" in html and "<th>vs MHA</th>" not in html
+
+
+def test_threads_say_what_the_cases_ran_with() -> None:
+    from mlabench.report.tables import env_header
+
+    meta = make_meta()  # the host's torch default: 16 threads
+    rows = pd.DataFrame({"suite": ["s", "s"], "threads": [1, 1]})
+    assert "1 per case (host default 16)" in env_header(meta, rows)
+    assert "16 (torch&#x27;s default on the host" in env_header(meta, rows.drop(columns="threads"))
+
+
+def test_colours_never_repeat_within_a_chart() -> None:
+    from mlabench.report.charts import PALETTE, _colors
+
+    for n in (3, len(PALETTE), len(PALETTE) + 1, 200):
+        colours = _colors(pd.Series([f"series {i}" for i in range(n)]))
+        assert len(set(colours.values())) == n

@@ -15,7 +15,8 @@ from mlabench import analytic
 from mlabench.config import AttentionShape, ShapeError, from_name
 from mlabench.step import decode_step, prefill_step
 from mlabench.variants import build_variant, variant_class
-from mlabench.variants.dsa import selected_pairs
+from mlabench.variants.dsa import hadamard, selected_pairs
+from mlabench.variants.kvquant import LatentFP8
 from mlabench.variants.rope import inv_frequencies
 from tests.cli_run import run_cli
 
@@ -136,7 +137,8 @@ def _interleaved(z: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def v32_reference(m: torch.nn.Module, x: torch.Tensor, prefix: int) -> torch.Tensor:
     """DeepSeek-V3.2-Exp's MLA.forward: prefill (MHA mode with the index mask) on x[:, :prefix], then
     one decode step (absorbed, index mask) per remaining token; outputs concatenated. The indexer
-    applies the Hadamard rotation as the reference does; FP8 quantisation is left out."""
+    applies the Hadamard rotation and caches the rotated key in FP8 (e4m3, one power-of-two scale per
+    128 values) as the reference does; the query's FP8 quantisation is left out."""
     sh = m.shape
     b, total, _ = x.shape
     d_c, d_r, h = sh.kv_lora_rank, sh.rope_head_dim, sh.num_heads
@@ -147,6 +149,7 @@ def v32_reference(m: torch.nn.Module, x: torch.Tensor, prefix: int) -> torch.Ten
     kv_cache = torch.zeros(b, total, d_c, dtype=F64)
     pe_cache = torch.zeros(b, total, d_r, dtype=F64)
     k_cache = torch.zeros(b, total, sh.index_head_dim, dtype=F64)
+    index_key = LatentFP8("fp8_e4m3", sh.index_head_dim, 0)
     outs = []
     steps = [(0, prefix)] + [(p, p + 1) for p in range(prefix, total)]
     for start, end in steps:
@@ -166,7 +169,7 @@ def v32_reference(m: torch.nn.Module, x: torch.Tensor, prefix: int) -> torch.Ten
         ik = F.layer_norm(m.indexer.wk(xs), (sh.index_head_dim,), m.indexer.k_norm.weight, m.indexer.k_norm.bias,
                           1e-6)
         ik = _rotate_half_first(ik, d_r, cos[None], sin[None]) @ hadamard
-        k_cache[:, start:end] = ik
+        k_cache[:, start:end] = index_key.roundtrip({}, "index_k_cache", ik).to(F64)
         w = m.indexer.weights_proj(xs) * sh.index_heads**-0.5 * sh.index_head_dim**-0.5
         index_score = torch.einsum("bsj,bsjt->bst", w, F.relu(torch.einsum("bsjd,btd->bsjt", iq, k_cache[:, :end])))
         causal = torch.full((s, end), float("-inf"), dtype=F64).triu_(start + 1)
@@ -204,6 +207,15 @@ def test_dsa_equals_the_v32_reference_prefill_then_decode() -> None:
     m.allocate_cache(2, 14)
     parts = [m(x[:, :9], 0)] + [m(x[:, i:i + 1], i) for i in range(9, 14)]
     assert rel_err(torch.cat(parts, dim=1), ref) < 1e-12
+
+
+def test_hadamard_is_scipys_orthonormal_matrix() -> None:
+    for n in (4, 16, 128):
+        h = hadamard(n, "cpu", F64)
+        assert torch.equal(h, torch.tensor(scipy.linalg.hadamard(n), dtype=F64))
+        assert torch.allclose(h @ h.T / n, torch.eye(n, dtype=F64), atol=1e-15)
+    with pytest.raises(ShapeError, match="power of two"):
+        variant_class("dsa").normalize_shape(DSA_SHAPE.replace(index_head_dim=24))
 
 
 def test_dsa_mask_is_the_brute_force_top_k_of_the_index_scores() -> None:
@@ -272,10 +284,44 @@ def test_preset_cache_figures() -> None:
     assert analytic.kv_cache_bytes("tpa", t6, 1, 1) == 888
     assert analytic.kv_cache_bytes("tpa-factorized", t6, 1, 1) == 888
     v32 = from_name("deepseek-v3.2")
-    assert analytic.kv_cache_bytes("dsa", v32, 1, 1) == 1152 + 2 * 128  # bf16 latent + indexer key
+    assert analytic.kv_cache_bytes("dsa", v32, 1, 1) == 1152 + 132  # bf16 latent + the FP8 indexer key
     kimi = from_name("kimi-k2")
     assert analytic.kv_cache_bytes("mla-absorbed", kimi, 1, 1) == 1152
     assert kimi.mla_softmax_scale == pytest.approx(192**-0.5 * (0.1 * math.log(32) + 1) ** 2)
+
+
+@pytest.mark.parametrize(("kv_dtype", "per_token", "latent_dtype"),
+                         [("", 1152 + 132, torch.bfloat16), ("fp8_e4m3", 656 + 132, torch.uint8)])
+def test_dsa_allocates_deepseek_v32s_cache(kv_dtype: str, per_token: int, latent_dtype: torch.dtype) -> None:
+    """The cache the module allocates at DeepSeek-V3.2 dims (on the meta device: shapes and dtypes,
+    no memory) holds the indexer key as 128 FP8 values + one fp32 scale whatever the latent's dtype."""
+    v32 = from_name("deepseek-v3.2").replace(kv_dtype=kv_dtype)
+    m = build_variant("dsa", v32, "meta", torch.bfloat16, seed=0)
+    m.allocate_cache(2, 96)
+    cache = m.cache_tensors()
+    assert cache["index_k_cache"].dtype == torch.uint8 and cache["index_k_cache"].shape == (2, 96, 128 + 4)
+    assert cache["kv_cache"].dtype == latent_dtype
+    assert sum(t.nbytes for t in cache.values()) == 2 * 96 * per_token
+    assert analytic.kv_cache_bytes("dsa", v32, 2, 96) == 2 * 96 * per_token
+    assert analytic.kv_bytes_per_token_per_gpu("dsa", v32, 8) == per_token  # replicated on every GPU
+
+
+def test_dsa_indexer_reads_the_dequantized_fp8_key() -> None:
+    """In bf16 the indexer key still goes through FP8: what the indexer reads back is the key
+    rounded to e4m3 with a power-of-two scale per 128 values, and the float64 reference reads the same."""
+    from mlabench.measure import accuracy as acc
+
+    shape = variant_class("dsa").normalize_shape(DSA_SHAPE)
+    m = build_variant("dsa", shape, "cpu", torch.bfloat16, seed=1)
+    m.allocate_cache(2, 40)
+    m.fill_cache_random(32, seed=2)
+    x = torch.randn(2, 1, shape.hidden_size, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    out = m(x, 32)
+    rows = m.cache_tensors()["index_k_cache"]
+    keys = LatentFP8("fp8_e4m3", shape.index_head_dim, 0).decode(rows[:, :33], torch.float32)
+    assert keys.abs().sum() > 0 and torch.equal(keys, m._load("index_k_cache", (slice(None), slice(0, 33))).float())
+    assert acc.compare(out, acc.reference_output(m, x, 32), "bfloat16").ok
+    assert acc.compare(out, acc.reference_output(m, x, 32, unquantized=False), "bfloat16").ok
 
 
 def test_tp_per_gpu_elements() -> None:
@@ -345,7 +391,7 @@ def test_kv_lists_dsa_beside_mla_absorbed(capsys: pytest.CaptureFixture[str]) ->
     code, out, _ = run_cli(["kv", "--preset", "deepseek-v3.2", "--seq-len", "131072", "--json"], capsys)
     assert code == 0
     rows = {r["variant"]: r["bytes_per_token_per_layer"] for r in json.loads(out)["variants"]}
-    assert rows["mla-absorbed"] == 1152 and rows["dsa"] == 1408
+    assert rows["mla-absorbed"] == 1152 and rows["dsa"] == 1152 + 132  # the indexer key in FP8, as DeepSeek
 
 
 def test_variants_that_do_not_read_the_new_fields_record_zero() -> None:

@@ -52,8 +52,17 @@ def _order(labels: pd.Series) -> list[str]:
     return sorted(labels.unique(), key=natural_key)
 
 
+def distinct_colors(n: int) -> list[str]:
+    """n colours, no two alike: the palette while it lasts; past it, n hues spaced evenly round the
+    wheel, neighbours alternating in lightness so adjacent hues still part."""
+    if n <= len(PALETTE):
+        return PALETTE[:n]
+    return [f"hsl({360 * i / n:.1f}, 70%, {45 if i % 2 else 30}%)" for i in range(n)]
+
+
 def _colors(labels: pd.Series) -> dict[str, str]:
-    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(_order(labels))}
+    order = _order(labels)
+    return dict(zip(order, distinct_colors(len(order)), strict=True))
 
 
 def _style(fig: go.Figure, height: int) -> go.Figure:

@@ -93,8 +93,10 @@ def _performance(sections: list[str], nav: list[tuple[str, str]], df: pd.DataFra
     if kind and samples is not None:  # this kind's cases only
         samples = samples[samples["case_id"].isin(df["case_id"])]
     sections.append(_section(f"sec-headline{suffix}", f"Headline{kind}", tradeoff.headline_table(perf),
-                             "Per variant: KV-cache bytes per token (one layer), and at each sequence length "
-                             "the fastest backend, its median latency, and both as ratios to MHA."))
+                             "Per variant: KV-cache bytes per token (one layer) and how many times smaller than "
+                             "MHA's it is, and at each sequence length the fastest backend, its median latency and "
+                             "its speedup over MHA's fastest (MHA's latency / the variant's). Both ratios read as "
+                             "the speedup chart: above 1 is better than MHA."))
     nav.append((f"sec-headline{suffix}", f"Headline{kind}"))
     built = [tradeoff.tradeoff_chart(perf), charts.latency_chart(perf), charts.kv_chart(perf),
              charts.speedup_chart(perf, base), charts.roofline_chart(perf, meta), charts.rank_chart(perf),

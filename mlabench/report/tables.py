@@ -89,6 +89,17 @@ def _peak_text(meta: dict[str, Any]) -> str:
     return text
 
 
+def _threads_text(meta: dict[str, Any], df: pd.DataFrame) -> str | None:
+    """The threads the cases ran with (the rows' `threads`), beside torch's default on the host
+    when the run started (meta): the two differ whenever a sweep pins its cases' threads."""
+    host = _meta(meta, "cpu", "threads")
+    ran = sorted({int(t) for t in pd.to_numeric(df.get("threads", pd.Series(dtype=float)), errors="coerce").dropna()})
+    if not ran:
+        return f"{host} (torch's default on the host; the rows do not say what the cases used)" if host else None
+    cases = f"{', '.join(map(str, ran))} per case"
+    return f"{cases} (host default {host})" if host else cases
+
+
 def env_header(meta: dict[str, Any], df: pd.DataFrame) -> str:
     """The environment fingerprint as a definition grid; blanks shown as '-'."""
     suites = sorted(set(df["suite"])) if not df.empty else []
@@ -104,7 +115,7 @@ def env_header(meta: dict[str, Any], df: pd.DataFrame) -> str:
         ("torch", meta.get("torch")),
         ("triton", meta.get("triton")),
         ("CPU", _meta(meta, "cpu", "model")),
-        ("threads", _meta(meta, "cpu", "threads")),
+        ("CPU threads", _threads_text(meta, df)),
         ("peaks", _peak_text(meta)),
         ("python", meta.get("python")),
         ("platform", meta.get("platform")),
@@ -182,6 +193,9 @@ def rows_table(df: pd.DataFrame) -> str:
             raw = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
             text = fmt(c, v)
             cls = ' class="err"' if c == "error" and text else (' class="num"' if not isinstance(v, str) else "")
+            if c == "backend" and schema.sdpa_math(row.get("backend_detail")):  # where a reader looks
+                text, cls = f"{text} [math]", ' class="err" title="SDPA ran its unfused math kernel: correct, ' \
+                    'far slower than a fused one (backend_detail)"'
             cells.append(f'<td data-v="{escape(raw)}"{cls}>{escape(text)}</td>')
         body.append(f'<tr class="st-{escape(status)}" data-status="{escape(status)}">{"".join(cells)}</tr>')
     statuses = [s for s in schema.STATUSES if s in set(df["status"])]

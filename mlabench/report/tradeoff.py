@@ -125,10 +125,11 @@ def tradeoff_chart(df: pd.DataFrame) -> Chart:
 
 
 
-def _ratio(value: float, reference: float | None) -> str:
-    if reference is None or not reference or not math.isfinite(value):
+def _ratio(reference: float | None, value: float) -> str:
+    """reference / value, e.g. MHA's latency over a variant's: above 1 means the variant does better."""
+    if reference is None or not value or not math.isfinite(value) or not math.isfinite(reference):
         return ""
-    return f"{value / reference:.2f}x"
+    return f"{reference / value:.2f}x"
 
 
 def headline_table(df: pd.DataFrame) -> str:
@@ -149,13 +150,17 @@ def headline_table(df: pd.DataFrame) -> str:
         best = rows.sort_values("latency_ms").drop_duplicates(["variant", "seq_len"]).set_index(["variant", "seq_len"])
         variants = sorted(rows["variant"].unique(), key=natural_key)
         mha_kv = rows.loc[rows["variant"] == "mha", "kv_token"].min() if "mha" in variants else None
-        head = "<th>variant</th><th>KV bytes/token</th><th>vs MHA</th>" + "".join(
-            f"<th>seq_len {int(s)}: best backend</th><th>ms</th><th>vs MHA</th>" for s in seqs)
+        # Both ratios read as the speedup chart does: above 1 is better than MHA (smaller, faster).
+        kv_help = "MHA's KV bytes per token / this variant's: above 1 is a smaller cache"
+        speed_help = "MHA's best latency / this variant's best, same seq_len: above 1 is faster (as the speedup chart)"
+        head = (f'<th>variant</th><th>KV bytes/token</th><th title="{kv_help}">KV smaller than MHA</th>'
+                + "".join(f'<th>seq_len {int(s)}: best backend</th><th>ms</th>'
+                          f'<th title="{speed_help}">speedup vs MHA</th>' for s in seqs))
         body = []
         for v in variants:
             kv = float(rows.loc[rows["variant"] == v, "kv_token"].min())
             cells = [f"<td>{escape(v)}</td>", f'<td class="num">{escape(human_bytes(kv))}</td>',
-                     f'<td class="num">{_ratio(kv, mha_kv)}</td>']
+                     f'<td class="num">{_ratio(mha_kv, kv)}</td>']
             for s in seqs:
                 if (v, s) not in best.index:
                     cells += ["<td>-</td>", "<td></td>", "<td></td>"]
@@ -163,7 +168,7 @@ def headline_table(df: pd.DataFrame) -> str:
                 r = best.loc[(v, s)]
                 ref = float(best.loc[("mha", s), "latency_ms"]) if ("mha", s) in best.index else None
                 cells += [f"<td>{escape(str(r['backend']))}</td>", f'<td class="num">{r["latency_ms"]:.4g}</td>',
-                          f'<td class="num">{_ratio(float(r["latency_ms"]), ref)}</td>']
+                          f'<td class="num">{_ratio(ref, float(r["latency_ms"]))}</td>']
             body.append(f"<tr>{''.join(cells)}</tr>")
         parts.append(f"<h3>{escape(str(model))}, {escape(str(mode))} (batch {batch})</h3>"
                      f'<div class="scroll"><table class="headline"><thead><tr>{head}</tr></thead>'

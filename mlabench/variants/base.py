@@ -68,7 +68,8 @@ class AttentionVariant(CacheStore):
     cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in MLA.md's symbols
     supports_decode: ClassVar[bool] = True
     cache_tensor_count: ClassVar[int] = 2  # cache tensors per layer (K and V): per-tensor FP8 scales per layer
-    fp8_cache: ClassVar[str] = "each cache tensor in FP8 + one fp32 scale per tensor per layer"  # kv_dtype fp8_*
+    # kv_dtype fp8_*: the stored layout's short name, then what it holds
+    fp8_cache: ClassVar[str] = "per-tensor: each cache tensor in FP8 + one fp32 scale per tensor per layer"
     generic_core: ClassVar[bool] = True  # False: `native_core` is not the (q, k, v) contract; see the top
     # False: the variant reads and writes its cache by (batch, token) slices, not through the
     # CacheMap (`_write`, `_read`, `_rope_at`): no ragged batch or paged cache, refused up front.
@@ -147,6 +148,12 @@ class AttentionVariant(CacheStore):
         return per_token * (1 if sh.kv_quantized else sh.element_bytes)
 
     @classmethod
+    def kv_bytes_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int | None:
+        """Stored bytes per token per layer on ONE GPU when a GPU's share of a row is not its share
+        of the elements (None: the analytic model scales the row by the elements held)."""
+        return None
+
+    @classmethod
     def kv_fixed_bytes(cls, sh: AttentionShape) -> int:
         """Stored cache bytes per layer that do not grow with tokens: per-tensor FP8 scales."""
         return 4 * cls.cache_tensor_count if isinstance(cls.kv_format(sh), kvquant.PerTensorFP8) else 0
@@ -203,6 +210,12 @@ class AttentionVariant(CacheStore):
         """Cache (and cache-derived) elements a step must move: by default T tokens read, S written."""
         per_token = cls.kv_elements_per_token(sh) or 0
         return step.batch * (step.total + step.new_tokens) * per_token
+
+    @classmethod
+    def cache_traffic_bytes(cls, sh: AttentionShape, step: Step) -> int | None:
+        """The same traffic in bytes when the cache's tensors are stored at different widths (None:
+        the analytic model counts it from the elements and the stored bytes per token)."""
+        return None
 
     @classmethod
     def attended_keys(cls, sh: AttentionShape, step: Step) -> int:

@@ -96,7 +96,7 @@ class CacheStore(nn.Module):
     def _new_cache(self, **shapes: tuple[int, ...]) -> None:
         self._filled = None
         if self.kv_store is not None:
-            self._cache = self.kv_store.allocate(shapes, self.weight_device)
+            self._cache = self.kv_store.allocate(shapes, self.weight_device, self.weight_dtype)
             return
         self._cache = {
             name: torch.zeros(dims, device=self.weight_device, dtype=self.weight_dtype)
@@ -219,8 +219,13 @@ class CacheStore(nn.Module):
             self._cache = cache
         ref.to(torch.float64)
         ref.kv_store = None
+        # "Unquantized" is the same case without kv_dtype: a tensor the model itself stores
+        # quantized (dsa's FP8 indexer key) stays so, in the context and in the step's rows.
+        by_design = self.kv_format(self.shape.replace(kv_dtype="")) if unquantized else None
         if self.kv_store is not None and not unquantized:
             ref.kv_store = kvquant.RoundTrip(self.kv_store, {k: t for k, t in cache.items() if k.endswith("_scale")})
+        elif by_design is not None:
+            ref.kv_store = kvquant.RoundTrip(by_design, {})
         rows = list(range(self.batch)) if rows is None else rows
         if not rows or min(rows) < 0 or max(rows) >= self.batch:
             raise ValueError(f"{self.name}: reference rows {rows} outside the cache's batch of {self.batch}")
@@ -241,7 +246,7 @@ class CacheStore(nn.Module):
         held = ref.cache_map.slots
         ref._cache = {}
         for name, dims in self.cache_shapes(self.batch, self.max_seq_len).items():
-            if not unquantized:
+            if not unquantized or kvquant.stored_by_design(by_design, name):
                 ref._cache[name] = self.kv_store.load(stored, name, everything, torch.float64)
                 continue
             ref._cache[name] = torch.zeros((len(rows), *dims[1:]), device=self.weight_device, dtype=torch.float64)

@@ -9,16 +9,22 @@ d_r dims of its query and key:
     I[s, t] = sum_j w[s, j] * ReLU(q_I[s, j] . k_I[t]),   w[s] = (x_s W_w^T) * H_I^-0.5 * d_I^-0.5
     keep    = topk_t(I[s] + causal, min(k, T)), and causal
 
-The reference quantises q_I, k_I to FP8 after a Hadamard rotation; the rotation is orthogonal
-and drops out of q_I . k_I, and the exact (float) math skips the quantisation. Index scores
-are computed in fp32 (fp64 for fp64 inputs) so bf16 rounding does not reorder them.
+As the reference does, q_I and k_I are rotated by the orthonormal Hadamard matrix of size d_I
+(which drops out of q_I . k_I in exact arithmetic but spreads outliers before quantization),
+and the rotated key is cached as DeepSeek stores it whatever the latent's dtype: d_I FP8 e4m3
+values and one power-of-two fp32 scale per 128 of them, 132 bytes per token at d_I = 128
+(`index_k_cache`). The indexer reads it dequantized, and so does the float64 reference: the
+quantized key is the model's, not an approximation of it. The query is not quantized (DeepSeek's
+kernel also takes it in FP8; that is a kernel's choice, not a cached tensor). The rotation and
+the index scores run in fp32 (fp64 for fp64 inputs), so bf16 rounding does not reorder them.
 
 As in the reference: decode attends in latent space (mla-absorbed) with the index mask;
 prefill runs expanded (MHA-mode) attention with the index mask. Both hand the generic core an
-explicit (B, S, T) mask as its `causal` argument. The cache is MLA's latent [c_kv, k_pe] plus
-the indexer key (`index_k_cache`, d_I per token), both in the cache dtype, so a kv_dtype can be
-applied to each. `index_topk` returns the selected rows as int32 with -1 for none, the
-layout sparse kernels (ours, FlashMLA's) read.
+explicit (B, S, T) mask as its `causal` argument. The cache is MLA's latent [c_kv, k_pe], in
+the compute dtype or with a kv_dtype in DeepSeek's FP8 rows, plus the indexer key: 1,152 + 132
+= 1,284 bytes per token per layer in bf16 at DeepSeek-V3.2 dims, 656 + 132 = 788 in FP8.
+`index_topk` returns the selected rows as int32 with -1 for none, the layout sparse kernels
+(ours, FlashMLA's) read.
 """
 
 from __future__ import annotations
@@ -33,13 +39,26 @@ from torch import Tensor, nn
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants import kvquant
 from mlabench.variants.attention import causal_mask
+from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import linear
-from mlabench.variants.mla import LatentStep, MLAAbsorbed
+from mlabench.variants.mla import MLAAbsorbed
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, apply_rotate_half
 
 if TYPE_CHECKING:
     from mlabench.step import Step
+
+INDEX_KEY_DTYPE = "fp8_e4m3"  # DeepSeek-V3.2's index_k_cache, whatever the latent's dtype
+INDEX_KEY_LAYOUT = "FP8 e4m3 + one fp32 scale per 128 values"
+
+
+def hadamard(n: int, device: torch.device | str | None, dtype: torch.dtype | None) -> Tensor:
+    """The Hadamard matrix of size n (a power of two), entries +-1 (exact in every dtype; times
+    n**-0.5 it is orthonormal), Sylvester's construction."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)))
+    return h.to(device=device, dtype=dtype)
 
 
 def selected_pairs(step: Step, topk: int) -> int:
@@ -67,9 +86,9 @@ class Indexer(nn.Module):
 class DSA(MLAAbsorbed):
     serving_layouts = False  # its cache is read and written by (batch, token) slices
     name = "dsa"
-    fp8_cache = ("per token: the latent as DeepSeek's FP8 rows (d_c FP8 + one fp32 scale per 128 + d_r bf16) "
-                 "and the indexer key as d_I FP8 + one fp32 scale per 128: 656 + 132 = 788 bytes at V3.2 dims")
-    caches = "latent c_kv + RoPE key + the indexer key"
+    fp8_cache = ("128-tile + FP8 index key: per token, the latent as DeepSeek's FP8 rows (d_c FP8 + one fp32 "
+                 "scale per 128 + d_r bf16) and the indexer key, FP8 in every dtype: 656 + 132 = 788 B at V3.2 dims")
+    caches = "latent c_kv + RoPE key, and the indexer key in FP8 (d_I values + one fp32 scale per 128)"
     cache_formula = "d_c+d_r+d_I"
     shape_fields = ("index_heads", "index_head_dim", "topk")
 
@@ -84,28 +103,35 @@ class DSA(MLAAbsorbed):
         if sh.index_head_dim < sh.rope_head_dim:
             raise ShapeError("index_head_dim", f"must be at least rope_head_dim ({sh.rope_head_dim}): "
                              "the indexer rotates its first d_r dims")
-        if sh.kv_quantized and sh.index_head_dim % 4:
-            # The indexer key's fp32 scale follows its d_I FP8 bytes in each row: 4-byte aligned.
-            raise ShapeError("index_head_dim", f"an FP8 indexer key needs index_head_dim divisible by 4, "
+        if sh.index_head_dim < 4 or sh.index_head_dim & (sh.index_head_dim - 1):
+            # The Hadamard rotation needs a power of two; the key's fp32 scale follows its d_I FP8 bytes.
+            raise ShapeError("index_head_dim", f"the indexer's Hadamard rotation needs a power of two >= 4, "
                                                f"got {sh.index_head_dim}")
         return sh
 
     @classmethod
-    def kv_format(cls, sh: AttentionShape) -> kvquant.KVFormat | None:
+    def kv_format(cls, sh: AttentionShape) -> kvquant.KVFormat:
+        """Always a per-tensor choice: the latent as computed or in DeepSeek's FP8 rows, the indexer
+        key in FP8 e4m3 rows with one fp32 scale per 128 values whatever the kv_dtype."""
+        index_key = kvquant.LatentFP8(INDEX_KEY_DTYPE, sh.index_head_dim, 0)
         if not sh.kv_quantized:
-            return None
+            return kvquant.PerCacheFP8({"kv_cache": kvquant.ComputeDtype(), "index_k_cache": index_key},
+                                       scales=f"indexer key only: {INDEX_KEY_LAYOUT}", layout="FP8 index key")
         return kvquant.PerCacheFP8(
-            {"kv_cache": kvquant.LatentFP8(sh.kv_dtype, sh.kv_lora_rank, sh.rope_head_dim),
-             "index_k_cache": kvquant.LatentFP8(sh.kv_dtype, sh.index_head_dim, 0)},
-            scales="per token: one fp32 scale per 128 latent values, RoPE key in bf16; the indexer key "
-                   "with one fp32 scale per 128 values")
+            {"kv_cache": kvquant.LatentFP8(sh.kv_dtype, sh.kv_lora_rank, sh.rope_head_dim), "index_k_cache": index_key},
+            scales=f"{kvquant.TILE_LAYOUT}; indexer key {INDEX_KEY_LAYOUT}", layout="128-tile + FP8 index key")
+
+    @classmethod
+    def latent_bytes_per_token(cls, sh: AttentionShape) -> int:
+        """One token's latent row as stored: 1,152 bytes in bf16, 656 in FP8 at DeepSeek dims."""
+        if sh.kv_quantized:
+            return kvquant.latent_row_bytes(sh.kv_lora_rank, sh.rope_head_dim)
+        return (sh.kv_lora_rank + sh.rope_head_dim) * sh.element_bytes
 
     @classmethod
     def kv_bytes_per_token(cls, sh: AttentionShape) -> int:
-        if sh.kv_quantized:  # 656 + 132 = 788 at DeepSeek-V3.2 dims (MLA.md section 5)
-            return kvquant.latent_row_bytes(sh.kv_lora_rank, sh.rope_head_dim) + \
-                kvquant.latent_row_bytes(sh.index_head_dim, 0)
-        return cls.kv_elements_per_token(sh) * sh.element_bytes
+        """The latent row plus the FP8 indexer key (132 bytes at d_I = 128): 1,284 in bf16, 788 in FP8."""
+        return cls.latent_bytes_per_token(sh) + kvquant.latent_row_bytes(sh.index_head_dim, 0)
 
     @classmethod
     def kv_elements_per_token(cls, sh: AttentionShape) -> int:
@@ -113,7 +139,7 @@ class DSA(MLAAbsorbed):
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
-        """The whole latent and the whole indexer key on every GPU (MLA.md section 6)."""
+        """The whole latent and the whole indexer key on every GPU (docs/variants.md, tensor parallelism)."""
         cls.check_tp(sh, tp)
         return cls.kv_elements_per_token(sh)
 
@@ -160,10 +186,20 @@ class DSA(MLAAbsorbed):
         return step.batch * (step.total * sh.index_head_dim + rows * latent
                              + step.new_tokens * cls.kv_elements_per_token(sh))
 
+    @classmethod
+    def cache_traffic_bytes(cls, sh: AttentionShape, step: Step) -> int:
+        """The same traffic at the stored widths: 132-byte indexer keys, latent rows as stored."""
+        index_key = kvquant.latent_row_bytes(sh.index_head_dim, 0)
+        rows = cls.attended_keys(sh, step)
+        return step.batch * (step.total * index_key + rows * cls.latent_bytes_per_token(sh)
+                             + step.new_tokens * cls.kv_bytes_per_token(sh))
+
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__(shape, device, dtype)
         self.indexer = Indexer(self.shape, device, dtype)
+        # Not a weight: follows the module's device and dtype, stays out of the checkpoint.
+        self.register_buffer("rotation", hadamard(self.shape.index_head_dim, device, dtype), persistent=False)
         self._expanded_step = False
         self._step_indices: Tensor | None = None  # the last decode step's top-k rows, for sparse kernels
 
@@ -186,14 +222,16 @@ class DSA(MLAAbsorbed):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         cos, sin = (t[start_pos:end] for t in self._rope)
         q = self._indexer_rope(self.indexer.wq_b(q_latent).view(b, s, sh.index_heads, sh.index_head_dim), cos, sin)
+        rotate = self.rotation.to(acc) * sh.index_head_dim**-0.5  # orthonormal, in the scores' precision
+        q = q.to(acc) @ rotate  # (B, S, H_I, d_I)
         norm = self.indexer.k_norm  # LayerNorm in fp32 (fp64), as the reference runs it
         k = F.layer_norm(self.indexer.wk(x).to(acc), norm.normalized_shape, norm.weight.to(acc), norm.bias.to(acc),
                          norm.eps).to(x.dtype)
-        k = self._indexer_rope(k[:, :, None], cos, sin)[:, :, 0]
+        k = self._indexer_rope(k[:, :, None], cos, sin)[:, :, 0].to(acc) @ rotate  # (B, S, d_I), stored in FP8
         self._store("index_k_cache", (slice(None, b), slice(start_pos, end)), k)
         keys = self._load("index_k_cache", (slice(None, b), slice(None, end)))
         w = self.indexer.weights_proj(x).to(acc) * (sh.index_heads**-0.5 * sh.index_head_dim**-0.5)  # (B, S, H_I)
-        logits = F.relu(torch.einsum("bsjd,btd->bsjt", q.to(acc), keys.to(acc)))  # (B, S, H_I, T)
+        logits = F.relu(torch.einsum("bsjd,btd->bsjt", q, keys.to(acc)))  # (B, S, H_I, T)
         scores = torch.einsum("bsj,bsjt->bst", w, logits)
         return scores.masked_fill(~causal_mask(s, end, x.device), float("-inf"))
 
@@ -219,13 +257,9 @@ class DSA(MLAAbsorbed):
         q = self.q_b_proj(q_latent).view(b, s, sh.num_heads, sh.qk_head_dim)
         q_nope, q_pe = q.split([sh.head_dim, sh.rope_head_dim], dim=-1)
         q_pe = apply_interleaved(q_pe, cos, sin)
-        if self.reads_stored_cache and start_pos:
-            # A fused core dequantizes the FP8 rows itself: write this step's rows and hand it the
-            # stored bytes (B, T, row bytes), without dequantizing the whole cache it never reads.
-            self._write("kv_cache", start_pos, torch.cat(self._latent(x, cos, sin), dim=-1))
-            latent = self._cache["kv_cache"][:b, :end]
-        else:
-            latent = self._write_latent(x, start_pos, cos, sin)  # (B, T, d_c + d_r)
+        # A fused core dequantizes the FP8 rows itself: it gets the stored bytes (B, T, row bytes),
+        # and the whole latent cache it never reads is not dequantized first.
+        latent = self._write_latent(x, start_pos, cos, sin, self.reads_stored_cache and start_pos > 0)
         mask, self._step_indices = self.index_topk(self.index_scores(x, q_latent, start_pos))
         self._expanded_step = start_pos == 0
         if self._expanded_step:

@@ -1,4 +1,4 @@
-"""`gla-expanded` / `gla-absorbed`, Grouped Latent Attention (Zadouri, Strauss, Dao 2025; MLA.md §5).
+"""`gla-expanded` / `gla-absorbed`, Grouped Latent Attention (Zadouri, Strauss, Dao 2025; docs/variants.md).
 
 MLA whose latent is split into h_c = `num_latent_heads` independent latent heads of width
 d_g = kv_lora_rank / h_c, latent head j serving query heads h with h // (H/h_c) == j.
@@ -15,6 +15,8 @@ RoPE is rotate-half on q[:, D:] and on the shared key; the score scale is (D + d
 Cache, one tensor (B, T, h_c*d_g + d_r): the normalized latent heads side by side, then the
 rotated RoPE key (the official code caches the latent before its norm; the norm is per
 token, so caching after it is the same function and what an absorbed kernel reads).
+With a kv_dtype the row is stored in DeepSeek's FP8 tile layout, as MLA's and DSA's latents
+are: per latent head d_g FP8 values with one fp32 scale per 128, then the RoPE key in bf16.
 
 - `gla-expanded` re-expands every cached latent to per-head K (D + d_r) and V (d_v) each
   call and attends with H heads, as the official code does.
@@ -37,10 +39,11 @@ from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
+from mlabench.variants import kvquant
 from mlabench.variants.attention import CoreAttention
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import RMSNorm
-from mlabench.variants.mla import LatentStep
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 
@@ -58,6 +61,8 @@ class _GLABase(AttentionVariant):
     caches = "h_c latent heads + the shared RoPE key"
     cache_formula = "h_c*d_g+d_r"
     cache_tensor_count = 1  # one row per token: [c_1 .. c_h_c, k_pe]
+    fp8_cache = ("128-tile, as MLA: per token, DeepSeek's tile layout per latent head, d_g FP8 + one fp32 scale "
+                 "per 128 of them, then d_r RoPE values in bf16 (656 bytes at h_c=1, d_g=512, d_r=64: MLA's row)")
 
     # --- shape and cost model ---------------------------------------------------------
     @classmethod
@@ -73,7 +78,39 @@ class _GLABase(AttentionVariant):
         if shape.kv_lora_rank % h_c:
             raise ShapeError("num_latent_heads", f"kv_lora_rank ({shape.kv_lora_rank}) must be divisible by "
                                                  f"num_latent_heads ({h_c})")
+        if shape.kv_quantized and shape.kv_lora_rank % 4:
+            # The fp32 scales follow the h_c*d_g FP8 bytes in each row and must be 4-byte aligned.
+            raise ShapeError("kv_lora_rank", f"an FP8 latent cache needs kv_lora_rank divisible by 4, "
+                                             f"got {shape.kv_lora_rank}")
         return shape.replace(num_kv_heads=h_c)  # one KV head per latent head
+
+    # --- the stored cache: MLA's FP8 tiles, per latent head ----------------------------------
+    @classmethod
+    def kv_format(cls, sh: AttentionShape) -> kvquant.KVFormat | None:
+        """With a kv_dtype, the latent cache in the same tile layout as MLA's and DSA's, so the
+        latent designs are compared like with like (at h_c = 1 the row is MLA's, byte for byte)."""
+        if not sh.kv_quantized:
+            return None
+        return kvquant.LatentFP8(sh.kv_dtype, sh.kv_lora_rank, sh.rope_head_dim, sh.num_latent_heads)
+
+    @classmethod
+    def kv_bytes_per_token(cls, sh: AttentionShape) -> int:
+        if sh.kv_quantized:
+            return kvquant.latent_row_bytes(sh.kv_lora_rank, sh.rope_head_dim, sh.num_latent_heads)
+        return cls.kv_elements_per_token(sh) * sh.element_bytes
+
+    @classmethod
+    def kv_bytes_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int | None:
+        """FP8: the latent heads a GPU holds with their own tiles' scales, and the bf16 RoPE key."""
+        if not sh.kv_quantized:
+            return None
+        heads = max(math.ceil(sh.num_latent_heads / tp), 1)
+        d_g = cls.latent_head_dim(sh)
+        return kvquant.latent_row_bytes(heads * d_g, sh.rope_head_dim, heads)
+
+    @classmethod
+    def kv_cache_bytes(cls, sh: AttentionShape, batch: int, seq_len: int) -> int:
+        return batch * seq_len * cls.kv_bytes_per_token(sh)
 
     @staticmethod
     def latent_head_dim(sh: AttentionShape) -> int:

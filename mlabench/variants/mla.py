@@ -14,14 +14,13 @@ The latent cache is one tensor (B, T, d_c + d_r) whose first d_c columns are
 c_kv: V is a view of K, never a copy, exactly the layout FlashMLA reads.
 
 Fused latent kernels (triton, FlashMLA, FlashInfer) read that tensor in place rather than
-the core's generic (q, k, v) views: `MLAAbsorbed.latent_step` hands them a `LatentStep`,
+the core's generic (q, k, v) views: `MLAAbsorbed.latent_step` hands them a `LatentStep` (latent_step.py),
 the absorbed query and the cache tensor itself with the step's position and lengths, and
 is the one place that checks the views really are the cache.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,6 +30,7 @@ from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import RMSNorm, linear
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, rope_table
@@ -196,7 +196,7 @@ class MLAExpanded(_MLABase):
 
 class _LatentCacheMLA(_MLABase):
     cache_tensor_count = 1
-    fp8_cache = ("per token: d_c FP8 + one fp32 scale per 128 of them + d_r RoPE values in bf16, "
+    fp8_cache = ("128-tile: per token, d_c FP8 + one fp32 scale per 128 of them + d_r RoPE values in bf16, "
                  "d_c+4*ceil(d_c/128)+2*d_r bytes (656 at d_c=512, d_r=64)")
 
     @classmethod
@@ -226,14 +226,18 @@ class _LatentCacheMLA(_MLABase):
         sh = self.shape
         return {"kv_cache": (batch, max_seq_len, sh.kv_lora_rank + sh.rope_head_dim)}
 
-    def _write_latent(self, x: Tensor, start_pos: int, cos: Tensor, sin: Tensor) -> Tensor:
+    def _write_latent(self, x: Tensor, start_pos: int, cos: Tensor, sin: Tensor,
+                      stored: bool = False) -> Tensor:
         """Write this step's [c_kv, k_pe] and return the cache (B, T, d_c + d_r): a view, or the
-        FP8 cache dequantized."""
+        FP8 cache dequantized; with `stored`, the stored rows as they are (a fused core that
+        dequantizes FP8 rows itself must not pay for a dequantized copy it never reads)."""
         b, s, _ = x.shape
         c_kv, k_pe = self._latent(x, cos, sin)
         self._write("kv_cache", start_pos, torch.cat((c_kv, k_pe), dim=-1))
         if self.read_pages_in_core and self.cache_map.page_size:
             return self._cache["kv_cache"]  # (num_pages, page, d_c + d_r): a fused kernel reads the pool itself
+        if stored:
+            return self._cache["kv_cache"][:b, : start_pos + s]  # (B, T, row bytes) of a contiguous cache
         return self._read("kv_cache", b, start_pos + s)
 
 
@@ -273,52 +277,6 @@ class MLALatent(_LatentCacheMLA):
         return q, k, v, self.shape.mla_softmax_scale, True
 
     core_output = _MLABase._out
-
-
-@dataclass(frozen=True)
-class LatentStep:
-    """One absorbed step as a fused latent kernel reads it: query rows q[b] attend, causal and
-    bottom-right aligned, over cache[b, :end], with V the first d_c columns of the same rows;
-    the kernel returns o_lat (B, S, H, d_c)."""
-
-    q: Tensor  # (B, S, H, d_c + d_r): q' = [q_nope W_UK, q_pe]
-    cache: Tensor  # (B_max, T_max, d_c + d_r): the module's kv_cache tensor itself, never a copy
-    batch: int  # B
-    start: int  # position of the step's first new token
-    new_tokens: int  # S
-    d_c: int  # V's width
-    scale: float  # tau, always explicit: DeepSeek's is d_qk**-0.5 times the YaRN factor, not D**-0.5
-    cache_seqlens: Tensor  # (B,) int32, `end` for every sequence; allocated once per case by the caller
-    # A paged cache: `cache` is then the module's page pool (num_pages, page_size, d_c + d_r) and
-    # sequence b's token p lives at cache[block_table[b, p // page_size], p % page_size].
-    block_table: Tensor | None = None  # (B, max pages) int32
-    # "" when `cache` holds values in q's dtype; else the FP8 format of DeepSeek's byte rows in a
-    # uint8 cache (B_max, T_max, row bytes): [d_c FP8 | fp32 scale per 128 | d_r bf16] (kvquant.py)
-    kv_dtype: str = ""
-    # Grouped Latent Attention: rows are [c_1 .. c_G (d_c each), k_pe] and query head h reads
-    # c_{h // (H/G)}; 1 for MLA.
-    latent_heads: int = 1
-    indices: Tensor | None = None  # (B, S, K) int32 cache rows per query token, -1 none (dsa); None: dense
-
-    @property
-    def page_size(self) -> int:
-        return self.cache.shape[1] if self.block_table is not None else 0
-
-    @property
-    def end(self) -> int:
-        """Tokens each sequence holds after this step (T)."""
-        return self.start + self.new_tokens
-
-    @property
-    def kv(self) -> Tensor:
-        """(B, T, d_c + d_r) view of the cache, its strides kept: what the step attends over
-        (a paged step: the pool itself)."""
-        return self.cache if self.block_table is not None else self.cache[: self.batch, : self.end]
-
-    @property
-    def new_rows(self) -> Tensor:
-        """(B, S, d_c + d_r) view of this step's cache rows, already written by the variant."""
-        return self.cache[: self.batch, self.start : self.end]
 
 
 @register_variant
@@ -380,13 +338,11 @@ class MLAAbsorbed(_LatentCacheMLA):
         d_c = self.shape.kv_lora_rank
         q = self.absorbed_query(x, start_pos)
         cos, sin = self._rope_at(self._rope, b, start_pos, s)
-        latent = self._write_latent(x, start_pos, cos, sin)[:, :, None, :]  # (B, T, 1, d_c + d_r) or the pool
+        # A fused core dequantizes FP8 rows itself: hand it the stored bytes (B, T, 1, row bytes),
+        # whose first d_c bytes are the FP8 latent, and never dequantize the whole cache here.
+        stored = isinstance(self.kv_store, kvquant.LatentFP8) and self.reads_stored_cache
+        latent = self._write_latent(x, start_pos, cos, sin, stored)[:, :, None, :]  # (B, T, 1, D) or the pool
         self._step_start = start_pos  # a paged step's k is the pool: its position is kept here
-        paged_pool = self.read_pages_in_core and self.cache_map.page_size > 0  # latent is already the stored pool
-        if isinstance(self.kv_store, kvquant.LatentFP8) and self.reads_stored_cache and not paged_pool:
-            # A fused core dequantizes the FP8 rows itself: hand it the stored bytes (B, T, 1, row
-            # bytes), whose first d_c bytes are the FP8 latent, not a dequantized copy.
-            latent = self._cache["kv_cache"][: x.shape[0], : start_pos + s, None, :]
         return q, latent, latent[..., :d_c], self.shape.mla_softmax_scale, True
 
     def latent_step(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool, cache_seqlens: Tensor,
