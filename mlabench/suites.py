@@ -67,9 +67,8 @@ CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len",
              "tp")
 SHAPE_AXES = tuple(f.name for f in fields(AttentionShape) if f.name not in ("name", "dtype"))
 TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options", "cpu"}
-# The most grid points one sweep plans, counted from the axes' lengths before any is expanded:
-# past it a sweep would run for days, and planning alone would take minutes (a grid of 10**8
-# points never ends), so it is refused at once.
+# The most grid points one sweep plans, counted before any is expanded: past it a sweep runs for
+# days and planning alone takes minutes (10**8 points never end), so it is refused at once.
 MAX_GRID_POINTS = 100_000
 # Suite names become directory names (results/runs/<time>-<suite>-<device>): no separators, no "..".
 SUITE_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -311,9 +310,8 @@ def _grid_axes(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
         missing = [a for a in ("model", "variant") if a not in axes]
         if missing:
             raise UsageError(f"suite: {where} has no {missing[0]!r} axis")
-        for axis, default in (("backend", "eager"), ("mode", "decode"), ("batch", 1), ("seq_len", 1024),
-                              ("q_len", 1), ("dtype", "auto"), ("scope", "step"), ("cache_layout", "contiguous"),
-                              ("tp", 1)):
+        for axis, default in (("backend", "eager"), ("mode", "decode"), ("batch", 1), ("seq_len", 1024), ("q_len", 1),
+                              ("dtype", "auto"), ("scope", "step"), ("cache_layout", "contiguous"), ("tp", 1)):
             axes.setdefault(axis, [default])
         grids.append((where, axes))
     return grids
