@@ -252,7 +252,7 @@ def _claim_gla(rows: pd.DataFrame) -> list[ClaimResult]:
         out.append(ClaimResult(f"{label} at TP 2 holds {expected:,.0f} B of KV cache per token per layer per GPU",
                                GLA_PAPER, expected, per_gpu, "B/token/layer/GPU", _verdict(expected, per_gpu),
                                f"no gla-xl bfloat16 {variant} decode rows swept with tp = 2 in the claims suite"
-                               if per_gpu is None else "; ".join(["analytic (kv_cache_bytes_per_gpu), MLA.md §6"]
+                               if per_gpu is None else "; ".join(["analytic (kv_cache_bytes_per_gpu), variants.md §6"]
                                                                  + ([note] if note else []))))
     # Core FLOPs of one absorbed decode step: 2H(2d_g + d_r)T against MLA's 2H(2d_c + d_r)T.
     flops = {v: _single(_column(_select(rows, variant=v, scope="core", **base), "flops"))[0]

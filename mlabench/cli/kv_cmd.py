@@ -39,7 +39,7 @@ def kv(
     as_json: JsonOpt = False,
 ) -> None:
     """KV-cache bytes per token per layer, per token for the whole model, for the batch, per variant; with
-    --tp N, what one GPU holds (MLA.md section 6). Analytic: nothing is allocated or run."""
+    --tp N, what one GPU holds (docs/variants.md §6). Analytic: nothing is allocated or run."""
     from mlabench import analytic
     from mlabench.config import ShapeError, canonical_dtype, canonical_kv_dtype, from_name
     from mlabench.variants import VARIANT_CLASSES, shape_for_variant
@@ -153,6 +153,6 @@ def kv(
     out_console.print(table)
     if tp > 1:
         err_console.print(f"[dim]analytic: the heads split over {tp} GPUs; what cannot split (a shared latent, a "
-                          "RoPE key, KV heads past G) is counted on every GPU (MLA.md section 6)[/]")
+                          "RoPE key, KV heads past G) is counted on every GPU (docs/variants.md §6)[/]")
     if budget is not None:
         err_console.print("[dim]budget counts the KV cache only (no weights or activations)[/]")

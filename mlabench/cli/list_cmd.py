@@ -82,7 +82,7 @@ def _render(doc: dict[str, Any]) -> None:
     t = Table(title="presets", title_justify="left", header_style="bold")
     cols = ("name", "layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "q_lora_rank", "kv_lora_rank",
             "num_latent_heads", "rope_head_dim", "v_head_dim")
-    short = ("name", "L", "d", "H", "G", "D/d_n", "d_q", "d_c", "h_c", "d_r", "d_v")  # MLA.md's symbols
+    short = ("name", "L", "d", "H", "G", "D/d_n", "d_q", "d_c", "h_c", "d_r", "d_v")  # docs/variants.md's symbols
     for col, label in zip(cols, short, strict=True):
         t.add_column(label, justify="left" if col == "name" else "right")
     for p in doc["presets"]:
