@@ -250,7 +250,7 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
         # Peaks are measured where the cases run: an executor whose workers hold the device (Ray)
         # brings its own; otherwise the device is this process's.
         ctx = run_context(plan, probe, profile,
-                          executor.peaks(_dtypes(plan), probe) if hasattr(executor, "peaks") else None)
+                          executor.peaks(_dtypes(plan), probe))
         dtypes = _dtypes(plan)
         meta["peaks"] = ctx.peaks.as_meta(dtypes[0] if dtypes else None)
         meta["executor"] = executor.name

@@ -9,10 +9,14 @@ module that registered the variant or backend), so the child knows the same ones
 - backend `test-hang`: sleeps while preparing, as a kernel that never returns would.
 - backend `test-kill-worker`: kills the Ray worker that runs the case's child process, as a lost node
   would; it refuses to run anywhere but under a Ray worker.
+
+With `MLABENCH_TEST_IMPORT_LOG` set, each process that imports this module appends its pid and
+its parent's to that file: the witness that an orphaned process went on to load a case's code.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -22,6 +26,10 @@ from torch import Tensor
 from mlabench.backends.registry import BACKENDS, register_backend
 from mlabench.variants import VARIANT_CLASSES, register_variant
 from mlabench.variants.gqa import MultiHeadAttention
+
+if os.environ.get("MLABENCH_TEST_IMPORT_LOG"):
+    with open(os.environ["MLABENCH_TEST_IMPORT_LOG"], "a") as log:
+        log.write(f"{os.getpid()} {os.getppid()}\n")
 
 NAMES = ("test-hang", "test-kill-worker")
 VARIANTS = ("test-abort",)
@@ -42,13 +50,15 @@ def _hang(module, case, inputs):  # type: ignore[no-untyped-def]
 
 @register_backend("test-kill-worker", description="test only: kills its Ray worker", variants=("mha",))
 def _kill_worker(module, case, inputs):  # type: ignore[no-untyped-def]
-    parent = os.getppid()
-    with open(f"/proc/{parent}/cmdline", "rb") as f:
+    worker = multiprocessing.parent_process()  # the process that asked the fork server for this child
+    if worker is None or worker.pid is None:
+        raise RuntimeError("test-kill-worker runs only in an isolated child")
+    with open(f"/proc/{worker.pid}/cmdline", "rb") as f:
         cmdline = f.read()
     if b"ray" not in cmdline:  # never the sweep's driver (or the test runner) by mistake
         raise RuntimeError("test-kill-worker runs only under a Ray worker")
-    os.kill(parent, signal.SIGKILL)
-    time.sleep(60)  # the kernel kills this child with its parent (PR_SET_PDEATHSIG)
+    os.kill(worker.pid, signal.SIGKILL)
+    time.sleep(60)  # the fork server dies with the worker, and this child with the server
 
 
 def unregister() -> None:

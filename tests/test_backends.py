@@ -206,7 +206,7 @@ def test_triton_core_reads_the_cache_in_place(monkeypatch: pytest.MonkeyPatch) -
 def test_triton_unavailable_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = BACKENDS["triton"]
     assert spec.variants == ("mla-absorbed", "gla-absorbed", "dsa") and spec.modes == ("decode",)
-    monkeypatch.setattr(mla_decode_mod, "_INTERPRETED", False)
+    monkeypatch.setattr(mla_decode_mod, "INTERPRETED", False)
     assert spec.unavailable(CPU) == "needs a CUDA device or TRITON_INTERPRET=1 (set before import)"
     monkeypatch.setattr(mla_decode_mod, "HAS_TRITON", False)
     assert spec.unavailable(CPU) == "triton is not installed"

@@ -29,6 +29,9 @@ mode = ["prefill", "decode"]
 batch = [1]
 seq_len = [32]
 """
+# The two sweeps of the module fixture are the expensive part: under pytest-xdist every test of
+# this module goes to one worker, so they run once.
+pytestmark = pytest.mark.xdist_group("compare-e2e")
 TIME_COLUMNS = ("latency_ms", "latency_ms_p10", "latency_ms_p90", "latency_ms_iqr")
 
 

@@ -16,11 +16,11 @@ import torch
 
 from mlabench.backends import StepInputs
 from mlabench.backends.latent import LatentCore, first_call_ms
-from mlabench.backends.library import LoadFailure, optional_library
+from mlabench.backends.library import LoadFailure, gpu_unavailable, optional_library
 from mlabench.config import from_name
 from mlabench.errors import UnsupportedError
 from mlabench.variants import build_variant, eager_attention
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 CPU = torch.device("cpu")
 BATCH, SEQ_LEN, Q_LEN = 2, 24, 2
@@ -118,3 +118,19 @@ def test_optional_library_skips_missing_and_flags_broken(monkeypatch: pytest.Mon
     assert lib is None and isinstance(reason, LoadFailure) and "libcudart" in reason
     json_loader = optional_library("json", "hint")
     assert json_loader()[0] is json_loader()[0] is sys.modules["json"]
+
+
+def test_gpu_unavailable_names_the_library_then_the_device_then_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = (None, "lib is not installed (hint)")
+    present = (object(), None)
+    check = dict(gpus="an SM90 or SM100", majors=(9, 10), purpose="sparse decode")
+    assert gpu_unavailable(lambda: missing, torch.device("cuda"), **check) == "lib is not installed (hint)"
+    assert gpu_unavailable(lambda: present, CPU, **check) == "needs an SM90 or SM100 CUDA GPU, not cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_unavailable(lambda: present, torch.device("cuda"), **check) == "CUDA is not available"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, expected in (((8, 6), "needs an SM90 or SM100 GPU for sparse decode; this GPU is sm_86"),
+                                 ((9, 0), None), ((10, 0), None), ((12, 0), "this GPU is sm_120")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        reason = gpu_unavailable(lambda: present, torch.device("cuda"), **check)
+        assert reason == expected if expected is None or expected.startswith("needs") else expected in reason

@@ -28,13 +28,13 @@ import torch
 from torch import Tensor
 
 from mlabench.backends.latent import LatentCore, first_call_ms
-from mlabench.backends.library import accepts, loading, optional_library
+from mlabench.backends.library import accepts, gpu_unavailable, loading, optional_library
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.gla import GLAAbsorbed
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 INSTALL_HINT = ("build FlashAttention-3 from source: git clone https://github.com/Dao-AILab/flash-attention; "
                 "cd flash-attention/hopper; python setup.py install")
@@ -47,18 +47,7 @@ _DTYPES = (torch.bfloat16, torch.float16)
 
 def fa3_unavailable(device: torch.device) -> str | None:
     """None where FlashAttention-3 can run on `device`, else one short reason."""
-    _, reason = _load_library()
-    if reason is not None:
-        return reason
-    device = torch.device(device)
-    if device.type != "cuda":
-        return f"needs an SM90 (Hopper) CUDA GPU, not {device.type}"
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major != 9:
-        return f"needs an SM90 (Hopper) GPU for its qv path; this GPU is sm_{major}{minor}"
-    return None
+    return gpu_unavailable(_load_library, device, "an SM90 (Hopper)", (9,), "its qv path")
 
 
 class FA3QVCore(LatentCore):

@@ -28,13 +28,13 @@ import torch
 from torch import Tensor
 
 from mlabench.backends.latent import first_call_ms
-from mlabench.backends.library import loading, optional_library
+from mlabench.backends.library import gpu_unavailable, loading, optional_library
 from mlabench.backends.paged import BLOCK_SIZE, PagedCache, PagedLatentCore, check_deepseek_latent
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError, UsageError
 from mlabench.variants.base import AttentionVariant
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 INSTALL_HINT = "pip install flashinfer-python"
 WORKSPACE_BYTES = 128 * 1024 * 1024  # FlashInfer's recommended split-k workspace
@@ -47,18 +47,7 @@ _load_library = optional_library("flashinfer", INSTALL_HINT, "mla")
 
 def flashinfer_unavailable(device: torch.device) -> str | None:
     """None where FlashInfer's MLA kernels can run on `device`, else one short reason."""
-    _, reason = _load_library()
-    if reason is not None:
-        return reason
-    device = torch.device(device)
-    if device.type != "cuda":
-        return f"needs a CUDA GPU (SM80 or newer), not {device.type}"
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        return f"FlashInfer's MLA kernels need SM80 or newer; this GPU is sm_{major}{minor}"
-    return None
+    return gpu_unavailable(_load_library, device, "an SM80 or newer", range(8, 100), "its MLA kernels")
 
 
 class FlashInferMLACore(PagedLatentCore):

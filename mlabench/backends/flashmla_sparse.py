@@ -40,7 +40,7 @@ from torch import Tensor
 
 from mlabench.backends.flashmla import INSTALL_HINT
 from mlabench.backends.latent import first_call_ms
-from mlabench.backends.library import accepts, loading, optional_library
+from mlabench.backends.library import accepts, gpu_unavailable, loading, optional_library
 from mlabench.backends.paged import BLOCK_SIZE, PagedLatentCore
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
@@ -48,7 +48,7 @@ from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.dsa import DSA
 from mlabench.variants.kvquant import latent_row_bytes
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 _load_library = optional_library("flash_mla", INSTALL_HINT)  # (flash_mla, None) or (None, why not)
 
@@ -58,18 +58,7 @@ ROW_BYTES = latent_row_bytes(512, 64)  # 656: the only row FlashMLA's FP8 cache 
 
 def sparse_unavailable(device: torch.device) -> str | None:
     """None where FlashMLA's sparse decode can run on `device`, else one short reason."""
-    _, reason = _load_library()
-    if reason is not None:
-        return reason
-    device = torch.device(device)
-    if device.type != "cuda":
-        return f"needs an SM90 or SM100 CUDA GPU, not {device.type}"
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major not in (9, 10):
-        return f"needs an SM90 or SM100 GPU for sparse decode; this GPU is sm_{major}{minor}"
-    return None
+    return gpu_unavailable(_load_library, device, "an SM90 or SM100", (9, 10), "sparse decode")
 
 
 def pool_slots(indices: Tensor, block_table: Tensor, block_size: int, width: int) -> Tensor:

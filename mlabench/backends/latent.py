@@ -3,7 +3,7 @@
 MLAAbsorbed calls its core as every variant does, core(q', latent, latent[..., :d_c], tau,
 True) with `latent` a (B, T, 1, d_c + d_r) view of its cache tensor. A fused kernel wants the
 cache tensor itself, the step's position and lengths: `LatentCore` turns the core's
-arguments into that record, a `LatentStep` (variants/mla.py), checking the in-place contract
+arguments into that record, a `LatentStep` (variants/latent_step.py), checking the in-place contract
 on the first call only (so timed calls pay for no checks), with `cache_seqlens` allocated
 once per case. A kernel's core is then `attend(step)`; paged cores also mirror the step's
 new rows into their pool first (`step`, see paged.py).
@@ -29,7 +29,8 @@ from mlabench.backends.registry import StepInputs
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.kvquant import LatentFP8, PerCacheFP8, latent_rows
-from mlabench.variants.mla import LatentStep, MLAAbsorbed
+from mlabench.variants.latent_step import LatentStep
+from mlabench.variants.mla import MLAAbsorbed
 
 
 def first_call_ms(fn: Callable[[], object], device: torch.device) -> float:

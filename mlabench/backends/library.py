@@ -2,7 +2,8 @@
 
 `optional_library` is each library backend's loader: imported once per process, a library
 that is not installed is a reason to skip (`skipped`), one that is installed but fails to
-import is a LoadFailure (`unsupported`).
+import is a LoadFailure (`unsupported`). `gpu_unavailable` is the `unavailable` check of a
+backend that needs such a library and a CUDA GPU of given compute capabilities.
 
 FlashMLA and FlashInfer can be installed yet unusable: a wheel built without SM90 kernels,
 FlashInfer's just-in-time build without nvcc, an older or newer API than the one called.
@@ -18,9 +19,11 @@ import functools
 import importlib
 import inspect
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from types import ModuleType
+
+import torch
 
 from mlabench.errors import UnsupportedError, is_sticky_cuda_error
 
@@ -52,6 +55,25 @@ def optional_library(name: str, install_hint: str, *submodules: str) -> Loader:
             return None, LoadFailure(f"{name} failed to import: {type(err).__name__}: {err}")
 
     return load
+
+
+def gpu_unavailable(load: Loader, device: torch.device, gpus: str, majors: Collection[int],
+                    purpose: str) -> str | None:
+    """A library backend's `unavailable` answer: None where the library `load` returns imports and
+    `device` is a CUDA GPU whose compute capability's major is in `majors`; else one short reason,
+    naming the GPUs it needs (`gpus`, e.g. "an SM90 (Hopper)") and what for (`purpose`)."""
+    _, reason = load()
+    if reason is not None:
+        return reason
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"needs {gpus} CUDA GPU, not {device.type}"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major not in majors:
+        return f"needs {gpus} GPU for {purpose}; this GPU is sm_{major}{minor}"
+    return None
 
 
 # Exception types that, raised by a library's load/plan/first call, mean "this build or API

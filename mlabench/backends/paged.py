@@ -24,7 +24,7 @@ from mlabench.backends.latent import LatentCore
 from mlabench.backends.registry import StepInputs
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
-from mlabench.variants.mla import LatentStep
+from mlabench.variants.latent_step import LatentStep
 
 BLOCK_SIZE = 64  # FlashMLA's only page size; FlashInfer takes any and gets the same pages
 _LIBRARY_DTYPES = (torch.bfloat16, torch.float16)

@@ -32,7 +32,8 @@ from mlabench.kernels.mla_decode import mla_decode, triton_unavailable_reason
 from mlabench.kernels.mla_decode_launch import LAUNCH_KNOBS, LaunchConfig, launch_value_error, mla_decode_config
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.gla import GLAAbsorbed
-from mlabench.variants.mla import LatentStep, MLAAbsorbed
+from mlabench.variants.latent_step import LatentStep
+from mlabench.variants.mla import MLAAbsorbed
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 

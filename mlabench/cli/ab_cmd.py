@@ -29,7 +29,7 @@ def ab(
                                             "when it has one.")] = "smoke",
     rounds: Annotated[int, typer.Option(help="Rounds per side; each round is one sweep of the whole suite.")] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    out: Annotated[Path | None, typer.Option(help="Directory for baseline/, candidate/ and the verdict "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory for baseline/, candidate/ and the verdict "
                                                   "[default: results/ab/<UTC time>-<suite>].",
                                              show_default=False)] = None,
     repo: Annotated[Path | None, typer.Option(help="Git repository the refs belong to [default: the current "
@@ -45,8 +45,10 @@ def ab(
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output on stdout.",
                                                         case_sensitive=False)] = OutputFormat.table,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the markdown verdict here.")
-                      ] = None,
+    output: Annotated[Path | None, typer.Option("--markdown", help="Also write the markdown verdict here.",
+                                                metavar="PATH")] = None,
+    old_output: Annotated[Path | None, typer.Option("--output", hidden=True, help="Old spelling of --markdown.")
+                          ] = None,
     interleave: Annotated[str, typer.Option(help="case: the sides take turns case by case (both need "
                                                  "mlabench.ab_worker); round: whole sweeps in turn; auto: case "
                                                  "when both sides can.")] = "auto",
@@ -104,7 +106,7 @@ def ab(
     (out_dir / "compare.md").write_text(render.to_markdown(result), encoding="utf-8")
     (out_dir / "compare.html").write_text(render_html(result), encoding="utf-8")
     err_console.print(f"verdict written to {out_dir}/compare.json, compare.md and compare.html", markup=False)
-    render_comparison(result, OutputFormat.json if as_json else output_format, output)
+    render_comparison(result, OutputFormat.json if as_json else output_format, output or old_output)
     if not result.passed:
         raise typer.Exit(1)
     sys.stdout.flush()

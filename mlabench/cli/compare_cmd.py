@@ -48,13 +48,16 @@ def compare(
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output on stdout.",
                                                         case_sensitive=False)] = OutputFormat.table,
     as_json: JsonOpt = False,  # the same as --format json
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the markdown report to "
-                                                "this file (e.g. for a PR comment).")] = None,
+    output: Annotated[Path | None, typer.Option("--markdown", help="Also write the markdown report to this file "
+                                                "(e.g. for a PR comment).", metavar="PATH")] = None,
+    old_output: Annotated[Path | None, typer.Option("--output", "-o", hidden=True, help="Old spelling of "
+                                                    "--markdown.")] = None,
 ) -> None:
     """Compare two runs case by case; exit 1 on a statistically significant regression."""
     from mlabench.compare import GateSettings, compare_paths
 
     fmt = OutputFormat.json if as_json else output_format
+    output = output or old_output
     if noise_floor is not None:
         err_console.print("note: --noise-floor has no effect any more; run-to-run noise is measured with rounds "
                           "(sweep --rounds, mlabench ab)", markup=False)

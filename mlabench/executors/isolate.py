@@ -1,46 +1,39 @@
 """Running one case in a fresh child process, so that whatever kills it cannot kill the sweep.
 
-`run_isolated(case, ctx)` starts `python -m mlabench.executors.child`, hands it the case and
-the run's settings (pickled on stdin) and reads back the row and samples on a pipe of its
-own (the child's stdout and stderr may carry anything a library prints). A child that dies
-(segfault, `os.abort()`, an illegal memory access that takes the driver down, the OOM killer)
+`isolate_case(case, ctx)` runs the case with the in-process runner in a child forked from a warm
+fork server (executors/forkserver.py: torch and mlabench are imported once per driver, not
+once per case) and turns every way the child can end into a row. A child that dies (segfault,
+`os.abort()`, an illegal memory access that would take the driver down, the OOM killer)
 becomes an `error` row naming the signal and the last line it printed; one that gives no
 answer past the case's wall limit (a hung kernel: the in-process check between calls cannot
 cut a call that never returns) is killed, with the processes it started, and becomes a
 `timeout` row. Either way the caller goes on with the next case.
 
-The child runs in its own session: Ctrl-C in the terminal reaches the driver alone, which
-finishes or abandons the case as it decides (cli/sweep_cmd.py `_Stopper`). The child asks
-the kernel to kill it when the driver dies, so a killed sweep leaves no orphan measuring on.
+The child initialises its own device (CUDA, NVML): the driver and the fork server never touch
+the GPU, so a sticky CUDA error costs one case, not the sweep. It dies with the driver and sits
+outside the driver's terminal session (Ctrl-C reaches the driver alone, which finishes or
+abandons the case as it decides: cli/sweep_cmd.py `_Stopper`).
 
 Variants and backends registered outside mlabench (a plugin module) are imported by the
-child before the case runs: the child is a new interpreter and knows only what it imports.
+child before the case runs, from the path entry the driver found them under.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
 
 from mlabench import schema
 from mlabench.case import Case
+from mlabench.executors.forkserver import run_isolated, warm
 from mlabench.measure.envinfo import cpu_model
 from mlabench.runner import CaseResult, RunContext, analytic_columns
 
-# A child that has not imported torch and mlabench within this is stuck (a hung file system,
-# a broken install): the case becomes an error row rather than a wait without end.
-STARTUP_LIMIT_S = 600.0
 # The in-process deadline check ends a slow case with its own `timeout` row after the call in
 # flight returns; the driver kills only a child still silent past the limit plus this grace
 # (at most the limit itself, so a short limit is not dwarfed by it).
@@ -111,96 +104,57 @@ def failed_row(case: Case, status: str, error: str, wall_s: float, host: str | N
         "wall_s": round(wall_s, 3), "host": socket.gethostname() if host is None else host, "device_name": name})
 
 
-def _signal_name(code: int) -> str:
+def _case_in_child(job: Job) -> Isolated:
+    """In the child: the case on its device, with the in-process runner."""
+    from mlabench.measure.envinfo import device_info
+    from mlabench.measure.memory import open_nvml
+    from mlabench.measure.peaks import spec_peaks
+    from mlabench.runner import run_case, where
+
+    ctx = job.ctx
+    kind = where(ctx.device)["device_name"]
+    if job.peaks_for and kind != job.peaks_for:
+        ctx.peaks = spec_peaks(kind, [job.case.dtype])
+    if ctx.device.type == "cpu" and ctx.timing.threads:
+        torch.set_num_threads(int(ctx.timing.threads))
+    ctx.nvml = open_nvml(ctx.device)
+    result = run_case(job.case, ctx)
+    # The CUDA context dies with this process: a sticky error costs this case only, not the sweep.
+    result.fatal = False
     try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
+        device = device_info(ctx.device)
+    except Exception:  # a lost CUDA context may refuse even this; the row is what matters
+        device = {"type": ctx.device.type, "name": result.row.get("device_name")}
+    return Isolated(result, socket.gethostname(), device)
 
 
-def _last_line(log: Any) -> str:
-    log.seek(0)
-    lines = [ln.strip() for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else ""
+# What every case needs imported: this module (the runner, variants, backends) and what the CPU
+# timer imports on first use (torch.utils.benchmark, half a second). A server started without
+# them (by another caller in this process) leaves them to each child, before its wall limit starts.
+CASE_MODULES = (__name__, "torch.utils.benchmark")
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    """The child and whatever it started (torch.compile's workers) share its session's group."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-    proc.wait()
+def warm_server() -> None:
+    """Start the fork server with what every case needs imported, so no case pays for it."""
+    warm(CASE_MODULES)
 
 
-def run_isolated(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | None], ...] = (),
+def isolate_case(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | None], ...] = (),
                  peaks_for: str | None = None) -> Isolated:
     """Run `case` in a fresh child process; every way it can end becomes a row.
 
     KeyboardInterrupt (a second Ctrl-C in the driver) kills the child and propagates."""
     job = Job(case, replace(ctx, nvml=None), plugins, peaks_for)
-    started = time.perf_counter()
-    read_fd, write_fd = os.pipe()
-    with tempfile.TemporaryFile() as log:
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "mlabench.executors.child", str(write_fd)],
-                stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write_fd,), start_new_session=True,
-            )
-        finally:
-            os.close(write_fd)  # the child holds its end; EOF on ours then means the child is gone
-        conn = Connection(read_fd, writable=False)
-        try:
-            assert proc.stdin is not None
-            try:
-                proc.stdin.write(pickle.dumps(job))
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # died at once; reported below from its exit status
-            answer = _wait(conn, ctx.timeout_s)
-        except BaseException:
-            _kill(proc)
-            raise
-        finally:
-            conn.close()
-        wall = time.perf_counter() - started
-        if isinstance(answer, Isolated):
-            proc.wait()
-            return answer
-        if answer == "timeout":
-            _kill(proc)
-            row = failed_row(case, "timeout", f"killed: no answer {kill_after(ctx.timeout_s):g} s into a case with a "
-                             f"wall limit of {ctx.timeout_s:g} s (a call that never returned)", wall, device=ctx.device)
-            return Isolated(CaseResult(row, []))
-        if answer == "startup":
-            _kill(proc)
-            row = failed_row(case, "error", f"the case's process did not start within {STARTUP_LIMIT_S:g} s", wall,
-                             device=ctx.device)
-            return Isolated(CaseResult(row, []))
-        code = proc.wait()
-        how = f"killed by {_signal_name(code)}" if code < 0 else f"exited with code {code}"
-        last = _last_line(log)
-        row = failed_row(case, "error", f"the case's process {how} before it reported" + (f": {last}" if last else ""),
-                         wall, device=ctx.device)
-        return Isolated(CaseResult(row, []))
-
-
-def _wait(conn: Connection, timeout_s: float) -> Isolated | str:
-    """The child's answer, or why there is none: 'startup', 'timeout' or 'died'."""
-    ready = False
-    deadline = time.monotonic() + STARTUP_LIMIT_S
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return "timeout" if ready else "startup"
-        try:
-            if not conn.poll(min(left, 1.0)):
-                continue
-            message = conn.recv()
-        except (EOFError, OSError):
-            return "died"
-        if message == "ready":  # imports done: the case's own wall limit starts now
-            ready = True
-            deadline = time.monotonic() + kill_after(timeout_s)
-        elif isinstance(message, Isolated):
-            return message
+    imports = tuple((module, None) for module in CASE_MODULES) + plugins
+    outcome = run_isolated(_case_in_child, job, timeout=kill_after(ctx.timeout_s), imports=imports,
+                           preload=CASE_MODULES)
+    if outcome.ok:
+        return outcome.value
+    if outcome.status == "timeout":
+        error = (f"killed: no answer {kill_after(ctx.timeout_s):g} s into a case with a wall limit of "
+                 f"{ctx.timeout_s:g} s (a call that never returned)")
+    else:
+        error = f"the case's process {outcome.error} before it reported" + (f": {outcome.output}"
+                                                                            if outcome.output else "")
+    row = failed_row(case, outcome.status, error, outcome.wall_s, device=ctx.device)
+    return Isolated(CaseResult(row, []))

@@ -28,7 +28,7 @@ import torch
 from mlabench.case import Case
 from mlabench.errors import UsageError
 from mlabench.executors import OnStart
-from mlabench.executors.isolate import Isolated, failed_row, plugin_modules, run_isolated
+from mlabench.executors.isolate import Isolated, failed_row, isolate_case, plugin_modules
 from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.runner import CaseResult, RunContext
 
@@ -50,7 +50,7 @@ def _case_task(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | None
     """On a Ray worker: where this is, then the isolated case's answer."""
     ray = _ray()
     yield {"host": socket.gethostname(), "node": ray.util.get_node_ip_address()}
-    yield run_isolated(case, ctx, plugins, peaks_for)
+    yield isolate_case(case, ctx, plugins, peaks_for)
 
 
 def _describe_task(device: torch.device, dtypes: list[str], probe: bool, threads: int) -> tuple[dict[str, Any], Peaks]:

@@ -146,7 +146,7 @@ def compile_config(cfg: LaunchConfig, dims: str, dtype: str, write_final: bool, 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from mlabench.kernels import mla_decode as mod
+    from mlabench.kernels import mla_decode_kernels as mod
 
     kernel = mod._mla_decode_split_kernel
     if not isinstance(kernel, triton.runtime.jit.JITFunction):

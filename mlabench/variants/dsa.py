@@ -39,8 +39,9 @@ from torch import Tensor, nn
 from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants import kvquant
 from mlabench.variants.attention import causal_mask
+from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import linear
-from mlabench.variants.mla import LatentStep, MLAAbsorbed
+from mlabench.variants.mla import MLAAbsorbed
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_interleaved, apply_rotate_half
 

@@ -42,8 +42,8 @@ from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
 from mlabench.variants.attention import CoreAttention
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import RMSNorm
-from mlabench.variants.mla import LatentStep
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half, rope_table
 

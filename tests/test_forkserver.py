@@ -1,0 +1,155 @@
+"""The fork server (executors/forkserver.py): a function run in a fresh child comes back as a
+value, an exception, a signal or a timeout; the child sees the caller's environment as it is at
+the call; and nothing it starts outlives a driver killed with SIGKILL, whether the driver dies
+while the server is still starting or while a case runs: no process left without the driver
+goes on to load the case's code, and none survives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlabench import schema
+from mlabench.executors.forkserver import run_isolated
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the die-with-parent signal is Linux's")
+
+
+def where_am_i(x: int) -> tuple[int, int, int, int]:
+    return x * 2, os.getpid(), os.getsid(0), os.getppid()
+
+
+def aborts() -> None:
+    print("last words before the abort", flush=True)
+    os.abort()
+
+
+def raises() -> None:
+    raise ValueError("bad input seen in the child")
+
+
+def sleeps() -> None:
+    print("sleeping", flush=True)
+    time.sleep(3600)
+
+
+def reads_env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_a_value_comes_back_from_a_fresh_child_in_its_own_session() -> None:
+    first, second = run_isolated(where_am_i, 21), run_isolated(where_am_i, 4)
+    assert first.ok and second.ok, (first, second)
+    (value, pid, sid, ppid), (value2, pid2, _, ppid2) = first.value, second.value
+    assert (value, value2) == (42, 8)
+    assert len({pid, pid2, os.getpid()}) == 3  # a new process each call, never this one
+    assert sid == pid  # leads its own session: Ctrl-C in the terminal reaches the driver alone
+    assert ppid == ppid2 != os.getpid()  # forked by the one warm server, not by the caller
+
+
+def test_each_way_of_ending_is_an_outcome() -> None:
+    aborted = run_isolated(aborts)
+    assert aborted.status == "error" and aborted.signal == "SIGABRT" and aborted.exitcode == -signal.SIGABRT
+    assert aborted.error == "killed by SIGABRT" and aborted.output == "last words before the abort"
+    raised = run_isolated(raises)
+    assert raised.status == "error" and raised.error == "raised ValueError: bad input seen in the child"
+    hung = run_isolated(sleeps, timeout=0.5)
+    assert hung.status == "timeout" and hung.error == "no answer within 0.5 s" and hung.output == "sleeping"
+    assert hung.exitcode == -signal.SIGKILL
+
+
+def test_the_child_sees_the_environment_of_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray worker's GPU assignment changes per task, after the server started."""
+    run_isolated(reads_env, "X")  # the server is running before the variable exists
+    monkeypatch.setenv("MLABENCH_TEST_ASSIGNED", "3")
+    assert run_isolated(reads_env, "MLABENCH_TEST_ASSIGNED").value == "3"
+
+
+ORPHAN_SUITE = """
+name = "orphan"
+[settings]
+budget_s = 0.005
+warmup_s = 0.001
+min_samples = 3
+threads = 1
+[[grid]]
+model = "tiny"
+variant = "mha"
+backend = BACKENDS
+mode = "decode"
+batch = [1]
+seq_len = [16]
+"""
+
+
+DRIVER = "import sys, crash_backends; from mlabench.cli.app import main; main(sys.argv[1:])"
+
+
+def _marked(mark: str, python_only: bool = False) -> list[int]:
+    """Processes started with `mark` in their environment (every descendant of the driver);
+    `python_only`: those running this interpreter (not a short-lived tool the driver asks)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark.encode() in (entry / "environ").read_bytes() and (
+                        not python_only or (entry / "cmdline").read_bytes().split(b"\0")[0] == sys.executable.encode()):
+                    found.append(int(entry.name))
+            except OSError:
+                pass  # gone, or not ours to read
+    return found
+
+
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_nothing_outlives_a_killed_driver(when: str, tmp_path: Path) -> None:
+    """`starting`: the driver dies a second after its first child process appears (the case's
+    process, or the server, still importing torch);
+    `running`: once the first case's row is on disk, while the next case (one that never returns)
+    runs in its child."""
+    suite = tmp_path / "orphan.toml"
+    # `starting`: the case that never returns first, so an orphan would measure on; `running`: one case before it.
+    backends = '["test-hang"]' if when == "starting" else '["eager", "test-hang"]'
+    suite.write_text(ORPHAN_SUITE.replace("BACKENDS", backends))
+    out = tmp_path / "run"
+    mark = f"MLABENCH_TEST_ORPHAN={uuid.uuid4().hex}"
+    here = str(Path(__file__).parent)  # crash_backends registers the never-returning backend
+    imports = tmp_path / "imports.log"  # who loaded the case's code (crash_backends), under which parent
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1], "MLABENCH_TEST_IMPORT_LOG": str(imports),
+           "PYTHONPATH": os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, "sweep", "--suite", str(suite), "--out", str(out),
+                               "--isolate", "--timeout", "600", "--no-probe", "--no-report"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree = {os.getpid(), driver.pid}  # the driver and every process seen under it while it lived
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            tree.update(_marked(mark))
+            if when == "starting" and [p for p in _marked(mark, python_only=True) if p != driver.pid]:
+                time.sleep(1.0)  # the case handed over, its process still importing torch
+                break
+            results = out / schema.RESULTS_CSV
+            if when == "running" and results.exists() and len(results.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.02)
+        assert driver.poll() is None, "the driver ended before it could be killed"
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    deadline = time.monotonic() + 120  # a server killed mid-import notices once the import returns
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = _marked(mark)
+    for pid in survivors:  # leave nothing behind, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "processes outlived the killed driver"
+    loaders = [tuple(map(int, line.split())) for line in imports.read_text().splitlines()]
+    assert loaders and loaders[0][0] == driver.pid
+    orphans = [pid for pid, parent in loaders if parent not in tree]
+    assert not orphans, f"processes {orphans} loaded the case's code after the driver died"
