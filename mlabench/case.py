@@ -43,6 +43,7 @@ class Case:
     # sequence. '' = every sequence holds seq_len tokens.
     context: str = ""
     cache_layout: str = ""  # 'paged:PAGE_SIZE' (layout.py); '' = contiguous
+    tp: int = 1  # tensor-parallel degree: ranks, each holding its shard of the layer (mlabench.tp)
 
     @property
     def lengths(self) -> tuple[int, ...] | None:
@@ -52,6 +53,13 @@ class Case:
     @property
     def layout(self) -> CacheLayout:
         return parse_layout(self.cache_layout) if self.cache_layout else CacheLayout()
+
+    @property
+    def dist_backend(self) -> str:
+        """The torch.distributed backend joining a tensor-parallel case's ranks ('' at tp 1)."""
+        if self.tp == 1:
+            return ""
+        return "nccl" if self.device.startswith("cuda") else "gloo"
 
     @property
     def dtype(self) -> str:
@@ -109,6 +117,8 @@ class Case:
             "options": self.options_text,
             "context": self.context,
             "cache_layout": self.cache_layout,
+            "tp": self.tp,
+            "dist_backend": self.dist_backend,
         }
 
     @property
@@ -130,4 +140,5 @@ class Case:
                 + f" {self.dtype}" + (f" kv={self.shape.kv_dtype}" if self.shape.kv_dtype else "")
                 + (" core" if self.scope == "core" else "")
                 + (f" ctx={self.context}" if self.context else "")
-                + (f" {self.cache_layout}" if self.cache_layout else ""))
+                + (f" {self.cache_layout}" if self.cache_layout else "")
+                + (f" tp={self.tp}" if self.tp > 1 else ""))

@@ -77,6 +77,11 @@ class ResultRow:
     # 'paged:PAGE_SIZE' for a paged cache.
     context: str = _column("key", key=True)
     cache_layout: str = _column("key", key=True)
+    # Tensor parallelism: `tp` ranks each hold their shard of the layer (1 = unsharded, how runs
+    # written before the axis read), joined by the torch.distributed backend `dist_backend`
+    # (gloo on the CPU, nccl on CUDA; '' at tp 1).
+    tp: int = _column("key", key=True)
+    dist_backend: str = _column("key", key=True)
     # Outcome
     status: str = _column("outcome", key=True)  # required like a key field, though not part of the key
     error: str | None = _column("outcome")
@@ -87,6 +92,10 @@ class ResultRow:
     latency_ms_iqr: float | None = _column("time")
     n_samples: int | None = _column("time")
     compile_ms: float | None = _column("time")
+    # Tensor-parallel cases: the all-reduce of one step's output alone (median, slowest rank) and its
+    # share of the step's median latency
+    comm_ms: float | None = _column("time")
+    comm_share: float | None = _column("time")
     tokens_per_s: float | None = _column("time")
     # Work
     flops: int | None = _column("work")
@@ -96,8 +105,10 @@ class ResultRow:
     roofline_pct: float | None = _column("work")
     # Memory
     kv_cache_bytes: int | None = _column("memory")  # analytic
-    tp: int | None = _column("memory")  # tensor-parallel degree of the next column (setting `tp`, default 1)
-    kv_cache_bytes_per_gpu: int | None = _column("memory")  # analytic, one GPU's share at that degree
+    kv_cache_bytes_per_gpu: int | None = _column("memory")  # analytic, one GPU's share at degree tp
+    # nbytes of one rank's cache tensors (the largest rank's) in a tensor-parallel case; an ok row's
+    # equals kv_cache_bytes_per_gpu
+    kv_cache_bytes_per_gpu_measured: int | None = _column("memory")
     kv_cache_bytes_measured: int | None = _column("memory")  # nbytes of the cache tensors
     kv_cache_bytes_allocator: int | None = _column("memory")
     kv_cache_bytes_nvml: int | None = _column("memory")
@@ -174,13 +185,17 @@ EXTRA_COLUMNS: tuple[str, ...] = _columns("extra")
 SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms", "round")
 
 # Key columns whose empty value means "as before they existed" (see case_id).
-OPTIONAL_KEY_COLUMNS: frozenset[str] = frozenset({"context", "cache_layout"})
+OPTIONAL_KEY_COLUMNS: frozenset[str] = frozenset({"context", "cache_layout", "dist_backend"})
+# Key columns added with a non-empty implicit value (every earlier case was unsharded): hashed
+# only when they differ from it.
+IMPLICIT_KEY_VALUES: dict[str, str] = {"tp": "1"}
 
 STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped", "unsupported", "inaccurate", "timeout")
 FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate", "timeout"})
 
 # Deterministic metrics: equal code on equal shapes must give equal values.
-EXACT_COLUMNS: tuple[str, ...] = ("kv_cache_bytes", "kv_cache_bytes_measured", "params", "flops", "bytes")
+EXACT_COLUMNS: tuple[str, ...] = ("kv_cache_bytes", "kv_cache_bytes_measured", "kv_cache_bytes_per_gpu_measured",
+                                  "params", "flops", "bytes")
 
 
 def normalize_key_value(value: Any) -> str:
@@ -232,6 +247,9 @@ def case_id(key: Mapping[str, Any]) -> str:
     # unchanged, so runs and baselines measured before them still join and resume.
     for column in OPTIONAL_KEY_COLUMNS:
         if not values[column]:
+            del values[column]
+    for column, implicit in IMPLICIT_KEY_VALUES.items():
+        if values[column] in ("", implicit):
             del values[column]
     canonical = json.dumps(list(values.values()), separators=(",", ":"))
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]

@@ -17,6 +17,7 @@
     kv_dtype = ["auto"]   # what the cache stores: auto (the compute dtype), fp8_e4m3, fp8_e5m2
     seq_len = ["uniform:1024-32768"]  # a ragged batch: a context distribution (context.py), decode only
     cache_layout = ["contiguous", "paged:16"]  # paged caches (layout.py), decode only
+    tp = [1, 2]           # tensor-parallel ranks, each holding its shard of the layer (mlabench.tp)
 
 A `[cpu]` table (optional) holds axes that replace the grids' on a CPU device: a suite sized
 for a GPU still runs on a CPU, at the same model dims with small batches and contexts.
@@ -62,7 +63,8 @@ from mlabench.layout import parse_layout
 from mlabench.settings import SweepSettings
 from mlabench.variants.registry import shape_for_variant, variant_class, variant_names
 
-CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope", "cache_layout")
+CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope", "cache_layout",
+             "tp")
 SHAPE_AXES = tuple(f.name for f in fields(AttentionShape) if f.name not in ("name", "dtype"))
 TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options", "cpu"}
 # Suite names become directory names (results/runs/<time>-<suite>-<device>): no separators, no "..".
@@ -223,7 +225,7 @@ def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: 
             canonical_kv_dtype(v, canonical_dtype(v) if str(v).lower() in _DTYPE_NAMES else "float32")
         except ShapeError as exc:
             raise UsageError(f"suite: {exc} in {where}") from None
-    for axis in ("batch", "seq_len", "q_len"):
+    for axis in ("batch", "seq_len", "q_len", "tp"):
         for v in axes.get(axis, []):
             if axis == "seq_len" and is_spec(v):
                 continue  # a distribution, parsed by _check_axes
@@ -266,6 +268,7 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
         axes.setdefault("dtype", ["auto"])
         axes.setdefault("scope", ["step"])
         axes.setdefault("cache_layout", ["contiguous"])
+        axes.setdefault("tp", [1])
         shape_axes = [a for a in SHAPE_AXES if a in axes]
         names = list(CASE_AXES) + shape_axes
         kept = 0
@@ -336,7 +339,8 @@ def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[
         return None
     return Case(suite=suite, model=point["model"], variant=point["variant"], backend=point["backend"],
                 mode=point["mode"], device=device, batch=point["batch"], seq_len=seq_len,
-                q_len=q_len, shape=shape, scope=point["scope"], context=context, cache_layout=layout.text)
+                q_len=q_len, shape=shape, scope=point["scope"], context=context, cache_layout=layout.text,
+                tp=point["tp"])
 
 
 def shard(cases: list[Case], k: int, n: int) -> list[Case]:

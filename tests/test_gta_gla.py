@@ -200,10 +200,11 @@ def _claims_rows(tp: int) -> pd.DataFrame:
     for variant, scope in [("gqa", "step"), ("gta", "step"), ("gla-absorbed", "step"), ("mla-absorbed", "step"),
                            ("gla-absorbed", "core"), ("mla-absorbed", "core")]:
         sh = shape_for_variant(variant, from_name("gla-xl"))
-        case = Case("claims", "gla-xl", variant, "eager", "decode", "cpu", 1, 8, 1, sh, scope=scope)
+        case = Case("claims", "gla-xl", variant, "eager", "decode", "cpu", 1, 8, 1, sh, scope=scope,
+                    tp=tp if scope == "step" and variant.startswith(("gla", "mla")) else 1)
         m = build_variant(variant, sh, dtype=torch_dtype(sh.dtype))
         m.allocate_cache(1, 8)
-        rows.append({**case.key, **analytic_columns(case, tp), "status": "ok", "kv_cache_bytes_measured":
+        rows.append({**case.key, **analytic_columns(case), "status": "ok", "kv_cache_bytes_measured":
                      m.cache_nbytes()})
     return pd.DataFrame(rows)
 

@@ -32,14 +32,14 @@ from mlabench.schema import normalize_key_value
 # Key columns added after runs were already on disk, with the value those runs implicitly had.
 KEY_DEFAULTS: dict[str, str] = {"scope": "step", "context": "", "cache_layout": "", "num_latent_heads": "1",
                                  "q_rank": "0", "k_rank": "0", "v_rank": "0", "index_heads": "0",
-                                 "index_head_dim": "0", "topk": "0"}
+                                 "index_head_dim": "0", "topk": "0", "tp": "1", "dist_backend": ""}
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS
                                           if c not in KEY_DEFAULTS and c not in schema.KEY_DEFAULT_FROM) + \
     schema.OUTCOME_COLUMNS + ("latency_ms",)
 STRING_COLUMNS: frozenset[str] = frozenset(
     {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "kv_dtype", "device", "status", "error",
      "case_id", "backend_detail", "timer", "fits_l2", "options", "host", "device_name", "context", "cache_layout",
-     "context_lengths"}
+     "context_lengths", "dist_backend"}
 )
 SAMPLE_REQUIRED: tuple[str, ...] = ("case_id", "sample", "latency_ms")  # `round` is optional
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
