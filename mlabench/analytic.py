@@ -23,6 +23,7 @@ formulas live on its class (`AttentionVariant.kv_elements_per_token`, `core_flop
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 
 # --- the generic assembly: each variant's class holds its own formulas ---------------------
+@functools.lru_cache(maxsize=4096)  # a sweep's estimate asks again for every case of one shape
 def _normalized(variant: str, shape: AttentionShape) -> tuple[type[AttentionVariant], AttentionShape]:
     cls = variant_class(variant)
     return cls, cls.normalize_shape(shape)

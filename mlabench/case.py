@@ -6,6 +6,7 @@ is the `schema.KEY_COLUMNS` projection of a case, nothing else.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -126,7 +127,7 @@ class Case:
         """The options in one canonical text: 'compile_mode=max-autotune;num_splits=4' ('' for none)."""
         return ";".join(f"{k}={schema.normalize_key_value(v)}" for k, v in self.options)
 
-    @property
+    @functools.cached_property  # hashes every key field: planning a large grid asks several times per case
     def case_id(self) -> str:
         return schema.case_id(self.key)
 

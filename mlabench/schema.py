@@ -232,6 +232,13 @@ def timing_mode(timer: str) -> str:
     return text.split(" ")[0] if text else ""
 
 
+def sdpa_math(backend_detail: str | None) -> bool:
+    """True when a row's SDPA call ran PyTorch's unfused math kernel ('sdpa:auto->math' when the
+    dispatcher fell back to it, 'sdpa:math' when asked): correct, but not a fused kernel's speed,
+    so tables and the report mark such rows where a reader looks, not only in backend_detail."""
+    return str(backend_detail or "").split(",")[0] in ("sdpa:auto->math", "sdpa:math")
+
+
 # Key columns added after runs were on disk, hashed only when they differ from the value those
 # runs implicitly had (another key column's), so every earlier case keeps its id.
 KEY_DEFAULT_FROM: dict[str, str] = {"kv_dtype": "dtype"}

@@ -13,7 +13,8 @@ aside). A block with a line holding only `...` is an excerpt with cuts: each str
 cuts must appear in the output, in order. Only deterministic output belongs under a marker
 (tables from the analytic model, `--dry-run` sizing, help text): no timings, no dates.
 
-To regenerate every uncut excerpt after a deliberate change of output:
+To regenerate the excerpts after a deliberate change of output (an excerpt with cuts gets its
+first and last stretches redrawn from the output's head and tail; check the middle by hand):
 
     python tests/docs_excerpts.py --write
 """
@@ -116,20 +117,29 @@ def mismatch(excerpt: Excerpt, output: str) -> str | None:
     return None
 
 
+def regenerated(body: list[str], output: list[str]) -> list[str]:
+    """The excerpt redrawn from the output: all of it when uncut; with cuts, the first stretch
+    from the output's head and the last from its tail, the stretches between kept as they are."""
+    body = normalized(body)
+    cuts = [i for i, line in enumerate(body) if line.strip() == CUT]
+    if not cuts:
+        return output
+    head, tail = cuts[0], len(body) - cuts[-1] - 1
+    return output[:head] + body[cuts[0]:cuts[-1] + 1] + (output[len(output) - tail:] if tail else [])
+
+
 def write() -> int:
-    """Rewrite every uncut excerpt with its command's output; returns how many changed."""
+    """Rewrite every excerpt that no longer matches from its command's output; returns how many."""
     changed = 0
     for path in documents():
         lines = path.read_text(encoding="utf-8").splitlines()
         for ex in reversed(excerpts(path)):  # bottom up: earlier spans keep their line numbers
-            if CUT in (line.strip() for line in ex.body):
-                print(f"{ex.name}: has cuts ('...'), left as it is; check it by hand")
+            output = run(ex.command)
+            if mismatch(ex, output) is None:
                 continue
-            new = normalized(run(ex.command))
-            if new != normalized(ex.body):
-                lines[ex.span[0]:ex.span[1]] = new
-                changed += 1
-                print(f"{ex.name}: rewritten from `{ex.command}`")
+            lines[ex.span[0]:ex.span[1]] = regenerated(ex.body, normalized(output))
+            changed += 1
+            print(f"{ex.name}: rewritten from `{ex.command}`")
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return changed
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.docs_excerpts import CUT, Excerpt, documents, excerpts, mismatch, normalized, run
+from tests.docs_excerpts import CUT, Excerpt, documents, excerpts, mismatch, normalized, regenerated, run
 
 ALL = [ex for path in documents() for ex in excerpts(path)]
 
@@ -35,3 +35,6 @@ def test_the_comparison_bites() -> None:
     cut = Excerpt(ALL[0].path, 1, "mlabench kv", ["a", CUT, "c", "d"], (0, 4))
     assert mismatch(cut, "a\nx\ny\nc\nd\n") is None
     assert mismatch(cut, "c\nd\na\n") is not None and normalized(["", "a ", ""]) == ["a"]
+    # Regeneration redraws the first and last stretches from the output, keeps the cut between.
+    assert regenerated(["old", CUT, "c", "d"], ["new", "x", "c2", "d2"]) == ["new", CUT, "c2", "d2"]
+    assert regenerated(["a", "b"], ["x", "y", "z"]) == ["x", "y", "z"]
