@@ -77,9 +77,6 @@ class MeasureFlags:
                                           "else yes].", "--accuracy/--no-accuracy")] = None
     seed: Annotated[int | None, _opt("Seed for weights and inputs [default: the suite's, else 0].",
                                      metavar="N")] = None
-    tp: Annotated[int | None, _opt("Tensor-parallel degree of the analytic kv_cache_bytes_per_gpu column; must "
-                                   "divide every case's num_heads [default: the suite's, else 1].",
-                                   metavar="N")] = None
     probe: Annotated[bool, _opt("Measure roofline peaks first (else the spec table).", "--probe/--no-probe",
                                 show_default=True)] = True
 
@@ -90,7 +87,7 @@ class MeasureFlags:
 
         given = {"budget_s": self.budget, "warmup_s": self.warmup, "min_samples": self.min_samples,
                  "max_samples": self.max_samples, "threads": self.threads, "cuda_graph": self.cuda_graph,
-                 "accuracy": self.accuracy, "seed": self.seed, "timeout_s": self.timeout, "tp": self.tp, **more}
+                 "accuracy": self.accuracy, "seed": self.seed, "timeout_s": self.timeout, **more}
         settings: dict[str, Any] = {}
         for key, value in given.items():
             if value is not None:

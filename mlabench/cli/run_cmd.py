@@ -59,6 +59,10 @@ class RunCase:
                                                      show_default=False)] = None
     num_kv_heads: Annotated[int | None, typer.Option(help="KV heads (GQA groups) [default: the preset's].",
                                                      metavar="N", show_default=False)] = None
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree: the case runs on that many ranks "
+                                                "(processes on the CPU, GPUs on CUDA); must divide num_heads, and "
+                                                "divide or be a multiple of the KV groups [default: 1].",
+                                           metavar="N", show_default=False)] = None
     scope: Annotated[str, typer.Option(help="Timing scope: step (the whole layer) or core (the attention "
                                             "core alone).", metavar="SCOPE")] = "step"
     assignments: SetOpt = None

@@ -70,6 +70,9 @@ class SweepAxes:
                                               "paged:PAGE_SIZE")] = None
     kv_lora_rank: Annotated[str | None, _axis("Latent ranks (MLA d_c, lowrank-kv r, linformer k)")] = None
     num_kv_heads: Annotated[str | None, _axis("KV head counts (GQA groups)")] = None
+    tp: Annotated[str | None, _axis("Tensor-parallel degrees: each case runs on that many ranks (processes on "
+                                    "the CPU, GPUs on CUDA), e.g. 1,2,4; each must divide num_heads, and divide "
+                                    "or be a multiple of the KV groups")] = None
     scope: Annotated[str | None, typer.Option(
         help="Timing scope: step (the whole layer), core (the attention core alone), or both: step,core.",
         metavar="LIST", show_default=False)] = None
@@ -82,7 +85,7 @@ class SweepAxes:
             if name == "assignments" or text is None:
                 continue
             flag = f"--{name.replace('_', '-')}"
-            kind = int if name in ("batch", "q_len", "kv_lora_rank", "num_kv_heads") else str
+            kind = int if name in ("batch", "q_len", "kv_lora_rank", "num_kv_heads", "tp") else str
             out[name] = split_seq_lens(flag, text) if name == "seq_len" else split_list(flag, text, kind)
         return {**out, **check_set_fields(parse_assignments(self.assignments), given=out)}
 

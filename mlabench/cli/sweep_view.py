@@ -14,9 +14,6 @@ import typer
 from mlabench.cli.common import err_console, out_console, print_json, write_report_or_warn
 from mlabench.errors import UsageError
 
-# Key columns a suite's axes set (in the order a reader scans them), for the plan line.
-PLAN_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "kv_dtype", "scope",
-             "cache_layout", "context", "num_kv_heads", "kv_lora_rank")
 SHOWN_CASES = 40  # a dry run lists this many cases on a terminal (all of them with --json)
 
 
@@ -37,17 +34,15 @@ def dry_run_device(name: str) -> Any:
 
 
 def inherited_axes(plan: Any) -> dict[str, list[Any]]:
-    """The axes the suite gave (not the command line), with the values the planned cases take:
-    what an override such as `--variant X` silently kept."""
-    declared = {a for grid in plan.suite.grids for a in grid} | set(plan.suite.cpu_axes)
-    declared |= {"context"} if "seq_len" in declared else set()
-    keys = [c.key for c in plan.cases]
+    """The axes the suite's grids set (not the command line), with the suite's values (its
+    `[cpu]` table's on a CPU): what an override such as `--variant X` silently kept."""
+    cpu = plan.suite.cpu_axes if plan.device.type == "cpu" else {}
     out: dict[str, list[Any]] = {}
-    for axis in PLAN_AXES:
-        if axis in declared and axis not in plan.overrides and not (axis == "context" and "seq_len" in plan.overrides):
-            values = list(dict.fromkeys(k[axis] for k in keys if k[axis] not in ("", None)))
-            if values:
-                out[axis] = values
+    for grid in plan.suite.grids:
+        for axis, values in {**grid, **cpu}.items():
+            if axis not in plan.overrides and axis != "suite":
+                out.setdefault(axis, [])
+                out[axis] += [v for v in values if v not in out[axis]]
     return out
 
 
@@ -98,7 +93,8 @@ def print_estimate(plan: Any, as_json: bool) -> None:
                     "case_list": [{"case_id": c.case_id, "label": c.label()} for c in plan.cases]})
         return
     mode = "CUDA-graph (hot)" if plan.settings.cuda_graph else "cold"
-    out_console.print(f"{plan.suite.name} on {dev}: {est.cases} cases, estimated {est.seconds / 60:.1f} min "
+    rounds = f" x {est.rounds} rounds" if est.rounds > 1 else ""
+    out_console.print(f"{plan.suite.name} on {dev}: {est.cases} cases{rounds}, estimated {est.seconds / 60:.1f} min "
                       f"({est.seconds:.0f} s; {mode} timing, assuming {est.device})")
     for backend, seconds in sorted(est.by_backend.items(), key=lambda kv: -kv[1]):
         out_console.print(f"  {backend:<11} {seconds:7.0f} s" + ("  (skipped here)" if backend in unavailable else ""))

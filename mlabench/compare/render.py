@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from typing import Any
 
@@ -175,11 +176,21 @@ def _md_table(cases: list[CaseResult]) -> list[str]:
     return lines
 
 
+def shown_path(path: str) -> str:
+    """A run's path relative to the working directory: a PR comment must not carry the runner's
+    absolute paths."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows): nothing relative to say
+        return path
+
+
 def to_markdown(cmp: Comparison) -> str:
     """A PR-comment-ready report: verdict line, cases needing attention, the rest folded."""
     mark = "✅" if cmp.passed else "❌"
     lines = [f"**mlabench compare {mark} {summary(cmp)}**", ""]
-    lines.append(f"Baseline `{cmp.baseline}`, candidate `{cmp.candidate}`. Method: {cmp.method}.")
+    lines.append(f"Baseline `{shown_path(cmp.baseline)}`, candidate `{shown_path(cmp.candidate)}`. "
+                 f"Method: {cmp.method}.")
     lines += [f"- note: {_md_cell(n)}" for n in cmp.env_notes]
     lines.append("")
     loud = [c for c in cmp.cases if not quiet(c, cmp.settings.threshold)]

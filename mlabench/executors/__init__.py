@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mlabench.case import Case
 from mlabench.errors import UsageError
-from mlabench.runner import CaseResult, RunContext, run_case
+from mlabench.runner import CaseResult, RunContext
+from mlabench.tp import run_any_case
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +83,7 @@ class LocalExecutor(OnThisMachine):
 
     name = "local"
 
-    def __init__(self, run: Callable[[Case, RunContext], CaseResult] = run_case) -> None:
+    def __init__(self, run: Callable[[Case, RunContext], CaseResult] = run_any_case) -> None:
         self._run = run
 
     def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
@@ -133,7 +134,7 @@ def choose_executor(name: str | None, isolate: bool, ray_address: str | None,
 
 
 def make_executor(name: str, ray_address: str | None = None, ray_accelerator: str | None = None,
-                  run: Callable[[Case, RunContext], CaseResult] = run_case) -> Executor:
+                  run: Callable[[Case, RunContext], CaseResult] = run_any_case) -> Executor:
     """The executor `name` (checked by `choose_executor`), connected: Ray joins or starts its
     cluster here. `run`: how the local executor runs one case."""
     if name == "ray":
