@@ -1,4 +1,4 @@
-"""KV bytes per GPU under tensor parallelism (MLA.md section 6): the base-class contract, `mlabench kv
+"""KV bytes per GPU under tensor parallelism (docs/variants.md §6): the base-class contract, `mlabench kv
 --tp`, the sweep's `tp` setting and column, and the report's per-GPU KV line."""
 
 from __future__ import annotations

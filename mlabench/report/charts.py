@@ -157,8 +157,9 @@ def kv_chart(df: pd.DataFrame) -> Chart:
                   "the run recorded them, the CUDA allocator's delta (dotted) and NVML's device-used delta "
                   "(dash-dot) around the allocation, which show allocator granularity, and the paged copy a "
                   "fused backend keeps beside the cache (long dashes). Tensor-parallel cases (tp > 1) also "
-                  "draw what one GPU holds at their degree (triangles; analytic: heads split, a shared latent or "
-                  "RoPE key on every GPU; the tensor-parallel chart sets it beside what the ranks measured).")
+                  "draw what one GPU holds at their degree (triangles; analytic, docs/variants.md §6: heads "
+                  "split, a shared latent or RoPE key on every GPU; the tensor-parallel chart sets it beside "
+                  "what the ranks measured).")
     rows = df[df["kv_cache_bytes"].notna() | df["kv_cache_bytes_measured"].notna()]
     if rows.empty:
         return Chart(chart.id, chart.title, chart.description, note="No row records KV-cache bytes.")
