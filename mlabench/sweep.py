@@ -197,6 +197,9 @@ def open_run(plan: SweepPlan, resume: bool, device_meta: dict[str, Any] | None =
         "settings": {**plan.settings.as_dict(), "options": plan.suite.options},
         "cases": len(plan.cases),
         "run": run_record(plan),
+        # The tensor-parallel degrees the cases run at and the torch.distributed backend joining their ranks.
+        "tensor_parallel": {"degrees": sorted({c.tp for c in plan.cases}),
+                            "backends": sorted({c.dist_backend for c in plan.cases} - {""})},
     }
     writer = RunWriter(plan.out_dir, resume, check_resume(plan.out_dir, meta))
     try:

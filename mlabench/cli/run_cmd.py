@@ -59,6 +59,10 @@ class RunCase:
                                                      show_default=False)] = None
     num_kv_heads: Annotated[int | None, typer.Option(help="KV heads (GQA groups) [default: the preset's].",
                                                      metavar="N", show_default=False)] = None
+    tp: Annotated[int | None, typer.Option(help="Tensor-parallel degree: the case runs on that many ranks "
+                                                "(processes on the CPU, GPUs on CUDA); must divide num_heads, and "
+                                                "divide or be a multiple of the KV groups [default: 1].",
+                                           metavar="N", show_default=False)] = None
     scope: Annotated[str, typer.Option(help="Timing scope: step (the whole layer) or core (the attention "
                                             "core alone).", metavar="SCOPE")] = "step"
     assignments: SetOpt = None
@@ -132,6 +136,10 @@ def run(case_flags: RunCase, measure: MeasureFlags, backend_options: BackendFlag
             if v is not None and v != "":
                 table.add_row(f"[bold]{k}[/]", f"{v:.6g}" if isinstance(v, float) else str(v))
         out_console.print(table)
+    if schema.sdpa_math(result.row.backend_detail):
+        err_console.print("note: SDPA ran its unfused math kernel here (no fused kernel takes these inputs on "
+                          f"{dev}), far slower than a fused one; backend_detail {result.row.backend_detail}",
+                          markup=False, soft_wrap=True)
     if result.profile is not None:  # stderr under --json, which owns stdout
         print_profile(result.profile, err_console if as_json else out_console)
     if result.status in schema.FAILED_STATUSES:
