@@ -2,7 +2,7 @@
 
 Functions of (variant name, shape, step) that need no tensors. Each variant's
 formulas live on its class (`AttentionVariant.kv_elements_per_token`, `core_flops`,
-...), written from MLA.md; this module only looks the class up and assembles:
+...), written from docs/variants.md; this module only looks the class up and assembles:
 
 - FLOPs count multiply-adds as 2 and only (query, key) pairs a causal mask lets
   through; projections are counted per new token. RMSNorm, RoPE and softmax are
@@ -97,7 +97,7 @@ def check_tp(variant: str, shape: AttentionShape, tp: int) -> None:
 
 
 def kv_elements_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> int:
-    """Cache elements per token per layer on one GPU at tensor-parallel degree tp (MLA.md section 6)."""
+    """Cache elements per token per layer on one GPU at tensor-parallel degree tp (docs/variants.md §6)."""
     cls, sh = _normalized(variant, shape)
     cls.check_tp(sh, tp)
     per_token = cls.kv_elements_per_token_per_gpu(sh, tp)

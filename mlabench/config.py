@@ -5,7 +5,7 @@ whole-model figures). It is validated before any tensor exists: every
 impossible value raises `ShapeError` naming the field. What a shape must hold
 for one variant is that variant's own check (`AttentionVariant.normalize_shape`).
 
-Field meaning per family (see MLA.md):
+Field meaning per family (see docs/variants.md):
 - GQA family (mha/mqa/gqa): `head_dim` is D, `num_kv_heads` is G.
 - MLA: `head_dim` is qk_nope_head_dim d_n, `rope_head_dim` d_r, `v_head_dim` d_v,
   `q_lora_rank` d_q (0 = no query compression), `kv_lora_rank` d_c.

@@ -193,7 +193,9 @@ def open_run(plan: SweepPlan, resume: bool, device_meta: dict[str, Any] | None =
     meta = RunMeta(environment=env, suite=plan.suite.name, suite_path=plan.suite.path,
                    shard=f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
                    settings={**plan.settings.as_dict(), "options": plan.suite.options}, cases=len(plan.cases),
-                   run=run_record(plan))
+                   run=run_record(plan),
+                   tensor_parallel={"degrees": sorted({c.tp for c in plan.cases}),
+                                    "backends": sorted({c.dist_backend for c in plan.cases} - {""})})
     writer = RunWriter(plan.out_dir, resume, check_resume(plan.out_dir, meta))
     try:
         previous = writer.previous_meta

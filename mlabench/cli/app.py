@@ -1,6 +1,6 @@
 """The CLI's table of contents: every command is wired here explicitly.
 
-Exceptions become one line on stderr and the exit code DESIGN.md promises
+Exceptions become one line on stderr and the exit code the README promises
 (2 bad input, 3 not comparable); MLABENCH_DEBUG=1 shows the traceback instead.
 The table, in `main`: mlabench's own errors carry their exit code; command-line
 parse errors (unknown option, a value of the wrong type) and impossible shapes

@@ -34,6 +34,8 @@ class RunMeta:
     settings: dict[str, Any] | None = None
     cases: int | None = None
     run: dict[str, Any] | None = None
+    # The tensor-parallel degrees the cases run at and the torch.distributed backends joining their ranks.
+    tensor_parallel: dict[str, Any] | None = None
     # Where and how it was measured.
     peaks: dict[str, Any] | None = None
     executor: str | None = None
