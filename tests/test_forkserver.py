@@ -72,6 +72,31 @@ def test_the_child_sees_the_environment_of_the_call(monkeypatch: pytest.MonkeyPa
     assert run_isolated(reads_env, "MLABENCH_TEST_ASSIGNED").value == "3"
 
 
+MAIN_SCRIPT = """
+import os, sys
+with open(sys.argv[1], "a") as log:  # every process that runs this script says so
+    log.write(f"{__name__} {os.getpid()}\\n")
+from mlabench.executors.forkserver import run_isolated
+
+def pid():
+    return os.getpid()
+
+if __name__ == "__main__":
+    answers = [run_isolated(pid) for _ in range(3)]
+    assert all(a.ok for a in answers), answers
+"""
+
+
+def test_the_callers_main_script_runs_once_in_the_server_not_in_each_child(tmp_path: Path) -> None:
+    """Children unpickle `pid` from the caller's main script: the server imports that script once
+    (a Ray worker's costs seconds) instead of every child running it again."""
+    script, log = tmp_path / "driver.py", tmp_path / "ran.log"
+    script.write_text(MAIN_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(log)], check=True, timeout=600)
+    runs = [line.split()[0] for line in log.read_text().splitlines()]
+    assert runs == ["__main__", "__mp_main__"]  # the driver, then the server; no child
+
+
 ORPHAN_SUITE = """
 name = "orphan"
 [settings]

@@ -1,6 +1,11 @@
 """`--executor ray`: each case a Ray task holding one GPU (CPU cases: `threads` CPUs), whose
 worker runs it in a fresh child process (executors/isolate.py); rows come back to the driver.
 
+Each worker keeps its own warm fork server (executors/forkserver.py) across tasks: its first
+case pays for importing torch and mlabench once, every later one only for a fork. The worker
+never touches the device itself (its children do, each with the GPU Ray assigned to that task),
+so it may run any number of tasks, GPU ones included.
+
 Ray (the optional extra `mlabench[ray]`) schedules the tasks over a cluster (`--ray-address`)
 or over this machine's GPUs or CPUs (a local instance started here and stopped at the end).
 Each task is a streaming generator that first says where it runs (host, node) and then
@@ -167,7 +172,9 @@ class RayExecutor:
         ray = _ray()
         ctx = replace(ctx, nvml=None)  # the child opens its own
         resources = self._resources(ctx.device, ctx.timing.threads)
-        task = ray.remote(num_returns="streaming", max_retries=0, **resources)(_case_task)
+        # max_calls=0: the worker stays, and with it its warm fork server (Ray would otherwise end a
+        # GPU task's worker after one call, which matters only to a worker holding a CUDA context).
+        task = ray.remote(num_returns="streaming", max_retries=0, max_calls=0, **resources)(_case_task)
         plugins = plugin_modules(cases)
         peaks_for = (self.device_meta or {}).get("name")
         window = self._capacity(resources) + QUEUE_AHEAD
