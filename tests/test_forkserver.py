@@ -72,6 +72,21 @@ def test_the_child_sees_the_environment_of_the_call(monkeypatch: pytest.MonkeyPa
     assert run_isolated(reads_env, "MLABENCH_TEST_ASSIGNED").value == "3"
 
 
+def test_without_a_fork_server_each_call_spawns_and_says_so_once(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import multiprocessing
+
+    from mlabench.executors import forkserver
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(forkserver, "_warned_spawn", False)
+    first, second = run_isolated(where_am_i, 1), run_isolated(aborts)
+    assert first.ok and first.value[0] == 2 and first.value[3] == os.getpid()  # spawned by this process itself
+    assert second.signal == "SIGABRT"
+    err = capsys.readouterr().err
+    assert err.count("no fork server on this platform") == 1
+
+
 MAIN_SCRIPT = """
 import os, sys
 with open(sys.argv[1], "a") as log:  # every process that runs this script says so
