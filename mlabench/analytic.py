@@ -2,7 +2,7 @@
 
 Functions of (variant name, shape, step) that need no tensors. Each variant's
 formulas live on its class (`AttentionVariant.kv_elements_per_token`, `core_flops`,
-...), written from MLA.md; this module only looks the class up and assembles:
+...), written from docs/variants.md; this module only looks the class up and assembles:
 
 - FLOPs count multiply-adds as 2 and only (query, key) pairs a causal mask lets
   through; projections are counted per new token. RMSNorm, RoPE and softmax are
@@ -23,6 +23,7 @@ formulas live on its class (`AttentionVariant.kv_elements_per_token`, `core_flop
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 
 # --- the generic assembly: each variant's class holds its own formulas ---------------------
+@functools.lru_cache(maxsize=4096)  # a sweep's estimate asks again for every case of one shape
 def _normalized(variant: str, shape: AttentionShape) -> tuple[type[AttentionVariant], AttentionShape]:
     cls = variant_class(variant)
     return cls, cls.normalize_shape(shape)
@@ -95,7 +97,7 @@ def check_tp(variant: str, shape: AttentionShape, tp: int) -> None:
 
 
 def kv_elements_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> int:
-    """Cache elements per token per layer on one GPU at tensor-parallel degree tp (MLA.md section 6)."""
+    """Cache elements per token per layer on one GPU at tensor-parallel degree tp (docs/variants.md §6)."""
     cls, sh = _normalized(variant, shape)
     cls.check_tp(sh, tp)
     per_token = cls.kv_elements_per_token_per_gpu(sh, tp)

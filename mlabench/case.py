@@ -6,6 +6,7 @@ is the `schema.KEY_COLUMNS` projection of a case, nothing else.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,6 +44,7 @@ class Case:
     # sequence. '' = every sequence holds seq_len tokens.
     context: str = ""
     cache_layout: str = ""  # 'paged:PAGE_SIZE' (layout.py); '' = contiguous
+    tp: int = 1  # tensor-parallel degree: ranks, each holding its shard of the layer (mlabench.tp)
 
     @property
     def lengths(self) -> tuple[int, ...] | None:
@@ -52,6 +54,13 @@ class Case:
     @property
     def layout(self) -> CacheLayout:
         return parse_layout(self.cache_layout) if self.cache_layout else CacheLayout()
+
+    @property
+    def dist_backend(self) -> str:
+        """The torch.distributed backend joining a tensor-parallel case's ranks ('' at tp 1)."""
+        if self.tp == 1:
+            return ""
+        return "nccl" if self.device.startswith("cuda") else "gloo"
 
     @property
     def dtype(self) -> str:
@@ -69,54 +78,24 @@ class Case:
 
     @property
     def key(self) -> dict[str, Any]:
-        sh = self.shape
-        return {
-            "suite": self.suite,
-            "model": self.model,
-            "variant": self.variant,
-            "backend": self.backend,
-            "mode": self.mode,
-            "scope": self.scope,
-            "dtype": self.dtype,
-            "kv_dtype": self.shape.cache_dtype,
-            "device": self.device,
-            "batch": self.batch,
-            "seq_len": self.seq_len,
-            "q_len": self.q_len,
-            "num_heads": sh.num_heads,
-            "num_kv_heads": sh.kv_heads,
-            "head_dim": sh.head_dim,
-            "q_lora_rank": sh.q_lora_rank,
-            "kv_lora_rank": sh.kv_lora_rank,
-            "num_latent_heads": sh.num_latent_heads,
-            "rope_head_dim": sh.rope_head_dim,
-            "v_head_dim": sh.value_dim,
-            "hidden_size": sh.hidden_size,
-            "num_layers": sh.num_layers,
-            "rope_theta": sh.rope_theta,
-            "rope_scaling_factor": sh.rope_scaling_factor,
-            "rope_mscale_all_dim": sh.rope_mscale_all_dim,
-            "rope_original_max_position": sh.rope_original_max_position,
-            "rope_beta_fast": sh.rope_beta_fast,
-            "rope_beta_slow": sh.rope_beta_slow,
-            "rms_norm_eps": sh.rms_norm_eps,
-            "q_rank": sh.q_rank,
-            "k_rank": sh.k_rank,
-            "v_rank": sh.v_rank,
-            "index_heads": sh.index_heads,
-            "index_head_dim": sh.index_head_dim,
-            "topk": sh.topk,
-            "options": self.options_text,
-            "context": self.context,
-            "cache_layout": self.cache_layout,
+        """The case's key columns (schema.KEY_COLUMNS, in order): the grid's axes, then the shape's
+        key fields as config declares them, then the backend options and serving axes."""
+        values = {
+            "suite": self.suite, "model": self.model, "variant": self.variant, "backend": self.backend,
+            "mode": self.mode, "scope": self.scope, "dtype": self.dtype, "kv_dtype": self.shape.cache_dtype,
+            "device": self.device, "batch": self.batch, "seq_len": self.seq_len, "q_len": self.q_len,
+            **self.shape.key_values(),
+            "options": self.options_text, "context": self.context, "cache_layout": self.cache_layout,
+            "tp": self.tp, "dist_backend": self.dist_backend,
         }
+        return {c: values[c] for c in schema.KEY_COLUMNS}
 
     @property
     def options_text(self) -> str:
         """The options in one canonical text: 'compile_mode=max-autotune;num_splits=4' ('' for none)."""
         return ";".join(f"{k}={schema.normalize_key_value(v)}" for k, v in self.options)
 
-    @property
+    @functools.cached_property  # hashes every key field: planning a large grid asks several times per case
     def case_id(self) -> str:
         return schema.case_id(self.key)
 
@@ -130,4 +109,5 @@ class Case:
                 + f" {self.dtype}" + (f" kv={self.shape.kv_dtype}" if self.shape.kv_dtype else "")
                 + (" core" if self.scope == "core" else "")
                 + (f" ctx={self.context}" if self.context else "")
-                + (f" {self.cache_layout}" if self.cache_layout else ""))
+                + (f" {self.cache_layout}" if self.cache_layout else "")
+                + (f" tp={self.tp}" if self.tp > 1 else ""))

@@ -247,12 +247,15 @@ def _claim_gla(rows: pd.DataFrame) -> list[ClaimResult]:
     # Per GPU at TP 2: GLA-2 (h_c/N)*d_g + d_r = 320 elements (640 B bf16), MLA d_c + d_r = 576 (1152 B).
     for variant, expected in (("gla-absorbed", 640.0), ("mla-absorbed", 1152.0)):
         sel = _select(rows, variant=variant, tp=2, dtype="bfloat16", **base)
-        per_gpu, note = _per_token(sel, "kv_cache_bytes_per_gpu")
+        measured = "kv_cache_bytes_per_gpu_measured"  # one rank's cache tensors, where the case ran sharded
+        column = measured if measured in sel.columns and sel[measured].notna().any() else "kv_cache_bytes_per_gpu"
+        per_gpu, note = _per_token(sel, column)
+        source = f"{'measured on one rank' if column == measured else 'analytic'} ({column})"
         label = "GLA-2" if variant.startswith("gla") else "MLA"
         out.append(ClaimResult(f"{label} at TP 2 holds {expected:,.0f} B of KV cache per token per layer per GPU",
                                GLA_PAPER, expected, per_gpu, "B/token/layer/GPU", _verdict(expected, per_gpu),
                                f"no gla-xl bfloat16 {variant} decode rows swept with tp = 2 in the claims suite"
-                               if per_gpu is None else "; ".join(["analytic (kv_cache_bytes_per_gpu), MLA.md §6"]
+                               if per_gpu is None else "; ".join([source]
                                                                  + ([note] if note else []))))
     # Core FLOPs of one absorbed decode step: 2H(2d_g + d_r)T against MLA's 2H(2d_c + d_r)T.
     flops = {v: _single(_column(_select(rows, variant=v, scope="core", **base), "flops"))[0]

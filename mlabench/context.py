@@ -2,7 +2,7 @@
 
 The `seq_len` axis takes an integer (every sequence holds that many tokens) or a spec:
 
-    uniform:1024-32768                 lengths drawn uniformly from [1024, 32768]
+    uniform:1024-32768                 lengths drawn uniformly from [1024, 32768] (at most 2**24)
     lognormal:median=4096,sigma=1      exp(N(ln 4096, 1)), rounded, clipped to [1, 131072]
     list:900/4096/17000                explicit lengths, cycled over the batch
 
@@ -26,6 +26,10 @@ from mlabench.errors import UsageError
 
 DISTRIBUTIONS = ("uniform", "lognormal", "list")
 LOGNORMAL_CAP = 131072  # a lognormal tail is unbounded; one sequence must still fit a real cache
+# The longest context a uniform or list spec may name: far past any model's window, and far
+# inside the int64 a length is drawn as and the int32 a kernel indexes a sequence's slots with.
+MAX_CONTEXT = 1 << 24
+MAX_RAGGED_BATCH = 1 << 16  # a ragged batch's lengths are drawn when it is planned and listed in its row
 _NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?"
 
 
@@ -83,8 +87,8 @@ def parse_context(text: str) -> ContextSpec:
         if not m:
             raise UsageError(f"seq_len: {text!r}: uniform takes LOW-HIGH, two positive integers")
         low, high = int(m.group(1)), int(m.group(2))
-        if low < 1 or high < low:
-            raise UsageError(f"seq_len: {text!r}: uniform needs 1 <= LOW <= HIGH")
+        if low < 1 or high < low or high > MAX_CONTEXT:
+            raise UsageError(f"seq_len: {text!r}: uniform needs 1 <= LOW <= HIGH <= {MAX_CONTEXT}")
         return ContextSpec("uniform", (low, high))
     if kind == "lognormal":
         m = re.fullmatch(rf"median\s*=\s*({_NUMBER})\s*,\s*sigma\s*=\s*({_NUMBER})", body)
@@ -98,8 +102,8 @@ def parse_context(text: str) -> ContextSpec:
     if not all(re.fullmatch(r"[0-9]+", p) for p in items):
         raise UsageError(f"seq_len: {text!r}: list takes positive integers separated by '/'")
     values = tuple(int(p) for p in items)
-    if min(values) < 1:
-        raise UsageError(f"seq_len: {text!r}: every length must be >= 1")
+    if min(values) < 1 or max(values) > MAX_CONTEXT:
+        raise UsageError(f"seq_len: {text!r}: every length must be >= 1 and <= {MAX_CONTEXT}")
     return ContextSpec("list", values)
 
 

@@ -10,6 +10,8 @@ An estimate, never a measurement. Per case it adds:
   its roofline floor `max(flops / peak_flops, bytes / peak_bw)` from the analytic model
   and the peaks (spec sheet for a GPU, a nominal figure for a CPU), stretched by
   `FLOOR_EFFICIENCY` because real steps reach a fraction of the floor.
+With `rounds` R every round repeats the setup, cache fill, warm-up and sampling (R times);
+the compile and the accuracy reference are paid once, as the sweep pays them.
 The sweep itself adds `SWEEP_FIXED_S` (start-up, peak probes); a backend that cannot run on
 the planned device costs nothing (`unavailable`: it is recorded as skipped at once).
 CUDA-graph timing adds one capture per case (a few tens of ms), so both timing modes get the
@@ -50,9 +52,11 @@ class Estimate:
     seconds: float
     device: str  # the device the figures assume, e.g. "H100 SXM (spec peaks)"
     by_backend: dict[str, float] = field(default_factory=dict)  # seconds per backend
+    rounds: int = 1  # passes over the case list (sweep --rounds)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"cases": self.cases, "estimated_s": round(self.seconds, 1), "assumes": self.device,
+        return {"cases": self.cases, "rounds": self.rounds, "estimated_s": round(self.seconds, 1),
+                "assumes": self.device,
                 "estimated_s_by_backend": {k: round(v, 1) for k, v in self.by_backend.items()},
                 "note": "an estimate from analytic bytes/FLOPs, peaks and fixed per-case overhead, not a measurement"}
 
@@ -77,19 +81,20 @@ def case_seconds(case: Case, settings: SweepSettings, flops_per_s: float, bytes_
     flops = analytic.scoped_flops(case.variant, sh, step, case.scope)
     moved = analytic.scoped_bytes(case.variant, sh, step, case.scope)
     call_s = max(flops / rate, moved / bytes_per_s) / FLOOR_EFFICIENCY
-    total = SETUP_S[device_type] + COMPILE_S.get(case.backend, {}).get(device_type, 0.0) + call_s
+    once = COMPILE_S.get(case.backend, {}).get(device_type, 0.0)
+    per_round = SETUP_S[device_type] + call_s
     cached = analytic.kv_cache_elements(case.variant, sh, case.batch, step.context) if step.context else 0
-    total += cached * FILL_BYTES_PER_ELEMENT / bytes_per_s
+    per_round += cached * FILL_BYTES_PER_ELEMENT / bytes_per_s
     if settings.accuracy:
         share = len(reference_rows(case.batch)) / case.batch
         ref_flops = analytic.flops(case.variant, sh, step) * share
         ref_bytes = analytic.bytes_moved(case.variant, sh, step) * share * 8 / sh.element_bytes
-        total += max(ref_flops / (flops_per_s * FP64_FRACTION[device_type]), ref_bytes / bytes_per_s)
+        once += max(ref_flops / (flops_per_s * FP64_FRACTION[device_type]), ref_bytes / bytes_per_s)
     sampling = max(settings.budget_s, settings.min_samples * call_s)
-    total += settings.warmup_s + sampling
+    per_round += settings.warmup_s + sampling
     if device_type == "cuda" and settings.cuda_graph:
-        total += GRAPH_CAPTURE_S
-    return total
+        per_round += GRAPH_CAPTURE_S
+    return once + per_round * settings.rounds
 
 
 def estimate_sweep(cases: list[Case], settings: SweepSettings, device_type: str,
@@ -103,4 +108,4 @@ def estimate_sweep(cases: list[Case], settings: SweepSettings, device_type: str,
         else:
             seconds = case_seconds(case, settings, flops_per_s, bytes_per_s, device_type)
         by_backend[case.backend] = by_backend.get(case.backend, 0.0) + seconds
-    return Estimate(len(cases), SWEEP_FIXED_S + sum(by_backend.values()), assumed, by_backend)
+    return Estimate(len(cases), SWEEP_FIXED_S + sum(by_backend.values()), assumed, by_backend, settings.rounds)

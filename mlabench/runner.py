@@ -20,6 +20,7 @@ import gc
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,6 @@ class RunContext:
     seed: int = 0
     timeout_s: float = 300.0  # wall limit of one case, checked between steps (a running call is never cut)
     profile: ProfileRequest | None = None  # trace (and NVTX) for the cases it selects
-    tp: int = 1  # tensor-parallel degree of the analytic per-GPU cache column
 
 
 @dataclass
@@ -80,19 +80,19 @@ class CaseResult:
 UNSTABLE_SPREAD = 1.5
 
 
-def analytic_columns(case: Case, tp: int = 1) -> dict[str, Any]:
+def analytic_columns(case: Case) -> dict[str, Any]:
     """Deterministic columns known before anything runs (the formulas; `params` is counted on
-    the module itself once it exists). `kv_cache_bytes_per_gpu` is one GPU's share at
-    tensor-parallel degree tp, empty for a variant without a tensor-parallel cache model."""
+    the module itself once it exists). `kv_cache_bytes_per_gpu` is one GPU's share at the case's
+    tensor-parallel degree, empty for a variant without a tensor-parallel cache model."""
     sh, step, lengths = case.shape, case.step, case.lengths
     page_size = case.layout.page_size
     kv = analytic.layout_kv_cache_bytes(case.variant, sh, case.batch, case.seq_len, lengths, page_size)
     try:
         per_gpu: int | None = analytic.layout_kv_cache_bytes_per_gpu(case.variant, sh, case.batch, case.seq_len,
-                                                                     tp, lengths, page_size)
+                                                                     case.tp, lengths, page_size)
     except NotImplementedError:
         per_gpu = None
-    shared = {"tp": tp, "kv_cache_bytes_per_gpu": per_gpu, "kv_cache_bytes": kv}
+    shared = {"kv_cache_bytes_per_gpu": per_gpu, "kv_cache_bytes": kv}
     if lengths is None:
         return {
             **shared,
@@ -145,8 +145,14 @@ def _preflight(case: Case, ctx: RunContext) -> None:
             raise SkippedError(f"needs ~{need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB RAM available")
 
 
-def run_case(case: Case, ctx: RunContext) -> CaseResult:
-    row: dict[str, Any] = {**case.key, **analytic_columns(case, ctx.tp), "case_id": case.case_id, "status": "ok",
+# What measures a case once the row holds its key and analytic columns: fills the row's measured
+# columns and returns the timed samples (ms). `_measure` below is one process on one device;
+# a tensor-parallel case's ranks each run theirs (mlabench.tp).
+Measure = Callable[[Case, "RunContext", dict[str, Any], list[ProfileResult]], list[float]]
+
+
+def run_case(case: Case, ctx: RunContext, measure: Measure | None = None) -> CaseResult:
+    row: dict[str, Any] = {**case.key, **analytic_columns(case), "case_id": case.case_id, "status": "ok",
                            **where(ctx.device)}
     started = time.perf_counter()
     samples: list[float] = []
@@ -155,7 +161,7 @@ def run_case(case: Case, ctx: RunContext) -> CaseResult:
     try:
         with device_scope(ctx.device):
             _preflight(case, ctx)
-            samples = _measure(case, ctx, row, profiled)
+            samples = (measure or _measure)(case, ctx, row, profiled)
     except UnsupportedError as exc:
         row.update(status="unsupported", error=str(exc))
     except SkippedError as exc:
@@ -230,14 +236,14 @@ def _measure(case: Case, ctx: RunContext, row: dict[str, Any], profiled: list[Pr
         row["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
 
     if ctx.accuracy:
-        _check_accuracy(case, row, out, timed.reference, device, timed.quant_reference)
+        check_accuracy(case, row, out, timed.reference, device, timed.quant_reference)
     del out
     check_deadline(deadline, "the accuracy check")
 
     request = ctx.profile if ctx.profile is not None and ctx.profile.selects(case) else None
     ranges = nvtx_ranges(device) if request is not None and request.nvtx else None
     timing = time_step(timed.fn, device, ctx.timing, deadline, ranges)
-    _summarize(case, ctx, row, timing.samples_ms)
+    summarize_samples(case, ctx, row, timing.samples_ms)
     row.update(timer=timing.timer, sample_calls=timing.sample_calls, profiled=int(request is not None))
     l2 = l2_cache_bytes(device)
     if timing.hot and l2:
@@ -271,7 +277,7 @@ def _note(row: dict[str, Any], note: str) -> None:
     row["error"] = f"{row['error']}; {note}" if row.get("error") else note
 
 
-def _check_accuracy(case: Case, row: dict[str, Any], out: torch.Tensor, reference: Any,
+def check_accuracy(case: Case, row: dict[str, Any], out: torch.Tensor, reference: Any,
                     device: torch.device, quant_reference: Any = None) -> None:
     """Compare `out` with the float64 reference; a reference that does not fit leaves accuracy
     empty with the reason (the backend itself ran, so the row stays ok). With `quant_reference`
@@ -303,7 +309,7 @@ def l2_cache_bytes(device: torch.device) -> int | None:
     return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or None
 
 
-def _summarize(case: Case, ctx: RunContext, row: dict[str, Any], samples: list[float]) -> None:
+def summarize_samples(case: Case, ctx: RunContext, row: dict[str, Any], samples: list[float]) -> None:
     ordered = sorted(samples)
     median = statistics.median(ordered)
     if len(ordered) >= 2:

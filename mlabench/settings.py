@@ -40,8 +40,6 @@ class SweepSettings:
     accuracy: bool = _setting(True, "--accuracy")  # compare each case to the float64 reference
     timeout_s: float = _setting(300.0, "--timeout", (0.001, 86_400.0))  # past it the case is a `timeout` row
     rounds: int = _setting(1, "--rounds", (1, 1000))  # passes over the case list, each in its own seeded order
-    # Tensor-parallel degree of the analytic per-GPU cache column (runs nothing in parallel); divides num_heads.
-    tp: int = _setting(1, "--tp", (1, 1024))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -17,6 +17,7 @@
     kv_dtype = ["auto"]   # what the cache stores: auto (the compute dtype), fp8_e4m3, fp8_e5m2
     seq_len = ["uniform:1024-32768"]  # a ragged batch: a context distribution (context.py), decode only
     cache_layout = ["contiguous", "paged:16"]  # paged caches (layout.py), decode only
+    tp = [1, 2]           # tensor-parallel ranks, each holding its shard of the layer (mlabench.tp)
 
 A `[cpu]` table (optional) holds axes that replace the grids' on a CPU device: a suite sized
 for a GPU still runs on a CPU, at the same model dims with small batches and contexts.
@@ -56,15 +57,19 @@ from mlabench.config import (
     from_name,
     validate_case_dims,
 )
-from mlabench.context import is_spec, parse_context
+from mlabench.context import MAX_RAGGED_BATCH, is_spec, parse_context
 from mlabench.errors import UsageError
 from mlabench.layout import parse_layout
 from mlabench.settings import SweepSettings
 from mlabench.variants.registry import shape_for_variant, variant_class, variant_names
 
-CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope", "cache_layout")
+CASE_AXES = ("model", "variant", "backend", "mode", "batch", "seq_len", "q_len", "dtype", "scope", "cache_layout",
+             "tp")
 SHAPE_AXES = tuple(f.name for f in fields(AttentionShape) if f.name not in ("name", "dtype"))
 TOP_LEVEL_KEYS = {"name", "description", "settings", "defaults", "grid", "options", "cpu"}
+# The most grid points one sweep plans, counted before any is expanded: past it a sweep runs for
+# days and planning alone takes minutes (10**8 points never end), so it is refused at once.
+MAX_GRID_POINTS = 100_000
 # Suite names become directory names (results/runs/<time>-<suite>-<device>): no separators, no "..".
 SUITE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -187,22 +192,25 @@ def load_suite(name_or_path: str) -> Suite:
     grids = data.get("grid")
     if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
         raise UsageError(f"suite: {path.name} needs at least one [[grid]] table")
-    defaults = _check_axes("[defaults]", data.get("defaults", {}))
+    tables = {key: _table(data, key, path.name) for key in ("defaults", "settings", "options", "cpu")}
+    defaults = _check_axes("[defaults]", tables["defaults"])
     expanded = tuple({**defaults, **_check_axes(f"[[grid]] #{i + 1}", g)} for i, g in enumerate(grids))
-    settings = SweepSettings.check(data.get("settings", {}), f"suite: [settings] of {path.name}")
-    options = data.get("options", {})
-    if not isinstance(options, dict):
-        raise UsageError(f"suite: [options] of {path.name} must be a table")
+    settings = SweepSettings.check(tables["settings"], f"suite: [settings] of {path.name}")
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not SUITE_NAME.fullmatch(name) or set(name) == {"."}:
         raise UsageError(f"suite: name {name!r} in {path.name} must be letters, digits, '.', '_' or '-' "
                          "(it becomes part of a directory name)")
-    cpu_axes = data.get("cpu", {})
-    if not isinstance(cpu_axes, dict):
-        raise UsageError(f"suite: [cpu] of {path.name} must be a table")
     return Suite(name=name, description=str(data.get("description", "")),
-                 path=str(path), grids=expanded, settings=settings, options=dict(options),
-                 cpu_axes=_check_axes("[cpu]", cpu_axes))
+                 path=str(path), grids=expanded, settings=settings, options=dict(tables["options"]),
+                 cpu_axes=_check_axes("[cpu]", tables["cpu"]))
+
+
+def _table(data: Mapping[str, Any], key: str, file: str) -> dict[str, Any]:
+    """A suite's optional table, {} when absent; a value that is not a table is refused by name."""
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise UsageError(f"suite: [{key}] of {file} must be a table, got {value!r}")
+    return value
 
 
 def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: str) -> None:
@@ -223,12 +231,17 @@ def _check_names(axes: Mapping[str, list[Any]], backends: Iterable[str], where: 
             canonical_kv_dtype(v, canonical_dtype(v) if str(v).lower() in _DTYPE_NAMES else "float32")
         except ShapeError as exc:
             raise UsageError(f"suite: {exc} in {where}") from None
-    for axis in ("batch", "seq_len", "q_len"):
+    for axis in ("batch", "seq_len", "q_len", "tp"):
         for v in axes.get(axis, []):
             if axis == "seq_len" and is_spec(v):
                 continue  # a distribution, parsed by _check_axes
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise UsageError(f"suite: {axis} must be positive integers, got {v!r} in {where}")
+    ragged = next((v for v in axes.get("seq_len", []) if is_spec(v)), None)
+    big = max((v for v in axes.get("batch", [1]) if v > MAX_RAGGED_BATCH), default=None)
+    if ragged is not None and big is not None:
+        raise UsageError(f"suite: batch {big} with the ragged seq_len {ragged!r} in {where}: a ragged batch "
+                         f"holds at most {MAX_RAGGED_BATCH} sequences")
 
 
 @dataclass
@@ -250,22 +263,12 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
     seen: dict[str, dict[str, Any]] = {}  # case id -> the grid point that first produced it
     dropped: list[str] = []
     merged: list[str] = []
-    cpu = suite.cpu_axes if device.startswith("cpu") else {}
-    for i, grid in enumerate(suite.grids):
-        axes = {**grid, **cpu, **overrides}
-        where = f"[[grid]] #{i + 1} of {suite.name}" if not overrides else f"{suite.name} with overrides"
-        _check_names(axes, backends, where)
-        missing = [a for a in ("model", "variant") if a not in axes]
-        if missing:
-            raise UsageError(f"suite: {where} has no {missing[0]!r} axis")
-        axes.setdefault("backend", ["eager"])
-        axes.setdefault("mode", ["decode"])
-        axes.setdefault("batch", [1])
-        axes.setdefault("seq_len", [1024])
-        axes.setdefault("q_len", [1])
-        axes.setdefault("dtype", ["auto"])
-        axes.setdefault("scope", ["step"])
-        axes.setdefault("cache_layout", ["contiguous"])
+    shapes: dict[tuple[Any, ...], AttentionShape | ShapeError] = {}  # points differing in batch or length share one
+    if suite.cpu_axes:  # a bad value there is the [cpu] table's, not the grid's it replaces an axis of
+        _check_names(suite.cpu_axes, backends, f"[cpu] of {suite.name}")
+    grids = _grid_axes(suite, device, backends, overrides)
+    _check_size(grids)
+    for where, axes in grids:
         shape_axes = [a for a in SHAPE_AXES if a in axes]
         names = list(CASE_AXES) + shape_axes
         kept = 0
@@ -275,7 +278,7 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
                 continue  # q_len does not apply to prefill: one case, not one per q_len
             if point["variant"] not in backends[point["backend"]]:
                 continue  # the backend never serves this variant
-            case = _make_case(axes.get("suite", [suite.name])[0], device, point, shape_axes, dropped)
+            case = _make_case(axes.get("suite", [suite.name])[0], device, point, shape_axes, dropped, shapes)
             if case is None:
                 continue
             kept += 1
@@ -294,6 +297,39 @@ def expand(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
     return Expansion(cases=cases, dropped=dropped, merged=merged)
 
 
+def _grid_axes(suite: Suite, device: str, backends: Mapping[str, Iterable[str]],
+               overrides: Mapping[str, list[Any]]) -> list[tuple[str, dict[str, list[Any]]]]:
+    """Each grid's axes on `device` (the [cpu] table's and the overrides replacing its own, defaults
+    filled in), names checked, with the words that name the grid in a message."""
+    cpu = suite.cpu_axes if device.startswith("cpu") else {}
+    grids = []
+    for i, grid in enumerate(suite.grids):
+        axes = {**grid, **cpu, **overrides}
+        where = f"[[grid]] #{i + 1} of {suite.name}" if not overrides else f"{suite.name} with overrides"
+        _check_names(axes, backends, where)
+        missing = [a for a in ("model", "variant") if a not in axes]
+        if missing:
+            raise UsageError(f"suite: {where} has no {missing[0]!r} axis")
+        for axis, default in (("backend", "eager"), ("mode", "decode"), ("batch", 1), ("seq_len", 1024), ("q_len", 1),
+                              ("dtype", "auto"), ("scope", "step"), ("cache_layout", "contiguous"), ("tp", 1)):
+            axes.setdefault(axis, [default])
+        grids.append((where, axes))
+    return grids
+
+
+def _check_size(grids: list[tuple[str, dict[str, list[Any]]]]) -> None:
+    """Refuse grids past MAX_GRID_POINTS in all, counted from the axes' lengths before any is expanded."""
+    total = 0
+    for where, axes in grids:
+        size = math.prod(len(values) for values in axes.values())
+        total += size
+        if total > MAX_GRID_POINTS:
+            shown = " x ".join(f"{len(v)} {a}" for a, v in axes.items() if len(v) > 1) or "1"
+            more = f", {total:,} with the grids before it" if total > size else ""
+            raise UsageError(f"suite: {where} has {size:,} grid points ({shown}){more}, more than the "
+                             f"{MAX_GRID_POINTS:,} one sweep plans; give fewer axis values")
+
+
 def _merge_reason(first: Mapping[str, Any], point: Mapping[str, Any]) -> str:
     axes = [a for a in sorted(set(first) | set(point)) if first.get(a) != point.get(a)]
     now = ", ".join(f"{a}={point.get(a)!r}" for a in axes)
@@ -303,9 +339,9 @@ def _merge_reason(first: Mapping[str, Any], point: Mapping[str, Any]) -> str:
 
 
 def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[str],
-               dropped: list[str]) -> Case | None:
+               dropped: list[str], shapes: dict[tuple[Any, ...], AttentionShape | ShapeError]) -> Case | None:
     """One grid point as a case (without backend options: `backends.apply_options` adds them),
-    or None with the reason appended to `dropped`."""
+    or None with the reason appended to `dropped`. `shapes`: the shapes built so far, by what makes them."""
     dtype = point["dtype"]
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
@@ -323,9 +359,17 @@ def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[
             return None
         seq_len, context = max(lengths), spec.text
     q_len = seq_len if point["mode"] == "prefill" else point["q_len"]
+    made = (point["model"], point["variant"], dtype, *(point[a] for a in shape_axes))
+    if made not in shapes:
+        try:
+            shapes[made] = shape_for_variant(point["variant"], from_name(point["model"], dtype=dtype,
+                                                                          **{a: point[a] for a in shape_axes}))
+        except ShapeError as exc:
+            shapes[made] = exc
     try:
-        shape = from_name(point["model"], dtype=dtype, **{a: point[a] for a in shape_axes})
-        shape = shape_for_variant(point["variant"], shape)
+        shape = shapes[made]
+        if isinstance(shape, ShapeError):
+            raise shape
         validate_case_dims(point["batch"], seq_len, q_len)
     except ShapeError as exc:
         dropped.append(f"{point['model']} {point['variant']}: {exc}")
@@ -336,7 +380,8 @@ def _make_case(suite: str, device: str, point: dict[str, Any], shape_axes: list[
         return None
     return Case(suite=suite, model=point["model"], variant=point["variant"], backend=point["backend"],
                 mode=point["mode"], device=device, batch=point["batch"], seq_len=seq_len,
-                q_len=q_len, shape=shape, scope=point["scope"], context=context, cache_layout=layout.text)
+                q_len=q_len, shape=shape, scope=point["scope"], context=context, cache_layout=layout.text,
+                tp=point["tp"])
 
 
 def shard(cases: list[Case], k: int, n: int) -> list[Case]:

@@ -46,9 +46,11 @@ from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.profiling.request import ProfileRequest
 from mlabench.rounds import combine_rounds, round_order
 from mlabench.rundir import RunWriter
-from mlabench.runner import CaseResult, RunContext, run_case
+from mlabench.runner import CaseResult, RunContext
 from mlabench.settings import SweepSettings
 from mlabench.suites import Suite, expand, shard
+from mlabench.tp import close_rank_groups
+from mlabench.tp import run_any_case as run_case  # tp = 1 here, tp > 1 on its ranks
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def plan_sweep(suite: Suite, device: torch.device, overrides: Overrides = Overri
     settings = SweepSettings.resolve(suite.settings, overrides.settings)
     for case in cases:  # the query heads and KV groups split evenly, or the sweep does not start
         try:
-            analytic.check_tp(case.variant, case.shape, settings.tp)
+            analytic.check_tp(case.variant, case.shape, case.tp)
         except ShapeError as exc:
             raise UsageError(f"{exc}, in {case.variant} of {case.model}") from None
     return SweepPlan(merged_suite, device, cases, expansion.dropped, expansion.merged, settings,
@@ -225,7 +227,6 @@ def run_context(plan: SweepPlan, probe: bool = True, profile: ProfileRequest | N
     return RunContext(
         device=plan.device, timing=s.timing, peaks=peaks or measure_peaks(plan.device, _dtypes(plan), probe),
         nvml=open_nvml(plan.device), accuracy=s.accuracy, seed=s.seed, timeout_s=s.timeout_s, profile=profile,
-        tp=s.tp,
     )
 
 
@@ -250,7 +251,7 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
         # Peaks are measured where the cases run: an executor whose workers hold the device (Ray)
         # brings its own; otherwise the device is this process's.
         ctx = run_context(plan, probe, profile,
-                          executor.peaks(_dtypes(plan), probe) if hasattr(executor, "peaks") else None)
+                          executor.peaks(_dtypes(plan), probe))
         dtypes = _dtypes(plan)
         meta["peaks"] = ctx.peaks.as_meta(dtypes[0] if dtypes else None)
         meta["executor"] = executor.name
@@ -277,6 +278,7 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
             if write_error is None:
                 raise
     finally:
+        close_rank_groups()
         writer.close()
     if write_error is not None:
         raise UsageError(f"cannot write to {plan.out_dir} ({write_error.strerror or write_error}); "

@@ -65,16 +65,49 @@ def test_results_csv_paths_are_accepted(runs: dict[str, Path], capsys: pytest.Ca
     assert code == 0
 
 
+def test_slowdown_without_rounds_is_indicative_and_says_what_to_run(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One round a side cannot see run-to-run noise: a timing change is shown, never failed."""
+    code, out, _ = run_cli(["compare", str(runs["base"]), str(runs["slow"]), "--json"], capsys)
+    doc = json.loads(out)
+    assert code == 0 and doc["verdict"] == "pass", doc["summary"]
+    slow = [c for c in doc["cases"] if c["method"] and is_slow_case(c["key"])]
+    assert slow and all(c["verdict"] == "indicative" and not c["fails"] for c in slow)
+    assert all(c["ratio"] > 1.05 for c in slow)
+    assert doc["tested"] == 0 and doc["indicative"] == len([c for c in doc["cases"] if c["method"]])
+    for words in ("indicative", "not gated", "--rounds", "mlabench ab"):
+        assert words in doc["summary"]
+    code, out, _ = run_cli(["compare", str(runs["base"]), str(runs["slow"]), "--strict"], capsys)
+    assert code == 0, out  # --strict does not turn an unreplicated timing into a verdict
+    assert "gqa:eager" in out and "indicative" in out  # listed, past the threshold
+
+
+def test_params_change_fails_without_rounds(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    def bigger(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        row = next(r for r in rows if r["status"] == "ok" and r["variant"] == "gqa")
+        row["params"] = str(int(row["params"]) * 2)
+        return rows
+
+    code, out, _ = run_cli(["compare", str(runs["base"]), str(rewrite(runs["base"], tmp_path / "c", bigger)),
+                            "--json"], capsys)
+    assert code == 1
+    changed = [c for c in json.loads(out)["cases"] if c["verdict"] == "changed"]
+    assert len(changed) == 1 and "params" in changed[0]["notes"][-1]
+
+
 def test_slowdown_fails_and_names_the_case(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["compare", str(runs["base"]), str(runs["slow"])], capsys)
+    code, out, _ = run_cli(["compare", str(runs["base"]), str(runs["slow"]), "--sample-test"], capsys)
     assert code == 1
     assert "regressed" in out
     assert "gqa:eager" in out
-    assert "FAIL" in out
+    assert "FAIL" in out and "WEAK" in out
 
 
 def test_slowdown_in_json(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(["compare", str(runs["base"]), str(runs["slow"]), "--json"], capsys)
+    code, out, err = run_cli(["compare", str(runs["base"]), str(runs["slow"]), "--json", "--sample-test"], capsys)
     assert code == 1
     doc = json.loads(out)  # exactly one JSON document on stdout
     assert doc["verdict"] == "fail" and doc["exit_code"] == 1
@@ -96,7 +129,7 @@ def test_markdown_has_a_verdict_line_and_a_table(
 ) -> None:
     out_file = tmp_path / "verdict.md"
     code, out, _ = run_cli(["compare", str(runs["base"]), str(runs["slow"]), "--format", "markdown",
-                            "-o", str(out_file)], capsys)
+                            "-o", str(out_file), "--sample-test"], capsys)
     assert code == 1
     first = out.splitlines()[0]
     assert "FAIL" in first and "regressed" in first
@@ -198,12 +231,12 @@ def test_without_samples_falls_back_to_medians(
 ) -> None:
     rows, _ = build_rows(seed=1, slowdown=1.15, slow=is_slow_case, **GRID)
     cand = write_run(tmp_path / "nosamples", rows, None, make_meta())
-    code, out, _ = run_cli(["compare", str(runs["base"]), str(cand), "--json"], capsys)
+    code, out, _ = run_cli(["compare", str(runs["base"]), str(cand), "--json", "--sample-test"], capsys)
     doc = json.loads(out)
     assert code == 0  # never significant without raw samples...
     flagged = [c for c in doc["cases"] if c["verdict"] == "inconclusive"]
     assert flagged and all("medians only" in c["notes"][0] for c in flagged)
-    code, _, _ = run_cli(["compare", str(runs["base"]), str(cand), "--strict"], capsys)
+    code, _, _ = run_cli(["compare", str(runs["base"]), str(cand), "--strict", "--sample-test"], capsys)
     assert code == 1  # ...but inconclusive fails under --strict
 
 

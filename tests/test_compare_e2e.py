@@ -29,6 +29,9 @@ mode = ["prefill", "decode"]
 batch = [1]
 seq_len = [32]
 """
+# The two sweeps of the module fixture are the expensive part: under pytest-xdist every test of
+# this module goes to one worker, so they run once.
+pytestmark = pytest.mark.xdist_group("compare-e2e")
 TIME_COLUMNS = ("latency_ms", "latency_ms_p10", "latency_ms_p90", "latency_ms_iqr")
 
 
@@ -93,11 +96,12 @@ def test_slowed_copy_is_never_same(runs: tuple[Path, Path, Path], tmp_path: Path
     much the machine scattered them, so only what holds either way is asserted: no timed case is `same`
     or `improved`; the unscaled copy passes."""
     _, a, _ = runs
-    code, out, _ = run_cli(["compare", str(a), str(slowed_copy(a, tmp_path / "slow", 1.5)), "--json"], capsys)
+    code, out, _ = run_cli(["compare", str(a), str(slowed_copy(a, tmp_path / "slow", 1.5)), "--json",
+                            "--sample-test"], capsys)
     timed = [c for c in json.loads(out)["cases"] if c["method"]]
     assert timed and all(c["verdict"] in ("regressed", "underpowered", "inconclusive") for c in timed)
     assert code == (1 if any(c["verdict"] == "regressed" for c in timed) else 0)
-    code, _, _ = run_cli(["compare", str(a), str(slowed_copy(a, tmp_path / "same", 1.0))], capsys)
+    code, _, _ = run_cli(["compare", str(a), str(slowed_copy(a, tmp_path / "same", 1.0)), "--sample-test"], capsys)
     assert code == 0
 
 
@@ -170,17 +174,19 @@ def test_ab_of_one_tree_against_itself_runs_end_to_end(tmp_path: Path, capsys: p
     suite = tmp_path / "tiny.toml"
     suite.write_text(TINY.replace('variant = ["mha", "mla-absorbed"]', 'variant = ["mha"]'))
     tree = str(Path(__file__).resolve().parent.parent)
-    code, out, err = run_cli(["ab", tree, tree, "--suite", str(suite), "--rounds", "2", "--device", "cpu",
+    code, out, err = run_cli(["ab", tree, tree, "--suite", str(suite), "--rounds", "3", "--device", "cpu",
                               "--out", str(tmp_path / "ab"), "--json"], capsys)
     assert code in (0, 1), err
     doc = json.loads(out)
     assert doc["evidence"] == "rounds" and doc["paired"]
+    assert "process start-up:" in err
     for side in ("baseline", "candidate"):
         meta = json.loads((tmp_path / "ab" / side / schema.META_JSON).read_text())
-        assert meta["rounds"] == 2 and meta["ab"]["side"] == side
+        assert meta["rounds"] == 3 and meta["ab"]["side"] == side and meta["ab"]["interleave"] == "case"
+        assert len(set(meta["ab"]["round_pids"])) == 3  # each round in its own process
     assert {p.name for p in (tmp_path / "ab").iterdir()} >= {"compare.json", "compare.md", "compare.html"}
 
 
 def test_ab_rejects_a_side_it_cannot_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(["ab", "no-such-ref-anywhere", str(tmp_path), "--rounds", "2"], capsys)
+    code, _, err = run_cli(["ab", "no-such-ref-anywhere", str(tmp_path), "--rounds", "3"], capsys)
     assert code == 2 and "baseline" in err

@@ -34,8 +34,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "rerun": make_rounds_run(root / "rerun", rounds=8, seed=1, ab_job="job1", **GRID),
         "slow": make_rounds_run(root / "slow", rounds=8, seed=2, slowdown=1.15, slow=is_slow_case, ab_job="job1",
                                 **GRID),
-        "noisy": make_rounds_run(root / "noisy", rounds=2, seed=3, round_noise=0.3, **GRID),
-        "noisy2": make_rounds_run(root / "noisy2", rounds=2, seed=4, round_noise=0.3, **GRID),
+        "noisy": make_rounds_run(root / "noisy", rounds=3, seed=3, round_noise=0.3, **GRID),
+        "noisy2": make_rounds_run(root / "noisy2", rounds=3, seed=4, round_noise=0.3, **GRID),
+        "two": make_rounds_run(root / "two", rounds=2, seed=6, slowdown=1.5, slow=is_slow_case, **GRID),
         "plain": make_run(root / "plain", seed=5, **GRID),
     }
 
@@ -63,11 +64,26 @@ def test_slow_cases_regress_on_rounds(runs: dict[str, Path], capsys: pytest.Capt
 
 
 def test_samples_only_verdict_is_called_weak(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    _, doc = compare_json(capsys, str(runs["plain"]), str(runs["plain"]))
+    _, doc = compare_json(capsys, str(runs["plain"]), str(runs["plain"]), "--sample-test")
     assert doc["evidence"] == "samples" and doc["weak"]
     assert "WEAK" in doc["summary"]
-    _, doc = compare_json(capsys, str(runs["plain"]), str(runs["base"]))  # rounds on one side only
+    _, doc = compare_json(capsys, str(runs["plain"]), str(runs["base"]), "--sample-test")  # rounds on one side
     assert doc["evidence"] == "samples"
+
+
+@pytest.mark.parametrize("other", ["plain", "two"])
+def test_fewer_than_three_rounds_on_a_side_is_never_a_timing_verdict(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str], other: str
+) -> None:
+    """8 rounds against 1 or 2: the short side's run-to-run noise is unmeasured, so even a 1.5x
+    slowdown is listed as indicative, and only --sample-test makes it a (weak) verdict."""
+    code, doc = compare_json(capsys, str(runs["base"]), str(runs[other]))
+    timed = [c for c in doc["cases"] if c["method"]]
+    assert code == 0 and doc["tested"] == 0 and not doc["weak"], doc["summary"]
+    assert timed and {c["verdict"] for c in timed} == {"indicative"}
+    assert "sweep --rounds 3" in doc["summary"] and "mlabench ab" in doc["summary"]
+    code, doc = compare_json(capsys, str(runs["base"]), str(runs[other]), "--sample-test")
+    assert doc["tested"] == len(timed) and doc["weak"] and doc["counts"]["indicative"] == 0
 
 
 def test_mostly_underpowered_fails_only_when_strict(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

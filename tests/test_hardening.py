@@ -1,6 +1,6 @@
 """Nothing hangs, nothing mixes, every bad input is one line.
 
-Every bad input below exits 2 (or 3 where DESIGN.md says: not comparable) with
+Every bad input below exits 2 (or 3 where the README says: not comparable) with
 exactly one `mlabench: error:` line on stderr and no traceback, before any work.
 Inputs that used to hang or crash the interpreter run in a subprocess with a
 timeout, so a regression fails the test instead of stalling the suite. The rest:
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_run import run_cli
+from cli_run import assert_one_error_line, run_cli
 from synthetic_runs import make_meta, make_run
 
 from mlabench import schema
@@ -103,13 +103,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_run(d / "shard3", meta=finished_meta(shard="3/3"), **{**GRID, "variants": ("mqa",)})
     make_run(d / "other_suite", meta=finished_meta(suite="prefill"), suite="prefill", **GRID)
     return d
-
-
-def assert_one_error_line(code: int, err: str, expected: int) -> None:
-    assert code == expected, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mlabench: error: "), err
 
 
 S = "{d}/suite.toml"

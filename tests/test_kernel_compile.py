@@ -28,9 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 NOTES = REPO / "mlabench" / "kernels" / "NOTES.md"
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 _MISSING = [name for name in ("ptxas", "cuobjdump") if not (_BIN / name).exists()]
-pytestmark = pytest.mark.skipif(
-    bool(_MISSING), reason=f"the triton wheel ships no {', '.join(_MISSING)} in {_BIN.name}/ (non-NVIDIA build)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        bool(_MISSING), reason=f"the triton wheel ships no {', '.join(_MISSING)} in {_BIN.name}/ (non-NVIDIA build)"
+    ),
+    # The compile runs two jobs at once and its module fixture must run once: one pytest-xdist
+    # worker takes this module, in turn with the other process-heavy modules.
+    pytest.mark.xdist_group("processes"),
+]
 
 
 def _key(r: dict) -> tuple:

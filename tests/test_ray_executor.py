@@ -22,6 +22,9 @@ from cli_run import run_cli
 from mlabench import schema
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'mlabench[ray]')")
+# Ray's workers take both cores: under pytest-xdist one worker runs this module and the other
+# process-heavy modules in turn (`--dist loadgroup`), and the module's one Ray instance stays on it.
+pytestmark = pytest.mark.xdist_group("processes")
 
 # The smoke suite cut to four tiny cases (MHA and absorbed MLA, prefill and decode, eager): every
 # case's process pays for importing torch, so the case count, not the shapes, sets the cost.

@@ -17,7 +17,8 @@ from synthetic_runs import make_empty_run, make_rounds_run, make_run, make_singl
 
 from mlabench.report.html import write_report
 
-pytestmark = pytest.mark.browser
+# Chromium is a dozen processes: under pytest-xdist it takes turns with the other process-heavy modules.
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("processes")]
 
 CHROMIUM = os.environ.get("MLABENCH_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

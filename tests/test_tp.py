@@ -1,4 +1,4 @@
-"""KV bytes per GPU under tensor parallelism (MLA.md section 6): the base-class contract, `mlabench kv
+"""KV bytes per GPU under tensor parallelism (docs/variants.md §6): the base-class contract, `mlabench kv
 --tp`, the sweep's `tp` setting and column, and the report's per-GPU KV line."""
 
 from __future__ import annotations
@@ -84,11 +84,14 @@ def test_sweep_rows_carry_tp_and_the_per_gpu_share() -> None:
     from mlabench.runner import analytic_columns
 
     sh = shape_for_variant("gla-absorbed", from_name("gla-xl"))
-    case = Case("t", "gla-xl", "gla-absorbed", "eager", "decode", "cpu", 2, 100, 1, sh)
-    cols = analytic_columns(case, tp=2)
-    assert cols["tp"] == 2 and cols["kv_cache_bytes_per_gpu"] == 640 * 2 * 100
+    case = Case("t", "gla-xl", "gla-absorbed", "eager", "decode", "cpu", 2, 100, 1, sh, tp=2)
+    cols = analytic_columns(case)
+    assert case.key["tp"] == 2 and case.key["dist_backend"] == "gloo"
+    assert cols["kv_cache_bytes_per_gpu"] == 640 * 2 * 100
     assert cols["kv_cache_bytes"] == 1152 * 2 * 100
-    assert analytic_columns(case)["kv_cache_bytes_per_gpu"] == cols["kv_cache_bytes"]
+    unsharded = Case("t", "gla-xl", "gla-absorbed", "eager", "decode", "cpu", 2, 100, 1, sh)
+    assert analytic_columns(unsharded)["kv_cache_bytes_per_gpu"] == cols["kv_cache_bytes"]
+    assert unsharded.key["dist_backend"] == "" and unsharded.case_id != case.case_id
 
 
 def _rows(tp: int) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The CLI's table of contents: every command is wired here explicitly.
 
-Exceptions become one line on stderr and the exit code DESIGN.md promises
+Exceptions become one line on stderr and the exit code the README promises
 (2 bad input, 3 not comparable); MLABENCH_DEBUG=1 shows the traceback instead.
 The table, in `main`: mlabench's own errors carry their exit code; command-line
 parse errors (unknown option, a value of the wrong type) and impossible shapes
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+import typer.main
 
 import mlabench
 from mlabench.cli.ab_cmd import ab
@@ -74,20 +75,60 @@ def _error(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+# Metavars read as words. Options declared without one get the word for their type here, so help
+# never shows a Python type such as <list[str]>.
+_TYPE_WORDS = {"Path": "PATH", "int": "N", "float": "NUMBER", "bool": "BOOL", "str": "TEXT"}
+
+
+def _word_metavars(command: Any) -> Any:
+    for sub in getattr(command, "commands", {}).values():
+        _word_metavars(sub)
+    for param in command.params:
+        if param.metavar is not None or getattr(param, "is_flag", False):
+            continue
+        desc = param.type_descriptor
+        if param.param_type_name == "argument":  # its name is the word; no type beside it
+            param.metavar = param.name.upper()
+            param.display_type_rich = lambda ctx: ""
+        elif desc.is_choice:
+            param.metavar = "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+        else:
+            param.metavar = _TYPE_WORDS.get(param.bare_type().removeprefix("list[").removesuffix("]"), "TEXT")
+    return command
+
+
+# One concept, one flag in every command: a spelling that another command (or an older release)
+# used gets the flag this one takes.
+FLAG_HINTS = {"--preset": "--model", "--output": "--out", "--kv_dtype": "--kv-dtype", "--seq_len": "--seq-len",
+              "--num-layers": "--set num_layers=N", "--format": "--json", "--markdown": "--out"}
+
+
+def _hint(exc: Exception) -> str:
+    """For an unknown option: the spelling this command uses, when the option is another's."""
+    name = getattr(exc, "option_name", None)
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ != "NoSuchOption" or not name or ctx is None:
+        return ""
+    flags = {opt for p in ctx.command.params for opt in (*p.opts, *p.secondary_opts)}
+    want = FLAG_HINTS.get(name.split("=")[0]) or (name.replace("_", "-") if "_" in name else "")
+    return f"; this command spells it {want}" if want and want.split()[0] in flags else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point; `argv` lets tests run the CLI in-process."""
     from mlabench.config import ShapeError
 
     debug = os.environ.get("MLABENCH_DEBUG") == "1"
     try:
-        code = app(args=argv, prog_name="mlabench", standalone_mode=False)
+        command = _word_metavars(typer.main.get_command(app))
+        code = command.main(args=argv, prog_name="mlabench", standalone_mode=False)
     except _ClickUsageError as exc:
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
             typer.echo(ctx.get_help())  # bare `mlabench`: the help, as a usage answer (exit 2)
             sys.exit(2)
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        _error(f"{exc.format_message()}{where}", 2)  # type: ignore[attr-defined]
+        _error(f"{exc.format_message()}{_hint(exc)}{where}", 2)  # type: ignore[attr-defined]
     except MlabenchError as exc:
         if debug:
             raise

@@ -26,69 +26,37 @@ out_console = Console(highlight=False, width=None if sys.stdout.isatty() else 13
 
 INT_AXES = {"batch", "seq_len", "q_len"}
 
-# --- options shared by several commands -------------------------------------------------------
+# --- options shared by several commands (groups of them: cli/flags.py) ------------------------
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="Device: auto (the best one present), cpu, cuda or cuda:N.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Device: auto (the best one present), cpu, cuda or cuda:N.",
+                                        metavar="DEVICE")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a shape field, FIELD=VALUE (repeatable); `sweep` takes several values as an axis: "
-                  "--set num_kv_heads=4,8.", show_default=False)]
-OptionOpt = Annotated[list[str] | None, typer.Option(
-    "--option", help="Backend option NAME=VALUE, e.g. num_splits=4 (repeatable; `mlabench list` shows each "
-                     "backend's options; a case takes only its own backend's).", show_default=False)]
-CompileModeOpt = Annotated[str | None, typer.Option(
-    help="Same as --option compile_mode=MODE: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs.",
-    show_default=False)]
-SdpaKernelOpt = Annotated[str | None, typer.Option(
-    help="Same as --option sdpa_kernel=KERNEL: auto, flash, efficient, cudnn, math.", show_default=False)]
+                  "--set num_kv_heads=4,8.", metavar="FIELD=VALUE", show_default=False)]
+
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write report.html in the run directory.")]
-ProbeOpt = Annotated[bool, typer.Option("--probe/--no-probe", help="Measure roofline peaks first (else spec table).")]
 
-# Profiling (`run` and `sweep`): after a case's timed samples, never among them (docs/profiling.md).
-ProfileOpt = Annotated[Path | None, typer.Option(
-    "--profile", help="After each case's timed samples, profile a few more steps into DIR: a Perfetto trace "
-                      "(<case_id>.trace.json.gz) and a per-kernel breakdown (<case_id>.breakdown.csv).",
-    show_default=False)]
-MemorySnapshotOpt = Annotated[bool, typer.Option(
-    "--memory-snapshot", help="With --profile: also dump the CUDA allocator's history around the profiled steps "
-                              "(<case_id>.memory.pickle, for pytorch.org/memory_viz); CUDA only.")]
-NvtxOpt = Annotated[bool, typer.Option(
-    "--nvtx", help="NVTX ranges around warm-up, each timed call and each profiled step, for nsys/ncu "
-                   "(CUDA only; the rows are marked profiled).")]
 
-# Measurement settings (`run` and `sweep`); unset ones come from the suite, else settings.SweepSettings.
-BudgetOpt = Annotated[float | None, typer.Option(
-    help="Seconds of sampling per case, 0-3600 [default: the suite's, else 0.5; `run`: 1].", show_default=False)]
-WarmupOpt = Annotated[float | None, typer.Option(
-    help="Seconds of warm-up per case, 0-600 [default: the suite's, else 0.1].", show_default=False)]
-MinSamplesOpt = Annotated[int | None, typer.Option(
-    help="Fewest samples per case, 1-100000 [default: the suite's, else 10].", show_default=False)]
-MaxSamplesOpt = Annotated[int | None, typer.Option(
-    help="Most samples kept per case, 1-100000 [default: the suite's, else 1000].", show_default=False)]
-TimeoutOpt = Annotated[float | None, typer.Option(
-    help="Wall limit of one case in seconds; past it the case ends as a `timeout` row at the next check between "
-         "calls (a call in flight is never cut) [default: the suite's, else 300].", show_default=False)]
-ThreadsOpt = Annotated[int | None, typer.Option(
-    help="CPU threads, 0-1024 (0 = torch default, all cores) [default: the suite's, else 1].", show_default=False)]
-CudaGraphOpt = Annotated[bool | None, typer.Option(
-    "--cuda-graph/--no-cuda-graph", help="GPU: time inside a CUDA graph (hot) [default: the suite's, else no].",
-    show_default=False)]
-AccuracyOpt = Annotated[bool | None, typer.Option(
-    "--accuracy/--no-accuracy", help="Check every case against the float64 reference [default: the suite's, "
-                                     "else yes].", show_default=False)]
-SeedOpt = Annotated[int | None, typer.Option(
-    help="Seed for weights and inputs [default: the suite's, else 0].", show_default=False)]
+def check_set_fields(assignments: dict[str, list[Any]], given: Mapping[str, Any] | None = None,
+                     shape_only: bool = False) -> dict[str, list[Any]]:
+    """--set's fields, each a case axis or a shape field (`shape_only`: a shape field), and none
+    also given by its own flag; a misspelt name gets the nearest real one as a hint."""
+    import difflib
 
-def flag_settings(given: Mapping[str, Any]) -> dict[str, Any]:
-    """The measurement settings given on the command line (None: not given), each checked and
-    named by its flag in a refusal."""
-    from mlabench.settings import SweepSettings
+    from mlabench.suites import CASE_AXES, SHAPE_AXES
 
-    settings: dict[str, Any] = {}
-    for key, value in given.items():
-        if value is not None:
-            settings.update(SweepSettings.check({key: value}, SweepSettings.flag(key)))
-    return settings
+    allowed = ("dtype", *SHAPE_AXES) if shape_only else (*CASE_AXES, *SHAPE_AXES)
+    for key in assignments:
+        if key in ("name", "model"):
+            raise UsageError(f"--set {key}: the model preset is not a shape field; give --model NAME")
+        if key not in allowed:
+            near = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {near[0]}?" if near else "`mlabench list` shows the presets' fields"
+            raise UsageError(f"--set {key}: unknown field ({hint})")
+        if key in (given or {}):
+            raise UsageError(f"--set {key}: also given as --{key.replace('_', '-')}; give it once")
+    return assignments
 
 
 def split_list(option: str, text: str | None, kind: type = str) -> list[Any] | None:

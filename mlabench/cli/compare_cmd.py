@@ -40,6 +40,10 @@ def compare(
                                                           "underpowered.")] = False,
     allow_env_change: Annotated[bool, typer.Option("--allow-env-change", help="Compare even when device, torch, "
                                                    "dtype or shapes differ (pairs cases ignoring them).")] = False,
+    sample_test: Annotated[bool, typer.Option("--sample-test", help="Also judge timings that lack 3+ rounds on "
+                                              "each side, on one run's samples: blind to run-to-run noise, so "
+                                              "only for a machine known to be quiet; the verdict says WEAK.")
+                           ] = False,
     noise_floor: Annotated[bool | None, typer.Option("--noise-floor/--no-noise-floor", hidden=True,
                                                      help="No effect: run noise now comes from rounds.")] = None,
     max_missing: Annotated[float, typer.Option(help="Fail when more than this share of the baseline's cases is "
@@ -48,18 +52,21 @@ def compare(
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output on stdout.",
                                                         case_sensitive=False)] = OutputFormat.table,
     as_json: JsonOpt = False,  # the same as --format json
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the markdown report to "
-                                                "this file (e.g. for a PR comment).")] = None,
+    output: Annotated[Path | None, typer.Option("--markdown", help="Also write the markdown report to this file "
+                                                "(e.g. for a PR comment).", metavar="PATH")] = None,
+    old_output: Annotated[Path | None, typer.Option("--output", "-o", hidden=True, help="Old spelling of "
+                                                    "--markdown.")] = None,
 ) -> None:
     """Compare two runs case by case; exit 1 on a statistically significant regression."""
     from mlabench.compare import GateSettings, compare_paths
 
     fmt = OutputFormat.json if as_json else output_format
+    output = output or old_output
     if noise_floor is not None:
         err_console.print("note: --noise-floor has no effect any more; run-to-run noise is measured with rounds "
                           "(sweep --rounds, mlabench ab)", markup=False)
     settings = GateSettings(threshold=threshold, alpha=alpha, strict=strict, allow_env_change=allow_env_change,
-                            max_missing=max_missing)
+                            max_missing=max_missing, sample_test=sample_test)
     result = compare_paths(baseline, candidate, settings)
     # After loading, so that a refused input is the only line printed.
     err_console.print(f"comparing {baseline} -> {candidate}", markup=False, soft_wrap=True)

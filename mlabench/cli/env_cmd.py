@@ -14,7 +14,8 @@ def env(
     device: DeviceOpt = "auto",
     probe: Annotated[bool, typer.Option("--probe", help="Measure copy and read bandwidth and matmul rate.")] = False,
     dtype: Annotated[str, typer.Option(help="Comma-separated dtypes to probe the matmul rate for "
-                                            "[default: bfloat16 on CUDA, float32 on CPU].", show_default=False)] = "",
+                                            "[default: bfloat16 on CUDA, float32 on CPU].", metavar="LIST",
+                                       show_default=False)] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Show the environment (device, driver, CUDA, torch, triton, CPU) and optionally probe peaks."""

@@ -1,7 +1,12 @@
-"""`mlabench kv`: KV-cache capacity planning from the analytic model; nothing runs on a device."""
+"""`mlabench kv`: KV-cache capacity planning from the analytic model; nothing runs on a device.
+
+Thin: the flags become a shape and a planning request for `mlabench.capacity`, whose rows
+are printed as a table or one JSON document.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
@@ -10,6 +15,7 @@ from rich.table import Table
 from mlabench.cli.common import (
     JsonOpt,
     SetOpt,
+    check_set_fields,
     err_console,
     human_bytes,
     out_console,
@@ -18,112 +24,96 @@ from mlabench.cli.common import (
     print_json,
     split_list,
 )
+from mlabench.cli.flags import with_flag_groups
 from mlabench.errors import UsageError
 
 
-def kv(
-    preset: Annotated[str, typer.Option(help="Model preset (see `mlabench list`).")] = "deepseek-v3",
-    seq_len: Annotated[int, typer.Option(help="Context length per sequence.")] = 32768,
-    batch: Annotated[int, typer.Option(help="Sequences held at once.")] = 1,
-    dtype: Annotated[str, typer.Option(help="Compute dtype (the cache's too unless --kv-dtype says otherwise).")] = \
-        "bfloat16",
-    kv_dtype: Annotated[str, typer.Option(help="What the cache stores: auto (the compute dtype), fp8_e4m3 or "
-                                               "fp8_e5m2 (scales counted; the table says their layout).")] = "auto",
-    memory: Annotated[str | None, typer.Option(help="Memory budget for the cache, e.g. 80GiB: prints the longest "
-                                                    "context that fits.", show_default=False)] = None,
-    variant: Annotated[str | None, typer.Option(help="Comma-separated variants [default: all the preset can run].",
-                                                show_default=False)] = None,
-    tp: Annotated[int, typer.Option(help="Tensor-parallel degree: per-GPU bytes with the heads split over N GPUs "
-                                         "(must divide num_heads); --memory is then one GPU's budget.")] = 1,
-    assignments: SetOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """KV-cache bytes per token per layer, per token for the whole model, for the batch, per variant; with
-    --tp N, what one GPU holds (MLA.md section 6). Analytic: nothing is allocated or run."""
-    from mlabench import analytic
-    from mlabench.config import ShapeError, canonical_dtype, canonical_kv_dtype, from_name
-    from mlabench.variants import VARIANT_CLASSES, shape_for_variant
+@dataclass
+class KvRequest:
+    """What to plan: the model and its cache, the batch and context, the GPUs and the budget."""
 
-    if seq_len <= 0 or batch <= 0:
-        raise UsageError(f"--{'seq-len' if seq_len <= 0 else 'batch'}: must be a positive integer")
-    fields = {}
-    for key, values in parse_assignments(assignments).items():
-        if len(values) != 1:
-            raise UsageError(f"--set {key}: give one value")
-        fields[key] = values[0]
-    try:
-        compute = canonical_dtype(dtype)
-    except ShapeError as exc:
-        raise UsageError(f"--dtype: {exc}") from None
-    try:
-        cache = canonical_kv_dtype(kv_dtype, compute)
-    except ShapeError as exc:
-        raise UsageError(f"--kv-dtype: {exc}") from None
-    try:
-        shape = from_name(preset, dtype=compute, kv_dtype=cache, **fields)
-    except ShapeError as exc:
-        raise UsageError(str(exc) if exc.field != "model" else f"--preset: {exc}") from None
-    if tp < 1 or shape.num_heads % tp:
-        raise UsageError(f"--tp: tensor-parallel degree {tp} does not divide num_heads ({shape.num_heads}) "
-                         f"of {preset}")
-    budget = parse_bytes("--memory", memory) if memory else None
-    wanted = split_list("--variant", variant) or list(VARIANT_CLASSES)
-    rows: list[dict[str, Any]] = []
-    shown: list[tuple[type, Any]] = []
-    for name in wanted:
-        if name not in VARIANT_CLASSES:
-            raise UsageError(f"--variant: unknown variant {name!r} (choose from {', '.join(VARIANT_CLASSES)})")
+    model: Annotated[str, typer.Option(help="Model preset (see `mlabench list`).", metavar="NAME")] = "deepseek-v3"
+    preset: Annotated[str | None, typer.Option(hidden=True, help="Old spelling of --model.")] = None
+    seq_len: Annotated[int, typer.Option(help="Context length per sequence.", metavar="N")] = 32768
+    batch: Annotated[int, typer.Option(help="Sequences held at once.", metavar="N")] = 1
+    dtype: Annotated[str, typer.Option(help="Compute dtype (the cache's too unless --kv-dtype says otherwise).",
+                                       metavar="DTYPE")] = "bfloat16"
+    kv_dtype: Annotated[str, typer.Option(help="What the cache stores: auto (the compute dtype), fp8_e4m3 or "
+                                               "fp8_e5m2 (scales counted; the table says their layout).",
+                                          metavar="DTYPE")] = "auto"
+    cache_layout: Annotated[str, typer.Option(help="contiguous, or paged[:PAGE_SIZE]: each sequence holds whole "
+                                                   "pages.", metavar="LAYOUT")] = "contiguous"
+    memory: Annotated[str | None, typer.Option(help="Memory budget for the cache, e.g. 80GiB: prints the longest "
+                                                    "context that fits.", metavar="SIZE", show_default=False)] = None
+    variant: Annotated[str | None, typer.Option(help="Comma-separated variants [default: all the preset can run].",
+                                                metavar="LIST", show_default=False)] = None
+    tp: Annotated[int, typer.Option(help="Tensor-parallel degree: per-GPU bytes with the heads split over N GPUs "
+                                         "(must divide num_heads); --memory is then one GPU's budget.",
+                                    metavar="N")] = 1
+    assignments: SetOpt = None
+
+    def shape(self) -> Any:
+        """The preset with --dtype, --kv-dtype and --set applied (--set dtype=/kv_dtype= act as the flags)."""
+        from mlabench.config import ShapeError, canonical_dtype, canonical_kv_dtype, from_name
+
+        fields = {}
+        for key, values in check_set_fields(parse_assignments(self.assignments), shape_only=True).items():
+            if len(values) != 1:
+                raise UsageError(f"--set {key}: give one value")
+            fields[key] = values[0]
+        dtype, kv_dtype = str(fields.pop("dtype", self.dtype)), str(fields.pop("kv_dtype", self.kv_dtype))
         try:
-            sh = shape_for_variant(name, shape)
+            compute = canonical_dtype(dtype)
         except ShapeError as exc:
-            if variant:  # asked for explicitly: say why not
-                raise UsageError(f"--variant {name}: {exc}") from None
-            continue
-        if VARIANT_CLASSES[name].kv_elements_per_token(sh) is None:
-            if variant:
-                raise UsageError(f"--variant: {name} keeps a fixed number of rows per sequence, not a per-token cache")
-            continue
-        cls = VARIANT_CLASSES[name]
+            raise UsageError(f"--dtype: {exc}") from None
         try:
-            per_gpu = analytic.kv_bytes_per_token_per_gpu(name, sh, tp)
-        except ShapeError as exc:  # a split that straddles KV groups: no GPU layout to count
-            raise UsageError(f"--tp: {str(exc).removeprefix('tp: ')}, in {name} of {preset}") from None
-        except NotImplementedError as exc:
-            if variant:
-                raise UsageError(f"--variant {name}: {exc}") from None
-            continue
-        per_token_elems = cls.kv_elements_per_token(sh)
-        if not variant and any(other == sh and (issubclass(c, cls) or issubclass(cls, c))
-                               and c.kv_elements_per_token(other) == per_token_elems for c, other in shown):
-            continue  # the same shape as a special case of itself: gqa with G = H is mha (dsa's cache differs)
-        shown.append((cls, sh))
-        per_layer = analytic.kv_bytes_per_token(name, sh)
-        per_token = per_layer * sh.num_layers
-        fixed = cls.kv_fixed_bytes(sh) * sh.num_layers  # per-tensor FP8 scales: per layer, not per token
-        total = analytic.kv_cache_bytes(name, sh, batch, seq_len, layers=sh.num_layers)
-        row = {"variant": name, "family": VARIANT_CLASSES[name].family,
-               "num_kv_heads": sh.kv_heads if VARIANT_CLASSES[name].family == "gqa" else None,
-               "bytes_per_token_per_layer": per_layer, "bytes_per_token": per_token, "batch_bytes": total,
-               "scale_bytes": fixed, "scales": cls.kv_scale_layout(sh) or None,
-               "layout": fmt.layout if (fmt := cls.kv_format(sh)) is not None and fmt.layout else None}
-        gpu_token = per_gpu * sh.num_layers
-        row.update(bytes_per_token_per_layer_per_gpu=per_gpu, bytes_per_token_per_gpu=gpu_token,
-                   batch_bytes_per_gpu=analytic.kv_cache_bytes_per_gpu(name, sh, batch, seq_len, tp,
-                                                                       layers=sh.num_layers))
-        if budget is not None:  # one GPU's budget against what one GPU holds
-            row["fits"] = row["batch_bytes_per_gpu"] <= budget
-            row["max_seq_len"] = max(budget - fixed, 0) // (gpu_token * batch)  # scales on every GPU
-        rows.append(row)
-    doc = {"preset": preset, "dtype": shape.dtype, "kv_dtype": shape.cache_dtype, "layers": shape.num_layers,
-           "batch": batch, "seq_len": seq_len, "tp": tp, "memory_bytes": budget, "analytic": True,
-           "variants": rows}
+            cache = canonical_kv_dtype(kv_dtype, compute)
+        except ShapeError as exc:
+            raise UsageError(f"--kv-dtype: {exc}") from None
+        try:
+            return from_name(self.preset or self.model, dtype=compute, kv_dtype=cache, **fields)
+        except ShapeError as exc:
+            raise UsageError(str(exc) if exc.field != "model" else f"--model: {exc}") from None
+
+    def layout(self) -> Any:
+        from mlabench.layout import parse_layout
+
+        try:
+            return parse_layout(self.cache_layout)
+        except UsageError as exc:
+            raise UsageError(f"--{str(exc).replace('cache_layout', 'cache-layout', 1)}") from None
+
+
+@with_flag_groups
+def kv(request: KvRequest, as_json: JsonOpt = False) -> None:
+    """KV-cache bytes per token per layer, per token for the whole model, for the batch, per variant; with
+    --tp N, what one GPU holds. Analytic: nothing is allocated or run."""
+    from mlabench.capacity import CapacityError, plan_capacity
+
+    shape, layout = request.shape(), request.layout()
+    budget = parse_bytes("--memory", request.memory) if request.memory else None
+    try:
+        rows = plan_capacity(shape, split_list("--variant", request.variant), batch=request.batch,
+                             seq_len=request.seq_len, tp=request.tp, memory=budget, page_size=layout.page_size)
+    except CapacityError as exc:  # the planner names its parameter; the command line names the flag
+        raise UsageError(f"--{exc.param.replace('_', '-')}{str(exc)[len(exc.param):]}") from None
+    doc = {"preset": request.preset or request.model, "dtype": shape.dtype, "kv_dtype": shape.cache_dtype,
+           "layers": shape.num_layers, "batch": request.batch, "seq_len": request.seq_len, "tp": request.tp,
+           "cache_layout": layout.text or "contiguous", "memory_bytes": budget, "analytic": True,
+           "variants": [r.as_dict() for r in rows]}
     if as_json:
         print_json(doc)
-        return
+    else:
+        _print_table(doc, shape)
+
+
+def _print_table(doc: dict[str, Any], shape: Any) -> None:
+    rows, tp, budget, seq_len = doc["variants"], doc["tp"], doc["memory_bytes"], doc["seq_len"]
     what = shape.dtype if not shape.kv_quantized else f"{shape.kv_dtype} (compute {shape.dtype})"
     per = " per GPU" if tp > 1 else ""
-    table = Table(title=f"{preset}: KV cache, {what}, {shape.num_layers} layers, batch {batch} x "
-                        f"{seq_len} tokens" + (f", tensor parallel {tp}" if tp > 1 else "")
+    paged = f", {doc['cache_layout']}" if doc["cache_layout"] != "contiguous" else ""
+    table = Table(title=f"{doc['preset']}: KV cache, {what}, {shape.num_layers} layers, batch {doc['batch']} x "
+                        f"{seq_len} tokens{paged}" + (f", tensor parallel {tp}" if tp > 1 else "")
                         + (f", budget {human_bytes(budget)}{per}" if budget else ""),
                   title_justify="left", header_style="bold")
     layouts_shown = any(r["layout"] for r in rows)  # a stored layout (FP8 scales) beside every figure it shapes
@@ -153,6 +143,6 @@ def kv(
     out_console.print(table)
     if tp > 1:
         err_console.print(f"[dim]analytic: the heads split over {tp} GPUs; what cannot split (a shared latent, a "
-                          "RoPE key, KV heads past G) is counted on every GPU (MLA.md section 6)[/]")
+                          "RoPE key, KV heads past G) is counted on every GPU[/]")
     if budget is not None:
         err_console.print("[dim]budget counts the KV cache only (no weights or activations)[/]")

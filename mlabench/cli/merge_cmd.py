@@ -13,7 +13,8 @@ from mlabench.cli.common import ReportOpt, err_console, out_console, write_repor
 def merge(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to join (e.g. one per shard).",
                                                    show_default=False)],
-    out: Annotated[Path, typer.Option(help="Directory for the merged run.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the merged run.", metavar="DIR",
+                                      show_default=False)],
     report: ReportOpt = True,
     allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Merge an incomplete shard set or "
                                                 "unfinished runs (refused by default).")] = False,

@@ -11,10 +11,12 @@ Verdicts, in order of severity:
   suite whose tested cases are mostly underpowered fails with --strict;
 - improved: faster past the threshold and significant, or a failed case now ok;
 - not-timed: not ok on both sides, nothing to compare;
+- indicative: timing shown, not judged: fewer than 3 rounds on a side (`timing`);
 - same.
-Cases with two or more rounds on both sides are tested on their per-round
-medians (paired when both runs come from one `mlabench ab` job); the others on
-their samples, a weak test that cannot see run-to-run noise. Imports no torch.
+A timing verdict needs replication on both sides (`mlabench.compare.timing`):
+cases with 3+ rounds on each side are tested on their per-round medians, paired
+only when both runs come from one `mlabench ab` job. Exact metrics and status
+changes gate always, with rounds or without. Imports no torch.
 """
 
 from __future__ import annotations
@@ -28,24 +30,23 @@ import numpy as np
 import pandas as pd
 
 from mlabench import schema
-from mlabench.compare import stats
+from mlabench.compare import stats, timing
 from mlabench.compare.env import check_environment, check_keys, check_profiled, check_timing, drift_join_columns
 from mlabench.errors import UsageError
 from mlabench.rundir import RunData, case_labels, join_ids, key_frame
 
 Verdict = Literal[
     "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "underpowered", "improved",
-    "not-timed", "same"
+    "indicative", "not-timed", "same"
 ]
 SEVERITY: tuple[str, ...] = (
     "regressed", "changed", "inconclusive", "only-baseline", "only-candidate", "underpowered", "improved",
-    "not-timed", "same"
+    "indicative", "not-timed", "same"
 )
 FAILING: frozenset[str] = frozenset({"regressed", "changed"})
 STRICT_FAILING: frozenset[str] = frozenset({"inconclusive", "only-baseline", "only-candidate"})
 REL_ERR_GROWTH = 10.0  # noted (not failed) when rel_err grows this much while still within tolerance
 UNDERPOWERED_SHARE = 0.5  # --strict fails when more than this share of tested cases is underpowered
-MIN_ROUNDS = 2  # per side, for the round-based test
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class GateSettings:
     # Share of baseline cases the candidate may lack before the gate fails: a killed or
     # partial candidate sweep must not pass by having measured less.
     max_missing: float = 0.1
+    # Judge unreplicated timings on one run's samples (blind to run-to-run noise; marked WEAK).
+    sample_test: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_missing <= 1:
@@ -104,6 +107,8 @@ class Comparison:
     tested: int = 0  # cases in the multiple-comparison family
     evidence: str = "none"  # rounds | samples (weak: no run-to-run noise seen) | mixed | none
     paired: bool = False  # rounds paired: both runs from one `ab` job
+    indicative: int = 0  # timed cases shown but not judged (fewer than 3 rounds on a side)
+    fewest_rounds: int = 0  # the fewest rounds of a side among those cases
     method: str = field(default=stats.METHOD_ROUNDS)
 
     @property
@@ -120,12 +125,12 @@ class Comparison:
     def detectable(self) -> float | None:
         """The median over tested cases of the smallest change each could detect."""
         values = [math.inf if c.detectable is None else c.detectable for c in self.cases
-                  if c.method in ("rounds", "samples")]
+                  if c.method in ("rounds", "samples") and c.verdict != "indicative"]
         return float(np.median(values)) if values else None
 
     @property
     def underpowered_share(self) -> float:
-        timed = [c for c in self.cases if c.method]
+        timed = [c for c in self.cases if c.method and c.verdict != "indicative"]
         return sum(c.verdict == "underpowered" for c in timed) / len(timed) if timed else 0.0
 
     @property
@@ -166,29 +171,6 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
-
-
-@dataclass(frozen=True)
-class _CaseSamples:
-    samples: np.ndarray  # every sample, rounds in order
-    rounds: np.ndarray  # per-round medians, by round number
-
-
-def _sample_map(run: RunData) -> dict[str, _CaseSamples]:
-    if run.samples is None or run.samples.empty:
-        return {}
-    frame = run.samples[np.isfinite(run.samples["latency_ms"])]
-    ordered = frame.sort_values(["case_id", "round", "sample"])
-    medians = ordered.groupby(["case_id", "round"], sort=True)["latency_ms"].median()
-    out = {}
-    for cid, g in ordered.groupby("case_id", sort=False):
-        out[str(cid)] = _CaseSamples(g["latency_ms"].to_numpy(dtype=float), medians.loc[cid].to_numpy(dtype=float))
-    return out
-
-
-def _ab_job(run: RunData) -> str | None:
-    ab = run.meta.get("ab") if isinstance(run.meta, dict) else None
-    return str(ab.get("job")) if isinstance(ab, dict) and ab.get("job") else None
 
 
 def _exact_changes(b: dict[str, Any], c: dict[str, Any]) -> list[str]:
@@ -308,11 +290,11 @@ def _finish(case: CaseResult, exact: tuple[str, ...]) -> CaseResult:
 def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Comparison:
     """Join two runs on their case key and judge every case."""
     joined = _join(base, cand, settings)
-    base_samples, cand_samples = _sample_map(base), _sample_map(cand)
+    base_samples, cand_samples = timing.sample_map(base), timing.sample_map(cand)
     judged: dict[str, CaseResult] = {}
     exact: dict[str, tuple[str, ...]] = {}
     timed: list[str] = []
-    pairs: list[tuple[_CaseSamples | None, _CaseSamples | None, float, float]] = []
+    pairs: list[timing.Pair] = []
     for jid in joined.order:
         br, cr = joined.base.get(jid), joined.cand.get(jid)
         row = cr or br
@@ -327,32 +309,15 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
         pairs.append((base_samples.get(str(br["case_id"])), cand_samples.get(str(cr["case_id"])),
                       judged[jid].base_ms or math.nan, judged[jid].cand_ms or math.nan))
 
-    # Rounds where both sides have them; samples otherwise. One Holm family for all.
-    paired = _ab_job(base) is not None and _ab_job(base) == _ab_job(cand)
-    confidence = 1 - settings.alpha
-    by_round = [i for i, (b, c, _, _) in enumerate(pairs)
-                if b is not None and c is not None and len(b.rounds) >= MIN_ROUNDS and len(c.rounds) >= MIN_ROUNDS]
-    by_sample = [i for i in range(len(pairs)) if i not in set(by_round)]
-    time_stats: list[stats.TimeStats | None] = [None] * len(pairs)
-    if by_round:
-        found = stats.compare_rounds([pairs[i][0].rounds for i in by_round], [pairs[i][1].rounds for i in by_round],
-                                     paired=paired, confidence=confidence,
-                                     n_base=[len(pairs[i][0].samples) for i in by_round],
-                                     n_cand=[len(pairs[i][1].samples) for i in by_round])
-        for i, st in zip(by_round, found, strict=True):
-            time_stats[i] = st
-    if by_sample:
-        found = stats.compare_many(
-            [(pairs[i][0].samples if pairs[i][0] is not None else None,
-              pairs[i][1].samples if pairs[i][1] is not None else None, pairs[i][2], pairs[i][3]) for i in by_sample],
-            confidence=confidence)
-        for i, st in zip(by_sample, found, strict=True):
-            time_stats[i] = st
-    all_stats = [st for st in time_stats if st is not None]
-    verdicts = stats.judge(all_stats, settings.threshold, settings.alpha)
-    for jid, result in zip(timed, verdicts, strict=True):
+    # Rounds where both sides have 3+; the rest indicative (or, when asked, on samples). One Holm family.
+    found = timing.time_pairs(pairs, timing.paired_runs(base, cand), settings.alpha, settings.sample_test)
+    family = [st for st, g in zip(found.stats, found.gated, strict=True) if g]
+    verdicts = iter(stats.judge(family, settings.threshold, settings.alpha))
+    shown = [(st, timing.rounds_of(p)) for st, p, g in zip(found.stats, pairs, found.gated, strict=True) if not g]
+    for jid, st, gated, pair in zip(timed, found.stats, found.gated, pairs, strict=True):
+        result = next(verdicts) if gated else timing.indicative(st, settings.threshold, timing.rounds_of(pair))
         judged[jid] = _timed(judged[jid], result)
-    methods = {s.method for s in all_stats if s.has_test}
+    methods = {s.method for s in family if s.has_test}
     evidence = "none" if not methods else methods.pop() if len(methods) == 1 else "mixed"
 
     # Worst first: by verdict, then the biggest change in that verdict's direction.
@@ -366,8 +331,9 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
                             f"{settings.max_missing:.0%})")
     return Comparison(
         baseline=str(base.path), candidate=str(cand.path), settings=settings, cases=tuple(cases),
-        env_notes=tuple(joined.notes), joined_ignoring=joined.ignored, tested=sum(s.has_test for s in all_stats),
-        evidence=evidence, paired=paired and bool(by_round),
+        env_notes=tuple(joined.notes), joined_ignoring=joined.ignored, tested=sum(s.has_test for s in family),
+        evidence=evidence, paired=found.paired, indicative=len(shown),
+        fewest_rounds=min((r for _, r in shown), default=0),
         method=stats.METHOD_ROUNDS if evidence == "rounds" else stats.METHOD_SAMPLES if evidence == "samples"
         else f"{stats.METHOD_ROUNDS} where both runs have rounds; else {stats.METHOD_SAMPLES}",
     )

@@ -20,8 +20,8 @@ from mlabench.compare.gate import SEVERITY, Comparison
 
 VERDICT_COLOR = {
     "regressed": "#cf222e", "changed": "#cf222e", "inconclusive": "#bf8700", "only-baseline": "#bf8700",
-    "only-candidate": "#0969da", "underpowered": "#8250df", "improved": "#1a7f37", "not-timed": "#8c959f",
-    "same": "#57606a",
+    "only-candidate": "#0969da", "underpowered": "#8250df", "improved": "#1a7f37", "indicative": "#54aeff",
+    "not-timed": "#8c959f", "same": "#57606a",
 }
 ROW_HEIGHT = 18  # px per case in the ratio chart
 

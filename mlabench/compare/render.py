@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from typing import Any
 
@@ -17,14 +18,16 @@ from rich.markup import escape as _escape
 from rich.table import Table
 
 from mlabench.compare.gate import CaseResult, Comparison
+from mlabench.compare.timing import MIN_ROUNDS
 
 VERDICT_STYLE = {
     "regressed": "bold red", "changed": "bold red", "inconclusive": "yellow", "only-baseline": "yellow",
-    "only-candidate": "cyan", "underpowered": "magenta", "improved": "green", "not-timed": "dim", "same": "dim",
+    "only-candidate": "cyan", "underpowered": "magenta", "improved": "green", "indicative": "blue",
+    "not-timed": "dim", "same": "dim",
 }
 VERDICT_MARK = {
     "regressed": "❌", "changed": "❌", "inconclusive": "⚠️", "only-baseline": "➖", "only-candidate": "➕",
-    "underpowered": "🔍", "improved": "✅", "not-timed": "·", "same": "·",
+    "underpowered": "🔍", "improved": "✅", "indicative": "ℹ️", "not-timed": "·", "same": "·",
 }
 QUIET = frozenset({"same", "not-timed", "underpowered"})
 # GitHub rejects comments over 65,536 characters; unchanged rows are the ones to cut.
@@ -38,12 +41,19 @@ def _pct(v: float) -> str:
 def evidence_text(cmp: Comparison) -> str:
     """How the timing verdicts were reached, and how much to trust them."""
     if cmp.evidence == "rounds":
-        return "rounds, paired (one ab job)" if cmp.paired else "rounds"
-    if cmp.evidence == "samples":
-        return "WEAK: samples only, run-to-run noise not measured (use sweep --rounds or mlabench ab)"
-    if cmp.evidence == "mixed":
-        return "partly WEAK: some cases without rounds on both sides were tested on samples only"
-    return "no timing test"
+        text = "timing on rounds, paired (one ab job)" if cmp.paired else "timing on rounds"
+    elif cmp.evidence == "samples":
+        text = "WEAK: timing judged on one run's samples (--sample-test), run-to-run noise not measured"
+    elif cmp.evidence == "mixed":
+        text = "partly WEAK: some timings judged on one run's samples only (--sample-test)"
+    else:
+        text = "no timing test"
+    if cmp.indicative:
+        rounds = cmp.fewest_rounds
+        text += (f"; {cmp.indicative} timings indicative only, not gated: {rounds} round"
+                 f"{'s' if rounds != 1 else ''} on a side, and a timing verdict needs {MIN_ROUNDS}+ on each to see "
+                 f"run-to-run noise (record both runs with sweep --rounds {MIN_ROUNDS} or more, or use mlabench ab)")
+    return text
 
 
 def summary(cmp: Comparison) -> str:
@@ -62,6 +72,13 @@ def summary(cmp: Comparison) -> str:
         rule += f"; {cmp.missing_share:.0%} of baseline cases missing (limit {s.max_missing:.0%})"
     rule += "; strict" if s.strict else ""
     return f"{head}: {counts or 'no cases'} ({rule})"
+
+
+def quiet(c: CaseResult, threshold: float) -> bool:
+    """Folded out of the terminal table: unchanged, untimed, underpowered, or indicative within the threshold."""
+    if c.verdict == "indicative":
+        return c.ratio is None or abs(c.ratio - 1) <= threshold
+    return c.verdict in QUIET
 
 
 def _ms(v: float | None) -> str:
@@ -126,17 +143,18 @@ def print_table(cmp: Comparison, console: Console | None = None) -> None:
     for h in TERMINAL_HEADERS:
         table.add_column(h, overflow="fold", justify="right" if h in ("base ms", "cand ms", "change", "p (Holm)",
                                                                       "detects") else "left")
-    loud = [c for c in cmp.cases if c.verdict not in QUIET]
+    threshold = cmp.settings.threshold
+    loud = [c for c in cmp.cases if not quiet(c, threshold)]
     for c in loud:
         cells = [x for h, x in zip(HEADERS, _row(c), strict=True) if h in TERMINAL_HEADERS]
         cells[0] = f"[{VERDICT_STYLE[c.verdict]}]{c.verdict}[/]"
         table.add_row(*cells[:1], *(_escape(x) for x in cells[1:]))
     if loud:
         console.print(table)
-    quiet = Counter(c.verdict for c in cmp.cases if c.verdict in QUIET)
-    if quiet:
+    folded_counts = Counter(c.verdict for c in cmp.cases if quiet(c, threshold))
+    if folded_counts:
         # Hundreds of unchanged cases would bury the few that matter; JSON and markdown list them all.
-        folded = " and ".join(f"{n} {v}" for v, n in quiet.items())
+        folded = " and ".join(f"{n} {v}" for v, n in folded_counts.items())
         console.print(f"[dim]{folded} cases not listed (--format markdown or --json lists every case)[/]")
     for note in cmp.env_notes:
         console.print(f"[yellow]note:[/] {_escape(note)}")
@@ -158,24 +176,34 @@ def _md_table(cases: list[CaseResult]) -> list[str]:
     return lines
 
 
+def shown_path(path: str) -> str:
+    """A run's path relative to the working directory: a PR comment must not carry the runner's
+    absolute paths."""
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows): nothing relative to say
+        return path
+
+
 def to_markdown(cmp: Comparison) -> str:
     """A PR-comment-ready report: verdict line, cases needing attention, the rest folded."""
     mark = "✅" if cmp.passed else "❌"
     lines = [f"**mlabench compare {mark} {summary(cmp)}**", ""]
-    lines.append(f"Baseline `{cmp.baseline}`, candidate `{cmp.candidate}`. Method: {cmp.method}.")
+    lines.append(f"Baseline `{shown_path(cmp.baseline)}`, candidate `{shown_path(cmp.candidate)}`. "
+                 f"Method: {cmp.method}.")
     lines += [f"- note: {_md_cell(n)}" for n in cmp.env_notes]
     lines.append("")
-    loud = [c for c in cmp.cases if c.verdict not in QUIET]
-    quiet = [c for c in cmp.cases if c.verdict in QUIET]
+    loud = [c for c in cmp.cases if not quiet(c, cmp.settings.threshold)]
+    rest = [c for c in cmp.cases if quiet(c, cmp.settings.threshold)]
     if loud:
         lines += _md_table(loud)
     else:
         lines.append("No case changed beyond the threshold.")
-    if quiet:
-        lines += ["", f"<details><summary>{len(quiet)} unchanged or not-timed cases</summary>", ""]
-        lines += _md_table(quiet[:MD_QUIET_ROWS])
-        if len(quiet) > MD_QUIET_ROWS:
-            lines += ["", f"... and {len(quiet) - MD_QUIET_ROWS} more (the --json output lists every case)."]
+    if rest:
+        lines += ["", f"<details><summary>{len(rest)} unchanged or not-timed cases</summary>", ""]
+        lines += _md_table(rest[:MD_QUIET_ROWS])
+        if len(rest) > MD_QUIET_ROWS:
+            lines += ["", f"... and {len(rest) - MD_QUIET_ROWS} more (the --json output lists every case)."]
         lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
@@ -199,11 +227,13 @@ def to_dict(cmp: Comparison) -> dict[str, Any]:
         "baseline": cmp.baseline,
         "candidate": cmp.candidate,
         "settings": {"threshold": s.threshold, "alpha": s.alpha, "strict": s.strict,
-                     "allow_env_change": s.allow_env_change, "max_missing": s.max_missing},
+                     "allow_env_change": s.allow_env_change, "max_missing": s.max_missing,
+                     "sample_test": s.sample_test},
         "missing": cmp.missing,
         "evidence": cmp.evidence,
         "weak": cmp.weak,
         "paired": cmp.paired,
+        "indicative": cmp.indicative,
         "detectable": _num(cmp.detectable),
         "underpowered_share": cmp.underpowered_share,
         "method": cmp.method,

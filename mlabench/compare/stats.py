@@ -14,13 +14,15 @@ Method, and why:
   (s0^2, d0) is fitted to the per-case variances, not to the cases' ratios, so a
   block of genuinely changed cases does not hide itself. When both runs come
   from one `mlabench ab` job, round k of each side ran back to back, so the test
-  is paired on rounds, which also cancels drift common to both sides.
-- Effect size, compared with the threshold, is the ratio of the medians of the
-  per-round medians (exp of the median per-round log ratio when paired): one
-  preempted round moves a median little.
-- Without rounds the test is a one-sided Mann-Whitney U test on the raw samples,
-  as before. It cannot see run-to-run noise, so its verdict is weak (the
-  comparison says so) and a case past the threshold is never called `same`.
+  is paired on rounds, which also cancels drift common to both sides. Two runs
+  recorded apart (two `sweep --rounds`) are never paired: their round k have
+  nothing in common, and pairing them would understate the noise.
+- Effect size, compared with the threshold, is the ratio of the two medians the
+  comparison prints (per side, the median of the per-round medians), with an
+  interval of that same ratio: one preempted round moves a median little.
+- Without rounds the test is a one-sided Mann-Whitney U test on the raw samples.
+  It cannot see run-to-run noise, so the gate uses it only when asked (its
+  verdict is marked WEAK), and a case past the threshold is never called `same`.
 - p-values are Holm-corrected over all tested cases and both directions at once
   (2m one-sided tests, i.e. two-sided): a single false alarm fails the whole PR,
   and a reported improvement should be as trustworthy as a regression, so the
@@ -47,11 +49,12 @@ from typing import Literal
 import numpy as np
 from scipy import special, stats
 
-TimeVerdict = Literal["regressed", "improved", "same", "inconclusive", "underpowered"]
+TimeVerdict = Literal["regressed", "improved", "same", "inconclusive", "underpowered", "indicative"]
 Method = Literal["rounds", "samples", "medians"]
 UNDERPOWERED_FACTOR = 2.0  # not significant and cannot detect this many thresholds: underpowered
 BOOTSTRAP_RESAMPLES = 1000  # enough for a percentile interval (Efron: >= 1000)
 METHOD_ROUNDS = ("moderated t-test on per-round medians (empirical-Bayes variance), Holm correction")
+MEDIAN_SE_FACTOR = 1.2533  # sqrt(pi / 2): a median's standard error over a mean's, normal noise
 METHOD_SAMPLES = "Mann-Whitney U (one-sided) on samples with Holm correction; percentile bootstrap CI"
 
 
@@ -75,15 +78,13 @@ class TimeStats:
     method: Method = "medians"
     rounds_base: int = 0
     rounds_cand: int = 0
-    effect: float | None = None  # the ratio when it is not cand_median / base_median (paired rounds)
     se: float | None = None  # standard error of the log ratio
     df: float | None = None  # degrees of freedom of the test (inf: normal)
     min_p: float = 0.0
 
     @property
     def ratio(self) -> float:
-        if self.effect is not None:
-            return self.effect
+        """The change compared with the threshold: candidate median / baseline median, as printed."""
         if self.base_median > 0 and math.isfinite(self.base_median) and math.isfinite(self.cand_median):
             return self.cand_median / self.base_median
         return math.nan
@@ -224,16 +225,19 @@ RoundMedians = Sequence[float] | np.ndarray
 
 
 def _round_moments(lb: np.ndarray, lc: np.ndarray, paired: bool) -> tuple[np.ndarray, ...]:
-    """Per case (rows): mean log ratio, variance, its degrees of freedom, the se factor, the effect."""
+    """Per case (rows): mean log ratio, its variance, the variance's degrees of freedom, the se factor.
+
+    Paired (round k of both sides ran back to back) only with as many rounds on both sides:
+    the test is then on the per-round differences, which cancels drift both sides saw.
+    Otherwise the two sides' rounds are independent samples (pooled-variance t)."""
     rb, rc = lb.shape[1], lc.shape[1]
     if paired and rb == rc:
         dd = lc - lb  # (cases, rounds)
-        return (dd.mean(axis=1), dd.var(axis=1, ddof=1), np.full(len(dd), rb - 1.0), np.full(len(dd), (1 / rb) ** 0.5),
-                np.exp(np.median(dd, axis=1)))
+        return dd.mean(axis=1), dd.var(axis=1, ddof=1), np.full(len(dd), rb - 1.0), np.full(len(dd), (1 / rb) ** 0.5)
     dof = rb + rc - 2
     pooled = ((rb - 1) * lb.var(axis=1, ddof=1) + (rc - 1) * lc.var(axis=1, ddof=1)) / dof
     return (lc.mean(axis=1) - lb.mean(axis=1), pooled, np.full(len(lb), float(dof)),
-            np.full(len(lb), (1 / rb + 1 / rc) ** 0.5), np.exp(np.median(lc, axis=1) - np.median(lb, axis=1)))
+            np.full(len(lb), (1 / rb + 1 / rc) ** 0.5))
 
 
 def _t_sf(t: np.ndarray, df: np.ndarray) -> np.ndarray:
@@ -258,7 +262,7 @@ def compare_rounds(
     Cases with the same round counts are computed together, vectorized.
     """
     m = len(base)
-    diff, s2, d, k, effect, bmed, cmed, rb, rc = (np.zeros(m) for _ in range(9))
+    diff, s2, d, k, bmed, cmed, rb, rc = (np.zeros(m) for _ in range(8))
     groups: dict[tuple[int, int], list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for i, (b_raw, c_raw) in enumerate(zip(base, cand, strict=True)):
         lb, lc = np.log(_clean(b_raw)), np.log(_clean(c_raw))
@@ -266,7 +270,7 @@ def compare_rounds(
     for (nb, nc), members in groups.items():
         idx = np.array([mm[0] for mm in members])
         lb2, lc2 = np.stack([mm[1] for mm in members]), np.stack([mm[2] for mm in members])  # (cases, rounds)
-        diff[idx], s2[idx], d[idx], k[idx], effect[idx] = _round_moments(lb2, lc2, paired)
+        diff[idx], s2[idx], d[idx], k[idx] = _round_moments(lb2, lc2, paired)
         bmed[idx], cmed[idx] = np.exp(np.median(lb2, axis=1)), np.exp(np.median(lc2, axis=1))
         rb[idx], rc[idx] = nb, nc
     s02, d0 = fit_prior(s2, d)
@@ -279,14 +283,18 @@ def compare_rounds(
         t = np.where(se > 0, diff / np.where(se > 0, se, 1.0), np.sign(diff) * np.inf)
     t = np.nan_to_num(t, nan=0.0, posinf=np.inf, neginf=-np.inf)
     p_slower, p_faster = _t_sf(t, df), _t_sf(-t, df)
-    half = _t_isf((1 - confidence) / 2, df) * se
-    low, high = np.exp(diff - half), np.exp(diff + half)
+    # The effect shown and compared with the threshold is the ratio of the two printed medians
+    # (medians of per-round medians); its interval is that ratio give or take the test's margin,
+    # widened by 1.2533, the median's standard error over the mean's under normal noise.
+    ratio = cmed / bmed
+    half = _t_isf((1 - confidence) / 2, df) * se * MEDIAN_SE_FACTOR
+    low, high = ratio * np.exp(-half), ratio * np.exp(half)
     nb_list = list(n_base) if n_base is not None else rb.astype(int).tolist()
     nc_list = list(n_cand) if n_cand is not None else rc.astype(int).tolist()
     return [
         TimeStats(float(bmed[i]), float(cmed[i]), int(nb_list[i]), int(nc_list[i]), float(p_slower[i]),
                   float(p_faster[i]), float(low[i]), float(high[i]), method="rounds", rounds_base=int(rb[i]),
-                  rounds_cand=int(rc[i]), effect=float(effect[i]), se=float(se[i]), df=float(df[i]))
+                  rounds_cand=int(rc[i]), se=float(se[i]), df=float(df[i]))
         for i in range(m)
     ]
 

@@ -12,16 +12,29 @@ every finished row whichever executor ran it.
 and `should_stop()` is polled before a case starts: once it is true no new case starts,
 and the cases in flight finish. Closing the iterator (the driver stopping early, a second
 Ctrl-C) abandons the cases in flight.
+
+The driver (the `sweep` command) needs more than `run` from any executor, and the protocol
+declares it: `resolve_device` (which device `--device` names where the cases run),
+`describe` (fingerprint and peaks taken there before the run directory opens),
+`device_meta` and `peaks` (what `describe` found; None: this process's device decides),
+and `close` (release what the executor started). The in-process executors inherit
+`OnThisMachine`'s answers; Ray's come from its workers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mlabench.case import Case
 from mlabench.errors import UsageError
-from mlabench.runner import CaseResult, RunContext, run_case
+from mlabench.runner import CaseResult, RunContext
+from mlabench.tp import run_any_case
+
+if TYPE_CHECKING:
+    import torch
+
+    from mlabench.measure.peaks import Peaks
 
 EXECUTORS: tuple[str, ...] = ("local", "isolate", "ray")
 
@@ -30,17 +43,47 @@ OnStart = Callable[[Case, int, int], None]
 
 class Executor(Protocol):
     name: str
+    device_meta: dict[str, Any] | None  # the cases' device fingerprint when it is not this process's
+
+    def resolve_device(self, name: str) -> torch.device: ...
+
+    def describe(self, plan: Any, probe: bool) -> None: ...
+
+    def peaks(self, dtypes: list[str], probe: bool) -> Peaks | None: ...
 
     def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
             should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]: ...
 
+    def close(self) -> None: ...
 
-class LocalExecutor:
+
+class OnThisMachine:
+    """The driver's side of an executor whose cases run on this machine's device: nothing to
+    describe remotely, peaks measured here, nothing to close."""
+
+    device_meta: dict[str, Any] | None = None
+
+    def resolve_device(self, name: str) -> torch.device:
+        from mlabench.measure.envinfo import resolve_device
+
+        return resolve_device(name)
+
+    def describe(self, plan: Any, probe: bool) -> None:
+        return None
+
+    def peaks(self, dtypes: list[str], probe: bool) -> Peaks | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class LocalExecutor(OnThisMachine):
     """Every case in this process: cheapest, but a crash in a case is a crash of the sweep."""
 
     name = "local"
 
-    def __init__(self, run: Callable[[Case, RunContext], CaseResult] = run_case) -> None:
+    def __init__(self, run: Callable[[Case, RunContext], CaseResult] = run_any_case) -> None:
         self._run = run
 
     def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
@@ -53,7 +96,7 @@ class LocalExecutor:
             yield self._run(case, ctx)
 
 
-class IsolateExecutor:
+class IsolateExecutor(OnThisMachine):
     """Every case in a fresh child process, one at a time, on the driver's device."""
 
     name = "isolate"
@@ -90,10 +133,16 @@ def choose_executor(name: str | None, isolate: bool, ray_address: str | None,
     return chosen
 
 
-def make_executor(name: str) -> Executor | None:
-    """The executors that need no connection (Ray: ray_exec.RayExecutor.connect); None for local,
-    which is run_sweep's default."""
-    return IsolateExecutor() if name == "isolate" else None
+def make_executor(name: str, ray_address: str | None = None, ray_accelerator: str | None = None,
+                  run: Callable[[Case, RunContext], CaseResult] = run_any_case) -> Executor:
+    """The executor `name` (checked by `choose_executor`), connected: Ray joins or starts its
+    cluster here. `run`: how the local executor runs one case."""
+    if name == "ray":
+        from mlabench.executors.ray_exec import RayExecutor
+
+        return RayExecutor.connect(ray_address, ray_accelerator)
+    return IsolateExecutor() if name == "isolate" else LocalExecutor(run)
 
 
-__all__ = ["EXECUTORS", "Executor", "IsolateExecutor", "LocalExecutor", "choose_executor", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "IsolateExecutor", "LocalExecutor", "OnThisMachine", "choose_executor",
+           "make_executor"]

@@ -109,7 +109,8 @@ def _case_in_child(job: Job) -> Isolated:
     from mlabench.measure.envinfo import device_info
     from mlabench.measure.memory import open_nvml
     from mlabench.measure.peaks import spec_peaks
-    from mlabench.runner import run_case, where
+    from mlabench.runner import where
+    from mlabench.tp import run_any_case
 
     ctx = job.ctx
     kind = where(ctx.device)["device_name"]
@@ -118,7 +119,7 @@ def _case_in_child(job: Job) -> Isolated:
     if ctx.device.type == "cpu" and ctx.timing.threads:
         torch.set_num_threads(int(ctx.timing.threads))
     ctx.nvml = open_nvml(ctx.device)
-    result = run_case(job.case, ctx)
+    result = run_any_case(job.case, ctx)  # a tp > 1 case on ranks this child starts
     # The CUDA context dies with this process: a sticky error costs this case only, not the sweep.
     result.fatal = False
     try:

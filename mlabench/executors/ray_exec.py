@@ -80,6 +80,28 @@ def check_accelerator(kind: str, resources: dict[str, float]) -> None:
                          f"(it has: {', '.join(kinds) or 'none'})")
 
 
+REACH_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Refuse within seconds a cluster address nothing answers at (a closed port, an unknown host):
+    ray.init would wait for it forever. `auto` and `local` are Ray's to find."""
+    if address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://")
+    host, colon, port = target.rpartition(":")
+    if not colon and address.startswith("ray://"):
+        host, port = target, "10001"  # the Ray Client server's default port
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--ray-address: expected HOST:PORT, ray://HOST[:PORT] or auto, got {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise UsageError(f"--ray-address {address}: no Ray cluster answers there ({why})") from None
+
+
 class RayExecutor:
     """Cases as Ray tasks; `connect` first, `describe` before the run directory is opened."""
 
@@ -102,6 +124,8 @@ class RayExecutor:
             return cls(started_here=False, accelerator=accelerator)
         quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
                                  "log_to_driver": False}
+        if address:
+            check_reachable(address)
         try:
             if address:
                 ray.init(address=address, **quiet)

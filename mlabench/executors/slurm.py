@@ -13,21 +13,25 @@ from collections.abc import Mapping
 from mlabench.errors import UsageError
 
 VARIABLES = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN")
+STEP = "SLURM_ARRAY_TASK_STEP"  # optional: 1 when unset
 
 
 def slurm_shard(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """(K, N) for `--shard auto`, from SLURM_ARRAY_TASK_{ID,COUNT,MIN} (and _STEP when set)."""
+    """(K, N) for `--shard auto`, from SLURM_ARRAY_TASK_{ID,COUNT,MIN} (and _STEP when set); a value
+    that is not an integer is named."""
     env = os.environ if environ is None else environ
     missing = [v for v in VARIABLES if not env.get(v, "").strip()]
     if missing:
         raise UsageError(f"--shard auto: not in a Slurm array job ({', '.join(missing)} not set); "
                          "give --shard K/N, or submit with sbatch --array")
-    try:
-        task, count, first = (int(env[v]) for v in VARIABLES)
-        step = int(env.get("SLURM_ARRAY_TASK_STEP", "").strip() or 1)
-    except ValueError:
-        shown = ", ".join(f"{v}={env[v]!r}" for v in VARIABLES)
-        raise UsageError(f"--shard auto: Slurm array variables are not integers ({shown})") from None
+    numbers = []
+    for name in (*VARIABLES, STEP):
+        text = env.get(name, "").strip() or "1"  # only the step may be unset
+        try:
+            numbers.append(int(text))
+        except ValueError:
+            raise UsageError(f"--shard auto: {name}={text!r} is not an integer") from None
+    task, count, first, step = numbers
     offset = task - first
     if count < 1 or step < 1 or offset < 0 or offset % step or offset // step >= count:
         raise UsageError(f"--shard auto: task {task} is not in a contiguous array of {count} tasks from {first} "

@@ -157,7 +157,7 @@ def kv_chart(df: pd.DataFrame) -> Chart:
                   "the run recorded them, the CUDA allocator's delta (dotted) and NVML's device-used delta "
                   "(dash-dot) around the allocation, which show allocator granularity, and the paged copy a "
                   "fused backend keeps beside the cache (long dashes). A run with setting tp > 1 also draws "
-                  "what one GPU holds at that tensor-parallel degree (triangles; analytic, MLA.md section 6: "
+                  "what one GPU holds at that tensor-parallel degree (triangles; analytic, docs/variants.md §6: "
                   "heads split, a shared latent or RoPE key on every GPU).")
     rows = df[df["kv_cache_bytes"].notna() | df["kv_cache_bytes_measured"].notna()]
     if rows.empty:

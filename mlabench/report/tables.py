@@ -193,6 +193,9 @@ def rows_table(df: pd.DataFrame) -> str:
             raw = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
             text = fmt(c, v)
             cls = ' class="err"' if c == "error" and text else (' class="num"' if not isinstance(v, str) else "")
+            if c == "backend" and schema.sdpa_math(row.get("backend_detail")):  # where a reader looks
+                text, cls = f"{text} [math]", ' class="err" title="SDPA ran its unfused math kernel: correct, ' \
+                    'far slower than a fused one (backend_detail)"'
             cells.append(f'<td data-v="{escape(raw)}"{cls}>{escape(text)}</td>')
         body.append(f'<tr class="st-{escape(status)}" data-status="{escape(status)}">{"".join(cells)}</tr>')
     statuses = [s for s in schema.STATUSES if s in set(df["status"])]

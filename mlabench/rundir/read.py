@@ -14,6 +14,7 @@ refuses it: finish the run with `--resume` first.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 from dataclasses import dataclass, field
@@ -30,17 +31,13 @@ from mlabench.schema import normalize_key_value
 # Columns a results.csv must have. The rest of the contract is optional so
 # that baselines written before a column was added still load (filled empty).
 # Key columns added after runs were already on disk, with the value those runs implicitly had.
-KEY_DEFAULTS: dict[str, str] = {"scope": "step", "context": "", "cache_layout": "", "num_latent_heads": "1",
-                                 "q_rank": "0", "k_rank": "0", "v_rank": "0", "index_heads": "0",
-                                 "index_head_dim": "0", "topk": "0"}
+KEY_DEFAULTS: dict[str, str] = schema.KEY_DEFAULTS
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS
                                           if c not in KEY_DEFAULTS and c not in schema.KEY_DEFAULT_FROM) + \
     schema.OUTCOME_COLUMNS + ("latency_ms",)
+# Columns read as text: the string-typed ones, and fits_l2 (True/False as written).
 STRING_COLUMNS: frozenset[str] = frozenset(
-    {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "kv_dtype", "device", "status", "error",
-     "case_id", "backend_detail", "timer", "fits_l2", "options", "host", "device_name", "context", "cache_layout",
-     "context_lengths"}
-)
+    f.name for f in dataclasses.fields(schema.ResultRow) if f.type in ("str", "str | None", "bool | None"))
 SAMPLE_REQUIRED: tuple[str, ...] = ("case_id", "sample", "latency_ms")  # `round` is optional
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
 

@@ -1,4 +1,4 @@
-"""`gta`, Grouped-Tied Attention (Zadouri, Strauss, Dao 2025; MLA.md section 5).
+"""`gta`, Grouped-Tied Attention (Zadouri, Strauss, Dao 2025; docs/variants.md §5).
 
 GQA whose key and value are one tensor: each of the G KV groups caches one tied state
 kv_g of width D, used whole as the value and, minus its last d_r columns, as the key's

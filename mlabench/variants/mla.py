@@ -3,7 +3,7 @@
 Shared projections carry the DeepSeek-V3 checkpoint names (`q_a_proj`,
 `q_a_layernorm`, `q_b_proj` or `q_proj`, `kv_a_proj_with_mqa`, `kv_a_layernorm`,
 `kv_b_proj`, `o_proj`). The strategies differ only in what they cache and how
-they attend (MLA.md section 2):
+they attend (docs/variants.md §3):
 
 - `mla-expanded`: cache up-projected K (H, d_qk) and V (H, d_v) per token.
 - `mla-latent`: cache [c_kv, k_pe] (d_c + d_r per token); re-expand all of it every call.
