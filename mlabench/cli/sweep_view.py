@@ -96,6 +96,9 @@ def print_estimate(plan: Any, as_json: bool) -> None:
     rounds = f" x {est.rounds} rounds" if est.rounds > 1 else ""
     out_console.print(f"{plan.suite.name} on {dev}: {est.cases} cases{rounds}, estimated {est.seconds / 60:.1f} min "
                       f"({est.seconds:.0f} s; {mode} timing, assuming {est.device})")
+    if any(c.tp > 1 for c in plan.cases):  # a tp = N case holds N devices at once
+        out_console.print(f"  {est.device_seconds:.0f} device-seconds: each tensor-parallel case holds its "
+                          f"{'GPUs' if dev.type == 'cuda' else 'rank processes'} for its whole time")
     for backend, seconds in sorted(est.by_backend.items(), key=lambda kv: -kv[1]):
         out_console.print(f"  {backend:<11} {seconds:7.0f} s" + ("  (skipped here)" if backend in unavailable else ""))
     if plan.overrides:

@@ -21,6 +21,7 @@ import plotly.io as pio
 from mlabench import claims, htmlpage, schema
 from mlabench.errors import UsageError
 from mlabench.report import charts, tables, tradeoff
+from mlabench.report.tp_chart import tp_chart
 from mlabench.rundir import RunData, load_run
 
 # Sort on click (numbers numerically, blanks last); filter by words and status.
@@ -100,7 +101,7 @@ def _performance(sections: list[str], nav: list[tuple[str, str]], df: pd.DataFra
     nav.append((f"sec-headline{suffix}", f"Headline{kind}"))
     built = [tradeoff.tradeoff_chart(perf), charts.latency_chart(perf), charts.kv_chart(perf),
              charts.speedup_chart(perf, base), charts.roofline_chart(perf, meta), charts.rank_chart(perf),
-             charts.round_spread_chart(df, samples)]
+             charts.round_spread_chart(df, samples), tp_chart(perf)]
     for chart in (c for c in built if c is not None):
         chart = dataclasses.replace(chart, id=chart.id + suffix, title=chart.title + kind)
         sections.append(_chart_html(chart))
