@@ -34,6 +34,9 @@ pytestmark = pytest.mark.xdist_group("processes")  # it starts rank processes, a
 SHAPE = AttentionShape(hidden_size=32, num_heads=8, num_kv_heads=2, head_dim=8, rope_head_dim=4, q_lora_rank=16,
                        kv_lora_rank=16, num_latent_heads=2, q_rank=2, k_rank=2, v_rank=2, index_heads=2,
                        index_head_dim=8, topk=4, dtype="float64")
+# Spawned rank groups, shared by this module's tests: one pytest-xdist worker takes the module, in turn
+# with the other process-heavy modules (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("processes")
 SHARDED = [v for v in VARIANT_CLASSES if v != "linformer"]
 ONE_SAMPLE = TimingSettings(budget_s=0.0, warmup_s=0.0, min_samples=1, max_samples=1)
 
