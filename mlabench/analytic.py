@@ -2,7 +2,7 @@
 
 Functions of (variant name, shape, step) that need no tensors. Each variant's
 formulas live on its class (`AttentionVariant.kv_elements_per_token`, `core_flops`,
-...), written from MLA.md; this module only looks the class up and assembles:
+...), written from docs/variants.md; this module only looks the class up and assembles:
 
 - FLOPs count multiply-adds as 2 and only (query, key) pairs a causal mask lets
   through; projections are counted per new token. RMSNorm, RoPE and softmax are
@@ -43,13 +43,16 @@ def _normalized(variant: str, shape: AttentionShape) -> tuple[type[AttentionVari
     return cls, cls.normalize_shape(shape)
 
 
+def _per_token(variant: str, value: int | None) -> int:
+    if value is None:
+        raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
+    return value
+
+
 def kv_elements_per_token(variant: str, shape: AttentionShape) -> int:
     """Cache elements per token per layer (ValueError for a cache that does not grow with tokens)."""
     cls, sh = _normalized(variant, shape)
-    per_token = cls.kv_elements_per_token(sh)
-    if per_token is None:
-        raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
-    return per_token
+    return _per_token(variant, cls.kv_elements_per_token(sh))
 
 
 def kv_cache_elements(variant: str, shape: AttentionShape, batch: int, seq_len: int) -> int:
@@ -68,10 +71,7 @@ def kv_cache_bytes(variant: str, shape: AttentionShape, batch: int, seq_len: int
 def kv_bytes_per_token(variant: str, shape: AttentionShape) -> int:
     """Stored cache bytes per token per layer (per-layer scales not included: `kv_fixed_bytes`)."""
     cls, sh = _normalized(variant, shape)
-    per_token = cls.kv_bytes_per_token(sh)
-    if per_token is None:
-        raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
-    return per_token
+    return _per_token(variant, cls.kv_bytes_per_token(sh))
 
 
 def _cache_traffic_bytes(cls: type[AttentionVariant], sh: AttentionShape, step: Step) -> int:
@@ -97,7 +97,7 @@ def check_tp(variant: str, shape: AttentionShape, tp: int) -> None:
 
 
 def kv_elements_per_token_per_gpu(variant: str, shape: AttentionShape, tp: int) -> int:
-    """Cache elements per token per layer on one GPU at tensor-parallel degree tp (MLA.md section 6)."""
+    """Cache elements per token per layer on one GPU at tensor-parallel degree tp (docs/variants.md §6)."""
     cls, sh = _normalized(variant, shape)
     cls.check_tp(sh, tp)
     per_token = cls.kv_elements_per_token_per_gpu(sh, tp)

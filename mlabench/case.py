@@ -78,49 +78,17 @@ class Case:
 
     @property
     def key(self) -> dict[str, Any]:
-        sh = self.shape
-        return {
-            "suite": self.suite,
-            "model": self.model,
-            "variant": self.variant,
-            "backend": self.backend,
-            "mode": self.mode,
-            "scope": self.scope,
-            "dtype": self.dtype,
-            "kv_dtype": self.shape.cache_dtype,
-            "device": self.device,
-            "batch": self.batch,
-            "seq_len": self.seq_len,
-            "q_len": self.q_len,
-            "num_heads": sh.num_heads,
-            "num_kv_heads": sh.kv_heads,
-            "head_dim": sh.head_dim,
-            "q_lora_rank": sh.q_lora_rank,
-            "kv_lora_rank": sh.kv_lora_rank,
-            "num_latent_heads": sh.num_latent_heads,
-            "rope_head_dim": sh.rope_head_dim,
-            "v_head_dim": sh.value_dim,
-            "hidden_size": sh.hidden_size,
-            "num_layers": sh.num_layers,
-            "rope_theta": sh.rope_theta,
-            "rope_scaling_factor": sh.rope_scaling_factor,
-            "rope_mscale_all_dim": sh.rope_mscale_all_dim,
-            "rope_original_max_position": sh.rope_original_max_position,
-            "rope_beta_fast": sh.rope_beta_fast,
-            "rope_beta_slow": sh.rope_beta_slow,
-            "rms_norm_eps": sh.rms_norm_eps,
-            "q_rank": sh.q_rank,
-            "k_rank": sh.k_rank,
-            "v_rank": sh.v_rank,
-            "index_heads": sh.index_heads,
-            "index_head_dim": sh.index_head_dim,
-            "topk": sh.topk,
-            "options": self.options_text,
-            "context": self.context,
-            "cache_layout": self.cache_layout,
-            "tp": self.tp,
-            "dist_backend": self.dist_backend,
+        """The case's key columns (schema.KEY_COLUMNS, in order): the grid's axes, then the shape's
+        key fields as config declares them, then the backend options and serving axes."""
+        values = {
+            "suite": self.suite, "model": self.model, "variant": self.variant, "backend": self.backend,
+            "mode": self.mode, "scope": self.scope, "dtype": self.dtype, "kv_dtype": self.shape.cache_dtype,
+            "device": self.device, "batch": self.batch, "seq_len": self.seq_len, "q_len": self.q_len,
+            **self.shape.key_values(),
+            "options": self.options_text, "context": self.context, "cache_layout": self.cache_layout,
+            "tp": self.tp, "dist_backend": self.dist_backend,
         }
+        return {c: values[c] for c in schema.KEY_COLUMNS}
 
     @property
     def options_text(self) -> str:

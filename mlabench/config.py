@@ -5,7 +5,7 @@ whole-model figures). It is validated before any tensor exists: every
 impossible value raises `ShapeError` naming the field. What a shape must hold
 for one variant is that variant's own check (`AttentionVariant.normalize_shape`).
 
-Field meaning per family (see MLA.md):
+Field meaning per family (see docs/variants.md):
 - GQA family (mha/mqa/gqa): `head_dim` is D, `num_kv_heads` is G.
 - MLA: `head_dim` is qk_nope_head_dim d_n, `rope_head_dim` d_r, `v_head_dim` d_v,
   `q_lora_rank` d_q (0 = no query compression), `kv_lora_rank` d_c.
@@ -33,11 +33,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
-
-# Shape fields only some variants read (TPA's ranks, DSA's indexer): a case of a variant that
-# does not read one records 0 (`shape_for_variant`), so its key holds only what changes its
-# computation and a preset's values for them (tiny's) leave other variants' case ids alone.
-OPTIONAL_FIELDS: tuple[str, ...] = ("q_rank", "k_rank", "v_rank", "index_heads", "index_head_dim", "topk")
 
 DTYPES: dict[str, int] = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 DTYPE_ALIASES: dict[str, str] = {
@@ -95,38 +90,76 @@ def dtype_bytes(name: str) -> int:
     return DTYPES[canonical_dtype(name)]
 
 
-@dataclass(frozen=True)
-class AttentionShape:
-    """The shape of one attention layer; frozen so it can be part of a results key."""
+# How a field is bounded: checked on every shape before any tensor exists (`validate_shape`).
+POSITIVE, NON_NEGATIVE, FINITE = "positive", "non-negative", "finite"
 
-    hidden_size: int
-    num_heads: int
-    head_dim: int
-    num_kv_heads: int | None = None  # None = num_heads (MHA)
-    q_lora_rank: int = 0
-    kv_lora_rank: int = 0
-    num_latent_heads: int = 1  # GLA's h_c: independent latent heads splitting kv_lora_rank
-    rope_head_dim: int = 0
-    v_head_dim: int = 0  # 0 = head_dim
-    rope_theta: float = 10000.0
+
+REQUIRED = dataclasses.MISSING  # a field every shape must give
+
+
+def shape_field(default: Any, bounds: str | None, doc: str, *, key: bool = True, optional: bool = False,
+                backfill: bool = True, id_if_set: bool = True, recorded_as: str = "") -> Any:
+    """One shape field's declaration, the only one: the dataclass field and what the rest derives.
+
+    - `bounds`: POSITIVE, NON_NEGATIVE or FINITE (None: checked by hand in `validate_shape`).
+    - `key`: a results.csv key column (schema.ResultRow, case.Case.key), in declaration order.
+    - `optional`: read by some variants only; the others record its default (`OPTIONAL_FIELDS`).
+    - `backfill`: a results.csv written before the column existed reads as `default`
+      (rundir.read.KEY_DEFAULTS); False for the columns every run has had.
+    - `id_if_set`: hashed into the case id only when not at `default`, so the cases measured
+      before the field existed keep their ids (schema.case_id).
+    - `recorded_as`: the property whose value the key column records (the value in effect,
+      e.g. `kv_heads` for a num_kv_heads of None); '' for the field itself.
+    A new field keeps `backfill` and `id_if_set` at their defaults."""
+    meta = {"bounds": bounds, "doc": doc, "key": key, "optional": optional, "backfill": backfill,
+            "id_if_set": id_if_set, "recorded_as": recorded_as or None}
+    return field(metadata=meta) if default is dataclasses.MISSING else field(default=default, metadata=meta)
+
+
+def _legacy(default: Any, bounds: str | None, doc: str, *, backfill: bool = False, optional: bool = False,
+            recorded_as: str = "") -> Any:
+    """A field from before case ids skipped defaults: always hashed (ids already include it)."""
+    return shape_field(default, bounds, doc, optional=optional, backfill=backfill, id_if_set=False,
+                       recorded_as=recorded_as)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionShape:
+    """The shape of one attention layer; frozen so it can be part of a results key.
+
+    Each field is declared once, here, with `shape_field`: its bounds, whether it is part of
+    the case key, and its meaning. The key fields' order is the results.csv columns' order."""
+
+    num_heads: int = _legacy(REQUIRED, POSITIVE, "query heads H")
+    num_kv_heads: int | None = _legacy(None, POSITIVE, "KV heads G (None: H, MHA)", recorded_as="kv_heads")
+    head_dim: int = _legacy(REQUIRED, POSITIVE, "head width D (MLA: d_n, the no-RoPE part)")
+    q_lora_rank: int = _legacy(0, NON_NEGATIVE, "query latent d_q (0: no query compression)")
+    kv_lora_rank: int = _legacy(0, NON_NEGATIVE, "the latent rank: MLA's d_c, lowrank-kv's r, linformer's k")
+    num_latent_heads: int = _legacy(1, POSITIVE, "GLA's h_c latent heads splitting kv_lora_rank", backfill=True)
+    rope_head_dim: int = _legacy(0, NON_NEGATIVE, "RoPE width d_r (decoupled key)")
+    v_head_dim: int = _legacy(0, NON_NEGATIVE, "value width d_v (0: head_dim)", recorded_as="value_dim")
+    hidden_size: int = _legacy(REQUIRED, POSITIVE, "model width d")
+    num_layers: int = _legacy(1, POSITIVE, "layers, for whole-model figures")
+    rope_theta: float = _legacy(10000.0, FINITE, "RoPE base")
     # YaRN (DeepSeek); factor 1.0 means no context extension.
-    rope_scaling_factor: float = 1.0
-    rope_mscale_all_dim: float = 0.0
-    rope_original_max_position: int = 4096
-    rope_beta_fast: float = 32.0
-    rope_beta_slow: float = 1.0
-    num_layers: int = 1
-    dtype: str = "bfloat16"
-    rms_norm_eps: float = 1e-6
-    kv_dtype: str = ""  # what the cache stores: "" = the compute dtype, or a KV_FP8_DTYPES name
-    # Tensor Product Attention ranks (0 = unused).
-    q_rank: int = 0
-    k_rank: int = 0
-    v_rank: int = 0
-    # DeepSeek Sparse Attention: lightning indexer heads and width, tokens kept per query (0 = unused).
-    index_heads: int = 0
-    index_head_dim: int = 0
-    topk: int = 0
+    rope_scaling_factor: float = _legacy(1.0, FINITE, "YaRN context extension factor (1: none)")
+    rope_mscale_all_dim: float = _legacy(0.0, FINITE, "YaRN mscale_all_dim")
+    rope_original_max_position: int = _legacy(4096, POSITIVE, "YaRN original context")
+    rope_beta_fast: float = _legacy(32.0, FINITE, "YaRN beta_fast")
+    rope_beta_slow: float = _legacy(1.0, FINITE, "YaRN beta_slow")
+    rms_norm_eps: float = _legacy(1e-6, FINITE, "RMSNorm epsilon")
+    q_rank: int = _legacy(0, NON_NEGATIVE, "TPA's query rank R_q", optional=True, backfill=True)
+    k_rank: int = _legacy(0, NON_NEGATIVE, "TPA's key rank R_k", optional=True, backfill=True)
+    v_rank: int = _legacy(0, NON_NEGATIVE, "TPA's value rank R_v", optional=True, backfill=True)
+    index_heads: int = _legacy(0, NON_NEGATIVE, "DSA's indexer heads H_I", optional=True, backfill=True)
+    index_head_dim: int = _legacy(0, NON_NEGATIVE, "DSA's indexer width d_I", optional=True, backfill=True)
+    topk: int = _legacy(0, NON_NEGATIVE, "DSA's cached tokens per query k", optional=True, backfill=True)
+    # A new field goes here, as `shape_field(default, bounds, doc, optional=...)`.
+
+    # Key columns of their own among the case's (schema.ResultRow: dtype, kv_dtype), not here.
+    dtype: str = shape_field("bfloat16", None, "compute dtype", key=False)
+    kv_dtype: str = shape_field("", None, "what the cache stores: '' = the compute dtype, or a KV_FP8_DTYPES name",
+                                key=False)
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -171,6 +204,10 @@ class AttentionShape:
     def kv_quantized(self) -> bool:
         return self.kv_dtype in KV_FP8_DTYPES
 
+    def key_values(self) -> dict[str, Any]:
+        """The shape's columns of the case key (`KEY_FIELDS`), each as the key records it."""
+        return {f.name: getattr(self, f.metadata["recorded_as"] or f.name) for f in SHAPE_FIELDS if f.metadata["key"]}
+
     def replace(self, **overrides: Any) -> AttentionShape:
         """A copy with some fields changed, validated again."""
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
@@ -184,38 +221,35 @@ class AttentionShape:
         return dataclasses.replace(self, **overrides)
 
 
-def _positive(shape: AttentionShape, *names: str) -> None:
-    for n in names:
-        v = getattr(shape, n)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ShapeError(n, f"must be a positive integer, got {v!r}")
+SHAPE_FIELDS: tuple[dataclasses.Field[Any], ...] = tuple(f for f in dataclasses.fields(AttentionShape) if f.metadata)
+# The shape's columns of the case key, in results.csv order.
+KEY_FIELDS: tuple[str, ...] = tuple(f.name for f in SHAPE_FIELDS if f.metadata["key"])
+# Fields only some variants read (TPA's ranks, DSA's indexer): a case of a variant that does not
+# read one records its default (`shape_for_variant`), so its key holds only what changes its
+# computation and a preset's values for them (tiny's) leave other variants' case ids alone.
+OPTIONAL_FIELDS: dict[str, Any] = {f.name: f.default for f in SHAPE_FIELDS if f.metadata["optional"]}
 
 
-def _non_negative(shape: AttentionShape, *names: str) -> None:
-    for n in names:
-        v = getattr(shape, n)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ShapeError(n, f"must be a non-negative integer, got {v!r}")
-
-
-def _finite(shape: AttentionShape, *names: str) -> None:
-    for n in names:
-        v = getattr(shape, n)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ShapeError(n, f"must be a finite number, got {v!r}")
+def _check_bounds(shape: AttentionShape, bounds: str) -> None:
+    for f in SHAPE_FIELDS:
+        v = getattr(shape, f.name)
+        if f.metadata["bounds"] != bounds or (v is None and f.default is None):  # None: a default of its own
+            continue
+        if isinstance(v, bool) or not isinstance(v, int if bounds != FINITE else (int, float)):
+            ok = False
+        else:
+            ok = math.isfinite(v) if bounds == FINITE else v > 0 if bounds == POSITIVE else v >= 0
+        if not ok:
+            kind = "finite number" if bounds == FINITE else f"{bounds} integer"
+            raise ShapeError(f.name, f"must be a {kind}, got {v!r}")
 
 
 def validate_shape(shape: AttentionShape) -> None:
     """Checks that hold for every variant; variant-specific checks live in `validate_for_variant`."""
-    _positive(shape, "hidden_size", "num_heads", "head_dim", "num_layers", "rope_original_max_position",
-              "num_latent_heads")
     # Types before the range checks below, which would raise TypeError on a string.
-    _finite(shape, "rope_theta", "rope_scaling_factor", "rope_mscale_all_dim", "rope_beta_fast", "rope_beta_slow",
-            "rms_norm_eps")
-    _non_negative(shape, "q_lora_rank", "kv_lora_rank", "rope_head_dim", "v_head_dim", "q_rank", "k_rank", "v_rank",
-                  "index_heads", "index_head_dim", "topk")
+    for bounds in (POSITIVE, FINITE, NON_NEGATIVE):
+        _check_bounds(shape, bounds)
     if shape.num_kv_heads is not None:
-        _positive(shape, "num_kv_heads")
         if shape.num_heads % shape.num_kv_heads != 0:
             raise ShapeError(
                 "num_kv_heads",

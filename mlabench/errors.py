@@ -1,4 +1,4 @@
-"""Exceptions that map to the CLI's exit codes (DESIGN.md: 2 bad input, 3 not comparable).
+"""Exceptions that map to the CLI's exit codes (README, "Every command": 2 bad input, 3 not comparable).
 
 Library code raises these with one clear sentence; the CLI turns them into one
 line on stderr and the exit code, with a traceback only under MLABENCH_DEBUG=1.

@@ -11,8 +11,10 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any
+
+from mlabench.config import SHAPE_FIELDS
 
 RESULTS_CSV = "results.csv"
 SAMPLES_CSV = "samples.csv"  # long format: case_id, sample, latency_ms, round
@@ -20,17 +22,47 @@ META_JSON = "meta.json"
 ROUNDS_JSONL = "rounds.jsonl"  # sweep --rounds: each finished round of a case, its row as one JSON line
 REPORT_HTML = "report.html"
 
-def _column(group: str, key: bool = False) -> Any:
-    """A results.csv column: its group in the contract, and whether it is part of the case key."""
-    if key:
-        return field(metadata={"group": group, "key": True})
-    return field(default=None, metadata={"group": group})
+def normalize_key_value(value: Any) -> str:
+    """The text form of a key value: 128, 128.0 and '128.0' are one key; None and NaN are ''.
+
+    Case ids are computed from this form both when a case is built and when a results.csv
+    is read back, so a value that went through CSV text hashes as it did in memory."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text
+    if number == int(number):
+        return str(int(number))
+    return repr(number)  # shortest text that round-trips: '1e-06', '0.707'
+
+
+def _column(group: str, key: bool = False, *, absent: str | None = None, id_default: str | None = None) -> Any:
+    """A results.csv column: its group in the contract, and whether it is part of the case key.
+
+    `absent`: a key column added after runs were on disk reads as this where a file lacks it.
+    `id_default`: a key column hashed into the case id only when its value differs from this,
+    so the cases written before the column existed keep their ids."""
+    meta = {"group": group, "key": key, "absent": absent, "id_default": id_default}
+    return field(metadata=meta) if key else field(default=None, metadata=meta)
+
+
+def _shape_column(f: Any) -> Any:
+    """The key column of a shape field (config.shape_field): its default is what a results.csv
+    written before the field existed holds, and new fields leave earlier case ids alone."""
+    default = normalize_key_value(f.default)
+    return _column("key", key=True, absent=default if f.metadata["backfill"] else None,
+                   id_default=default if f.metadata["id_if_set"] else None)
 
 
 @dataclass(frozen=True)
-class ResultRow:
-    """One row of results.csv. Its fields, in this order, ARE the CSV's columns: the writer
-    iterates them and every column tuple below is derived from them."""
+class _CaseColumns:
+    """The first key columns of a row: the case as the grid names it. The shape's key columns
+    (config.AttentionShape's, in their order) follow, then `_RowColumns`."""
 
     # The identity of a case (resume, merge and compare join on these): every field that
     # changes the computation.
@@ -39,7 +71,7 @@ class ResultRow:
     variant: str = _column("key", key=True)
     backend: str = _column("key", key=True)
     mode: str = _column("key", key=True)
-    scope: str = _column("key", key=True)
+    scope: str = _column("key", key=True, absent="step")
     dtype: str = _column("key", key=True)
     # What the KV cache stores: the compute dtype's name, or fp8_e4m3 / fp8_e5m2. Runs written
     # before the column read as their dtype (case_id below hashes it only when it differs).
@@ -48,40 +80,21 @@ class ResultRow:
     batch: int = _column("key", key=True)
     seq_len: int = _column("key", key=True)
     q_len: int = _column("key", key=True)
-    num_heads: int = _column("key", key=True)
-    num_kv_heads: int = _column("key", key=True)
-    head_dim: int = _column("key", key=True)
-    q_lora_rank: int = _column("key", key=True)
-    kv_lora_rank: int = _column("key", key=True)
-    num_latent_heads: int = _column("key", key=True)
-    rope_head_dim: int = _column("key", key=True)
-    v_head_dim: int = _column("key", key=True)
-    hidden_size: int = _column("key", key=True)
-    num_layers: int = _column("key", key=True)
-    rope_theta: float = _column("key", key=True)
-    rope_scaling_factor: float = _column("key", key=True)
-    rope_mscale_all_dim: float = _column("key", key=True)
-    rope_original_max_position: int = _column("key", key=True)
-    rope_beta_fast: float = _column("key", key=True)
-    rope_beta_slow: float = _column("key", key=True)
-    rms_norm_eps: float = _column("key", key=True)
-    q_rank: int = _column("key", key=True)
-    k_rank: int = _column("key", key=True)
-    v_rank: int = _column("key", key=True)
-    index_heads: int = _column("key", key=True)
-    index_head_dim: int = _column("key", key=True)
-    topk: int = _column("key", key=True)
+@dataclass(frozen=True)
+class _RowColumns:
+    """The key columns after the shape's, then the outcome and every measurement."""
+
     options: str = _column("key", key=True)  # this backend's options, "name=value;..." ('' for none)
     # Serving axes ('' = the idealised case, which is how runs written before them read):
     # `context` the ragged-length spec (seq_len is then its longest sequence), `cache_layout`
     # 'paged:PAGE_SIZE' for a paged cache.
-    context: str = _column("key", key=True)
-    cache_layout: str = _column("key", key=True)
+    context: str = _column("key", key=True, absent="", id_default="")
+    cache_layout: str = _column("key", key=True, absent="", id_default="")
     # Tensor parallelism: `tp` ranks each hold their shard of the layer (1 = unsharded, how runs
     # written before the axis read), joined by the torch.distributed backend `dist_backend`
     # (gloo on the CPU, nccl on CUDA; '' at tp 1).
-    tp: int = _column("key", key=True)
-    dist_backend: str = _column("key", key=True)
+    tp: int = _column("key", key=True, absent="1", id_default="1")
+    dist_backend: str = _column("key", key=True, absent="", id_default="")
     # Outcome
     status: str = _column("outcome", key=True)  # required like a key field, though not part of the key
     error: str | None = _column("outcome")
@@ -147,8 +160,12 @@ class ResultRow:
     context_max: int | None = _column("extra")
     context_lengths: str | None = _column("extra")  # a ragged case's lengths, "L1/L2/..." in batch order
 
+
+class _RowAccess:
+    """How a row is read: by column name, missing values as a default."""
+
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> ResultRow:
+    def from_mapping(cls, values: Mapping[str, Any]) -> Any:
         """A row from a column -> value mapping; a name outside the schema is an error, not a
         column silently dropped."""
         unknown = set(values) - set(COLUMNS)
@@ -165,6 +182,23 @@ class ResultRow:
 
     def as_dict(self) -> dict[str, Any]:
         return {c: getattr(self, c) for c in COLUMNS}
+
+
+def _fresh(f: Any) -> Any:
+    return field(metadata=f.metadata) if f.default is MISSING else field(default=f.default, metadata=f.metadata)
+
+
+# One row of results.csv. Its fields, in this order, ARE the CSV's columns: the writer iterates
+# them and every column tuple below is derived from them.
+ResultRow = make_dataclass(
+    "ResultRow",
+    [(f.name, f.type, _fresh(f)) for f in fields(_CaseColumns)]
+    + [(f.name, f.type, _shape_column(f)) for f in SHAPE_FIELDS if f.metadata["key"]]
+    + [(f.name, f.type, _fresh(f)) for f in fields(_RowColumns)],
+    bases=(_RowAccess,), frozen=True,
+)
+ResultRow.__module__ = __name__  # pickled rows (isolated and Ray cases) name it where it lives
+ResultRow.__doc__ = "One row of results.csv: the case's key columns, the shape's, the outcome and the measurements."
 
 
 def _columns(group: str) -> tuple[str, ...]:
@@ -184,11 +218,12 @@ EXTRA_COLUMNS: tuple[str, ...] = _columns("extra")
 # written before rounds existed have no such column and read as round 0.
 SAMPLE_COLUMNS: tuple[str, ...] = ("case_id", "sample", "latency_ms", "round")
 
-# Key columns whose empty value means "as before they existed" (see case_id).
-OPTIONAL_KEY_COLUMNS: frozenset[str] = frozenset({"context", "cache_layout", "dist_backend"})
-# Key columns added with a non-empty implicit value (every earlier case was unsharded): hashed
-# only when they differ from it.
-IMPLICIT_KEY_VALUES: dict[str, str] = {"tp": "1"}
+# Key columns added after runs were on disk: what a file without the column holds (rundir.read).
+KEY_DEFAULTS: dict[str, str] = {f.name: f.metadata["absent"] for f in fields(ResultRow)
+                                if f.metadata["absent"] is not None}
+# Key columns hashed into the case id only when they differ from this value (see case_id).
+ID_DEFAULTS: dict[str, str] = {f.name: f.metadata["id_default"] for f in fields(ResultRow)
+                               if f.metadata["id_default"] is not None}
 
 STATUSES: tuple[str, ...] = ("ok", "oom", "error", "skipped", "unsupported", "inaccurate", "timeout")
 FAILED_STATUSES: frozenset[str] = frozenset({"oom", "error", "inaccurate", "timeout"})
@@ -198,23 +233,6 @@ EXACT_COLUMNS: tuple[str, ...] = ("kv_cache_bytes", "kv_cache_bytes_measured", "
                                   "params", "flops", "bytes")
 
 
-def normalize_key_value(value: Any) -> str:
-    """The text form of a key value: 128, 128.0 and '128.0' are one key; None and NaN are ''.
-
-    Case ids are computed from this form both when a case is built and when a results.csv
-    is read back, so a value that went through CSV text hashes as it did in memory."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if not math.isfinite(number):
-        return text
-    if number == int(number):
-        return str(int(number))
-    return repr(number)  # shortest text that round-trips: '1e-06', '0.707'
 # Timing modes, named by the first word of the `timer` column. Runs timed in different
 # modes (cold events, graph replay, CPU blocks) measure different things.
 TIMING_MODES: tuple[str, ...] = ("cuda-graph", "cuda-cold", "cpu")
@@ -250,13 +268,11 @@ def case_id(key: Mapping[str, Any]) -> str:
     for column, default_from in KEY_DEFAULT_FROM.items():
         if values[column] in ("", values[default_from]):
             del values[column]
-    # Key columns added with an empty default leave the id of every case that does not set them
+    # Key columns added after runs were measured leave the id of every case at their default
     # unchanged, so runs and baselines measured before them still join and resume.
-    for column in OPTIONAL_KEY_COLUMNS:
-        if not values[column]:
-            del values[column]
-    for column, implicit in IMPLICIT_KEY_VALUES.items():
-        if values[column] in ("", implicit):
+    # (An empty cell is a value never recorded: the default too.)
+    for column, default in ID_DEFAULTS.items():
+        if values[column] in ("", default):
             del values[column]
     canonical = json.dumps(list(values.values()), separators=(",", ":"))
     return hashlib.sha1(canonical.encode()).hexdigest()[:16]

@@ -133,7 +133,7 @@ def _outcome(variant: str, backend: str, mode: str, batch: int, seq_len: int, fa
 
 
 def claims_cases(device: str) -> Iterable[tuple[dict[str, Any], int]]:
-    """(key, hidden) of the rows the `claims` suite produces (DESIGN: claims A, B, C; claims E-G)."""
+    """(key, hidden) of the rows the `claims` suite produces (mlabench/claims.py: claims A-G)."""
     ds = dict(num_heads=128, head_dim=128)
     for variant, extra in (
         ("mha", dict(num_kv_heads=128)),

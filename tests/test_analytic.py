@@ -1,4 +1,4 @@
-"""The analytic model agrees with what the modules allocate and with MLA.md's published figures."""
+"""The analytic model agrees with what the modules allocate and with the published figures of docs/variants.md §9."""
 
 from __future__ import annotations
 

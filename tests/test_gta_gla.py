@@ -1,6 +1,6 @@
 """gta, gla-expanded and gla-absorbed in float64 against the official code's math
 (Dao-AILab/grouped-latent-attention `modeling_llama_GTA.py`, `modeling_llama_GLA.py`), the
-absorbed == expanded identity with biases, and their cost model against MLA.md sections 5-7."""
+absorbed == expanded identity with biases, and their cost model against docs/variants.md §5, §6 and §8."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def test_gta_refuses_a_rope_key_as_wide_as_the_head() -> None:
 
 
 def test_gla_xl_cache_figures_from_mla_md() -> None:
-    """MLA.md section 7: MHA 8192, GQA-4 2048, GTA-4 1152, MLA 1152, GLA-2 1152 B per token per layer."""
+    """docs/variants.md §8: MHA 8192, GQA-4 2048, GTA-4 1152, MLA 1152, GLA-2 1152 B per token per layer."""
     sh = from_name("gla-xl")
     got = {v: analytic.kv_cache_bytes(v, sh, 1, 1) for v in ("mha", "gqa", "gta", "mla-absorbed", "gla-absorbed",
                                                               "gla-expanded")}
@@ -177,7 +177,7 @@ def test_gla_absorbed_does_about_half_of_mla_core_flops() -> None:
     ("gla-absorbed", 1, 1152), ("gqa", 1, 2048),
 ])
 def test_per_gpu_cache_under_tensor_parallelism(variant: str, tp: int, per_gpu: int) -> None:
-    """MLA.md section 6 at gla-xl: GQA copies KV heads past G, MLA keeps its whole latent everywhere,
+    """docs/variants.md §6 at gla-xl: GQA copies KV heads past G, MLA keeps its whole latent everywhere,
     GLA-2 at TP 2 holds 640 B per token per layer per GPU where MLA holds 1152."""
     assert analytic.kv_cache_bytes_per_gpu(variant, from_name("gla-xl"), 1, 1, tp) == per_gpu
 

@@ -1,6 +1,6 @@
 """Nothing hangs, nothing mixes, every bad input is one line.
 
-Every bad input below exits 2 (or 3 where DESIGN.md says: not comparable) with
+Every bad input below exits 2 (or 3 where the README says: not comparable) with
 exactly one `mlabench: error:` line on stderr and no traceback, before any work.
 Inputs that used to hang or crash the interpreter run in a subprocess with a
 timeout, so a regression fails the test instead of stalling the suite. The rest:

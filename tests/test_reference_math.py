@@ -1,16 +1,16 @@
-"""Float64 references written from MLA.md, independent of the modules they check.
+"""Float64 references written from docs/variants.md, independent of the modules they check.
 
-Each reference below is the math of MLA.md in plain torch float64 (its own
+Each reference below is the math of docs/variants.md in plain torch float64 (its own
 matmuls, its own RoPE) on the module's weights, read by parameter name, and
 fresh random inputs; only the module's output is compared, at 1e-10.
 
 - YaRN frequencies: DeepSeek-V3's `precompute_freqs_cis` (inference/model.py:
   find_correction_dim, find_correction_range, linear_ramp_factor) in Python
   floats, against `rope.inv_frequencies`, the tables the modules use and the
-  preset values of MLA.md section 4. DeepSeek's own inference code switches the
-  correction (and its mscale^2) on its max_seq_len; MLA.md and HF transformers
+  preset values of docs/variants.md §8. DeepSeek's own inference code switches the
+  correction (and its mscale^2) on its max_seq_len; docs/variants.md §8 and HF transformers
   apply both at every length, so the reference applies the correction always.
-- `lowrank-kv` and `linformer`: MLA.md section 3 (and each module's documented
+- `lowrank-kv` and `linformer`: docs/variants.md §4 (and each module's documented
   weight layout), prefill and, for lowrank-kv, decode steps.
 """
 
@@ -146,7 +146,7 @@ def _causal(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _mla_reference(sh: AttentionShape, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """MLA.md section 2, expanded form, with YaRN frequencies and tau = d_qk^-0.5 * mscale^2."""
+    """docs/variants.md §3, expanded form, with YaRN frequencies and tau = d_qk^-0.5 * mscale^2."""
     b, s, _ = x.shape
     h, d_n, d_r, d_c = sh.num_heads, sh.head_dim, sh.rope_head_dim, sh.kv_lora_rank
     angles = torch.arange(s, dtype=F64)[:, None] * _reference_freqs(sh, d_r)
@@ -196,7 +196,7 @@ LOWRANK = AttentionShape(hidden_size=40, num_heads=4, head_dim=12, kv_lora_rank=
 
 
 def _lowrank_reference(sh: AttentionShape, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """MLA.md section 3: per-head K/V latents of width r, up-projected per head to D, RoPE on the
+    """docs/variants.md §4: per-head K/V latents of width r, up-projected per head to D, RoPE on the
     up-projected keys at their positions, causal attention with scale D^-0.5."""
     b, s, _ = x.shape
     h, d, r = sh.num_heads, sh.head_dim, sh.kv_lora_rank
@@ -233,7 +233,7 @@ LINFORMER = AttentionShape(hidden_size=40, num_heads=4, head_dim=10, kv_lora_ran
 
 
 def _linformer_reference(sh: AttentionShape, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """MLA.md section 3: per head, K and V projected along the sequence axis by the learned
+    """docs/variants.md §4: per head, K and V projected along the sequence axis by the learned
     [k, n] matrices (shared by the heads), bidirectional attention over the k projected rows."""
     b, n, _ = x.shape
     h, d = sh.num_heads, sh.head_dim

@@ -1,6 +1,6 @@
 """Tensor Product Attention and DeepSeek Sparse Attention in float64 against references written
 from the official code's math (tensorgi/T6 `model/T6.py`; DeepSeek-V3.2-Exp `inference/model.py`),
-their identities, their cost model and MLA.md's preset figures."""
+their identities, their cost model and the preset figures of docs/variants.md §9."""
 
 from __future__ import annotations
 
@@ -276,7 +276,7 @@ def test_dsa_kept_pairs_match_the_analytic_count() -> None:
         assert kept == selected_pairs(step, DSA_SHAPE.topk)
 
 
-# --- cost model, presets and tensor parallelism (MLA.md sections 5-7) -------------------------
+# --- cost model, presets and tensor parallelism (docs/variants.md §5, §6 and §8) -------------------------
 
 
 def test_preset_cache_figures() -> None:

@@ -1,4 +1,4 @@
-"""The variants compute the functions MLA.md defines, exactly, in float64."""
+"""The variants compute the functions docs/variants.md defines, exactly, in float64."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def test_softmax_scale_presets() -> None:
     assert no_yarn.mla_softmax_scale == pytest.approx(192**-0.5)
 
 
-# --- independent implementations straight from MLA.md --------------------------------------
+# --- independent implementations straight from docs/variants.md --------------------------------------
 def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 

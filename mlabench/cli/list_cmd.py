@@ -27,7 +27,7 @@ def list_(
         "device": str(dev),
         "variants": [{"name": n, "family": cls.family, "caches": cls.caches,
                       "elements_per_token_per_layer": cls.cache_formula, "decode": cls.supports_decode,
-                      "fp8_cache": cls.fp8_cache}
+                      "fp8_cache": cls.fp8_cache, "shape_fields": list(cls.shape_fields)}
                      for n, cls in VARIANT_CLASSES.items()],
         "backends": [],
         "suites": [],
@@ -46,11 +46,7 @@ def list_(
             description = f"(invalid: {exc})"
         doc["suites"].append({"name": name, "path": str(path), "description": description})
     for name, sh in PRESETS.items():
-        doc["presets"].append({"name": name, "layers": sh.num_layers, "hidden_size": sh.hidden_size,
-                               "num_heads": sh.num_heads, "num_kv_heads": sh.kv_heads, "head_dim": sh.head_dim,
-                               "q_lora_rank": sh.q_lora_rank, "kv_lora_rank": sh.kv_lora_rank,
-                               "num_latent_heads": sh.num_latent_heads, "rope_head_dim": sh.rope_head_dim,
-                               "v_head_dim": sh.value_dim})
+        doc["presets"].append({"name": name, "layers": sh.num_layers, **sh.key_values()})
     if as_json:
         print_json(doc)
         return

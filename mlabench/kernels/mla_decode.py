@@ -8,7 +8,7 @@ over the keys t <= cache_seqlens[b] - S + s (causal, bottom-right aligned). All 
 heads share ONE latent KV head whose first ``head_dim_v`` columns (the compressed latent
 c_kv) double as the values, so V is read from the same tile as K and never copied. This is
 the interface of DeepSeek's FlashMLA (D = 576 = 512 latent + 64 RoPE, dv = 512). The
-math (MLA.md section 2, the absorbed form) and the design are in NOTES.md beside this file;
+math (docs/variants.md §3, the absorbed form) and the design are in NOTES.md beside this file;
 launch defaults, argument checks and the split heuristic are in ``mla_decode_launch.py``, the
 Triton kernels themselves in ``mla_decode_kernels.py``.
 

@@ -14,6 +14,7 @@ refuses it: finish the run with `--resume` first.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 from dataclasses import dataclass, field
@@ -24,23 +25,20 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import UsageError
-from mlabench.rundir.write import complete_rows_end, read_meta_json
+from mlabench.rundir.meta import read_meta
+from mlabench.rundir.write import complete_rows_end
 from mlabench.schema import normalize_key_value
 
 # Columns a results.csv must have. The rest of the contract is optional so
 # that baselines written before a column was added still load (filled empty).
 # Key columns added after runs were already on disk, with the value those runs implicitly had.
-KEY_DEFAULTS: dict[str, str] = {"scope": "step", "context": "", "cache_layout": "", "num_latent_heads": "1",
-                                 "q_rank": "0", "k_rank": "0", "v_rank": "0", "index_heads": "0",
-                                 "index_head_dim": "0", "topk": "0", "tp": "1", "dist_backend": ""}
+KEY_DEFAULTS: dict[str, str] = schema.KEY_DEFAULTS
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS
                                           if c not in KEY_DEFAULTS and c not in schema.KEY_DEFAULT_FROM) + \
     schema.OUTCOME_COLUMNS + ("latency_ms",)
+# Columns read as text: the string-typed ones, and fits_l2 (True/False as written).
 STRING_COLUMNS: frozenset[str] = frozenset(
-    {"suite", "model", "variant", "backend", "mode", "scope", "dtype", "kv_dtype", "device", "status", "error",
-     "case_id", "backend_detail", "timer", "fits_l2", "options", "host", "device_name", "context", "cache_layout",
-     "context_lengths", "dist_backend"}
-)
+    f.name for f in dataclasses.fields(schema.ResultRow) if f.type in ("str", "str | None", "bool | None"))
 SAMPLE_REQUIRED: tuple[str, ...] = ("case_id", "sample", "latency_ms")  # `round` is optional
 NUMERIC_KEY_COLUMNS: tuple[str, ...] = tuple(c for c in schema.KEY_COLUMNS if c not in STRING_COLUMNS)
 
@@ -55,7 +53,7 @@ class RunData:
     path: Path  # the run directory
     results_path: Path
     results: pd.DataFrame
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # meta.json as on disk ({} when absent)
     samples: pd.DataFrame | None = None  # case_id, sample, latency_ms, round; None when absent
 
     @property
@@ -220,17 +218,13 @@ def read_samples(path: Path) -> pd.DataFrame | None:
     ).astype({"round": "int64"})
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """meta.json (`path`) as a dict; {} when absent (a bare results.csv was given)."""
-    return read_meta_json(path) or {}
-
-
 def load_run(path: str | Path, *, samples: bool = True, torn: Torn = "warn") -> RunData:
     """Load a run directory (or a results.csv and its neighbours)."""
     run_dir, results_path = resolve(path)
     if not results_path.exists():
         raise UsageError(f"{results_path}: {schema.RESULTS_CSV} not found")
     results = read_results(results_path, torn)
-    meta = read_meta(run_dir / schema.META_JSON)
+    recorded = read_meta(run_dir / schema.META_JSON)
+    meta = recorded.as_dict() if recorded is not None else {}
     sample_frame = read_samples(run_dir / schema.SAMPLES_CSV) if samples else None
     return RunData(path=run_dir, results_path=results_path, results=results, meta=meta, samples=sample_frame)

@@ -57,7 +57,7 @@ class AttentionVariant(CacheStore):
 
     A subclass sets `name` and the descriptive class attributes, builds weights in
     `__init__`, and implements `cache_shapes`, `forward` (plus `_build_length_state` when
-    it has RoPE tables) and the cost model below, from MLA.md. The cost model is class
+    it has RoPE tables) and the cost model below, from docs/variants.md. The cost model is class
     methods of the normalized shape, so `mlabench kv` and the analytic columns read them
     without building a module. Register with `@register_variant`; nothing else names it.
     """
@@ -65,7 +65,7 @@ class AttentionVariant(CacheStore):
     name: ClassVar[str]
     family: ClassVar[str] = "other"  # grouping in listings and charts: gqa, mla, latent, ...
     caches: ClassVar[str] = ""  # what one token leaves in the cache, in words
-    cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in MLA.md's symbols
+    cache_formula: ClassVar[str] = ""  # cache elements per token per layer, in docs/variants.md's symbols
     supports_decode: ClassVar[bool] = True
     cache_tensor_count: ClassVar[int] = 2  # cache tensors per layer (K and V): per-tensor FP8 scales per layer
     # kv_dtype fp8_*: the stored layout's short name, then what it holds
@@ -101,8 +101,8 @@ class AttentionVariant(CacheStore):
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int | None:
-        """Cache elements per token per layer held on ONE GPU at tensor-parallel degree `tp` (MLA.md
-        section 6: query heads split over the GPUs, what cannot split is replicated). tp = 1 is the
+        """Cache elements per token per layer held on ONE GPU at tensor-parallel degree `tp`
+        (docs/variants.md §6: query heads split over the GPUs, what cannot split is replicated). tp = 1 is the
         whole cache; a variant that keeps a cache under tensor parallelism defines the rest."""
         if tp == 1:
             return cls.kv_elements_per_token(sh)
@@ -186,8 +186,9 @@ class AttentionVariant(CacheStore):
 
     @classmethod
     def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        """FLOPs of the new tokens' projections (and run-time absorption)."""
-        raise NotImplementedError
+        """FLOPs of the new tokens' projections (and run-time absorption): by default every
+        parameter multiplies once per new token (a variant whose weights act otherwise overrides)."""
+        return step.batch * step.new_tokens * 2 * cls.param_count(sh)
 
     @classmethod
     def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
@@ -242,8 +243,10 @@ class AttentionVariant(CacheStore):
         raise NotImplementedError
 
     def core_output(self, o: Tensor) -> Tensor:
-        """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d)."""
-        raise NotImplementedError
+        """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d). By default the heads side by
+        side through the output projection `o_proj` (the checkpoints' name; a variant without one
+        overrides this)."""
+        return self.o_proj(o.flatten(2))
 
     def native_core(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
                     lengths: Tensor | None = None) -> Tensor:

@@ -1,7 +1,7 @@
 """DeepSeek Sparse Attention (DeepSeek-V3.2; deepseek-ai/DeepSeek-V3.2-Exp `inference/model.py`).
 
 `mla-absorbed` restricted, per query token, to the `topk` cached tokens a "lightning indexer"
-picks, the same set for every head (MLA.md section 5). The indexer reads the MLA query latent:
+picks, the same set for every head (docs/variants.md §5). The indexer reads the MLA query latent:
 `wq_b [H_I*d_I, d_q]`, one key head `wk [d_I, d]` with a LayerNorm `k_norm`, and
 `weights_proj [H_I, d]`; RoPE (rotate-half, MLA's YaRN frequencies and positions) on the first
 d_r dims of its query and key:

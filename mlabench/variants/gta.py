@@ -1,4 +1,4 @@
-"""`gta`, Grouped-Tied Attention (Zadouri, Strauss, Dao 2025; MLA.md section 5).
+"""`gta`, Grouped-Tied Attention (Zadouri, Strauss, Dao 2025; docs/variants.md §5).
 
 GQA whose key and value are one tensor: each of the G KV groups caches one tied state
 kv_g of width D, used whole as the value and, minus its last d_r columns, as the key's
@@ -128,7 +128,3 @@ class GroupedTiedAttention(AttentionVariant):
         pe = self._load("k_pe_cache", seen)
         k = torch.cat((kv[..., : d - r], pe[:, :, None, :].expand(-1, -1, g, -1)), dim=-1)
         return q, k, kv, d**-0.5, True
-
-    def core_output(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]  # o (B, S, H, D)
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))

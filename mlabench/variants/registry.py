@@ -50,10 +50,11 @@ def variant_class(name: str) -> type[AttentionVariant]:
 def shape_for_variant(variant: str, shape: AttentionShape) -> AttentionShape:
     """The shape `variant` actually runs (num_kv_heads set to the KV heads it attends with);
     ShapeError naming the field when the shape cannot serve it. Optional fields the variant does
-    not read are 0 (config.OPTIONAL_FIELDS)."""
+    not read are at their defaults (config.OPTIONAL_FIELDS)."""
     cls = variant_class(variant)
     sh = cls.normalize_shape(shape)
-    unused = {f: 0 for f in OPTIONAL_FIELDS if f not in cls.shape_fields and getattr(sh, f)}
+    unused = {f: default for f, default in OPTIONAL_FIELDS.items()
+              if f not in cls.shape_fields and getattr(sh, f) != default}
     return sh.replace(**unused) if unused else sh
 
 

@@ -29,7 +29,7 @@ def inv_frequencies(dim: int, shape: AttentionShape) -> Tensor:
     The correction depends on the shape alone, never on a case's cache or sequence
     length: a YaRN model is one function at every length, its corrected frequencies
     always paired with the mscale^2 softmax factor (`AttentionShape.mla_softmax_scale`),
-    as HF transformers' DeepseekV3Attention runs it (MLA.md section 4).
+    as HF transformers' DeepseekV3Attention runs it (docs/variants.md §8).
     """
     base = shape.rope_theta
     freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))  # (dim/2,)

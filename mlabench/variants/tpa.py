@@ -2,7 +2,7 @@
 
 Per token, head factors A = (x W_A^T).view(H, R) and token factors B = (x W_B^T).view(R, D),
 no biases; Q = A_q B_q / R_q, K = A_k B_k / R_k, V = A_v B_v / R_v; score scale D^-0.5
-(MLA.md section 5). RoPE rotates the rows of B_q and B_k only (it commutes with the product),
+(docs/variants.md §5). RoPE rotates the rows of B_q and B_k only (it commutes with the product),
 as T6.py does: rotate-half by -theta. The cache holds A_k, rotated B_k, A_v, B_v:
 (R_k + R_v)(H + D) elements per token per layer, as two tensors per token row
 [A (H*R) | B (R*D)], `k_factors` and `v_factors`.
@@ -57,7 +57,7 @@ class _TPABase(AttentionVariant):
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
-        """A factors split with the heads, B factors replicate: (R_k + R_v)(H/N + D) (MLA.md section 6)."""
+        """A factors split with the heads, B factors replicate: (R_k + R_v)(H/N + D) (docs/variants.md §6)."""
         cls.check_tp(sh, tp)
         return (sh.k_rank + sh.v_rank) * (sh.num_heads // tp + sh.head_dim)
 
@@ -65,10 +65,6 @@ class _TPABase(AttentionVariant):
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
         h, d, dh = sh.num_heads, sh.hidden_size, sh.head_dim
         return d * (h + dh) * (sh.q_rank + sh.k_rank + sh.v_rank) + h * dh * d
-
-    @classmethod
-    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * step.new_tokens * 2 * cls.param_count(sh)
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
@@ -115,8 +111,7 @@ class _TPABase(AttentionVariant):
         return t[..., : h * rank].unflatten(-1, (h, rank)), t[..., h * rank:].unflatten(-1, (rank, dh))
 
     def core_output(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]
-        return self.c_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))
+        return self.c_proj(o.flatten(2))  # TPA's output projection is `c_proj`
 
 
 @register_variant
