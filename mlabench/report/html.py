@@ -20,7 +20,9 @@ import plotly.io as pio
 
 from mlabench import claims, htmlpage, schema
 from mlabench.errors import UsageError
+from mlabench.frontier.record import read_plan
 from mlabench.report import charts, tables, tradeoff
+from mlabench.report.frontier_chart import frontier_chart, winners_table
 from mlabench.report.tp_chart import tp_chart
 from mlabench.rundir import RunData, load_run
 
@@ -123,6 +125,12 @@ def render_report(run: RunData, baseline: str = "mha:eager") -> str:
                                  f'<p class="empty">{escape(str(run.results_path))} has no rows: the sweep '
                                  "recorded no case, so there is nothing to chart.</p>"))
     else:
+        frontier = read_plan(run.path)
+        if frontier is not None:  # a `mlabench frontier` run: its curve first, it is what the run is for
+            sections.append(_chart_html(frontier_chart(frontier, df)))
+            nav.append(("sec-chart-frontier", "Serving frontier"))
+            sections.append(_section("sec-frontier-winners", "Winner at each context", winners_table(frontier, df)))
+            nav.append(("sec-frontier-winners", "Winners"))
         kinds = device_kinds(df)
         if len(kinds) > 1:
             sections.append(_section("sec-devices", "Device kinds", "",
