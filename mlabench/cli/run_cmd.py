@@ -136,6 +136,10 @@ def run(case_flags: RunCase, measure: MeasureFlags, backend_options: BackendFlag
             if v is not None and v != "":
                 table.add_row(f"[bold]{k}[/]", f"{v:.6g}" if isinstance(v, float) else str(v))
         out_console.print(table)
+    if schema.sdpa_math(result.row.backend_detail):
+        err_console.print("note: SDPA ran its unfused math kernel here (no fused kernel takes these inputs on "
+                          f"{dev}), far slower than a fused one; backend_detail {result.row.backend_detail}",
+                          markup=False, soft_wrap=True)
     if result.profile is not None:  # stderr under --json, which owns stdout
         print_profile(result.profile, err_console if as_json else out_console)
     if result.status in schema.FAILED_STATUSES:

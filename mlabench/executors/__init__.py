@@ -101,6 +101,12 @@ class IsolateExecutor(OnThisMachine):
 
     name = "isolate"
 
+    def __init__(self) -> None:
+        """Starts the fork server (executors/forkserver.py): its imports overlap the driver's setting up."""
+        from mlabench.executors.isolate import warm_server
+
+        warm_server()
+
     def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
             should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]:
         from mlabench.executors.isolate import isolate_case, plugin_modules, warm_server

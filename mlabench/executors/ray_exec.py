@@ -1,6 +1,11 @@
 """`--executor ray`: each case a Ray task holding one GPU (CPU cases: `threads` CPUs), whose
 worker runs it in a fresh child process (executors/isolate.py); rows come back to the driver.
 
+Each worker keeps its own warm fork server (executors/forkserver.py) across tasks: its first
+case pays for importing torch and mlabench once, every later one only for a fork. The worker
+never touches the device itself (its children do, each with the GPU Ray assigned to that task),
+so it may run any number of tasks, GPU ones included.
+
 Ray (the optional extra `mlabench[ray]`) schedules the tasks over a cluster (`--ray-address`)
 or over this machine's GPUs or CPUs (a local instance started here and stopped at the end).
 Each task is a streaming generator that first says where it runs (host, node) and then
@@ -28,7 +33,7 @@ import torch
 from mlabench.case import Case
 from mlabench.errors import UsageError
 from mlabench.executors import OnStart
-from mlabench.executors.isolate import Isolated, failed_row, isolate_case, plugin_modules
+from mlabench.executors.isolate import Isolated, failed_row, isolate_case, plugin_modules, warm_server
 from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.runner import CaseResult, RunContext
 
@@ -61,7 +66,15 @@ def _describe_task(device: torch.device, dtypes: list[str], probe: bool, threads
 
     if device.type == "cpu" and threads:
         torch.set_num_threads(int(threads))
-    return device_info(device), measure_peaks(device, dtypes, probe)
+    described = device_info(device), measure_peaks(device, dtypes, probe)
+    if device.type == "cpu":  # this worker stays for the cases: its fork server starts while the driver sets up
+        warm_server()
+    return described
+
+
+def _warm_task() -> None:
+    """On a Ray worker that will run cases: its fork server starts now, not with its first case."""
+    warm_server()
 
 
 ACCELERATOR_PREFIX = "accelerator_type:"  # how Ray names a node's GPU kind among its resources
@@ -107,6 +120,7 @@ class RayExecutor:
         self.accelerator = accelerator  # the GPU kind every case is pinned to (Ray's accelerator type)
         self.device_meta: dict[str, Any] | None = None
         self._peaks = Peaks()
+        self._warming: list[Any] = []  # the warm-up tasks' refs, kept until the run
         self._device = torch.device("cpu")
 
     @classmethod
@@ -172,10 +186,14 @@ class RayExecutor:
         ray = _ray()
         self._device = plan.device
         dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
+        resources = self._resources(plan.device, plan.settings.threads)
         # A CPU worker may stay: its imported torch saves the next case's worker that import.
-        task = ray.remote(max_calls=1 if plan.device.type == "cuda" else 0, max_retries=0,
-                          **self._resources(plan.device, plan.settings.threads))(_describe_task)
-        self.device_meta, self._peaks = ray.get(task.remote(plan.device, dtypes, probe, plan.settings.threads))
+        task = ray.remote(max_calls=1 if plan.device.type == "cuda" else 0, max_retries=0, **resources)(_describe_task)
+        described = task.remote(plan.device, dtypes, probe, plan.settings.threads)
+        # Beside it, the other workers that will run cases start their fork servers (fire and forget).
+        warm = ray.remote(max_calls=0, max_retries=0, **resources)(_warm_task)
+        self._warming = [warm.remote() for _ in range(self._capacity(resources) - (plan.device.type == "cpu"))]
+        self.device_meta, self._peaks = ray.get(described)
 
     def peaks(self, _dtypes: list[str], _probe: bool) -> Peaks:
         return self._peaks
@@ -191,7 +209,9 @@ class RayExecutor:
         ray = _ray()
         ctx = replace(ctx, nvml=None)  # the child opens its own
         resources = self._resources(ctx.device, ctx.timing.threads)
-        task = ray.remote(num_returns="streaming", max_retries=0, **resources)(_case_task)
+        # max_calls=0: the worker stays, and with it its warm fork server (Ray would otherwise end a
+        # GPU task's worker after one call, which matters only to a worker holding a CUDA context).
+        task = ray.remote(num_returns="streaming", max_retries=0, max_calls=0, **resources)(_case_task)
         plugins = plugin_modules(cases)
         peaks_for = (self.device_meta or {}).get("name")
         window = self._capacity(resources) + QUEUE_AHEAD

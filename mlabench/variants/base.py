@@ -186,8 +186,9 @@ class AttentionVariant(CacheStore):
 
     @classmethod
     def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        """FLOPs of the new tokens' projections (and run-time absorption)."""
-        raise NotImplementedError
+        """FLOPs of the new tokens' projections (and run-time absorption): by default every
+        parameter multiplies once per new token (a variant whose weights act otherwise overrides)."""
+        return step.batch * step.new_tokens * 2 * cls.param_count(sh)
 
     @classmethod
     def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
@@ -242,8 +243,10 @@ class AttentionVariant(CacheStore):
         raise NotImplementedError
 
     def core_output(self, o: Tensor) -> Tensor:
-        """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d)."""
-        raise NotImplementedError
+        """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d). By default the heads side by
+        side through the output projection `o_proj` (the checkpoints' name; a variant without one
+        overrides this)."""
+        return self.o_proj(o.flatten(2))
 
     def native_core(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
                     lengths: Tensor | None = None) -> Tensor:

@@ -216,9 +216,7 @@ class _GLABase(AttentionVariant):
         sh = self.shape
         return torch.cat([self._up(j).bias for j in range(sh.num_latent_heads)]).view(sh.num_heads, -1)
 
-    def _out(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.value_dim))
+    _out = AttentionVariant.core_output  # o (B, S, H, d_v) -> o_proj, for the strategies that transform o first
 
 
 @register_variant
@@ -273,8 +271,6 @@ class GLAExpanded(_GLABase):
         k_nope, v = kvb.split([sh.head_dim, sh.value_dim], dim=-1)
         k = torch.cat((k_nope, k_pe[:, :, None, :].expand(-1, -1, sh.num_heads, -1)), dim=-1)
         return torch.cat((q_nope, q_pe), dim=-1), k, v, sh.mla_softmax_scale, True
-
-    core_output = _GLABase._out
 
 
 @register_variant

@@ -65,10 +65,6 @@ class GroupedQueryAttention(AttentionVariant):
     def core_flops(cls, sh: AttentionShape, step: Step) -> int:
         return step.batch * 4 * sh.num_heads * sh.head_dim * step.attended_pairs
 
-    @classmethod
-    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * step.new_tokens * 2 * cls.param_count(sh)
-
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__(shape, device, dtype)
@@ -100,9 +96,6 @@ class GroupedQueryAttention(AttentionVariant):
         self._write("v_cache", start_pos, v)
         return q, self._read("k_cache", b, end), self._read("v_cache", b, end), d**-0.5, True
 
-    def core_output(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]  # o (B, S, H, D)
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))
 
 
 @register_variant

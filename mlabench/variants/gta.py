@@ -128,7 +128,3 @@ class GroupedTiedAttention(AttentionVariant):
         pe = self._load("k_pe_cache", seen)
         k = torch.cat((kv[..., : d - r], pe[:, :, None, :].expand(-1, -1, g, -1)), dim=-1)
         return q, k, kv, d**-0.5, True
-
-    def core_output(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]  # o (B, S, H, D)
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))

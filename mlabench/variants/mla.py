@@ -142,9 +142,7 @@ class _MLABase(AttentionVariant):
         k = torch.cat((k_nope, k_pe[:, :, None, :].expand(-1, -1, sh.num_heads, -1)), dim=-1)
         return k, v
 
-    def _out(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.value_dim))
+    _out = AttentionVariant.core_output  # o (B, S, H, d_v) -> o_proj, for the strategies that transform o first
 
 
 @register_variant
@@ -190,8 +188,6 @@ class MLAExpanded(_MLABase):
         self._write("v_cache", start_pos, v)
         q = torch.cat((q_nope, q_pe), dim=-1)  # (B, S, H, d_qk)
         return q, self._read("k_cache", b, end), self._read("v_cache", b, end), self.shape.mla_softmax_scale, True
-
-    core_output = _MLABase._out
 
 
 class _LatentCacheMLA(_MLABase):
@@ -275,8 +271,6 @@ class MLALatent(_LatentCacheMLA):
         k, v = self._expand(*latent.split([self.shape.kv_lora_rank, self.shape.rope_head_dim], dim=-1))
         q = torch.cat((q_nope, q_pe), dim=-1)
         return q, k, v, self.shape.mla_softmax_scale, True
-
-    core_output = _MLABase._out
 
 
 @register_variant
