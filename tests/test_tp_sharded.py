@@ -159,3 +159,16 @@ def test_a_rank_killed_mid_case_is_one_error_row_and_the_sweep_goes_on(tmp_path:
     assert not pool._GROUPS  # the sweep stopped the group it started
     meta = json.loads((out / schema.META_JSON).read_text())
     assert meta["tensor_parallel"] == {"degrees": [2], "backends": ["gloo"]}
+
+
+def test_an_isolated_tp_case_runs_on_ranks_its_child_starts_and_stops(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    args = ["--model", "tiny", "--variant", "gqa", "--backend", "eager", "--mode", "decode", "--seq-len", "16",
+            "--q-len", "1", "--batch", "1", "--tp", "2", "--budget", "0.005", "--warmup", "0.001", "--min-samples", "3"]
+    code, _, err = run_cli(["sweep", *args, "--isolate", "--no-probe", "--no-report", "--out", str(out)], capsys)
+    with (out / schema.RESULTS_CSV).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert code == 0, err
+    assert rows and all((r["status"], r["tp"]) == ("ok", "2") for r in rows)  # the child exited, its ranks too
+    assert all(r["kv_cache_bytes_per_gpu_measured"] == r["kv_cache_bytes_per_gpu"] for r in rows)

@@ -13,6 +13,11 @@ returns the case's result: the driver counts a case as started when it actually 
 a worker lost mid-case (node gone, worker killed) becomes that case's `error` row naming the
 node. Tasks are not retried: a case that kills its worker would kill the next one too.
 
+A tensor-parallel case (tp = N) holds N GPUs (CPU cases: N times the threads) in one Ray
+placement group of one bundle, packed on one node, so its ranks (started by its worker's
+child, mlabench.tp) meet over NCCL within a node; one group per degree serves its cases in
+turn. A degree no node can hold is a `skipped` row with the reason, not a wait without end.
+
 Stopping: once `should_stop()` is true, tasks not yet started are cancelled and the cases in
 flight finish; closing the iterator (a second Ctrl-C) cancels those as well, killing their
 workers and with them the cases' child processes.
@@ -40,6 +45,7 @@ from mlabench.runner import CaseResult, RunContext
 # Cases submitted beyond what the cluster can run at once: enough to keep workers busy between
 # a result and the next submission, few enough that a stop cancels little.
 QUEUE_AHEAD = 2
+PLACEMENT_WAIT_S = 60.0  # for a tensor-parallel case's devices to be free on one node
 
 
 def _ray() -> Any:
@@ -122,6 +128,7 @@ class RayExecutor:
         self._peaks = Peaks()
         self._warming: list[Any] = []  # the warm-up tasks' refs, kept until the run
         self._device = torch.device("cpu")
+        self._groups: dict[int, Any] = {}  # tp degree -> its placement group (None: no node can hold it)
 
     @classmethod
     def connect(cls, address: str | None, accelerator: str | None = None) -> RayExecutor:
@@ -147,6 +154,10 @@ class RayExecutor:
         return cls(started_here=True, accelerator=accelerator)
 
     def close(self) -> None:
+        for group in self._groups.values():
+            if group is not None:
+                _ray().util.remove_placement_group(group)
+        self._groups.clear()
         if self.started_here:
             _ray().shutdown()
             self.started_here = False
@@ -180,6 +191,28 @@ class RayExecutor:
             pinned = {"accelerator_type": self.accelerator} if self.accelerator else {}
             return {"num_gpus": 1, "num_cpus": 1, **pinned}
         return {"num_cpus": max(1, int(threads))}  # threads 0 (torch's default) still takes a CPU
+
+    def _tp_options(self, tp: int, resources: dict[str, Any]) -> dict[str, Any] | None:
+        """Task options that run a tp = N case on N times one case's devices, in one placement group
+        packed on one node; None when no node frees them within PLACEMENT_WAIT_S."""
+        ray = _ray()
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        need = {"num_gpus": resources.get("num_gpus", 0) * tp, "num_cpus": resources["num_cpus"] * tp}
+        if tp not in self._groups:
+            bundle = {"GPU": need["num_gpus"], "CPU": need["num_cpus"]}
+            if "accelerator_type" in resources:  # pinned GPU kind: the bundle asks for it too
+                bundle[f"accelerator_type:{resources['accelerator_type']}"] = 0.001
+            group = ray.util.placement_group([{k: v for k, v in bundle.items() if v}], strategy="STRICT_PACK")
+            if not group.wait(timeout_seconds=PLACEMENT_WAIT_S):
+                ray.util.remove_placement_group(group)
+                group = None
+            self._groups[tp] = group
+        group = self._groups[tp]
+        if group is None:
+            return None
+        return {**need, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=0)}
 
     def describe(self, plan: Any, probe: bool) -> None:
         """Fingerprint and peaks from one worker of the kind the cases ask for."""
@@ -228,7 +261,17 @@ class RayExecutor:
                         del flight[gen]
                 while waiting and len(flight) < window:
                     case = waiting.popleft()
-                    flight[task.remote(case, ctx, plugins, peaks_for)] = case
+                    if case.tp == 1:
+                        flight[task.remote(case, ctx, plugins, peaks_for)] = case
+                        continue
+                    options = self._tp_options(case.tp, resources)
+                    if options is None:
+                        done += 1
+                        kind = "GPUs" if "num_gpus" in resources else "CPUs"
+                        yield CaseResult(failed_row(case, "skipped", f"tp = {case.tp}: no Ray node frees "
+                                                    f"{case.tp} x one case's {kind} at once", 0.0), [])
+                        continue
+                    flight[task.options(**options).remote(case, ctx, plugins, peaks_for)] = case
                 if not flight:
                     break
                 ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.5)
