@@ -37,8 +37,8 @@ import torch
 
 from mlabench.case import Case
 from mlabench.errors import UsageError
-from mlabench.executors import OnStart
 from mlabench.executors.isolate import Isolated, failed_row, isolate_case, plugin_modules, warm_server
+from mlabench.executors.protocol import OnStart
 from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.runner import CaseResult, RunContext
 
