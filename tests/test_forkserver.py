@@ -40,6 +40,13 @@ def sleeps() -> None:
     time.sleep(3600)
 
 
+def forks_a_helper() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 def reads_env(name: str) -> str | None:
     return os.environ.get(name)
 
@@ -63,6 +70,12 @@ def test_each_way_of_ending_is_an_outcome() -> None:
     hung = run_isolated(sleeps, timeout=0.5)
     assert hung.status == "timeout" and hung.error == "no answer within 0.5 s" and hung.output == "sleeping"
     assert hung.exitcode == -signal.SIGKILL
+
+
+def test_a_case_that_forks_keeps_its_own_children() -> None:
+    """The first steps (die with the server) are the server's children's only: a process the
+    case forks is the case's, and runs (its parent is not the server)."""
+    assert run_isolated(forks_a_helper).value == 7
 
 
 def test_the_child_sees_the_environment_of_the_call(monkeypatch: pytest.MonkeyPatch) -> None:

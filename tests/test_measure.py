@@ -18,7 +18,7 @@ from mlabench.config import from_name
 from mlabench.measure import accuracy as acc
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.timing import TimingSettings
-from mlabench.runner import RunContext, summarize_samples, run_case
+from mlabench.runner import RunContext, run_case, summarize_samples
 from mlabench.step import decode_step, prefill_step
 from mlabench.variants import build_variant, shape_for_variant, variant_names
 

@@ -214,3 +214,11 @@ def test_dry_run_counts_device_seconds(capsys: pytest.CaptureFixture[str]) -> No
     # tp = N holds N devices: device-seconds exceed seconds spent in cases (here 1 + 2 + 4 cases' worth)
     per_case = (doc["estimated_s_by_backend"]["eager"]) / 3
     assert doc["estimated_device_s"] == pytest.approx(per_case * 7, rel=1e-2)
+
+
+def test_a_suite_that_still_sets_tp_as_a_setting_is_told_it_is_an_axis(tmp_path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "old.toml"
+    suite.write_text('name = "old"\n[settings]\ntp = 2\n[[grid]]\nmodel = "tiny"\nvariant = "gqa"\n')
+    code, out, err = run_cli(["sweep", "--suite", str(suite), "--dry-run"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "tp is a case axis" in err

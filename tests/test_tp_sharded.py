@@ -172,3 +172,14 @@ def test_an_isolated_tp_case_runs_on_ranks_its_child_starts_and_stops(tmp_path: 
     assert code == 0, err
     assert rows and all((r["status"], r["tp"]) == ("ok", "2") for r in rows)  # the child exited, its ranks too
     assert all(r["kv_cache_bytes_per_gpu_measured"] == r["kv_cache_bytes_per_gpu"] for r in rows)
+
+
+def test_run_measures_one_tp_case_on_its_ranks(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["run", "--model", "tiny", "--variant", "gqa", "--set", "tp=2", "--seq-len", "32",
+                              "--budget", "0.005", "--warmup", "0.001", "--min-samples", "3", "--no-probe", "--json"],
+                             capsys)
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["tp"] == 2 and row["dist_backend"] == "gloo" and row["status"] == "ok"
+    assert row["kv_cache_bytes_per_gpu_measured"] == row["kv_cache_bytes_per_gpu"] and row["comm_ms"] > 0
+    assert not pool._GROUPS  # stopped once the case was measured

@@ -92,9 +92,9 @@ def run(case_flags: RunCase, measure: MeasureFlags, backend_options: BackendFlag
     from mlabench.cli.profile_view import announce_profile, print_profile
     from mlabench.measure.envinfo import resolve_device
     from mlabench.profiling.request import check_request
-    from mlabench.runner import run_case
     from mlabench.suites import Suite
     from mlabench.sweep import Overrides, plan_sweep, run_context, run_sweep
+    from mlabench.tp import close_rank_groups, run_any_case
     from mlabench.variants import variant_names
 
     settings = measure.settings()
@@ -122,7 +122,10 @@ def run(case_flags: RunCase, measure: MeasureFlags, backend_options: BackendFlag
     err_console.print(f"measuring {case.label()} on {dev}")
     announce_profile(request, dev.type, err_console)
     if out is None:
-        result = run_case(case, run_context(plan, measure.probe, request))
+        try:
+            result = run_any_case(case, run_context(plan, measure.probe, request))  # tp > 1: on its ranks
+        finally:
+            close_rank_groups()
     else:
         results = run_sweep(plan, resume=False, probe=measure.probe, profile=request).results
         if not results:  # Ctrl-C during the case: nothing measured, nothing to print

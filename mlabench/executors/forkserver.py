@@ -26,7 +26,9 @@ Linux sends that signal when the *thread* that started the server ends: call `wa
 first `run_isolated`) from a thread that lives as long as the process, such as the main one.
 
 `fn`, its arguments and its value cross a pipe, so they must pickle (`fn` a module-level
-function). The child's stdout and stderr go to a file of their own; the last line printed
+function). The server imports the caller's main script once (so that no child runs it again):
+as with every start method but plain fork, a script keeps its work under
+`if __name__ == "__main__":`. The child's stdout and stderr go to a file of their own; the last line printed
 comes back in the `Outcome` (the message of a native crash).
 """
 
@@ -62,6 +64,7 @@ BASE_PRELOAD = ("torch",)
 _PR_SET_PDEATHSIG = 1
 _lock = threading.Lock()
 _warned_spawn = False
+_server_pid: int | None = None  # in an armed server: its pid; in its children (and theirs): None
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,17 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _after_fork() -> None:
+    """At-fork hook in an armed server's children, and in what they fork in turn: the first steps
+    for the server's own children only (a case's process that forks keeps its children as they are)."""
+    global _server_pid
+    server, _server_pid = _server_pid, None
+    if server is not None:
+        _child_first_steps(server)
+
+
 def _child_first_steps(server: int) -> None:
-    """At-fork hook in the server's children: runs before any other Python code of the child."""
+    """A child's first steps: dies with `server` (its parent), in a session of its own."""
     _die_with_parent(server)
     try:
         os.setsid()  # its own session and process group: Ctrl-C spares it; a kill takes its helpers too
@@ -113,9 +125,10 @@ def _arm_server() -> None:
     main = os.environ.pop(SERVER_MAIN_ENV, None)
     if parent is None:
         return
+    global _server_pid
     _die_with_parent(int(parent))
-    server = os.getpid()
-    os.register_at_fork(after_in_child=lambda: _child_first_steps(server))
+    _server_pid = os.getpid()
+    os.register_at_fork(after_in_child=_after_fork)
     if main:
         from multiprocessing import spawn
 
@@ -124,7 +137,6 @@ def _arm_server() -> None:
             spawn.import_main_path(path)
         except Exception:  # each child runs it again and reports what fails
             pass
-
 
 
 def _context(preload: Iterable[str]) -> multiprocessing.context.BaseContext:

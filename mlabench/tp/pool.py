@@ -32,6 +32,7 @@ import torch.multiprocessing as mp
 from mlabench import schema
 from mlabench.case import Case
 from mlabench.errors import SkippedError
+from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks
 from mlabench.measure.timing import TimingSettings
 from mlabench.runner import CaseResult, RunContext, analytic_columns, run_case, where
@@ -66,11 +67,12 @@ def _rank_main(rank: int, world: int, backend: str, store: str, inboxes: list[An
         torch.cuda.set_device(device)
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world,
                             timeout=timedelta(minutes=30))
+    nvml = open_nvml(device)  # this rank's GPU: the NVML delta around its cache allocation
     answers.put(("ready", rank))
     try:
         while (job := inboxes[rank].get()) is not None:
-            ctx = RunContext(device=device, timing=job.timing, peaks=job.peaks, accuracy=job.accuracy, seed=job.seed,
-                             timeout_s=job.timeout_s)
+            ctx = RunContext(device=device, timing=job.timing, peaks=job.peaks, nvml=nvml, accuracy=job.accuracy,
+                             seed=job.seed, timeout_s=job.timeout_s)
             result = run_case(job.case, ctx, measure_sharded)
             if rank == 0:
                 answers.put(("row", result))
