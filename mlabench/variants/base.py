@@ -24,6 +24,7 @@ backend run it, and backends that swap in a generic kernel (sdpa) answer unsuppo
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -98,6 +99,13 @@ class AttentionVariant(CacheStore):
     def check_tp(cls, sh: AttentionShape, tp: int) -> None:
         """ShapeError naming `tp` when tp does not split this variant's heads and groups evenly."""
         check_tp(sh, tp, cls.tp_groups(sh))
+
+    @classmethod
+    def groups_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        """KV groups one GPU holds at degree `tp` (checked first): the groups its query heads read,
+        so a group is copied onto several GPUs once tp exceeds the groups."""
+        cls.check_tp(sh, tp)
+        return math.ceil(cls.tp_groups(sh) / tp)
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int | None:

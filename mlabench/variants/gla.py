@@ -31,7 +31,6 @@ are: per latent head d_g FP8 values with one fp32 scale per 128, then the RoPE k
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -105,7 +104,7 @@ class _GLABase(AttentionVariant):
         """FP8: the latent heads a GPU holds with their own tiles' scales, and the bf16 RoPE key."""
         if not sh.kv_quantized:
             return None
-        heads = max(math.ceil(sh.num_latent_heads / tp), 1)
+        heads = cls.groups_per_gpu(sh, tp)
         d_g = cls.latent_head_dim(sh)
         return kvquant.latent_row_bytes(heads * d_g, sh.rope_head_dim, heads)
 
@@ -128,9 +127,8 @@ class _GLABase(AttentionVariant):
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
-        cls.check_tp(sh, tp)
         # Latent heads shard with their query heads; past h_c GPUs one is copied; the RoPE key everywhere.
-        return max(math.ceil(sh.num_latent_heads / tp), 1) * cls.latent_head_dim(sh) + sh.rope_head_dim
+        return cls.groups_per_gpu(sh, tp) * cls.latent_head_dim(sh) + sh.rope_head_dim
 
     @classmethod
     def _query_macs(cls, sh: AttentionShape) -> int:

@@ -6,7 +6,6 @@ rotate-half RoPE. Cache: K and V, (B, T, G, D) each: 2*G*D elements per token.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,9 +51,7 @@ class GroupedQueryAttention(AttentionVariant):
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
-        cls.check_tp(sh, tp)
-        # Each GPU holds the KV heads its query heads read: a KV head is copied when tp > G.
-        return 2 * math.ceil(sh.kv_heads / tp) * sh.head_dim
+        return 2 * cls.groups_per_gpu(sh, tp) * sh.head_dim  # a KV head is copied when tp > G
 
     @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:

@@ -19,7 +19,6 @@ caches each step (a copy); V is the cache itself.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,9 +63,8 @@ class GroupedTiedAttention(AttentionVariant):
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
-        cls.check_tp(sh, tp)
         # A tied head is copied when tp > G; the one RoPE key is on every GPU.
-        return math.ceil(sh.kv_heads / tp) * sh.head_dim + sh.rope_head_dim
+        return cls.groups_per_gpu(sh, tp) * sh.head_dim + sh.rope_head_dim
 
     @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
