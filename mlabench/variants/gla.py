@@ -42,6 +42,7 @@ from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
 from mlabench.variants.attention import CoreAttention
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.expanded_core import ReExpandedLatentCore
 from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import RMSNorm
 from mlabench.variants.registry import register_variant
@@ -220,36 +221,9 @@ class _GLABase(AttentionVariant):
 
 
 @register_variant
-class GLAExpanded(_GLABase):
+class GLAExpanded(ReExpandedLatentCore, _GLABase):
     name = "gla-expanded"
     caches = "h_c latent heads + RoPE key; re-expanded every call"
-
-    @classmethod
-    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
-        h = sh.num_heads
-        expand = 2 * h * cls.latent_head_dim(sh) * (sh.head_dim + sh.value_dim) * step.total
-        return step.batch * (2 * h * (sh.qk_head_dim + sh.value_dim) * step.attended_pairs + expand)
-
-    @classmethod
-    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * step.new_tokens * 2 * cls._shared_projection_macs(sh)
-
-    @classmethod
-    def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
-        return sh.num_heads * sh.qk_head_dim, sh.num_heads * sh.value_dim
-
-    @classmethod
-    def core_kv_widths(cls, sh: AttentionShape) -> tuple[int, int]:
-        return sh.num_heads * sh.qk_head_dim, sh.num_heads * sh.value_dim  # the re-expanded K, V
-
-    @classmethod
-    def kernel_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * 2 * sh.num_heads * (sh.qk_head_dim + sh.value_dim) * step.attended_pairs
-
-    @classmethod
-    def cache_traffic_elements(cls, sh: AttentionShape, step: Step) -> int:
-        expanded = step.batch * 2 * step.total * sh.num_heads * (sh.qk_head_dim + sh.value_dim)  # written, read
-        return super().cache_traffic_elements(sh, step) + expanded
 
     @classmethod
     def transient_elements(cls, sh: AttentionShape, step: Step) -> int:
