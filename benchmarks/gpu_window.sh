@@ -12,7 +12,8 @@
 #      compiled, then rel_err of every fused backend (benchmarks/gpu_window/accuracy.toml)
 #   2. the attention core alone: our kernel beside FlashInfer / FlashMLA, gla and dsa, FP8 and
 #      paged reads (kernels.toml), then the Triton launch configurations (configs.toml, one run each)
-#   3. `sweep --suite gpu-baseline` (its 3 rounds) cold, then with --cuda-graph if time is left
+#   3. `sweep --suite gpu-baseline` (its 3 rounds) cold, then with --cuda-graph if time is left,
+#      then the serving frontier (deepseek-v3.2 dims in 80 GiB, 6 variants, 5 contexts) with what time is left
 #   4. one --profile of the Triton decode case (trace, breakdown, memory snapshot on CUDA)
 #   5. the memory columns against each other (from the rows of 1-3; nothing more is run)
 #
@@ -32,6 +33,8 @@ OUT=${OUT:-$ROOT/results/gpu_window/$(date -u +%Y%m%dT%H%M%SZ)}
 SUITES=$ROOT/benchmarks/gpu_window
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 mlabench() { "$PY" -m mlabench "$@"; }
+# The serving frontier's GPU plan (the CPU rehearsal takes its tiny defaults).
+FRONTIER="--model deepseek-v3.2 --variant mha,mla-expanded,mla-latent,mla-absorbed,gla-absorbed,dsa --context 4096,8192,16384,32768,131072"
 
 if [ "${PLAN:-0}" = 1 ]; then  # size the plan for the GPU, whatever this machine is
   for args in "--suite $SUITES/accuracy.toml" "--suite $SUITES/kernels.toml" \
@@ -40,6 +43,7 @@ if [ "${PLAN:-0}" = 1 ]; then  # size the plan for the GPU, whatever this machin
     # shellcheck disable=SC2086
     mlabench sweep --device cuda --dry-run $args | head -1
   done
+  mlabench frontier --device cuda --dry-run $FRONTIER | grep -m1 ' cases'
   exit 0
 fi
 
@@ -145,6 +149,13 @@ run_sweep "3a gpu-baseline cold" "$(deadline 0.88)" gpu-baseline-cold --suite gp
 if [ "$DEVICE" != cpu ]; then
   run_sweep "3b gpu-baseline graph" "$(deadline 0.90)" gpu-baseline-graph --suite gpu-baseline --cuda-graph
 fi
+
+# The frontier: attention tokens/s per GPU at the largest batch that fits 80 GiB (skipped unless
+# the steps before it left time).
+frontier_args=()
+[ "$DEVICE" != cpu ] && read -r -a frontier_args <<< "$FRONTIER"
+run_step "3c frontier" "$(deadline 0.93)" "$PY" -m mlabench frontier --device "$DEVICE" --no-report \
+  --out "$WORK/runs/frontier" "${frontier_args[@]}"
 
 # --- 4. one profile of the Triton decode case ----------------------------------------------
 snapshot=()
