@@ -18,7 +18,7 @@ makes and removes them. Each trial appends one JSON line to `<out>/trials.jsonl`
 the end prints, per mode, false alarms / K, detections / K, and which cases
 were flagged.
 
-    python benchmarks/gate_calibration.py --k 10 --out results/calibration
+    python benchmarks/gate_calibration.py --k 10 --out results/runs/calibration
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=0.05, help="seconds of sampling per case and round")
     parser.add_argument("--variant", default="lowrank-kv", help="the variant planted slow")
     parser.add_argument("--factor", type=float, default=1.5, help="its slowdown")
-    parser.add_argument("--out", type=Path, default=Path("results/calibration"))
+    parser.add_argument("--out", type=Path, default=Path("results/runs/calibration"))
     parser.add_argument("--table", action="store_true", help="only print the table of <out>/trials.jsonl")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
