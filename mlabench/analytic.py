@@ -43,13 +43,16 @@ def _normalized(variant: str, shape: AttentionShape) -> tuple[type[AttentionVari
     return cls, cls.normalize_shape(shape)
 
 
+def _per_token(variant: str, value: int | None) -> int:
+    if value is None:
+        raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
+    return value
+
+
 def kv_elements_per_token(variant: str, shape: AttentionShape) -> int:
     """Cache elements per token per layer (ValueError for a cache that does not grow with tokens)."""
     cls, sh = _normalized(variant, shape)
-    per_token = cls.kv_elements_per_token(sh)
-    if per_token is None:
-        raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
-    return per_token
+    return _per_token(variant, cls.kv_elements_per_token(sh))
 
 
 def kv_cache_elements(variant: str, shape: AttentionShape, batch: int, seq_len: int) -> int:
@@ -68,10 +71,7 @@ def kv_cache_bytes(variant: str, shape: AttentionShape, batch: int, seq_len: int
 def kv_bytes_per_token(variant: str, shape: AttentionShape) -> int:
     """Stored cache bytes per token per layer (per-layer scales not included: `kv_fixed_bytes`)."""
     cls, sh = _normalized(variant, shape)
-    per_token = cls.kv_bytes_per_token(sh)
-    if per_token is None:
-        raise ValueError(f"{variant} has no per-token cache size (it caches a fixed number of projected rows)")
-    return per_token
+    return _per_token(variant, cls.kv_bytes_per_token(sh))
 
 
 def _cache_traffic_bytes(cls: type[AttentionVariant], sh: AttentionShape, step: Step) -> int:

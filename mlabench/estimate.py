@@ -43,6 +43,7 @@ FLOOR_EFFICIENCY = 0.3  # a step takes about floor / 0.3 (launch-bound small ste
 GRAPH_CAPTURE_S = 0.05
 SWEEP_FIXED_S = 10.0  # process start, imports, bandwidth and matmul probes
 SKIPPED_CASE_S = 0.01
+TP_GROUP_START_S = 10.0
 FILL_BYTES_PER_ELEMENT = 200  # random_fill: about a dozen int64 element-wise passes per element
 
 
@@ -53,10 +54,12 @@ class Estimate:
     device: str  # the device the figures assume, e.g. "H100 SXM (spec peaks)"
     by_backend: dict[str, float] = field(default_factory=dict)  # seconds per backend
     rounds: int = 1  # passes over the case list (sweep --rounds)
+    # Seconds times the devices each case holds: a tp = N case holds N (GPUs, or CPU processes) at once.
+    device_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"cases": self.cases, "rounds": self.rounds, "estimated_s": round(self.seconds, 1),
-                "assumes": self.device,
+                "assumes": self.device, "estimated_device_s": round(self.device_seconds, 1),
                 "estimated_s_by_backend": {k: round(v, 1) for k, v in self.by_backend.items()},
                 "note": "an estimate from analytic bytes/FLOPs, peaks and fixed per-case overhead, not a measurement"}
 
@@ -102,10 +105,15 @@ def estimate_sweep(cases: list[Case], settings: SweepSettings, device_type: str,
     """`unavailable`: backends that will be skipped on the planned device."""
     flops_per_s, bytes_per_s, assumed = peaks_for(device_type, device_name)
     by_backend: dict[str, float] = {}
+    device_seconds = 0.0
     for case in cases:
         if case.backend in unavailable:
             seconds = SKIPPED_CASE_S
         else:
             seconds = case_seconds(case, settings, flops_per_s, bytes_per_s, device_type)
         by_backend[case.backend] = by_backend.get(case.backend, 0.0) + seconds
-    return Estimate(len(cases), SWEEP_FIXED_S + sum(by_backend.values()), assumed, by_backend, settings.rounds)
+        device_seconds += seconds * case.tp
+    # Each tensor-parallel degree starts its group of ranks once (N interpreters importing torch).
+    groups = len({c.tp for c in cases if c.tp > 1}) * TP_GROUP_START_S
+    return Estimate(len(cases), SWEEP_FIXED_S + groups + sum(by_backend.values()), assumed, by_backend,
+                    settings.rounds, device_seconds)

@@ -11,13 +11,13 @@ there), one device (exit 3 otherwise).
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mlabench import schema
 from mlabench.errors import NotComparableError, UsageError
-from mlabench.rundir import RunWriter, check_out_dir, read_meta, read_results, read_rows, read_samples
+from mlabench.rundir import RunMeta, RunWriter, check_out_dir, read_meta, read_results, read_rows, read_samples
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,12 @@ class _Input:
     path: Path
     rows: list[dict[str, str]]  # the text of each row, copied as written
     samples: dict[str, dict[int, list[float]]]  # case id -> round -> samples
-    meta: dict[str, Any]
+    meta: RunMeta | None
 
     @property
     def suites(self) -> set[str]:
         found = {r["suite"] for r in self.rows}
-        return found or ({str(self.meta["suite"])} if self.meta.get("suite") else set())
+        return found or ({self.meta.suite} if self.meta is not None and self.meta.suite else set())
 
 
 def _read_input(run: Path) -> _Input:
@@ -65,11 +65,11 @@ def _check_one_run(inputs: list[_Input], allow_partial: bool, allow_mixed: bool)
     if len(suites) > 1 and not allow_mixed:
         shown = ", ".join(f"{s} ({p})" for s, p in sorted(suites.items()))
         raise UsageError(f"merge: runs of different suites: {shown} (add --allow-mixed to merge them anyway)")
-    grids = {i.meta.get("run", {}).get("grid_sha1") for i in inputs} - {None}
+    grids = {(i.meta.run or {}).get("grid_sha1") for i in inputs if i.meta is not None} - {None}
     if len(grids) > 1 and not allow_mixed:
         raise UsageError("merge: runs of one suite with different case lists (other axes, --set or suite file); "
                          "add --allow-mixed to merge them anyway")
-    shards = [(i.path, i.meta.get("shard")) for i in inputs]
+    shards = [(i.path, i.meta.shard if i.meta is not None else None) for i in inputs]
     given = [(p, s) for p, s in shards if s]
     if given:
         splits = {str(s).split("/")[1] for _, s in given}
@@ -86,8 +86,8 @@ def _check_one_run(inputs: list[_Input], allow_partial: bool, allow_mixed: bool)
             raise UsageError(f"merge: incomplete shard set: missing {', '.join(f'{k}/{n}' for k in missing)} "
                              "(add --allow-partial to merge what is there)")
     for i in inputs:
-        expected = i.meta.get("cases")
-        unfinished = i.meta.get("interrupted") is True or (i.meta and "finished_utc" not in i.meta)
+        expected = i.meta.cases if i.meta is not None else None
+        unfinished = i.meta is not None and not i.meta.finished
         short = isinstance(expected, int) and len(i.rows) < expected
         if (unfinished or short) and not allow_partial:
             count = f" ({len(i.rows)} of {expected} cases)" if isinstance(expected, int) else ""
@@ -112,8 +112,8 @@ def merge_runs(run_dirs: list[Path], out: Path, allow_partial: bool = False,
                                  f"b={row['batch']} T={row['seq_len']}) is in both {owner[cid]} and {i.path}")
             owner[cid] = i.path
     _check_one_run(inputs, allow_partial, allow_mixed)
-    metas = [i.meta for i in inputs]
-    devices = {m.get("device", {}).get("name") for m in metas if m}
+    metas = [i.meta for i in inputs if i.meta is not None]
+    devices = {m.device_name for m in metas}
     if len(devices) > 1:
         raise NotComparableError(f"merge: runs come from different devices: {', '.join(sorted(map(str, devices)))}")
     total_rows = sum(len(i.rows) for i in inputs)
@@ -126,20 +126,17 @@ def merge_runs(run_dirs: list[Path], out: Path, allow_partial: bool = False,
                     writer.append_samples(row["case_id"], draws, r)
                     total_samples += len(draws)
                 writer.append({k: (v if v != "" else None) for k, v in row.items()}, [])
-        meta = dict(metas[0]) if metas and metas[0] else {}
-        meta["merged_from"] = [str(r) for r in run_dirs]
-        meta["shards"] = [m.get("shard") for m in metas]
-        meta["shard"] = None
-        meta["cases"] = total_rows
-        kinds = {name: fp for m in metas if m for name, fp in (m.get("devices") or {}).items()}
+        first = metas[0] if metas else RunMeta()
+        meta = dataclasses.replace(first, merged_from=[str(r) for r in run_dirs], shards=[m.shard for m in metas],
+                                   shard=None, cases=total_rows, partial=allow_partial,
+                                   mixed=allow_mixed and len({s for i in inputs for s in i.suites}) > 1)
+        kinds = {name: fp for m in metas for name, fp in (m.devices or {}).items()}
         if kinds:  # every device kind any shard's cases ran on, so compare sees a mixed merge
-            meta["devices"] = kinds
-        if isinstance(meta.get("run"), dict):
+            meta.devices = kinds
+        if meta.run is not None:
             # The merged rows are the whole grid only when every shard was there in full.
-            whole = not allow_partial and not allow_mixed and total_rows == meta["run"].get("grid_cases")
-            meta["run"] = {**meta["run"], "shard": None, "cases": total_rows,
-                           "cases_sha1": meta["run"].get("grid_sha1") if whole else None}
-        meta["partial"] = allow_partial
-        meta["mixed"] = allow_mixed and len({s for i in inputs for s in i.suites}) > 1
+            whole = not allow_partial and not allow_mixed and total_rows == meta.run.get("grid_cases")
+            meta.run = {**meta.run, "shard": None, "cases": total_rows,
+                        "cases_sha1": meta.run.get("grid_sha1") if whole else None}
         writer.write_meta(meta)
     return MergeSummary(rows=total_rows, samples=total_samples)

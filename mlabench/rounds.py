@@ -19,9 +19,8 @@ Imports no torch.
 from __future__ import annotations
 
 import csv
-import json
+import dataclasses
 import math
-import os
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mlabench import schema
-from mlabench.rundir import format_cell
+from mlabench.rundir import RunMeta, RunWriter, read_meta
 
 T = TypeVar("T")
 # Columns inversely proportional to latency: rescaled when the pooled median replaces one round's.
@@ -106,7 +105,7 @@ def assemble_rounds(round_dirs: Sequence[Path], out: Path, meta_extra: Mapping[s
     Round k is `round_dirs[k]`. results.csv keeps the columns the first round was
     written with (a baseline built from older code keeps its own contract);
     samples.csv gains the `round` column; meta.json is the first round's plus
-    `rounds` and `meta_extra`.
+    `rounds` and `meta_extra` (RunMeta fields). Written through `RunWriter`, like any run.
     """
     header: list[str] = []
     per_case: dict[str, list[tuple[int, dict[str, str]]]] = {}
@@ -118,27 +117,17 @@ def assemble_rounds(round_dirs: Sequence[Path], out: Path, meta_extra: Mapping[s
             per_case.setdefault(row["case_id"], []).append((k, row))
         for s in _read_csv(run / schema.SAMPLES_CSV)[1]:
             draws.setdefault(s["case_id"], {}).setdefault(k, []).append(float(s["latency_ms"]))
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / schema.SAMPLES_CSV).open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(schema.SAMPLE_COLUMNS)
-        for cid, rounds in draws.items():
-            for k, values in sorted(rounds.items()):
-                w.writerows([cid, str(i), repr(v), str(k)] for i, v in enumerate(values))
-    with (out / schema.RESULTS_CSV).open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
+    first = read_meta(round_dirs[0] / schema.META_JSON) if round_dirs else None
+    meta = dataclasses.replace(first or RunMeta(), rounds=len(round_dirs), **(meta_extra or {}))
+    with RunWriter(out, resume=False, columns=header or schema.COLUMNS) as writer:
         for cid, entries in per_case.items():
             entries.sort(key=lambda e: e[0])
-            rounds = draws.get(cid, {})
-            row = combine_rounds([r for _, r in entries], [rounds.get(k, []) for k, _ in entries])
-            w.writerow([format_cell(row.get(c)) for c in header])
-    meta_path = round_dirs[0] / schema.META_JSON if round_dirs else None
-    meta: dict[str, Any] = {}
-    if meta_path is not None and meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta.update(rounds=len(round_dirs), **(meta_extra or {}))
-    tmp = out / (schema.META_JSON + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, out / schema.META_JSON)
+            rounds = draws.pop(cid, {})
+            for k, values in sorted(rounds.items()):
+                writer.append_samples(cid, values, k)
+            writer.append(combine_rounds([r for _, r in entries], [rounds.get(k, []) for k, _ in entries]), [])
+        for cid, rounds in draws.items():  # samples of a case that has no row: kept as they were
+            for k, values in sorted(rounds.items()):
+                writer.append_samples(cid, values, k)
+        writer.write_meta(meta)
     return len(per_case)

@@ -56,6 +56,9 @@ class SweepSettings:
         when both are given. `where` starts each refusal."""
         out: dict[str, Any] = {}
         for key, value in values.items():
+            if key == "tp":  # once a setting (an analytic column only), now what the cases run on
+                raise UsageError(f"{where}: tp is a case axis, not a setting: give `tp = [1, 2]` in a [[grid]] "
+                                 "(or sweep --tp 1,2), and each case runs on that many ranks")
             if key not in _FIELDS:
                 raise UsageError(f"{where}: unknown setting {key!r} (allowed: {', '.join(cls.names())})")
             out[key] = _checked(_FIELDS[key], value, where)

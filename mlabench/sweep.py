@@ -45,7 +45,7 @@ from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.profiling.request import ProfileRequest
 from mlabench.rounds import combine_rounds, round_order
-from mlabench.rundir import RunWriter
+from mlabench.rundir import RunMeta, RunWriter
 from mlabench.runner import CaseResult, RunContext
 from mlabench.settings import SweepSettings
 from mlabench.suites import Suite, expand, shard
@@ -150,22 +150,23 @@ def _differences(pairs: list[tuple[str, Any, Any]]) -> list[str]:
     return [f"{name} {old!r} -> {new!r}" for name, old, new in pairs if old != new]
 
 
-def check_resume(out_dir: Path, meta: Mapping[str, Any]) -> Callable[[dict[str, Any] | None, bool], None]:
+def check_resume(out_dir: Path, meta: RunMeta) -> Callable[[RunMeta | None, bool], None]:
     """The check RunWriter runs on resume: the recorded run must be this run, in this environment."""
 
-    def check(previous: dict[str, Any] | None, has_rows: bool) -> None:
-        if previous is None or "run" not in previous:
+    def check(previous: RunMeta | None, has_rows: bool) -> None:
+        if previous is None or previous.run is None:
             if not has_rows:
                 return  # killed before its first row: nothing to mix
             raise UsageError(f"--resume: {out_dir} has rows but no run record in meta.json (written by an "
                              "older mlabench, or meta.json lost); start a new --out")
-        old_run, new_run = previous["run"], meta["run"]
-        old_settings = {k: v for k, v in previous.get("settings", {}).items() if k != "options"}
-        new_settings = {k: v for k, v in meta["settings"].items() if k != "options"}
+        old_run, new_run = previous.run, meta.run or {}
+        old_settings = {k: v for k, v in (previous.settings or {}).items() if k != "options"}
+        new_settings = {k: v for k, v in (meta.settings or {}).items() if k != "options"}
+        old_env, new_env = previous.environment, meta.environment
         env = _differences([
-            ("device", previous.get("device", {}).get("name"), meta["device"]["name"]),
-            ("torch", previous.get("torch"), meta["torch"]),
-            ("triton", previous.get("triton"), meta["triton"]),
+            ("device", previous.device_name, meta.device_name),
+            ("torch", old_env.get("torch"), new_env["torch"]),
+            ("triton", old_env.get("triton"), new_env["triton"]),
             ("dtype policy", old_run.get("dtype_policy"), new_run["dtype_policy"]),
         ]) + _differences([(k, old_settings.get(k), new_settings.get(k))
                            for k in sorted(set(old_settings) | set(new_settings))])
@@ -183,26 +184,24 @@ def check_resume(out_dir: Path, meta: Mapping[str, Any]) -> Callable[[dict[str, 
 
 
 def open_run(plan: SweepPlan, resume: bool, device_meta: dict[str, Any] | None = None
-             ) -> tuple[RunWriter, dict[str, Any]]:
+             ) -> tuple[RunWriter, RunMeta]:
     """Lock and check the run directory, record the run in meta.json; nothing is measured yet.
     `device_meta`: the fingerprint of the device the cases run on, when it is not in this
     process (a Ray worker's GPU); the rest of the fingerprint is this driver's."""
     env = fingerprint(plan.device) if device_meta is None else {**fingerprint(torch.device("cpu")),
                                                                   "device": device_meta}
-    meta: dict[str, Any] = {
-        **env,
-        "suite": plan.suite.name,
-        "suite_path": plan.suite.path,
-        "shard": f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
-        "settings": {**plan.settings.as_dict(), "options": plan.suite.options},
-        "cases": len(plan.cases),
-        "run": run_record(plan),
-    }
+    meta = RunMeta(environment=env, suite=plan.suite.name, suite_path=plan.suite.path,
+                   shard=f"{plan.shard[0]}/{plan.shard[1]}" if plan.shard else None,
+                   settings={**plan.settings.as_dict(), "options": plan.suite.options}, cases=len(plan.cases),
+                   run=run_record(plan),
+                   tensor_parallel={"degrees": sorted({c.tp for c in plan.cases}),
+                                    "backends": sorted({c.dist_backend for c in plan.cases} - {""})})
     writer = RunWriter(plan.out_dir, resume, check_resume(plan.out_dir, meta))
     try:
-        if writer.previous_meta and "run" in writer.previous_meta:
-            meta["created_utc"] = writer.previous_meta.get("created_utc", meta["created_utc"])
-            meta["resumed_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        previous = writer.previous_meta
+        if previous is not None and previous.run is not None:
+            env["created_utc"] = previous.created_utc or env["created_utc"]
+            meta.resumed_utc = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         writer.write_meta(meta)
     except BaseException:
         writer.close()
@@ -253,11 +252,11 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
         ctx = run_context(plan, probe, profile,
                           executor.peaks(_dtypes(plan), probe))
         dtypes = _dtypes(plan)
-        meta["peaks"] = ctx.peaks.as_meta(dtypes[0] if dtypes else None)
-        meta["executor"] = executor.name
-        meta.setdefault("devices", {})
-        if meta.get("device", {}).get("name"):
-            meta["devices"].setdefault(meta["device"]["name"], meta["device"])
+        meta.peaks = ctx.peaks.as_meta(dtypes[0] if dtypes else None)
+        meta.executor = executor.name
+        meta.devices = meta.devices or {}
+        if meta.device_name:
+            meta.devices.setdefault(meta.device_name, meta.environment["device"])
         writer.write_meta(meta)
         rounds = plan.settings.rounds
         log = _Log(writer, meta, outcome, on_end)
@@ -268,10 +267,10 @@ def run_sweep(plan: SweepPlan, resume: bool, probe: bool = True,
                 write_error = _run_once(todo, ctx, executor, log, on_start, should_stop)
         except KeyboardInterrupt:
             outcome.interrupted = True
-        meta["finished_utc"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        meta["interrupted"] = outcome.interrupted
+        meta.finished_utc = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        meta.interrupted = outcome.interrupted
         if outcome.device_lost:
-            meta["device_lost"] = outcome.device_lost
+            meta.device_lost = outcome.device_lost
         try:
             writer.write_meta(meta)
         except OSError:
@@ -292,15 +291,16 @@ class _Log:
     the caller's on_end."""
 
     writer: RunWriter
-    meta: dict[str, Any]
+    meta: RunMeta
     outcome: SweepOutcome
     on_end: Callable[[CaseResult], None] | None
 
     def device(self, result: CaseResult) -> None:
         """A case run in another process on a device kind not yet in meta.json: record its fingerprint."""
         name = (result.device or {}).get("name")
-        if name and name not in self.meta["devices"]:
-            self.meta["devices"][name] = result.device
+        devices = self.meta.devices if self.meta.devices is not None else {}
+        if name and name not in devices:
+            self.meta.devices = {**devices, name: result.device}
             self.writer.write_meta(self.meta)
 
     def lost(self, result: CaseResult) -> bool:

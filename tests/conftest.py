@@ -7,9 +7,10 @@ is present; the variable must be set before triton is first imported, which
 Under pytest-xdist (`-n auto --dist loadgroup`, the README's test command) each worker
 is a process of its own. It gets one torch thread: two workers at torch's default
 thread count would oversubscribe a 2-core runner and make OpenMP spin against itself.
-Modules marked `xdist_group` run on one worker, in turn: the process-heavy ones (Ray,
-Chromium, the offline kernel compile) so that they never share the cores with each
-other, and those with an expensive module fixture so that it is built once.
+Tests marked `xdist_group` run on one worker, in turn: the process-heavy modules (Ray,
+Chromium, the offline kernel compile, the tensor-parallel ranks: group "processes") so
+that they never share the cores with each other, and tests sharing an expensive set-up
+(the end-to-end gate's sweeps, inductor's start) so that it is built once.
 """
 
 import os

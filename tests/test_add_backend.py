@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_run import run_cli
+from cli_run import assert_one_error_line, run_cli
 from torch import Tensor
 
 from mlabench.backends import BACKENDS, Prepared, StepInputs
@@ -66,8 +66,15 @@ def test_option_reaches_its_cases_only(capsys: pytest.CaptureFixture[str], tmp_p
     assert code == 0, err
     row = json.loads(out)
     assert row["status"] == "ok" and row["options"] == "repeats=2" and row["backend_detail"] == "echo:x2"
+    # A one-backend run that nothing can take the option to: bad input, not a silent no-op.
     code, out, err = run_cli(["run", *FAST, "--backend", "eager", "--option", "repeats=2", "--json"], capsys)
+    assert_one_error_line(code, err)
+    assert "eager does not take it" in err
+    # In a sweep over both, another backend's option is not its cases' identity.
+    code, out, err = run_cli(["sweep", *FAST, "--backend", f"{NAME},eager", "--option", "repeats=2", "--json",
+                              "--out", str(tmp_path / "both"), "--no-report"], capsys)
     assert code == 0, err
-    assert json.loads(out)["options"] == ""  # another backend's option is not this case's identity
+    options = {row["backend"]: row["options"] for row in json.loads(out)["rows"]}
+    assert options[NAME] == "repeats=2" and options["eager"] == ""
     code, out, err = run_cli(["run", *FAST, "--backend", NAME, "--option", "repeats=9"], capsys)
     assert code == 2 and err == "mlabench: error: repeats: must be an integer in [1, 4], got 9\n"

@@ -235,6 +235,9 @@ def test_triton_refuses_what_it_cannot_serve() -> None:
 # --- compiled --------------------------------------------------------------------------------
 
 
+# The first torch.compile in a process pays for starting inductor (most of this test's time): under
+# pytest-xdist both cases go to one worker, so only one pays it.
+@pytest.mark.xdist_group("inductor")
 @pytest.mark.parametrize(("variant", "mode", "q_len"), [("mla-absorbed", "decode", 2), ("gqa", "prefill", SEQ_LEN)])
 def test_compiled_step_compiles_once_and_matches_eager(variant: str, mode: str, q_len: int) -> None:
     module, case, inputs = setup_step(variant, "compiled", mode, q_len)

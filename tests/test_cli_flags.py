@@ -102,3 +102,18 @@ def test_the_sweep_and_kv_commands_stay_thin() -> None:
 
     assert len(inspect.getsourcelines(inspect.unwrap(sweep))[0]) <= 80
     assert len(inspect.getsourcelines(inspect.unwrap(kv))[0]) <= 40
+
+
+def test_every_executor_has_what_the_driver_calls() -> None:
+    """The sweep driver calls these on any executor, so none may be reached through getattr."""
+    from mlabench.executors import Executor, IsolateExecutor, LocalExecutor
+    from mlabench.executors.ray_exec import RayExecutor
+
+    needed = {"name", "device_meta", "resolve_device", "describe", "peaks", "run", "close"}
+    assert needed <= set(Executor.__annotations__) | {n for n in vars(Executor) if not n.startswith("_")}
+    for cls in (LocalExecutor, IsolateExecutor, RayExecutor):
+        missing = {n for n in needed - {"device_meta"} if not callable(getattr(cls, n, None)) and n != "name"}
+        assert not missing and isinstance(cls.name, str), (cls.__name__, missing)
+    local = LocalExecutor()
+    assert (local.device_meta, local.peaks(["float32"], False), local.close()) == (None, None, None)
+    assert str(local.resolve_device("cpu")) == "cpu"

@@ -40,6 +40,13 @@ def sleeps() -> None:
     time.sleep(3600)
 
 
+def forks_a_helper() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(7)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 def reads_env(name: str) -> str | None:
     return os.environ.get(name)
 
@@ -65,11 +72,57 @@ def test_each_way_of_ending_is_an_outcome() -> None:
     assert hung.exitcode == -signal.SIGKILL
 
 
+def test_a_case_that_forks_keeps_its_own_children() -> None:
+    """The first steps (die with the server) are the server's children's only: a process the
+    case forks is the case's, and runs (its parent is not the server)."""
+    assert run_isolated(forks_a_helper).value == 7
+
+
 def test_the_child_sees_the_environment_of_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ray worker's GPU assignment changes per task, after the server started."""
     run_isolated(reads_env, "X")  # the server is running before the variable exists
     monkeypatch.setenv("MLABENCH_TEST_ASSIGNED", "3")
     assert run_isolated(reads_env, "MLABENCH_TEST_ASSIGNED").value == "3"
+
+
+def test_without_a_fork_server_each_call_spawns_and_says_so_once(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import multiprocessing
+
+    from mlabench.executors import forkserver
+
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(forkserver, "_warned_spawn", False)
+    first, second = run_isolated(where_am_i, 1), run_isolated(aborts)
+    assert first.ok and first.value[0] == 2 and first.value[3] == os.getpid()  # spawned by this process itself
+    assert second.signal == "SIGABRT"
+    err = capsys.readouterr().err
+    assert err.count("no fork server on this platform") == 1
+
+
+MAIN_SCRIPT = """
+import os, sys
+with open(sys.argv[1], "a") as log:  # every process that runs this script says so
+    log.write(f"{__name__} {os.getpid()}\\n")
+from mlabench.executors.forkserver import run_isolated
+
+def pid():
+    return os.getpid()
+
+if __name__ == "__main__":
+    answers = [run_isolated(pid) for _ in range(3)]
+    assert all(a.ok for a in answers), answers
+"""
+
+
+def test_the_callers_main_script_runs_once_in_the_server_not_in_each_child(tmp_path: Path) -> None:
+    """Children unpickle `pid` from the caller's main script: the server imports that script once
+    (a Ray worker's costs seconds) instead of every child running it again."""
+    script, log = tmp_path / "driver.py", tmp_path / "ran.log"
+    script.write_text(MAIN_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(log)], check=True, timeout=600)
+    runs = [line.split()[0] for line in log.read_text().splitlines()]
+    assert runs == ["__main__", "__mp_main__"]  # the driver, then the server; no child
 
 
 ORPHAN_SUITE = """

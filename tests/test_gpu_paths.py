@@ -515,7 +515,7 @@ def test_gpu_baseline_covers_the_plan_and_fits_eight_minutes(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(["sweep", "--suite", "gpu-baseline", "--device", "cuda", "--dry-run"], capsys)
     assert code == 0, err
-    assert f"{len(cases)} cases, estimated" in out and "estimate" in out.split("\n", 1)[1]
+    assert f"{len(cases)} cases x 3 rounds, estimated" in out and "estimate" in out.split("\n", 1)[1]
     assert list(tmp_path.iterdir()) == []
     code, out, _ = run_cli(["sweep", "--suite", "gpu-baseline", "--device", "cuda", "--dry-run", "--json"], capsys)
     doc = json.loads(out)

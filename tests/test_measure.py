@@ -18,7 +18,7 @@ from mlabench.config import from_name
 from mlabench.measure import accuracy as acc
 from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.timing import TimingSettings
-from mlabench.runner import RunContext, _summarize, run_case
+from mlabench.runner import RunContext, run_case, summarize_samples
 from mlabench.step import decode_step, prefill_step
 from mlabench.variants import build_variant, shape_for_variant, variant_names
 
@@ -215,13 +215,13 @@ def test_quantiles_and_unstable_flag() -> None:
     case = make_case("gqa")
     row = {"flops": 1, "bytes": 1}
     samples = [float(v) for v in range(1, 21)]  # 1..20 ms
-    _summarize(case, RunContext(CPU), row, samples)
+    summarize_samples(case, RunContext(CPU), row, samples)
     assert row["latency_ms"] == 10.5
     assert row["latency_ms_p10"] == pytest.approx(2.9) and row["latency_ms_p90"] == pytest.approx(18.1)
     assert row["latency_ms_iqr"] == pytest.approx(15.25 - 5.75)  # inclusive quartiles of 1..20
     assert row["n_samples"] == 20 and row["unstable"] == 1
     steady = {"flops": 1, "bytes": 1}
-    _summarize(case, RunContext(CPU), steady, [1.0, 1.01, 0.99, 1.02, 1.0])
+    summarize_samples(case, RunContext(CPU), steady, [1.0, 1.01, 0.99, 1.02, 1.0])
     assert steady["unstable"] == 0
 
 

@@ -158,3 +158,22 @@ def test_a_device_the_cluster_lacks_is_refused(args: list[str], needle: str, tmp
     assert code == 2
     assert err.startswith("mlabench: error: ") and needle in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_tp_case_holds_its_ranks_in_one_placement_group(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """tp = 2 fits the instance's two CPUs in one bundle and runs sharded; tp = 4 cannot be placed:
+    a skipped row saying so, not a wait without end."""
+    from mlabench.executors import ray_exec
+
+    monkeypatch.setattr(ray_exec, "PLACEMENT_WAIT_S", 2.0)
+    run = tmp_path / "tp"
+    code, _, err = run_cli(["sweep", "--suite", "smoke", "--device", "cpu", "--variant", "gqa", "--backend", "eager",
+                            "--mode", "decode", "--seq-len", "16", "--batch", "1", "--tp", "2,4", "--budget",
+                            "0.005", "--warmup", "0.001", "--min-samples", "3", "--threads", "1", "--no-probe",
+                            "--no-report", "--executor", "ray", "--out", str(run)], capsys)
+    assert code == 0, err
+    by_tp = {r["tp"]: r for r in read(run)}
+    assert by_tp["2"]["status"] == "ok" and by_tp["2"]["dist_backend"] == "gloo"
+    assert by_tp["2"]["kv_cache_bytes_per_gpu_measured"] == by_tp["2"]["kv_cache_bytes_per_gpu"]
+    assert by_tp["4"]["status"] == "skipped" and "no Ray node frees 4 x" in by_tp["4"]["error"]

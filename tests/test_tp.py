@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -141,3 +142,83 @@ def test_sweep_refuses_a_straddling_split_before_any_case(capsys: pytest.Capture
                             "--out", str(out)], capsys)
     assert code == 2 and err.count("\n") == 1 and "2 KV groups" in err
     assert not (out / "results.csv").exists()
+
+
+def _tp_rows(tmp_path, off_by: dict[str, int]) -> Path:
+    """A run directory of ok tp rows (gla-xl at tp 1 and 2) whose measured per-GPU bytes equal the
+    formula, except `off_by`'s variants."""
+    import csv
+
+    from mlabench import schema
+    from mlabench.case import Case
+    from mlabench.runner import analytic_columns
+
+    rows = []
+    for variant in ("gqa", "gta", "gla-absorbed", "mla-absorbed"):
+        sh = shape_for_variant(variant, from_name("gla-xl"))
+        for tp in (1, 2):
+            case = Case("tp", "gla-xl", variant, "eager", "decode", "cpu", 1, 16, 1, sh, tp=tp)
+            cols = analytic_columns(case)
+            measured = cols["kv_cache_bytes_per_gpu"] + off_by.get(variant, 0)
+            rows.append({**case.key, **cols, "case_id": case.case_id, "status": "ok", "latency_ms": 1.0 + tp,
+                         "comm_ms": 0.5 if tp > 1 else None, "comm_share": 0.5 / 3 if tp > 1 else None,
+                         "kv_cache_bytes_measured": cols["kv_cache_bytes"] if tp == 1 else None,
+                         "kv_cache_bytes_per_gpu_measured": measured if tp > 1 else None})
+    run = tmp_path / "20260101T000000Z-tp-cpu"
+    run.mkdir(parents=True)
+    with (run / schema.RESULTS_CSV).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=schema.COLUMNS)
+        writer.writeheader()
+        writer.writerows({c: ("" if r.get(c) is None else r.get(c)) for c in schema.COLUMNS} for r in rows)
+    return run
+
+
+def test_kv_says_which_per_gpu_figures_a_measured_run_confirmed(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _tp_rows(tmp_path, off_by={"gta": 1})
+    code, out, _ = run_cli(["kv", "--model", "gla-xl", "--tp", "2", "--measured", str(run), "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    confirmed = {r["variant"]: r["confirmed_on"] for r in doc["variants"]}
+    assert doc["measured_run"] == str(run)
+    assert confirmed["gla-absorbed"] == confirmed["mla-absorbed"] == confirmed["gqa"] == ["gla-xl"]
+    assert confirmed["gta"] == []  # its ranks disagreed with the formula: not confirmed
+    assert confirmed["mha"] == []  # not measured at this degree
+    code, _, err = run_cli(["kv", "--model", "gla-xl", "--tp", "2", "--measured", str(run)], capsys)
+    assert code == 0 and "gla-absorbed (on gla-xl)" in err and "gta (on" not in err
+    code, _, err = run_cli(["kv", "--model", "gla-xl", "--tp", "2", "--measured", str(tmp_path / "none")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--measured" in err
+
+
+def test_the_tp_chart_sets_measured_per_gpu_bytes_over_the_formula(tmp_path) -> None:
+    from mlabench.report.tp_chart import tp_chart
+    from mlabench.rundir import load_run
+
+    df = load_run(_tp_rows(tmp_path, off_by={})).results
+    chart = tp_chart(df)
+    assert chart is not None and chart.figure is not None
+    traces = {t.name: t for t in chart.figure.data}
+    per_token = {v: list(traces[f"gla-xl {v}"].y) for v in ("gla-absorbed", "mla-absorbed", "gqa")}
+    assert per_token["mla-absorbed"] == [1152, 1152]  # the latent whole on every GPU
+    assert per_token["gla-absorbed"] == [1152, 640] and per_token["gqa"] == [2048, 1024]
+    assert list(traces["gla-xl gla-absorbed (formula)"].y) == [1152, 640]
+    assert traces["gla-xl gla-absorbed (formula)"].line.dash == "dash"
+    assert list(traces["gla-xl gqa all-reduce"].y) == [0.5]
+    assert tp_chart(df[df["tp"] == 1]) is None  # nothing sharded: no chart
+
+
+def test_dry_run_counts_device_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["sweep", "--model", "tiny", "--variant", "gqa", "--mode", "decode", "--backend", "eager",
+                            "--tp", "1,2,4", "--dry-run", "--json"], capsys)
+    assert code == 0
+    doc = json.loads(out)
+    # tp = N holds N devices: device-seconds exceed seconds spent in cases (here 1 + 2 + 4 cases' worth)
+    per_case = (doc["estimated_s_by_backend"]["eager"]) / 3
+    assert doc["estimated_device_s"] == pytest.approx(per_case * 7, rel=1e-2)
+
+
+def test_a_suite_that_still_sets_tp_as_a_setting_is_told_it_is_an_axis(tmp_path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "old.toml"
+    suite.write_text('name = "old"\n[settings]\ntp = 2\n[[grid]]\nmodel = "tiny"\nvariant = "gqa"\n')
+    code, out, err = run_cli(["sweep", "--suite", str(suite), "--dry-run"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "tp is a case axis" in err

@@ -7,6 +7,7 @@ The rank groups (one per degree) are started once and shared by every test of th
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import threading
@@ -27,10 +28,15 @@ from mlabench.tp import pool
 from mlabench.tp.shard import shard_cache, shard_module
 from mlabench.variants import VARIANT_CLASSES, build_variant, shape_for_variant
 
+pytestmark = pytest.mark.xdist_group("processes")  # it starts rank processes, as the Ray tests do
+
 # H = 8 over G = 2 KV groups and h_c = 2 latent heads: N = 2 splits them, N = 4 copies each on two ranks.
 SHAPE = AttentionShape(hidden_size=32, num_heads=8, num_kv_heads=2, head_dim=8, rope_head_dim=4, q_lora_rank=16,
                        kv_lora_rank=16, num_latent_heads=2, q_rank=2, k_rank=2, v_rank=2, index_heads=2,
                        index_head_dim=8, topk=4, dtype="float64")
+# Spawned rank groups, shared by this module's tests: one pytest-xdist worker takes the module, in turn
+# with the other process-heavy modules (tests/conftest.py).
+pytestmark = pytest.mark.xdist_group("processes")
 SHARDED = [v for v in VARIANT_CLASSES if v != "linformer"]
 ONE_SAMPLE = TimingSettings(budget_s=0.0, warmup_s=0.0, min_samples=1, max_samples=1)
 
@@ -151,3 +157,29 @@ def test_a_rank_killed_mid_case_is_one_error_row_and_the_sweep_goes_on(tmp_path:
     done = next(r for r in rows if r["status"] == "ok")
     assert done["kv_cache_bytes_per_gpu_measured"] == done["kv_cache_bytes_per_gpu"]
     assert not pool._GROUPS  # the sweep stopped the group it started
+    meta = json.loads((out / schema.META_JSON).read_text())
+    assert meta["tensor_parallel"] == {"degrees": [2], "backends": ["gloo"]}
+
+
+def test_an_isolated_tp_case_runs_on_ranks_its_child_starts_and_stops(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    args = ["--model", "tiny", "--variant", "gqa", "--backend", "eager", "--mode", "decode", "--seq-len", "16",
+            "--q-len", "1", "--batch", "1", "--tp", "2", "--budget", "0.005", "--warmup", "0.001", "--min-samples", "3"]
+    code, _, err = run_cli(["sweep", *args, "--isolate", "--no-probe", "--no-report", "--out", str(out)], capsys)
+    with (out / schema.RESULTS_CSV).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert code == 0, err
+    assert rows and all((r["status"], r["tp"]) == ("ok", "2") for r in rows)  # the child exited, its ranks too
+    assert all(r["kv_cache_bytes_per_gpu_measured"] == r["kv_cache_bytes_per_gpu"] for r in rows)
+
+
+def test_run_measures_one_tp_case_on_its_ranks(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["run", "--model", "tiny", "--variant", "gqa", "--set", "tp=2", "--seq-len", "32",
+                              "--budget", "0.005", "--warmup", "0.001", "--min-samples", "3", "--no-probe", "--json"],
+                             capsys)
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["tp"] == 2 and row["dist_backend"] == "gloo" and row["status"] == "ok"
+    assert row["kv_cache_bytes_per_gpu_measured"] == row["kv_cache_bytes_per_gpu"] and row["comm_ms"] > 0
+    assert not pool._GROUPS  # stopped once the case was measured

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from mlabench.backends.latent import LatentCore, first_call_ms
-from mlabench.backends.library import accepts, gpu_unavailable, loading, optional_library
+from mlabench.backends.library import accepts, gpu_unavailable, loading, optional_library, required
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError
@@ -97,9 +97,7 @@ def prepare_fa3_qv(module: AttentionVariant, case: Case, inputs: StepInputs) -> 
     if not isinstance(module, GLAAbsorbed):
         raise UnsupportedError(f"fa3-qv serves gla-absorbed only, not {module.name}")
     check_qv_case(module)
-    lib, reason = _load_library()
-    if lib is None:
-        raise UnsupportedError(str(reason))
+    lib = required(_load_library)
     if not accepts(lib.flash_attn_with_kvcache, "qv"):
         raise UnsupportedError("this flash_attn_interface has no qv path (flash_attn_with_kvcache takes no qv)")
     core = FA3QVCore(module, inputs, lib)

@@ -28,11 +28,11 @@ import torch
 from torch import Tensor
 
 from mlabench.backends.latent import first_call_ms
-from mlabench.backends.library import gpu_unavailable, loading, optional_library
+from mlabench.backends.library import gpu_unavailable, loading, optional_library, required
 from mlabench.backends.paged import BLOCK_SIZE, PagedCache, PagedLatentCore, check_deepseek_latent
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
-from mlabench.errors import UnsupportedError, UsageError
+from mlabench.errors import UsageError
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.latent_step import LatentStep
 
@@ -114,9 +114,7 @@ def flashinfer_backend_option(case: Case) -> str:
 def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     check_deepseek_latent(module, "flashinfer")
     backend = flashinfer_backend_option(case)
-    lib, reason = _load_library()
-    if lib is None:
-        raise UnsupportedError(str(reason))
+    lib = required(_load_library)
     x, start = inputs.x, inputs.start_pos
     s = x.shape[1]
     sh = module.shape

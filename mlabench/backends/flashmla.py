@@ -26,13 +26,14 @@ a FlashMLA format (`unsupported`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from mlabench.backends.latent import first_call_ms
-from mlabench.backends.library import accepts, gpu_unavailable, loading, optional_library
+from mlabench.backends.library import accepts, gpu_unavailable, loading, optional_library, required
 from mlabench.backends.paged import BLOCK_SIZE, PagedLatentCore, check_deepseek_latent
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
@@ -83,6 +84,25 @@ class FlashMLACore(PagedLatentCore):
         return o  # (B, S, H, d_c)
 
 
+def scheduled_step(module: AttentionVariant, inputs: StepInputs, core: Any,
+                   schedule: Callable[[int, int], Any]) -> tuple[Callable[[], Tensor], float]:
+    """The step through a FlashMLA `core`, and the milliseconds of its first call after
+    `schedule(S, H)` (FlashMLA's get_mla_metadata for S new tokens of H heads) planned it. Both run
+    inside `loading`: a build without the kernels or with another API fails there, `unsupported`
+    rather than `error` (newer releases schedule lazily, in the first call)."""
+    x, start = inputs.x, inputs.start_pos
+
+    def fn() -> Tensor:
+        return module(x, start, core)
+
+    def schedule_and_first_call() -> None:
+        with loading("flash_mla"):
+            core.schedule = schedule(x.shape[1], module.shape.num_heads)
+            fn()
+
+    return fn, first_call_ms(schedule_and_first_call, x.device)
+
+
 @register_backend(
     "flashmla",
     description="DeepSeek FlashMLA dense decode on a paged copy of the latent cache (SM90, bf16)",
@@ -93,26 +113,12 @@ class FlashMLACore(PagedLatentCore):
 )
 def prepare_flashmla(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     check_deepseek_latent(module, "flashmla")
-    lib, reason = _load_library()
-    if lib is None:
-        raise UnsupportedError(str(reason))
+    lib = required(_load_library)
     if module.shape.kv_dtype == "fp8_e4m3" and not accepts(lib.flash_mla_with_kvcache, "is_fp8_kvcache"):
         raise UnsupportedError("this flash_mla has no FP8 KV cache (flash_mla_with_kvcache takes no is_fp8_kvcache)")
-    x, start = inputs.x, inputs.start_pos
-    s, h = x.shape[1], module.shape.num_heads
     core = FlashMLACore(module, inputs, lib)
-
-    def fn() -> Tensor:
-        return module(x, start, core)
-
-    def schedule_and_first_call() -> None:
-        # Metadata, first call (lazy scheduling in newer releases, kernel load): where a build
-        # without dense SM90 kernels or a different API fails, which is `unsupported`, not `error`.
-        with loading("flash_mla"):
-            core.schedule = lib.get_mla_metadata(core.cache_seqlens, s * h // 1, 1)  # one KV head
-            fn()
-
-    compile_ms = first_call_ms(schedule_and_first_call, x.device)
+    fn, compile_ms = scheduled_step(module, inputs, core, lambda s, h: lib.get_mla_metadata(
+        core.cache_seqlens, s * h // 1, 1))  # one KV head
     version = getattr(lib, "__version__", "?")
     native = ",native" if core.native else ""
     return Prepared(fn=fn, detail=f"flashmla:{version},block={BLOCK_SIZE}{native}", compile_ms=compile_ms,

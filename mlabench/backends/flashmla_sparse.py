@@ -38,9 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mlabench.backends.flashmla import INSTALL_HINT
-from mlabench.backends.latent import first_call_ms
-from mlabench.backends.library import accepts, gpu_unavailable, loading, optional_library
+from mlabench.backends.flashmla import INSTALL_HINT, scheduled_step
+from mlabench.backends.library import accepts, gpu_unavailable, optional_library, required
 from mlabench.backends.paged import BLOCK_SIZE, PagedLatentCore
 from mlabench.backends.registry import Prepared, StepInputs, register_backend
 from mlabench.case import Case
@@ -143,26 +142,12 @@ def prepare_flashmla_sparse(module: AttentionVariant, case: Case, inputs: StepIn
     if not isinstance(module, DSA):
         raise UnsupportedError(f"flashmla-sparse serves dsa only, not {module.name}")
     check_sparse_case(module)
-    lib, reason = _load_library()
-    if lib is None:
-        raise UnsupportedError(str(reason))
+    lib = required(_load_library)
     if not (accepts(lib.flash_mla_with_kvcache, "indices") and accepts(lib.get_mla_metadata, "topk")):
         raise UnsupportedError("this flash_mla has no sparse decode (flash_mla_with_kvcache takes no indices)")
-    x, start = inputs.x, inputs.start_pos
-    s, h = x.shape[1], module.shape.num_heads
     core = FlashMLASparseCore(module, inputs, lib)
-
-    def fn() -> Tensor:
-        return module(x, start, core)
-
-    def schedule_and_first_call() -> None:
-        # Where a build without sparse FP8 kernels or a different API fails: `unsupported`, not `error`.
-        with loading("flash_mla"):
-            core.schedule = lib.get_mla_metadata(core.cache_seqlens, s * h, 1, h, is_fp8_kvcache=True,
-                                                 topk=core.topk)
-            fn()
-
-    compile_ms = first_call_ms(schedule_and_first_call, x.device)
+    fn, compile_ms = scheduled_step(module, inputs, core, lambda s, h: lib.get_mla_metadata(
+        core.cache_seqlens, s * h, 1, h, is_fp8_kvcache=True, topk=core.topk))
     version = getattr(lib, "__version__", "?")
     return Prepared(fn=fn, detail=f"flashmla-sparse:{version},block={BLOCK_SIZE},topk={core.topk}",
                     compile_ms=compile_ms, core=core.alone, extra_cache_bytes=core.extra_cache_bytes)

@@ -57,6 +57,15 @@ def optional_library(name: str, install_hint: str, *submodules: str) -> Loader:
     return load
 
 
+def required(load: Loader) -> ModuleType:
+    """The library `load` returns, for a backend's prepare; UnsupportedError with its reason when it
+    does not load (the backend's `unavailable` says the same before any case)."""
+    lib, reason = load()
+    if lib is None:
+        raise UnsupportedError(str(reason))
+    return lib
+
+
 def gpu_unavailable(load: Loader, device: torch.device, gpus: str, majors: Collection[int],
                     purpose: str) -> str | None:
     """A library backend's `unavailable` answer: None where the library `load` returns imports and

@@ -21,6 +21,7 @@ import mlabench
 from mlabench.cli.ab_cmd import ab
 from mlabench.cli.compare_cmd import compare
 from mlabench.cli.env_cmd import env
+from mlabench.cli.frontier_cmd import frontier
 from mlabench.cli.kv_cmd import kv
 from mlabench.cli.list_cmd import list_
 from mlabench.cli.merge_cmd import merge
@@ -59,6 +60,7 @@ app.command("run")(run)
 app.command("list")(list_)
 app.command("env")(env)
 app.command("kv")(kv)
+app.command("frontier")(frontier)
 app.command("merge")(merge)
 app.command("report")(report)
 app.command("compare")(compare)

@@ -50,6 +50,10 @@ class KvRequest:
     tp: Annotated[int, typer.Option(help="Tensor-parallel degree: per-GPU bytes with the heads split over N GPUs "
                                          "(must divide num_heads); --memory is then one GPU's budget.",
                                     metavar="N")] = 1
+    measured: Annotated[str | None, typer.Option(help="With --tp N: a tensor-parallel run directory whose ranks "
+                                                      "measured the per-GPU figures [default: the newest tp suite "
+                                                      "run under results/runs].", metavar="DIR",
+                                                 show_default=False)] = None
     assignments: SetOpt = None
 
     def shape(self) -> Any:
@@ -101,6 +105,8 @@ def kv(request: KvRequest, as_json: JsonOpt = False) -> None:
            "layers": shape.num_layers, "batch": request.batch, "seq_len": request.seq_len, "tp": request.tp,
            "cache_layout": layout.text or "contiguous", "memory_bytes": budget, "analytic": True,
            "variants": [r.as_dict() for r in rows]}
+    if request.tp > 1:
+        doc.update(_confirmed(request, doc["variants"]))
     if as_json:
         print_json(doc)
     else:
@@ -144,5 +150,33 @@ def _print_table(doc: dict[str, Any], shape: Any) -> None:
     if tp > 1:
         err_console.print(f"[dim]analytic: the heads split over {tp} GPUs; what cannot split (a shared latent, a "
                           "RoPE key, KV heads past G) is counted on every GPU[/]")
+        run = doc.get("measured_run")
+        confirmed = [f"{r['variant']} (on {', '.join(r['confirmed_on'])})" for r in rows if r.get("confirmed_on")]
+        if run is None:
+            err_console.print("[dim]no tensor-parallel run to confirm them: `mlabench sweep --suite tp` measures "
+                              "each rank's cache (or give --measured DIR)[/]")
+        elif confirmed:
+            err_console.print(f"[dim]measured on {tp} ranks in {run}, equal to the formula: {'; '.join(confirmed)}; "
+                              "the others were not measured at this degree[/]", soft_wrap=True)
+        else:
+            err_console.print(f"[dim]{run} measured none of these variants at tp = {tp}[/]", soft_wrap=True)
     if budget is not None:
         err_console.print("[dim]budget counts the KV cache only (no weights or activations)[/]")
+
+
+def _confirmed(request: KvRequest, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which per-GPU figures a measured tensor-parallel run confirmed: each row's `confirmed_on`
+    (the models it ran on, empty when not measured at this degree) and the run's directory."""
+    from pathlib import Path
+
+    from mlabench.tp.confirmed import confirmed_variants, newest_tp_run
+
+    run = Path(request.measured) if request.measured else newest_tp_run()
+    if run is None:
+        return {"measured_run": None}
+    if not (run / "results.csv").is_file():
+        raise UsageError(f"--measured: {run} is not a run directory (no results.csv)")
+    confirmed = confirmed_variants(run, request.tp)
+    for row in rows:
+        row["confirmed_on"] = confirmed.get(row["variant"], [])
+    return {"measured_run": str(run)}

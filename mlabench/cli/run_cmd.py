@@ -92,9 +92,9 @@ def run(case_flags: RunCase, measure: MeasureFlags, backend_options: BackendFlag
     from mlabench.cli.profile_view import announce_profile, print_profile
     from mlabench.measure.envinfo import resolve_device
     from mlabench.profiling.request import check_request
-    from mlabench.runner import run_case
     from mlabench.suites import Suite
     from mlabench.sweep import Overrides, plan_sweep, run_context, run_sweep
+    from mlabench.tp import close_rank_groups, run_any_case
     from mlabench.variants import variant_names
 
     settings = measure.settings()
@@ -122,7 +122,10 @@ def run(case_flags: RunCase, measure: MeasureFlags, backend_options: BackendFlag
     err_console.print(f"measuring {case.label()} on {dev}")
     announce_profile(request, dev.type, err_console)
     if out is None:
-        result = run_case(case, run_context(plan, measure.probe, request))
+        try:
+            result = run_any_case(case, run_context(plan, measure.probe, request))  # tp > 1: on its ranks
+        finally:
+            close_rank_groups()
     else:
         results = run_sweep(plan, resume=False, probe=measure.probe, profile=request).results
         if not results:  # Ctrl-C during the case: nothing measured, nothing to print
@@ -136,6 +139,10 @@ def run(case_flags: RunCase, measure: MeasureFlags, backend_options: BackendFlag
             if v is not None and v != "":
                 table.add_row(f"[bold]{k}[/]", f"{v:.6g}" if isinstance(v, float) else str(v))
         out_console.print(table)
+    if schema.sdpa_math(result.row.backend_detail):
+        err_console.print("note: SDPA ran its unfused math kernel here (no fused kernel takes these inputs on "
+                          f"{dev}), far slower than a fused one; backend_detail {result.row.backend_detail}",
+                          markup=False, soft_wrap=True)
     if result.profile is not None:  # stderr under --json, which owns stdout
         print_profile(result.profile, err_console if as_json else out_console)
     if result.status in schema.FAILED_STATUSES:

@@ -96,6 +96,9 @@ def print_estimate(plan: Any, as_json: bool) -> None:
     rounds = f" x {est.rounds} rounds" if est.rounds > 1 else ""
     out_console.print(f"{plan.suite.name} on {dev}: {est.cases} cases{rounds}, estimated {est.seconds / 60:.1f} min "
                       f"({est.seconds:.0f} s; {mode} timing, assuming {est.device})")
+    if any(c.tp > 1 for c in plan.cases):  # a tp = N case holds N devices at once
+        out_console.print(f"  {est.device_seconds:.0f} device-seconds: each tensor-parallel case holds its "
+                          f"{'GPUs' if dev.type == 'cuda' else 'rank processes'} for its whole time")
     for backend, seconds in sorted(est.by_backend.items(), key=lambda kv: -kv[1]):
         out_console.print(f"  {backend:<11} {seconds:7.0f} s" + ("  (skipped here)" if backend in unavailable else ""))
     if plan.overrides:
@@ -193,9 +196,10 @@ def run_with_progress(plan: Any, resume: bool, probe: bool, stopper: Stopper, op
 
 
 def run_and_finish(plan: Any, opened: Any, runner: Any, request: Any, resume: bool, probe: bool, report: bool,
-                   as_json: bool, out_given: bool) -> None:
+                   as_json: bool, out_given: bool, summary: Any = None) -> None:
     """Run the plan with live progress, write the report, print the summary and how to resume;
-    exit as the sweep ended (130/143 on a signal, 1 on a failed case or a lost device)."""
+    exit as the sweep ended (130/143 on a signal, 1 on a failed case or a lost device).
+    `summary(outcome, report_path, as_json)` prints the end (default: the sweep's table)."""
     from mlabench.cli.summary import print_summary
 
     stopper = Stopper()
@@ -212,7 +216,7 @@ def run_and_finish(plan: Any, opened: Any, runner: Any, request: Any, resume: bo
             except KeyboardInterrupt:  # a signal while writing: the rows matter, the report can wait
                 err_console.print(f"report skipped; write it with `mlabench report {plan.out_dir}`", soft_wrap=True)
             stopper.in_report = False
-        print_summary(outcome, report_path, as_json)
+        (summary or print_summary)(outcome, report_path, as_json)
         again = "--resume" if out_given else f"--out {plan.out_dir} --resume"
         if outcome.interrupted:
             err_console.print(f"interrupted: rows so far are kept; continue with the same command plus `{again}`",

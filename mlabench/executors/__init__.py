@@ -8,26 +8,19 @@ every finished row whichever executor ran it.
 - `isolate`: one case after another, each in a child forked from a warm server (executors/isolate.py).
 - `ray`: each case a Ray task whose worker runs it isolated (executors/ray_exec.py).
 
-`on_start(case, done, total)` is called as a case starts (`done`: results yielded so far),
-and `should_stop()` is polled before a case starts: once it is true no new case starts,
-and the cases in flight finish. Closing the iterator (the driver stopping early, a second
-Ctrl-C) abandons the cases in flight.
-
-The driver (the `sweep` command) needs more than `run` from any executor, and the protocol
-declares it: `resolve_device` (which device `--device` names where the cases run),
-`describe` (fingerprint and peaks taken there before the run directory opens),
-`device_meta` and `peaks` (what `describe` found; None: this process's device decides),
-and `close` (release what the executor started). The in-process executors inherit
-`OnThisMachine`'s answers; Ray's come from its workers.
+The `Executor` protocol each of them follows, and the `OnStart` callback type, live in
+executors/protocol.py. The in-process executors inherit `OnThisMachine`'s answers to the
+driver's questions; Ray's come from its workers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mlabench.case import Case
 from mlabench.errors import UsageError
+from mlabench.executors.protocol import Executor, OnStart
 from mlabench.runner import CaseResult, RunContext
 from mlabench.tp import run_any_case
 
@@ -37,25 +30,6 @@ if TYPE_CHECKING:
     from mlabench.measure.peaks import Peaks
 
 EXECUTORS: tuple[str, ...] = ("local", "isolate", "ray")
-
-OnStart = Callable[[Case, int, int], None]
-
-
-class Executor(Protocol):
-    name: str
-    device_meta: dict[str, Any] | None  # the cases' device fingerprint when it is not this process's
-
-    def resolve_device(self, name: str) -> torch.device: ...
-
-    def describe(self, plan: Any, probe: bool) -> None: ...
-
-    def peaks(self, dtypes: list[str], probe: bool) -> Peaks | None: ...
-
-    def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
-            should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]: ...
-
-    def close(self) -> None: ...
-
 
 class OnThisMachine:
     """The driver's side of an executor whose cases run on this machine's device: nothing to
@@ -101,6 +75,12 @@ class IsolateExecutor(OnThisMachine):
 
     name = "isolate"
 
+    def __init__(self) -> None:
+        """Starts the fork server (executors/forkserver.py): its imports overlap the driver's setting up."""
+        from mlabench.executors.isolate import warm_server
+
+        warm_server()
+
     def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
             should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]:
         from mlabench.executors.isolate import isolate_case, plugin_modules, warm_server
@@ -144,5 +124,5 @@ def make_executor(name: str, ray_address: str | None = None, ray_accelerator: st
     return IsolateExecutor() if name == "isolate" else LocalExecutor(run)
 
 
-__all__ = ["EXECUTORS", "Executor", "IsolateExecutor", "LocalExecutor", "OnThisMachine", "choose_executor",
+__all__ = ["EXECUTORS", "Executor", "IsolateExecutor", "LocalExecutor", "OnStart", "OnThisMachine", "choose_executor",
            "make_executor"]

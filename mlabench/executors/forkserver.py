@@ -17,15 +17,18 @@ so fork is safe wherever the platform has a fork server (Linux, macOS). Elsewher
 fall back to the "spawn" start method (an interpreter per call), said once on stderr.
 
 Nothing outlives the caller. The server asks Linux to kill it when the caller dies
-(PR_SET_PDEATHSIG) as the first thing it imports, and every child it forks does the same
-towards the server before any Python code of its own runs (an at-fork hook), and leaves the
-caller's terminal session (Ctrl-C reaches the caller alone, which decides what to stop). Each
-checks its parent right after, which closes the race with a parent that died just before.
+(PR_SET_PDEATHSIG) once it has imported this module, before the modules it preloads; every
+child it forks does the same towards the server before any Python code of its own runs (an
+at-fork hook), and leaves the caller's terminal session (Ctrl-C reaches the caller alone, which
+decides what to stop). Each checks its parent right after, which closes the race with a parent
+that died just before: a server whose caller died while it started ends without forking.
 Linux sends that signal when the *thread* that started the server ends: call `warm` (or the
 first `run_isolated`) from a thread that lives as long as the process, such as the main one.
 
 `fn`, its arguments and its value cross a pipe, so they must pickle (`fn` a module-level
-function). The child's stdout and stderr go to a file of their own; the last line printed
+function). The server imports the caller's main script once (so that no child runs it again):
+as with every start method but plain fork, a script keeps its work under
+`if __name__ == "__main__":`. The child's stdout and stderr go to a file of their own; the last line printed
 comes back in the `Outcome` (the message of a native crash).
 """
 
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import json
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -49,6 +53,8 @@ from typing import Any
 # Set in the server's environment by the process that starts it, to its own pid: importing this
 # module in a process that finds it arms the server (below) and nothing else does.
 SERVER_PARENT_ENV = "MLABENCH_FORKSERVER_PARENT"
+# The caller's main script and its arguments (JSON), for the server to import once (`_arm_server`).
+SERVER_MAIN_ENV = "MLABENCH_FORKSERVER_MAIN"
 # From the child's start to its "ready" (the caller's imports done): a child stuck before it is
 # stuck for good (a hung file system), and becomes an error rather than a wait without end.
 STARTUP_LIMIT_S = 600.0
@@ -58,6 +64,7 @@ BASE_PRELOAD = ("torch",)
 _PR_SET_PDEATHSIG = 1
 _lock = threading.Lock()
 _warned_spawn = False
+_server_pid: int | None = None  # in an armed server: its pid; in its children (and theirs): None
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,17 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _after_fork() -> None:
+    """At-fork hook in an armed server's children, and in what they fork in turn: the first steps
+    for the server's own children only (a case's process that forks keeps its children as they are)."""
+    global _server_pid
+    server, _server_pid = _server_pid, None
+    if server is not None:
+        _child_first_steps(server)
+
+
 def _child_first_steps(server: int) -> None:
-    """At-fork hook in the server's children: runs before any other Python code of the child."""
+    """A child's first steps: dies with `server` (its parent), in a session of its own."""
     _die_with_parent(server)
     try:
         os.setsid()  # its own session and process group: Ctrl-C spares it; a kill takes its helpers too
@@ -100,16 +116,27 @@ def _child_first_steps(server: int) -> None:
 
 
 def _arm_server() -> None:
-    """In a fork server started by `warm`: die with the caller, and make each child do the same."""
+    """In a fork server started by `warm`: die with the caller, and make each child do the same.
+
+    It also imports the caller's main script (a console script, a Ray worker's), as multiprocessing
+    means a "__main__" preload to: each child otherwise runs that script again before its function
+    (a Ray worker's costs it seconds), since Python 3.11's server drops the path it is given."""
     parent = os.environ.pop(SERVER_PARENT_ENV, None)
+    main = os.environ.pop(SERVER_MAIN_ENV, None)
     if parent is None:
         return
+    global _server_pid
     _die_with_parent(int(parent))
-    server = os.getpid()
-    os.register_at_fork(after_in_child=lambda: _child_first_steps(server))
+    _server_pid = os.getpid()
+    os.register_at_fork(after_in_child=_after_fork)
+    if main:
+        from multiprocessing import spawn
 
-
-_arm_server()
+        path, sys.argv = json.loads(main)  # what the script sees, as it would in each child
+        try:
+            spawn.import_main_path(path)
+        except Exception:  # each child runs it again and reports what fails
+            pass
 
 
 def _context(preload: Iterable[str]) -> multiprocessing.context.BaseContext:
@@ -122,23 +149,26 @@ def _context(preload: Iterable[str]) -> multiprocessing.context.BaseContext:
             print("mlabench: no fork server on this platform: each isolated call starts a new interpreter "
                   "(spawn), seconds each", file=sys.stderr)
         return multiprocessing.get_context("spawn")
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, spawn
 
     ctx = multiprocessing.get_context("forkserver")
     with _lock:
-        # This module first, so the server arms itself before the long imports; "__main__" spares
-        # every child the re-import of the caller's main script that multiprocessing would do.
-        modules = ("__main__", __name__, *BASE_PRELOAD, *[m for m in preload if m not in BASE_PRELOAD])
-        ctx.set_forkserver_preload(list(dict.fromkeys(modules)))
-        previous = os.environ.get(SERVER_PARENT_ENV)
-        os.environ[SERVER_PARENT_ENV] = str(os.getpid())
+        # This module first: the server arms itself before the long imports.
+        ctx.set_forkserver_preload(list(dict.fromkeys((__name__, *BASE_PRELOAD, *preload))))
+        main = spawn.get_preparation_data("server").get("init_main_from_path")
+        told = {SERVER_PARENT_ENV: str(os.getpid())}
+        if main:
+            told[SERVER_MAIN_ENV] = json.dumps([main, sys.argv])
+        previous = {name: os.environ.get(name) for name in told}
+        os.environ.update(told)
         try:
             forkserver.ensure_running()  # a no-op while the server lives; restarts one that died
         finally:
-            if previous is None:
-                os.environ.pop(SERVER_PARENT_ENV, None)
-            else:
-                os.environ[SERVER_PARENT_ENV] = previous
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     return ctx
 
 
@@ -277,3 +307,5 @@ def _await(proc: multiprocessing.process.BaseProcess, reader: multiprocessing.co
 
 
 __all__ = ["Outcome", "run_isolated", "warm"]
+
+_arm_server()  # last: a main script it imports may import this module's names

@@ -1,12 +1,22 @@
 """`--executor ray`: each case a Ray task holding one GPU (CPU cases: `threads` CPUs), whose
 worker runs it in a fresh child process (executors/isolate.py); rows come back to the driver.
 
+Each worker keeps its own warm fork server (executors/forkserver.py) across tasks: its first
+case pays for importing torch and mlabench once, every later one only for a fork. The worker
+never touches the device itself (its children do, each with the GPU Ray assigned to that task),
+so it may run any number of tasks, GPU ones included.
+
 Ray (the optional extra `mlabench[ray]`) schedules the tasks over a cluster (`--ray-address`)
 or over this machine's GPUs or CPUs (a local instance started here and stopped at the end).
 Each task is a streaming generator that first says where it runs (host, node) and then
 returns the case's result: the driver counts a case as started when it actually starts, and
 a worker lost mid-case (node gone, worker killed) becomes that case's `error` row naming the
 node. Tasks are not retried: a case that kills its worker would kill the next one too.
+
+A tensor-parallel case (tp = N) holds N GPUs (CPU cases: N times the threads) in one Ray
+placement group of one bundle, packed on one node, so its ranks (started by its worker's
+child, mlabench.tp) meet over NCCL within a node; one group per degree serves its cases in
+turn. A degree no node can hold is a `skipped` row with the reason, not a wait without end.
 
 Stopping: once `should_stop()` is true, tasks not yet started are cancelled and the cases in
 flight finish; closing the iterator (a second Ctrl-C) cancels those as well, killing their
@@ -27,14 +37,15 @@ import torch
 
 from mlabench.case import Case
 from mlabench.errors import UsageError
-from mlabench.executors import OnStart
-from mlabench.executors.isolate import Isolated, failed_row, isolate_case, plugin_modules
+from mlabench.executors.isolate import Isolated, failed_row, isolate_case, plugin_modules, warm_server
+from mlabench.executors.protocol import OnStart
 from mlabench.measure.peaks import Peaks, measure_peaks
 from mlabench.runner import CaseResult, RunContext
 
 # Cases submitted beyond what the cluster can run at once: enough to keep workers busy between
 # a result and the next submission, few enough that a stop cancels little.
 QUEUE_AHEAD = 2
+PLACEMENT_WAIT_S = 60.0  # for a tensor-parallel case's devices to be free on one node
 
 
 def _ray() -> Any:
@@ -61,7 +72,15 @@ def _describe_task(device: torch.device, dtypes: list[str], probe: bool, threads
 
     if device.type == "cpu" and threads:
         torch.set_num_threads(int(threads))
-    return device_info(device), measure_peaks(device, dtypes, probe)
+    described = device_info(device), measure_peaks(device, dtypes, probe)
+    if device.type == "cpu":  # this worker stays for the cases: its fork server starts while the driver sets up
+        warm_server()
+    return described
+
+
+def _warm_task() -> None:
+    """On a Ray worker that will run cases: its fork server starts now, not with its first case."""
+    warm_server()
 
 
 ACCELERATOR_PREFIX = "accelerator_type:"  # how Ray names a node's GPU kind among its resources
@@ -107,7 +126,9 @@ class RayExecutor:
         self.accelerator = accelerator  # the GPU kind every case is pinned to (Ray's accelerator type)
         self.device_meta: dict[str, Any] | None = None
         self._peaks = Peaks()
+        self._warming: list[Any] = []  # the warm-up tasks' refs, kept until the run
         self._device = torch.device("cpu")
+        self._groups: dict[int, Any] = {}  # tp degree -> its placement group (None: no node can hold it)
 
     @classmethod
     def connect(cls, address: str | None, accelerator: str | None = None) -> RayExecutor:
@@ -133,6 +154,10 @@ class RayExecutor:
         return cls(started_here=True, accelerator=accelerator)
 
     def close(self) -> None:
+        for group in self._groups.values():
+            if group is not None:
+                _ray().util.remove_placement_group(group)
+        self._groups.clear()
         if self.started_here:
             _ray().shutdown()
             self.started_here = False
@@ -167,15 +192,41 @@ class RayExecutor:
             return {"num_gpus": 1, "num_cpus": 1, **pinned}
         return {"num_cpus": max(1, int(threads))}  # threads 0 (torch's default) still takes a CPU
 
+    def _tp_options(self, tp: int, resources: dict[str, Any]) -> dict[str, Any] | None:
+        """Task options that run a tp = N case on N times one case's devices, in one placement group
+        packed on one node; None when no node frees them within PLACEMENT_WAIT_S."""
+        ray = _ray()
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        need = {"num_gpus": resources.get("num_gpus", 0) * tp, "num_cpus": resources["num_cpus"] * tp}
+        if tp not in self._groups:
+            bundle = {"GPU": need["num_gpus"], "CPU": need["num_cpus"]}
+            if "accelerator_type" in resources:  # pinned GPU kind: the bundle asks for it too
+                bundle[f"accelerator_type:{resources['accelerator_type']}"] = 0.001
+            group = ray.util.placement_group([{k: v for k, v in bundle.items() if v}], strategy="STRICT_PACK")
+            if not group.wait(timeout_seconds=PLACEMENT_WAIT_S):
+                ray.util.remove_placement_group(group)
+                group = None
+            self._groups[tp] = group
+        group = self._groups[tp]
+        if group is None:
+            return None
+        return {**need, "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=0)}
+
     def describe(self, plan: Any, probe: bool) -> None:
         """Fingerprint and peaks from one worker of the kind the cases ask for."""
         ray = _ray()
         self._device = plan.device
         dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
+        resources = self._resources(plan.device, plan.settings.threads)
         # A CPU worker may stay: its imported torch saves the next case's worker that import.
-        task = ray.remote(max_calls=1 if plan.device.type == "cuda" else 0, max_retries=0,
-                          **self._resources(plan.device, plan.settings.threads))(_describe_task)
-        self.device_meta, self._peaks = ray.get(task.remote(plan.device, dtypes, probe, plan.settings.threads))
+        task = ray.remote(max_calls=1 if plan.device.type == "cuda" else 0, max_retries=0, **resources)(_describe_task)
+        described = task.remote(plan.device, dtypes, probe, plan.settings.threads)
+        # Beside it, the other workers that will run cases start their fork servers (fire and forget).
+        warm = ray.remote(max_calls=0, max_retries=0, **resources)(_warm_task)
+        self._warming = [warm.remote() for _ in range(self._capacity(resources) - (plan.device.type == "cpu"))]
+        self.device_meta, self._peaks = ray.get(described)
 
     def peaks(self, _dtypes: list[str], _probe: bool) -> Peaks:
         return self._peaks
@@ -191,7 +242,9 @@ class RayExecutor:
         ray = _ray()
         ctx = replace(ctx, nvml=None)  # the child opens its own
         resources = self._resources(ctx.device, ctx.timing.threads)
-        task = ray.remote(num_returns="streaming", max_retries=0, **resources)(_case_task)
+        # max_calls=0: the worker stays, and with it its warm fork server (Ray would otherwise end a
+        # GPU task's worker after one call, which matters only to a worker holding a CUDA context).
+        task = ray.remote(num_returns="streaming", max_retries=0, max_calls=0, **resources)(_case_task)
         plugins = plugin_modules(cases)
         peaks_for = (self.device_meta or {}).get("name")
         window = self._capacity(resources) + QUEUE_AHEAD
@@ -208,7 +261,17 @@ class RayExecutor:
                         del flight[gen]
                 while waiting and len(flight) < window:
                     case = waiting.popleft()
-                    flight[task.remote(case, ctx, plugins, peaks_for)] = case
+                    if case.tp == 1:
+                        flight[task.remote(case, ctx, plugins, peaks_for)] = case
+                        continue
+                    options = self._tp_options(case.tp, resources)
+                    if options is None:
+                        done += 1
+                        kind = "GPUs" if "num_gpus" in resources else "CPUs"
+                        yield CaseResult(failed_row(case, "skipped", f"tp = {case.tp}: no Ray node frees "
+                                                    f"{case.tp} x one case's {kind} at once", 0.0), [])
+                        continue
+                    flight[task.options(**options).remote(case, ctx, plugins, peaks_for)] = case
                 if not flight:
                     break
                 ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.5)

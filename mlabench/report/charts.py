@@ -23,7 +23,7 @@ from mlabench.rundir import case_labels, series_labels
 
 PALETTE = px.colors.qualitative.Plotly + px.colors.qualitative.D3 + px.colors.qualitative.Dark24
 # Columns a (variant, backend) is matched on against the speedup baseline: the workload, not the design.
-MATCH_COLUMNS = ("suite", "model", "mode", "dtype", "device", "batch", "seq_len", "q_len", "num_heads")
+MATCH_COLUMNS = ("suite", "model", "mode", "dtype", "device", "batch", "seq_len", "q_len", "num_heads", "tp")
 FACET_HEIGHT = 300
 SPREAD_CASES = 40  # cases drawn in the round-spread chart
 
@@ -156,9 +156,10 @@ def kv_chart(df: pd.DataFrame) -> Chart:
                   "cache tensors the module allocated (dashed, open markers), which must agree exactly; where "
                   "the run recorded them, the CUDA allocator's delta (dotted) and NVML's device-used delta "
                   "(dash-dot) around the allocation, which show allocator granularity, and the paged copy a "
-                  "fused backend keeps beside the cache (long dashes). A run with setting tp > 1 also draws "
-                  "what one GPU holds at that tensor-parallel degree (triangles; analytic, docs/variants.md §6: "
-                  "heads split, a shared latent or RoPE key on every GPU).")
+                  "fused backend keeps beside the cache (long dashes). Tensor-parallel cases (tp > 1) also "
+                  "draw what one GPU holds at their degree (triangles; analytic, docs/variants.md §6: heads "
+                  "split, a shared latent or RoPE key on every GPU; the tensor-parallel chart sets it beside "
+                  "what the ranks measured).")
     rows = df[df["kv_cache_bytes"].notna() | df["kv_cache_bytes_measured"].notna()]
     if rows.empty:
         return Chart(chart.id, chart.title, chart.description, note="No row records KV-cache bytes.")

@@ -20,7 +20,10 @@ import plotly.io as pio
 
 from mlabench import claims, htmlpage, schema
 from mlabench.errors import UsageError
+from mlabench.frontier.record import read_plan
 from mlabench.report import charts, tables, tradeoff
+from mlabench.report.frontier_chart import frontier_chart, winners_table
+from mlabench.report.tp_chart import tp_chart
 from mlabench.rundir import RunData, load_run
 
 # Sort on click (numbers numerically, blanks last); filter by words and status.
@@ -100,7 +103,7 @@ def _performance(sections: list[str], nav: list[tuple[str, str]], df: pd.DataFra
     nav.append((f"sec-headline{suffix}", f"Headline{kind}"))
     built = [tradeoff.tradeoff_chart(perf), charts.latency_chart(perf), charts.kv_chart(perf),
              charts.speedup_chart(perf, base), charts.roofline_chart(perf, meta), charts.rank_chart(perf),
-             charts.round_spread_chart(df, samples)]
+             charts.round_spread_chart(df, samples), tp_chart(perf)]
     for chart in (c for c in built if c is not None):
         chart = dataclasses.replace(chart, id=chart.id + suffix, title=chart.title + kind)
         sections.append(_chart_html(chart))
@@ -122,6 +125,12 @@ def render_report(run: RunData, baseline: str = "mha:eager") -> str:
                                  f'<p class="empty">{escape(str(run.results_path))} has no rows: the sweep '
                                  "recorded no case, so there is nothing to chart.</p>"))
     else:
+        frontier = read_plan(run.path)
+        if frontier is not None:  # a `mlabench frontier` run: its curve first, it is what the run is for
+            sections.append(_chart_html(frontier_chart(frontier, df)))
+            nav.append(("sec-chart-frontier", "Serving frontier"))
+            sections.append(_section("sec-frontier-winners", "Winner at each context", winners_table(frontier, df)))
+            nav.append(("sec-frontier-winners", "Winners"))
         kinds = device_kinds(df)
         if len(kinds) > 1:
             sections.append(_section("sec-devices", "Device kinds", "",

@@ -5,6 +5,8 @@ A run directory holds `results.csv` (one row per case; the columns are
 environment fingerprint and the sweep's settings) and `report.html`.
 
 - `write`: the crash-safe writer a sweep appends to (`RunWriter`), and the cell format.
+- `meta`: meta.json as a typed record (`RunMeta`), its one reader (`read_meta`); its one
+  writer is `RunWriter.write_meta`.
 - `read`: the validated reader (`load_run` -> `RunData`) that `report`, `compare`
   and `merge` all go through; malformed input is one `UsageError` line.
 - `labels`: short case and series labels naming only the key columns that vary.
@@ -16,19 +18,20 @@ whether a row is in memory or read back from CSV.
 from __future__ import annotations
 
 from mlabench.rundir.labels import case_labels, series_labels
+from mlabench.rundir.meta import RunMeta, read_meta
 from mlabench.rundir.read import (
     RunData,
     join_ids,
     key_frame,
     load_run,
-    read_meta,
     read_results,
     read_samples,
 )
-from mlabench.rundir.write import RunWriter, check_out_dir, format_cell, read_meta_json, read_rows
+from mlabench.rundir.write import RunWriter, check_out_dir, format_cell, read_rows
 
 __all__ = [
     "RunData",
+    "RunMeta",
     "RunWriter",
     "case_labels",
     "check_out_dir",
@@ -37,7 +40,6 @@ __all__ = [
     "key_frame",
     "load_run",
     "read_meta",
-    "read_meta_json",
     "read_results",
     "read_rows",
     "read_samples",

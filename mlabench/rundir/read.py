@@ -25,7 +25,8 @@ import pandas as pd
 
 from mlabench import schema
 from mlabench.errors import UsageError
-from mlabench.rundir.write import complete_rows_end, read_meta_json
+from mlabench.rundir.meta import read_meta
+from mlabench.rundir.write import complete_rows_end
 from mlabench.schema import normalize_key_value
 
 # Columns a results.csv must have. The rest of the contract is optional so
@@ -52,7 +53,7 @@ class RunData:
     path: Path  # the run directory
     results_path: Path
     results: pd.DataFrame
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # meta.json as on disk ({} when absent)
     samples: pd.DataFrame | None = None  # case_id, sample, latency_ms, round; None when absent
 
     @property
@@ -217,17 +218,13 @@ def read_samples(path: Path) -> pd.DataFrame | None:
     ).astype({"round": "int64"})
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """meta.json (`path`) as a dict; {} when absent (a bare results.csv was given)."""
-    return read_meta_json(path) or {}
-
-
 def load_run(path: str | Path, *, samples: bool = True, torn: Torn = "warn") -> RunData:
     """Load a run directory (or a results.csv and its neighbours)."""
     run_dir, results_path = resolve(path)
     if not results_path.exists():
         raise UsageError(f"{results_path}: {schema.RESULTS_CSV} not found")
     results = read_results(results_path, torn)
-    meta = read_meta(run_dir / schema.META_JSON)
+    recorded = read_meta(run_dir / schema.META_JSON)
+    meta = recorded.as_dict() if recorded is not None else {}
     sample_frame = read_samples(run_dir / schema.SAMPLES_CSV) if samples else None
     return RunData(path=run_dir, results_path=results_path, results=results, meta=meta, samples=sample_frame)

@@ -17,18 +17,18 @@ it when the process dies, however it dies.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import fcntl
 import io
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mlabench import schema
 from mlabench.errors import UsageError
+from mlabench.rundir.meta import RunMeta, read_meta
 
 
 def format_cell(value: Any) -> str:
@@ -112,31 +112,20 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def read_meta_json(path: Path) -> dict[str, Any] | None:
-    """A meta.json file as a dict; None when absent; UsageError when it is not a JSON object.
-    The one reader of meta.json: resume, merge, report and compare all come through here."""
-    if not path.exists():
-        return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: corrupt JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(meta, dict):
-        raise UsageError(f"{path}: expected a JSON object at the top level")
-    return meta
-
-
 # Called on resume, before anything in the directory changes, with the run's meta.json (None
 # when absent) and whether results.csv holds rows; raises to refuse the resume.
-ResumeCheck = Callable[[dict[str, Any] | None, bool], None]
+ResumeCheck = Callable[[RunMeta | None, bool], None]
 
 
 class RunWriter:
     """Appends rows and samples to a run directory; `finished` holds case ids already on disk.
 
-    Holds the directory's lock until `close()` (or the end of a `with` block)."""
+    Holds the directory's lock until `close()` (or the end of a `with` block). `columns`: the
+    results.csv header, this version's contract unless a run written by another version is
+    being rewritten as it was (`rounds.assemble_rounds`)."""
 
-    def __init__(self, run_dir: Path, resume: bool, check_resume: ResumeCheck | None = None):
+    def __init__(self, run_dir: Path, resume: bool, check_resume: ResumeCheck | None = None,
+                 columns: Sequence[str] = schema.COLUMNS):
         self.dir = run_dir
         self.results_path = run_dir / schema.RESULTS_CSV
         self.samples_path = run_dir / schema.SAMPLES_CSV
@@ -144,7 +133,8 @@ class RunWriter:
         self.finished: set[str] = set()
         # Resume: the journalled rounds (row as written, samples) of each case without a row yet.
         self.unfinished_rounds: dict[str, list[tuple[dict[str, Any], list[float]]]] = {}
-        self.previous_meta: dict[str, Any] | None = None
+        self.previous_meta: RunMeta | None = None
+        self.columns = tuple(columns)
         check_out_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = self._acquire_lock(run_dir)
@@ -153,12 +143,12 @@ class RunWriter:
                 if not resume:
                     raise UsageError(f"--out: {run_dir} already holds results "
                                      "(add --resume to continue it, or pick another --out)")
-                self.previous_meta = read_meta_json(run_dir / schema.META_JSON)
+                self.previous_meta = read_meta(run_dir / schema.META_JSON)
                 if check_resume is not None:
                     check_resume(self.previous_meta, len(self.results_path.read_bytes().splitlines()) > 1)
                 self._load_existing()
             else:
-                self._start(self.results_path, schema.COLUMNS)
+                self._start(self.results_path, self.columns)
                 self._start(self.samples_path, schema.SAMPLE_COLUMNS)
                 self.rounds_path.unlink(missing_ok=True)
         except BaseException:
@@ -285,14 +275,18 @@ class RunWriter:
             os.fsync(f.fileno())
 
     def append(self, row: schema.ResultRow | Mapping[str, Any], samples_ms: list[float], round_index: int = 0) -> None:
-        if not isinstance(row, schema.ResultRow):
+        """A case's samples, then its row. A mapping must hold only contract columns, unless the
+        writer keeps another version's header (`columns`): then its cells are written as they are."""
+        if not isinstance(row, schema.ResultRow) and self.columns == schema.COLUMNS:
             row = schema.ResultRow.from_mapping(row)
-        cid = row.case_id
+        values = row.as_dict() if isinstance(row, schema.ResultRow) else row
+        cid = str(values["case_id"])
         self.append_samples(cid, samples_ms, round_index)
-        self._append(self.results_path, [[format_cell(getattr(row, f.name)) for f in dataclasses.fields(row)]])
+        self._append(self.results_path, [[format_cell(values.get(c)) for c in self.columns]])
         self.finished.add(cid)
 
-    def write_meta(self, meta: Mapping[str, Any]) -> None:
+    def write_meta(self, meta: RunMeta) -> None:
+        """meta.json, replaced whole (written beside it, then renamed): the only writer of the file."""
         tmp = self.dir / (schema.META_JSON + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=False, default=str) + "\n")
+        tmp.write_text(meta.to_json())
         os.replace(tmp, self.dir / schema.META_JSON)

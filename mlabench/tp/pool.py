@@ -14,7 +14,6 @@ A rank that dies mid-case (killed, a segfault) or a group silent past the case's
 
 from __future__ import annotations
 
-import atexit
 import queue
 import shutil
 import signal
@@ -22,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing import util as mp_util
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch.multiprocessing as mp
 from mlabench import schema
 from mlabench.case import Case
 from mlabench.errors import SkippedError
+from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks
 from mlabench.measure.timing import TimingSettings
 from mlabench.runner import CaseResult, RunContext, analytic_columns, run_case, where
@@ -58,6 +59,7 @@ def _rank_main(rank: int, world: int, backend: str, store: str, inboxes: list[An
     """One rank: join the group, then run the cases its queue hands it until None."""
     from mlabench.tp.rank import measure_sharded  # the rank's own import, after spawn
 
+    _die_with_parent()
     if threads:
         torch.set_num_threads(threads)
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
@@ -65,16 +67,28 @@ def _rank_main(rank: int, world: int, backend: str, store: str, inboxes: list[An
         torch.cuda.set_device(device)
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world,
                             timeout=timedelta(minutes=30))
+    nvml = open_nvml(device)  # this rank's GPU: the NVML delta around its cache allocation
     answers.put(("ready", rank))
     try:
         while (job := inboxes[rank].get()) is not None:
-            ctx = RunContext(device=device, timing=job.timing, peaks=job.peaks, accuracy=job.accuracy, seed=job.seed,
-                             timeout_s=job.timeout_s)
+            ctx = RunContext(device=device, timing=job.timing, peaks=job.peaks, nvml=nvml, accuracy=job.accuracy,
+                             seed=job.seed, timeout_s=job.timeout_s)
             result = run_case(job.case, ctx, measure_sharded)
             if rank == 0:
                 answers.put(("row", result))
     finally:
         dist.destroy_process_group()
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this rank when the process that started it dies (a driver killed
+    with SIGKILL leaves no rank waiting for its next case)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the driver's exit hook still stops the ranks
 
 
 class RankGroup:
@@ -177,7 +191,10 @@ def close_groups() -> None:
         _GROUPS.popitem()[1].close()
 
 
-atexit.register(close_groups)
+# At exit, before multiprocessing joins its children (the ranks would wait for their next case
+# for ever): a multiprocessing finalizer runs there both at interpreter exit and at the end of a
+# process multiprocessing started (an isolated case's child), where atexit hooks do not run.
+mp_util.Finalize(None, close_groups, exitpriority=100)
 
 
 def group_for(world: int, device_type: str, threads: int) -> RankGroup:

@@ -24,6 +24,7 @@ backend run it, and backends that swap in a generic kernel (sdpa) answer unsuppo
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -98,6 +99,13 @@ class AttentionVariant(CacheStore):
     def check_tp(cls, sh: AttentionShape, tp: int) -> None:
         """ShapeError naming `tp` when tp does not split this variant's heads and groups evenly."""
         check_tp(sh, tp, cls.tp_groups(sh))
+
+    @classmethod
+    def groups_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
+        """KV groups one GPU holds at degree `tp` (checked first): the groups its query heads read,
+        so a group is copied onto several GPUs once tp exceeds the groups."""
+        cls.check_tp(sh, tp)
+        return math.ceil(cls.tp_groups(sh) / tp)
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int | None:
@@ -186,8 +194,9 @@ class AttentionVariant(CacheStore):
 
     @classmethod
     def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        """FLOPs of the new tokens' projections (and run-time absorption)."""
-        raise NotImplementedError
+        """FLOPs of the new tokens' projections (and run-time absorption): by default every
+        parameter multiplies once per new token (a variant whose weights act otherwise overrides)."""
+        return step.batch * step.new_tokens * 2 * cls.param_count(sh)
 
     @classmethod
     def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
@@ -242,8 +251,10 @@ class AttentionVariant(CacheStore):
         raise NotImplementedError
 
     def core_output(self, o: Tensor) -> Tensor:
-        """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d)."""
-        raise NotImplementedError
+        """Everything after the core: o (B, S, Hq, Dv) -> y (B, S, d). By default the heads side by
+        side through the output projection `o_proj` (the checkpoints' name; a variant without one
+        overrides this)."""
+        return self.o_proj(o.flatten(2))
 
     def native_core(self, q: Tensor, k: Tensor, v: Tensor, scale: float, causal: bool | Tensor,
                     lengths: Tensor | None = None) -> Tensor:

@@ -31,7 +31,6 @@ are: per latent head d_g FP8 values with one fp32 scale per 128, then the RoPE k
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,6 +41,7 @@ from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
 from mlabench.variants.attention import CoreAttention
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.expanded_core import ReExpandedLatentCore
 from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import RMSNorm
 from mlabench.variants.registry import register_variant
@@ -104,7 +104,7 @@ class _GLABase(AttentionVariant):
         """FP8: the latent heads a GPU holds with their own tiles' scales, and the bf16 RoPE key."""
         if not sh.kv_quantized:
             return None
-        heads = max(math.ceil(sh.num_latent_heads / tp), 1)
+        heads = cls.groups_per_gpu(sh, tp)
         d_g = cls.latent_head_dim(sh)
         return kvquant.latent_row_bytes(heads * d_g, sh.rope_head_dim, heads)
 
@@ -127,9 +127,8 @@ class _GLABase(AttentionVariant):
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
-        cls.check_tp(sh, tp)
         # Latent heads shard with their query heads; past h_c GPUs one is copied; the RoPE key everywhere.
-        return max(math.ceil(sh.num_latent_heads / tp), 1) * cls.latent_head_dim(sh) + sh.rope_head_dim
+        return cls.groups_per_gpu(sh, tp) * cls.latent_head_dim(sh) + sh.rope_head_dim
 
     @classmethod
     def _query_macs(cls, sh: AttentionShape) -> int:
@@ -216,42 +215,13 @@ class _GLABase(AttentionVariant):
         sh = self.shape
         return torch.cat([self._up(j).bias for j in range(sh.num_latent_heads)]).view(sh.num_heads, -1)
 
-    def _out(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.value_dim))
+    _out = AttentionVariant.core_output  # o (B, S, H, d_v) -> o_proj, for the strategies that transform o first
 
 
 @register_variant
-class GLAExpanded(_GLABase):
+class GLAExpanded(ReExpandedLatentCore, _GLABase):
     name = "gla-expanded"
     caches = "h_c latent heads + RoPE key; re-expanded every call"
-
-    @classmethod
-    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
-        h = sh.num_heads
-        expand = 2 * h * cls.latent_head_dim(sh) * (sh.head_dim + sh.value_dim) * step.total
-        return step.batch * (2 * h * (sh.qk_head_dim + sh.value_dim) * step.attended_pairs + expand)
-
-    @classmethod
-    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * step.new_tokens * 2 * cls._shared_projection_macs(sh)
-
-    @classmethod
-    def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
-        return sh.num_heads * sh.qk_head_dim, sh.num_heads * sh.value_dim
-
-    @classmethod
-    def core_kv_widths(cls, sh: AttentionShape) -> tuple[int, int]:
-        return sh.num_heads * sh.qk_head_dim, sh.num_heads * sh.value_dim  # the re-expanded K, V
-
-    @classmethod
-    def kernel_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * 2 * sh.num_heads * (sh.qk_head_dim + sh.value_dim) * step.attended_pairs
-
-    @classmethod
-    def cache_traffic_elements(cls, sh: AttentionShape, step: Step) -> int:
-        expanded = step.batch * 2 * step.total * sh.num_heads * (sh.qk_head_dim + sh.value_dim)  # written, read
-        return super().cache_traffic_elements(sh, step) + expanded
 
     @classmethod
     def transient_elements(cls, sh: AttentionShape, step: Step) -> int:
@@ -273,8 +243,6 @@ class GLAExpanded(_GLABase):
         k_nope, v = kvb.split([sh.head_dim, sh.value_dim], dim=-1)
         k = torch.cat((k_nope, k_pe[:, :, None, :].expand(-1, -1, sh.num_heads, -1)), dim=-1)
         return torch.cat((q_nope, q_pe), dim=-1), k, v, sh.mla_softmax_scale, True
-
-    core_output = _GLABase._out
 
 
 @register_variant

@@ -6,7 +6,6 @@ rotate-half RoPE. Cache: K and V, (B, T, G, D) each: 2*G*D elements per token.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,9 +51,7 @@ class GroupedQueryAttention(AttentionVariant):
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
-        cls.check_tp(sh, tp)
-        # Each GPU holds the KV heads its query heads read: a KV head is copied when tp > G.
-        return 2 * math.ceil(sh.kv_heads / tp) * sh.head_dim
+        return 2 * cls.groups_per_gpu(sh, tp) * sh.head_dim  # a KV head is copied when tp > G
 
     @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
@@ -64,10 +61,6 @@ class GroupedQueryAttention(AttentionVariant):
     @classmethod
     def core_flops(cls, sh: AttentionShape, step: Step) -> int:
         return step.batch * 4 * sh.num_heads * sh.head_dim * step.attended_pairs
-
-    @classmethod
-    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * step.new_tokens * 2 * cls.param_count(sh)
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
@@ -100,9 +93,6 @@ class GroupedQueryAttention(AttentionVariant):
         self._write("v_cache", start_pos, v)
         return q, self._read("k_cache", b, end), self._read("v_cache", b, end), d**-0.5, True
 
-    def core_output(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]  # o (B, S, H, D)
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))
 
 
 @register_variant

@@ -19,7 +19,6 @@ caches each step (a copy); V is the cache itself.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -64,9 +63,8 @@ class GroupedTiedAttention(AttentionVariant):
 
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
-        cls.check_tp(sh, tp)
         # A tied head is copied when tp > G; the one RoPE key is on every GPU.
-        return math.ceil(sh.kv_heads / tp) * sh.head_dim + sh.rope_head_dim
+        return cls.groups_per_gpu(sh, tp) * sh.head_dim + sh.rope_head_dim
 
     @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
@@ -128,7 +126,3 @@ class GroupedTiedAttention(AttentionVariant):
         pe = self._load("k_pe_cache", seen)
         k = torch.cat((kv[..., : d - r], pe[:, :, None, :].expand(-1, -1, g, -1)), dim=-1)
         return q, k, kv, d**-0.5, True
-
-    def core_output(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]  # o (B, S, H, D)
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))

@@ -303,6 +303,11 @@ class RoundTrip:
     def __init__(self, fmt: KVFormat, scales: dict[str, Tensor]):
         self.fmt, self.scales = fmt, scales
 
+    def allocate(self, shapes: dict[str, tuple[int, ...]], device: torch.device,
+                 dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """A cache the reference allocates afresh is plain tensors in its own dtype (float64)."""
+        return {name: torch.zeros(dims, device=device, dtype=dtype) for name, dims in shapes.items()}
+
     def store(self, cache: dict[str, Tensor], name: str, index: Index, values: Tensor) -> None:
         cache[name][index] = self.fmt.roundtrip(self.scales, name, values).to(cache[name].dtype)
 

@@ -133,7 +133,3 @@ class Linformer(AttentionVariant):
         self._store("k_cache", rows, torch.einsum("kn,bnhd->bkhd", self.k_seq_proj[:, :n], k))  # (B, k, H, D)
         self._store("v_cache", rows, torch.einsum("kn,bnhd->bkhd", self.v_seq_proj[:, :n], v))
         return q, self._load("k_cache", rows), self._load("v_cache", rows), d**-0.5, False  # bidirectional
-
-    def core_output(self, o: Tensor) -> Tensor:
-        b, n = o.shape[:2]  # o (B, n, H, D)
-        return self.o_proj(o.reshape(b, n, self.shape.num_heads * self.shape.head_dim))

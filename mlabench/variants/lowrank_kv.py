@@ -111,7 +111,3 @@ class LowRankKV(AttentionVariant):
         k = apply_rotate_half(k, self._rope[0][:end], self._rope[1][:end])  # slot t holds position t
         v = torch.einsum("bthr,hdr->bthd", self._read("v_cache", b, end), self.v_up_proj)
         return q, k, v, d**-0.5, True
-
-    def core_output(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]  # o (B, S, H, D)
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))

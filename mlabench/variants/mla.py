@@ -30,6 +30,7 @@ from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
 from mlabench.variants.base import AttentionVariant
+from mlabench.variants.expanded_core import ExpandedHeadsCore, ReExpandedLatentCore
 from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import RMSNorm, linear
 from mlabench.variants.registry import register_variant
@@ -57,6 +58,11 @@ class _MLABase(AttentionVariant):
     def kv_elements_per_token(cls, sh: AttentionShape) -> int:
         return sh.kv_lora_rank + sh.rope_head_dim
 
+    @staticmethod
+    def latent_head_dim(sh: AttentionShape) -> int:
+        """d_c: the latent is one head that every query head expands from."""
+        return sh.kv_lora_rank
+
     @classmethod
     def kv_elements_per_token_per_gpu(cls, sh: AttentionShape, tp: int) -> int:
         # The latent serves every head: each GPU holds all of it, whatever tp.
@@ -83,18 +89,6 @@ class _MLABase(AttentionVariant):
         """Per new token: queries, the latent down-projection and the output projection."""
         return cls._query_params(sh) + sh.hidden_size * (sh.kv_lora_rank + sh.rope_head_dim) \
             + sh.num_heads * sh.value_dim * sh.hidden_size
-
-    @classmethod
-    def qo_widths(cls, sh: AttentionShape) -> tuple[int, int]:
-        return sh.num_heads * sh.qk_head_dim, sh.num_heads * sh.value_dim
-
-    @classmethod
-    def core_kv_widths(cls, sh: AttentionShape) -> tuple[int, int]:
-        return sh.num_heads * sh.qk_head_dim, sh.num_heads * sh.value_dim  # mla-latent: the re-expanded K, V
-
-    @classmethod
-    def kernel_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * 2 * sh.num_heads * (sh.qk_head_dim + sh.value_dim) * step.attended_pairs
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
@@ -142,13 +136,11 @@ class _MLABase(AttentionVariant):
         k = torch.cat((k_nope, k_pe[:, :, None, :].expand(-1, -1, sh.num_heads, -1)), dim=-1)
         return k, v
 
-    def _out(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]
-        return self.o_proj(o.reshape(b, s, self.shape.num_heads * self.shape.value_dim))
+    _out = AttentionVariant.core_output  # o (B, S, H, d_v) -> o_proj, for the strategies that transform o first
 
 
 @register_variant
-class MLAExpanded(_MLABase):
+class MLAExpanded(ExpandedHeadsCore, _MLABase):
     name = "mla-expanded"
     caches = "up-projected K, V per head"
     cache_formula = "H*(d_qk+d_v)"
@@ -190,8 +182,6 @@ class MLAExpanded(_MLABase):
         self._write("v_cache", start_pos, v)
         q = torch.cat((q_nope, q_pe), dim=-1)  # (B, S, H, d_qk)
         return q, self._read("k_cache", b, end), self._read("v_cache", b, end), self.shape.mla_softmax_scale, True
-
-    core_output = _MLABase._out
 
 
 class _LatentCacheMLA(_MLABase):
@@ -242,24 +232,9 @@ class _LatentCacheMLA(_MLABase):
 
 
 @register_variant
-class MLALatent(_LatentCacheMLA):
+class MLALatent(ReExpandedLatentCore, _LatentCacheMLA):
     name = "mla-latent"
     caches = "latent c_kv + RoPE key; re-expanded every call"
-
-    @classmethod
-    def core_flops(cls, sh: AttentionShape, step: Step) -> int:
-        h = sh.num_heads
-        expand = 2 * h * sh.kv_lora_rank * (sh.head_dim + sh.value_dim) * step.total
-        return step.batch * (2 * h * (sh.qk_head_dim + sh.value_dim) * step.attended_pairs + expand)
-
-    @classmethod
-    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * step.new_tokens * 2 * cls._shared_projection_macs(sh)
-
-    @classmethod
-    def cache_traffic_elements(cls, sh: AttentionShape, step: Step) -> int:
-        expanded = step.batch * 2 * step.total * sh.num_heads * (sh.qk_head_dim + sh.value_dim)  # written, read
-        return super().cache_traffic_elements(sh, step) + expanded
 
     @classmethod
     def transient_elements(cls, sh: AttentionShape, step: Step) -> int:
@@ -275,8 +250,6 @@ class MLALatent(_LatentCacheMLA):
         k, v = self._expand(*latent.split([self.shape.kv_lora_rank, self.shape.rope_head_dim], dim=-1))
         q = torch.cat((q_nope, q_pe), dim=-1)
         return q, k, v, self.shape.mla_softmax_scale, True
-
-    core_output = _MLABase._out
 
 
 @register_variant

@@ -66,10 +66,6 @@ class _TPABase(AttentionVariant):
         h, d, dh = sh.num_heads, sh.hidden_size, sh.head_dim
         return d * (h + dh) * (sh.q_rank + sh.k_rank + sh.v_rank) + h * dh * d
 
-    @classmethod
-    def projection_flops(cls, sh: AttentionShape, step: Step) -> int:
-        return step.batch * step.new_tokens * 2 * cls.param_count(sh)
-
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__(shape, device, dtype)
@@ -115,8 +111,7 @@ class _TPABase(AttentionVariant):
         return t[..., : h * rank].unflatten(-1, (h, rank)), t[..., h * rank:].unflatten(-1, (rank, dh))
 
     def core_output(self, o: Tensor) -> Tensor:
-        b, s = o.shape[:2]
-        return self.c_proj(o.reshape(b, s, self.shape.num_heads * self.shape.head_dim))
+        return self.c_proj(o.flatten(2))  # TPA's output projection is `c_proj`
 
 
 @register_variant
