@@ -326,6 +326,15 @@ def compare_runs(base: RunData, cand: RunData, settings: GateSettings) -> Compar
         env_notes=tuple(joined.notes), joined_ignoring=joined.ignored, tested=sum(s.has_test for s in family),
         evidence=evidence, paired=found.paired, indicative=len(shown),
         fewest_rounds=min((r for _, r in shown), default=0),
-        method=stats.METHOD_ROUNDS if evidence == "rounds" else stats.METHOD_SAMPLES if evidence == "samples"
-        else f"{stats.METHOD_ROUNDS} where both runs have rounds; else {stats.METHOD_SAMPLES}",
+        method=_method(evidence),
     )
+
+
+def _method(evidence: str) -> str:
+    """How the timings were tested, for the report's method line."""
+    if evidence == "none":
+        return (f"no timing test (a timing verdict needs {timing.MIN_ROUNDS}+ rounds on each side; "
+                "exact metrics and statuses compared)")
+    if evidence in ("rounds", "samples"):
+        return stats.METHOD_ROUNDS if evidence == "rounds" else stats.METHOD_SAMPLES
+    return f"{stats.METHOD_ROUNDS} where both runs have {timing.MIN_ROUNDS}+ rounds; else {stats.METHOD_SAMPLES}"
