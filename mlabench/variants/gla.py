@@ -41,7 +41,7 @@ from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
 from mlabench.variants.attention import CoreAttention
 from mlabench.variants.base import AttentionVariant
-from mlabench.variants.expanded_core import ReExpandedLatentCore
+from mlabench.variants.latent_costs import LatentProjections, ReExpandedLatentCore
 from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import RMSNorm
 from mlabench.variants.registry import register_variant
@@ -55,7 +55,7 @@ def _biased(d_in: int, d_out: int, device: torch.device | str | None, dtype: tor
     return nn.Linear(d_in, d_out, bias=True, device=device, dtype=dtype)
 
 
-class _GLABase(AttentionVariant):
+class _GLABase(LatentProjections, AttentionVariant):
     serving_layouts = False  # its cache is read and written by (batch, token) slices
     family = "mla"
     caches = "h_c latent heads + the shared RoPE key"
@@ -131,22 +131,12 @@ class _GLABase(AttentionVariant):
         return cls.groups_per_gpu(sh, tp) * cls.latent_head_dim(sh) + sh.rope_head_dim
 
     @classmethod
-    def _query_macs(cls, sh: AttentionShape) -> int:
-        d, q_w = sh.hidden_size, sh.num_heads * sh.qk_head_dim
-        return d * sh.q_lora_rank + sh.q_lora_rank * q_w if sh.q_lora_rank > 0 else d * q_w
-
-    @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
         h, d, d_q, q_w = sh.num_heads, sh.hidden_size, sh.q_lora_rank, sh.num_heads * sh.qk_head_dim
         query = cls._query_macs(sh) + q_w + (2 * d_q if d_q > 0 else 0)  # biases, q_norm
         latent = (d + 1) * (sh.kv_lora_rank + sh.rope_head_dim) + sh.kv_lora_rank  # W_dKV, kv_norm_j
         up = h * (sh.head_dim + sh.value_dim) * (cls.latent_head_dim(sh) + 1)  # W_ukv_j with biases
         return query + latent + up + h * sh.value_dim * d
-
-    @classmethod
-    def _shared_projection_macs(cls, sh: AttentionShape) -> int:
-        return cls._query_macs(sh) + sh.hidden_size * (sh.kv_lora_rank + sh.rope_head_dim) \
-            + sh.num_heads * sh.value_dim * sh.hidden_size
 
     # --- module -------------------------------------------------------------------------
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,

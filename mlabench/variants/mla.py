@@ -30,7 +30,7 @@ from mlabench.config import AttentionShape, ShapeError
 from mlabench.errors import UnsupportedError
 from mlabench.variants import kvquant
 from mlabench.variants.base import AttentionVariant
-from mlabench.variants.expanded_core import ExpandedHeadsCore, ReExpandedLatentCore
+from mlabench.variants.latent_costs import ExpandedHeadsCore, LatentProjections, ReExpandedLatentCore
 from mlabench.variants.latent_step import LatentStep
 from mlabench.variants.layers import RMSNorm, linear
 from mlabench.variants.registry import register_variant
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from mlabench.step import Step
 
 
-class _MLABase(AttentionVariant):
+class _MLABase(LatentProjections, AttentionVariant):
     family = "mla"
     caches = "latent c_kv + the shared RoPE key"
     cache_formula = "d_c+d_r"
@@ -69,26 +69,12 @@ class _MLABase(AttentionVariant):
         return sh.kv_lora_rank + sh.rope_head_dim
 
     @classmethod
-    def _query_params(cls, sh: AttentionShape) -> int:
-        """Query path weights, as multiply-adds per token (norm weights not included)."""
-        h, d = sh.num_heads, sh.hidden_size
-        if sh.q_lora_rank > 0:
-            return d * sh.q_lora_rank + sh.q_lora_rank * h * sh.qk_head_dim
-        return d * h * sh.qk_head_dim
-
-    @classmethod
     def param_count(cls, sh: AttentionShape, seq_len: int | None = None) -> int:
         h, d = sh.num_heads, sh.hidden_size
         norms = sh.q_lora_rank + sh.kv_lora_rank  # q_a_layernorm (when present), kv_a_layernorm
         kv_a = d * (sh.kv_lora_rank + sh.rope_head_dim)
         kv_b = sh.kv_lora_rank * h * (sh.head_dim + sh.value_dim)
-        return cls._query_params(sh) + norms + kv_a + kv_b + h * sh.value_dim * d
-
-    @classmethod
-    def _shared_projection_macs(cls, sh: AttentionShape) -> int:
-        """Per new token: queries, the latent down-projection and the output projection."""
-        return cls._query_params(sh) + sh.hidden_size * (sh.kv_lora_rank + sh.rope_head_dim) \
-            + sh.num_heads * sh.value_dim * sh.hidden_size
+        return cls._query_macs(sh) + norms + kv_a + kv_b + h * sh.value_dim * d
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):

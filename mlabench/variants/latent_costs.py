@@ -1,14 +1,17 @@
-"""Cost model of a core that attends H full heads, shared by the designs that run one.
+"""The cost model MLA and GLA share (GLA's h_c latent heads of d_g each cost what MLA's one of d_c does).
+
+`LatentProjections`: the projections both designs run per new token, as multiply-adds:
+queries (through a low-rank q_lora when the shape has one), the latent down-projection to
+[c, k_pe] and the output projection.
 
 `ExpandedHeadsCore`: queries and keys of d_qk (= D + d_r) and values of d_v per head, the
 shape of MLA's attention whether the cache holds those K, V (mla-expanded) or a latent they
 are rebuilt from. `ReExpandedLatentCore` adds what rebuilding them every call costs: the
-up-projection over the whole cache, its FLOPs and the expanded K, V written and read. A
-latent of h_c heads of d_g each (GLA) costs the same as MLA's one head of d_c, with
+up-projection over the whole cache, its FLOPs and the expanded K, V written and read, with
 `latent_head_dim` the width one query head expands from (d_c for MLA, d_g for GLA).
 
-These are mixins: the variant class lists one before its base, which supplies
-`latent_head_dim` and `_shared_projection_macs` (queries, latent down-projection, output).
+These are mixins: the variant class lists them before its base, which supplies
+`latent_head_dim`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,22 @@ from mlabench.config import AttentionShape
 
 if TYPE_CHECKING:
     from mlabench.step import Step
+
+
+class LatentProjections:
+    """Multiply-adds per new token of the projections around a latent cache."""
+
+    @classmethod
+    def _query_macs(cls, sh: AttentionShape) -> int:
+        """The query path's weights (norm weights not included)."""
+        d, q_w = sh.hidden_size, sh.num_heads * sh.qk_head_dim
+        return d * sh.q_lora_rank + sh.q_lora_rank * q_w if sh.q_lora_rank > 0 else d * q_w
+
+    @classmethod
+    def _shared_projection_macs(cls, sh: AttentionShape) -> int:
+        """Queries, the latent down-projection and the output projection."""
+        return cls._query_macs(sh) + sh.hidden_size * (sh.kv_lora_rank + sh.rope_head_dim) \
+            + sh.num_heads * sh.value_dim * sh.hidden_size
 
 
 class ExpandedHeadsCore:
