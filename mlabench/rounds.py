@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,14 +39,6 @@ def round_order(items: Sequence[T], seed: int, round_index: int) -> list[T]:
     """`items` in the seeded order of one round (the same on every machine for a seed and round)."""
     rng = np.random.default_rng([int(seed), int(round_index)])
     return [items[i] for i in rng.permutation(len(items))]
-
-
-def _number(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def latency_summary(samples: Sequence[float]) -> dict[str, Any]:
@@ -73,17 +64,17 @@ def combine_rounds(rows: Sequence[Mapping[str, Any]], samples: Sequence[Sequence
     if failed is not None and str(first.get("status")) not in schema.FAILED_STATUSES:
         i, r = failed
         out.update(status=r["status"], error=f"round {i}: {r.get('error') or r['status']}")
-    walls = [w for w in (_number(r.get("wall_s")) for r in rows) if w is not None]
+    walls = [w for w in (schema.finite_number(r.get("wall_s")) for r in rows) if w is not None]
     if walls:
         out["wall_s"] = round(sum(walls), 3)
     pooled = [float(x) for draws in samples for x in draws]
     if not pooled:
         return out
-    timed = next((r for r in rows if _number(r.get("latency_ms"))), first)
+    timed = next((r for r in rows if schema.finite_number(r.get("latency_ms"))), first)
     summary = latency_summary(pooled)
-    old = _number(timed.get("latency_ms"))
+    old = schema.finite_number(timed.get("latency_ms"))
     for col in RATE_COLUMNS:
-        value = _number(timed.get(col))
+        value = schema.finite_number(timed.get(col))
         if value is not None and old:
             out[col] = value * old / summary["latency_ms"]
     out.update(summary)

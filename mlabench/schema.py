@@ -41,6 +41,16 @@ def normalize_key_value(value: Any) -> str:
     return repr(number)  # shortest text that round-trips: '1e-06', '0.707'
 
 
+def finite_number(value: Any) -> float | None:
+    """A results cell as a number: None for a blank, text, NaN or an infinity (a row that failed,
+    or a column its case does not fill), so arithmetic on it never spreads a NaN."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _column(group: str, key: bool = False, *, absent: str | None = None, id_default: str | None = None) -> Any:
     """A results.csv column: its group in the contract, and whether it is part of the case key.
 

@@ -165,18 +165,10 @@ class Comparison:
         return 0 if self.passed else 1
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _exact_changes(b: dict[str, Any], c: dict[str, Any]) -> list[str]:
     notes = []
     for col in schema.EXACT_COLUMNS:
-        bv, cv = _finite(b.get(col)), _finite(c.get(col))
+        bv, cv = schema.finite_number(b.get(col)), schema.finite_number(c.get(col))
         if bv is not None and cv is not None and bv != cv:
             notes.append(f"{col} {bv:,.0f} -> {cv:,.0f}")
     return notes
@@ -251,7 +243,7 @@ def _from_rows(case: CaseResult, br: dict[str, Any] | None, cr: dict[str, Any] |
         return replace(case, verdict="only-baseline", base_status=str(br["status"]),
                        notes=("missing from the candidate",)), (), False
     case = replace(case, base_status=str(br["status"]), cand_status=str(cr["status"]),
-                   base_ms=_finite(br["latency_ms"]), cand_ms=_finite(cr["latency_ms"]))
+                   base_ms=schema.finite_number(br["latency_ms"]), cand_ms=schema.finite_number(cr["latency_ms"]))
     notes: list[str] = []
     exact = _exact_changes(br, cr)
     if exact and ignored:
@@ -261,7 +253,7 @@ def _from_rows(case: CaseResult, br: dict[str, Any] | None, cr: dict[str, Any] |
     if status is not None:
         verdict, note = status
         return replace(case, verdict=verdict, notes=(*notes, note)), tuple(exact), False
-    rb, rc = _finite(br.get("rel_err")), _finite(cr.get("rel_err"))
+    rb, rc = schema.finite_number(br.get("rel_err")), schema.finite_number(cr.get("rel_err"))
     if rb and rc and rc > REL_ERR_GROWTH * rb:
         notes.append(f"rel_err grew {rc / rb:.0f}x ({rb:.1e} -> {rc:.1e}), still within tolerance")
     return replace(case, notes=tuple(notes)), tuple(exact), True
