@@ -17,16 +17,12 @@ from pathlib import Path
 
 import pytest
 from cli_run import run_cli
+from suite_text import FAST_SETTINGS
 
 TREE = str(Path(__file__).resolve().parent.parent)
 ONE_CASE = """
 name = "one-case"
-[settings]
-budget_s = 0.005
-warmup_s = 0.001
-min_samples = 3
-threads = 1
-[[grid]]
+""" + FAST_SETTINGS + """[[grid]]
 model = "tiny"
 variant = ["mha"]
 backend = ["eager"]

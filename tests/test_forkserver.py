@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from suite_text import FAST_SETTINGS
 
 from mlabench import schema
 from mlabench.executors.forkserver import run_isolated
@@ -127,12 +128,7 @@ def test_the_callers_main_script_runs_once_in_the_server_not_in_each_child(tmp_p
 
 ORPHAN_SUITE = """
 name = "orphan"
-[settings]
-budget_s = 0.005
-warmup_s = 0.001
-min_samples = 3
-threads = 1
-[[grid]]
+""" + FAST_SETTINGS + """[[grid]]
 model = "tiny"
 variant = "mha"
 backend = BACKENDS

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from cli_run import assert_one_error_line, run_cli
+from suite_text import QUICK_SETTINGS
 from synthetic_runs import make_meta, make_run
 
 from mlabench import schema
@@ -31,12 +32,7 @@ from mlabench.rundir import RunWriter
 
 SUITE = """
 name = "hard"
-[settings]
-budget_s = 0.002
-warmup_s = 0.0
-min_samples = 2
-threads = 1
-[[grid]]
+""" + QUICK_SETTINGS + """[[grid]]
 model = "tiny"
 variant = ["mha"]
 backend = "eager"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from cli_run import run_cli
+from suite_text import FAST_SETTINGS
 
 from mlabench import schema
 
@@ -34,12 +35,7 @@ SMOKE_SLICE = ["--suite", "smoke", "--device", "cpu", "--variant", "mha,mla-abso
 
 LOST_SUITE = """
 name = "lost"
-[settings]
-budget_s = 0.005
-warmup_s = 0.001
-min_samples = 3
-threads = 1
-[[grid]]
+""" + FAST_SETTINGS + """[[grid]]
 model = "tiny"
 variant = "mha"
 backend = ["eager", "test-kill-worker"]

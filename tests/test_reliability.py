@@ -13,18 +13,14 @@ from pathlib import Path
 
 import pytest
 from cli_run import assert_one_error_line, run_cli
+from suite_text import QUICK_SETTINGS
 
 from mlabench.errors import UsageError
 from mlabench.executors.slurm import slurm_shard
 
 SUITE = """
 name = "rel"
-[settings]
-budget_s = 0.002
-warmup_s = 0.0
-min_samples = 2
-threads = 1
-[[grid]]
+""" + QUICK_SETTINGS + """[[grid]]
 model = "tiny"
 variant = ["mha"]
 backend = "eager"

@@ -13,17 +13,13 @@ from pathlib import Path
 
 import pytest
 from cli_run import run_cli
+from suite_text import FAST_SETTINGS
 
 from mlabench import schema
 
 SUITE = """
 name = "unit"
-[settings]
-budget_s = 0.005
-warmup_s = 0.001
-min_samples = 3
-threads = 1
-[[grid]]
+""" + FAST_SETTINGS + """[[grid]]
 model = "tiny"
 variant = ["mha", "gqa", "mla-absorbed", "linformer"]
 backend = "eager"
