@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import errno
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_run import assert_one_error_line, run_cli
+from cli_run import answers_in_child, assert_one_error_line, run_cli
 from suite_text import QUICK_SETTINGS
 from synthetic_runs import make_meta, make_run
 
@@ -203,27 +202,11 @@ DANGEROUS: list[tuple[list[str], str]] = [
     (["sweep", "--suite", S, "--threads", "20000", "--no-probe"], "threads"),
     (["sweep", "--suite", S, "--threads", "100000", "--no-probe"], "threads"),
 ]
-CHILD = """
-import contextlib, io, json, sys
-from mlabench.cli.app import main
-for args in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    print(json.dumps([code, err.getvalue()]), flush=True)
-"""
 
 
 def test_hang_and_crash_inputs_return_at_once(inputs: Path, tmp_path: Path) -> None:
     batch = [[a.format(d=inputs) for a in args] for args, _ in DANGEROUS]
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(batch)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300, env={**os.environ, "MLABENCH_DEBUG": ""})
-    assert proc.returncode == 0, proc.stderr  # a hang times out, an abort or segfault ends the child
-    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    answers = answers_in_child(batch, tmp_path)
     assert len(answers) == len(DANGEROUS)
     for (code, err), (_, needle) in zip(answers, DANGEROUS, strict=True):
         assert_one_error_line(code, err, 2)

@@ -5,14 +5,11 @@ cluster, and the dry run's rounds."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli_run import assert_one_error_line, run_cli
+from cli_run import answers_in_child, assert_one_error_line, run_cli
 from suite_text import QUICK_SETTINGS
 
 from mlabench.errors import UsageError
@@ -43,19 +40,6 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-CHILD = """
-import contextlib, io, json, sys
-from mlabench.cli.app import main
-for args in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    print(json.dumps([code, err.getvalue()]), flush=True)
-"""
 
 
 def test_inputs_that_hung_answer_at_once(suite: Path, tmp_path: Path) -> None:
@@ -69,10 +53,7 @@ def test_inputs_that_hung_answer_at_once(suite: Path, tmp_path: Path) -> None:
         (["sweep", "--suite", str(suite), "--device", "cpu", "--executor", "ray", "--ray-address",
           "no-such-host.invalid:6379", "--out", str(tmp_path / "r2")], "no Ray cluster answers"),
     ]
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([a for a, _ in dangerous])], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=300, env={**os.environ, "MLABENCH_DEBUG": ""})
-    assert proc.returncode == 0, proc.stderr
-    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    answers = answers_in_child([a for a, _ in dangerous], tmp_path)
     assert len(answers) == len(dangerous)
     for (code, err), (_, needle) in zip(answers, dangerous, strict=True):
         assert_one_error_line(code, err, 2)
