@@ -8,20 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant
-from mlabench.variants.layers import linear
 from mlabench.variants.registry import register_variant
-from mlabench.variants.rope import apply_rotate_half, rope_table
+from mlabench.variants.rope import apply_rotate_half
+from mlabench.variants.rotary_heads import SplitKV
 
 if TYPE_CHECKING:
     from mlabench.step import Step
 
 
-class GroupedQueryAttention(AttentionVariant):
+class GroupedQueryAttention(SplitKV):
     name = "gqa"
     family = "gqa"
     caches = "K, V per KV group"
@@ -62,37 +60,16 @@ class GroupedQueryAttention(AttentionVariant):
     def core_flops(cls, sh: AttentionShape, step: Step) -> int:
         return step.batch * 4 * sh.num_heads * sh.head_dim * step.attended_pairs
 
-    def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
-        super().__init__(shape, device, dtype)
-        sh = self.shape
-        h, g, d, hidden = sh.num_heads, sh.kv_heads, sh.head_dim, sh.hidden_size
-        self.q_proj = linear(hidden, h * d, device, dtype)
-        self.k_proj = linear(hidden, g * d, device, dtype)
-        self.v_proj = linear(hidden, g * d, device, dtype)
-        self.o_proj = linear(h * d, hidden, device, dtype)
-
-    def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
-        g, d = self.shape.kv_heads, self.shape.head_dim
-        return {"k_cache": (batch, max_seq_len, g, d), "v_cache": (batch, max_seq_len, g, d)}
-
-    def _build_length_state(self, max_seq_len: int) -> None:
-        self._rope = rope_table(self.shape.head_dim, self.shape, max_seq_len, self.weight_device)
+    def kv_rows(self) -> tuple[int, int]:
+        return self.shape.kv_heads, self.shape.head_dim
 
     def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
-        self._check_step(x, start_pos)
+        q, cos, sin = self._queries(x, start_pos)  # (B, S, H, D)
         b, s, _ = x.shape
-        sh = self.shape
-        h, g, d = sh.num_heads, sh.kv_heads, sh.head_dim
-        end = start_pos + s
-        cos, sin = self._rope_at(self._rope, b, start_pos, s)
-        q = apply_rotate_half(self.q_proj(x).view(b, s, h, d), cos, sin)  # (B, S, H, D)
+        g, d = self.kv_rows()
         k = apply_rotate_half(self.k_proj(x).view(b, s, g, d), cos, sin)  # (B, S, G, D)
-        v = self.v_proj(x).view(b, s, g, d)
-        self._write("k_cache", start_pos, k)
-        self._write("v_cache", start_pos, v)
-        return q, self._read("k_cache", b, end), self._read("v_cache", b, end), d**-0.5, True
-
+        k, v = self._append_kv(start_pos, k, self.v_proj(x).view(b, s, g, d))
+        return q, k, v, d**-0.5, True
 
 
 @register_variant

@@ -25,17 +25,17 @@ import torch
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant
 from mlabench.variants.layers import linear
 from mlabench.variants.registry import register_variant
-from mlabench.variants.rope import apply_rotate_half, rope_table
+from mlabench.variants.rope import apply_rotate_half
+from mlabench.variants.rotary_heads import RotaryHeads
 
 if TYPE_CHECKING:
     from mlabench.step import Step
 
 
 @register_variant
-class GroupedTiedAttention(AttentionVariant):
+class GroupedTiedAttention(RotaryHeads):
     serving_layouts = False  # its cache is read and written by (batch, token) slices
     name = "gta"
     family = "gqa"
@@ -91,33 +91,26 @@ class GroupedTiedAttention(AttentionVariant):
         # so the bytes lower bound leaves it out).
         return step.batch * step.total * sh.kv_heads * sh.head_dim
 
-    def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
-        super().__init__(shape, device, dtype)
+    @classmethod
+    def rotary_dim(cls, sh: AttentionShape) -> int:
+        return sh.rope_head_dim
+
+    def _build_kv_weights(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         sh = self.shape
-        h, g, d, hidden = sh.num_heads, sh.kv_heads, sh.head_dim, sh.hidden_size
-        self.q_proj = linear(hidden, h * d, device, dtype)
-        self.kv_proj = linear(hidden, g * d, device, dtype)
-        self.W_rope_k = nn.Linear(hidden, sh.rope_head_dim, bias=True, device=device, dtype=dtype)
-        self.o_proj = linear(h * d, hidden, device, dtype)
+        self.kv_proj = linear(sh.hidden_size, sh.kv_heads * sh.head_dim, device, dtype)
+        self.W_rope_k = nn.Linear(sh.hidden_size, sh.rope_head_dim, bias=True, device=device, dtype=dtype)
 
     def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
         sh = self.shape
         return {"kv_cache": (batch, max_seq_len, sh.kv_heads, sh.head_dim),
                 "k_pe_cache": (batch, max_seq_len, sh.rope_head_dim)}
 
-    def _build_length_state(self, max_seq_len: int) -> None:
-        self._rope = rope_table(self.shape.rope_head_dim, self.shape, max_seq_len, self.weight_device)
-
     def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
-        self._check_step(x, start_pos)
+        q, cos, sin = self._queries(x, start_pos)  # (B, S, H, D), its last d_r columns rotated
         b, s, _ = x.shape
         sh = self.shape
-        h, g, d, r = sh.num_heads, sh.kv_heads, sh.head_dim, sh.rope_head_dim
+        g, d, r = sh.kv_heads, sh.head_dim, sh.rope_head_dim
         end = start_pos + s
-        cos, sin = (t[start_pos:end] for t in self._rope)
-        q = self.q_proj(x).view(b, s, h, d)
-        q = torch.cat((q[..., : d - r], apply_rotate_half(q[..., d - r:], cos, sin)), dim=-1)  # (B, S, H, D)
         k_pe = apply_rotate_half(self.W_rope_k(x)[:, :, None, :], cos, sin)[:, :, 0]  # (B, S, d_r)
         new, seen = (slice(None, b), slice(start_pos, end)), (slice(None, b), slice(None, end))
         self._store("kv_cache", new, self.kv_proj(x).view(b, s, g, d))

@@ -17,17 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from mlabench.config import AttentionShape, ShapeError
-from mlabench.variants.base import AttentionVariant
-from mlabench.variants.layers import linear
 from mlabench.variants.registry import register_variant
-from mlabench.variants.rope import apply_rotate_half, rope_table
+from mlabench.variants.rope import apply_rotate_half
+from mlabench.variants.rotary_heads import SplitKV
 
 if TYPE_CHECKING:
     from mlabench.step import Step
 
 
 @register_variant
-class LowRankKV(AttentionVariant):
+class LowRankKV(SplitKV):
     name = "lowrank-kv"
     family = "latent"
     caches = "per-head K, V latents"
@@ -76,38 +75,24 @@ class LowRankKV(AttentionVariant):
         # up-projected K and V, and K again after RoPE, per cached token (a generous bound)
         return step.batch * step.total * 4 * sh.num_heads * sh.head_dim
 
-    def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None):
-        super().__init__(shape, device, dtype)
-        sh = self.shape
-        h, d, r, hidden = sh.num_heads, sh.head_dim, sh.kv_lora_rank, sh.hidden_size
-        self.q_proj = linear(hidden, h * d, device, dtype)
-        self.k_proj = linear(hidden, h * r, device, dtype)
-        self.v_proj = linear(hidden, h * r, device, dtype)
+    def kv_rows(self) -> tuple[int, int]:
+        return self.shape.num_heads, self.shape.kv_lora_rank
+
+    def _build_kv_weights(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        super()._build_kv_weights(device, dtype)  # k_proj, v_proj: the per-head latents
+        h, d, r = self.shape.num_heads, self.shape.head_dim, self.shape.kv_lora_rank
         # Per-head up-projections, initialized like a Linear(r, D) per head.
         bound = r**-0.5
         self.k_up_proj = nn.Parameter(torch.empty(h, d, r, device=device, dtype=dtype).uniform_(-bound, bound))
         self.v_up_proj = nn.Parameter(torch.empty(h, d, r, device=device, dtype=dtype).uniform_(-bound, bound))
-        self.o_proj = linear(h * d, hidden, device, dtype)
-
-    def cache_shapes(self, batch: int, max_seq_len: int) -> dict[str, tuple[int, ...]]:
-        h, r = self.shape.num_heads, self.shape.kv_lora_rank
-        return {"k_cache": (batch, max_seq_len, h, r), "v_cache": (batch, max_seq_len, h, r)}
-
-    def _build_length_state(self, max_seq_len: int) -> None:
-        self._rope = rope_table(self.shape.head_dim, self.shape, max_seq_len, self.weight_device)
 
     def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
-        self._check_step(x, start_pos)
+        q, _, _ = self._queries(x, start_pos)
         b, s, _ = x.shape
-        sh = self.shape
-        h, d, r = sh.num_heads, sh.head_dim, sh.kv_lora_rank
+        h, r = self.kv_rows()
         end = start_pos + s
-        cos, sin = self._rope_at(self._rope, b, start_pos, s)
-        q = apply_rotate_half(self.q_proj(x).view(b, s, h, d), cos, sin)
-        self._write("k_cache", start_pos, self.k_proj(x).view(b, s, h, r))
-        self._write("v_cache", start_pos, self.v_proj(x).view(b, s, h, r))
-        k = torch.einsum("bthr,hdr->bthd", self._read("k_cache", b, end), self.k_up_proj)  # (B, T, H, D)
+        k_lat, v_lat = self._append_kv(start_pos, self.k_proj(x).view(b, s, h, r), self.v_proj(x).view(b, s, h, r))
+        k = torch.einsum("bthr,hdr->bthd", k_lat, self.k_up_proj)  # (B, T, H, D)
         k = apply_rotate_half(k, self._rope[0][:end], self._rope[1][:end])  # slot t holds position t
-        v = torch.einsum("bthr,hdr->bthd", self._read("v_cache", b, end), self.v_up_proj)
-        return q, k, v, d**-0.5, True
+        v = torch.einsum("bthr,hdr->bthd", v_lat, self.v_up_proj)
+        return q, k, v, self.shape.head_dim**-0.5, True
