@@ -299,6 +299,8 @@ def test_default_configs() -> None:
     assert cfg.num_splits == default_num_splits(1, 2, 32768, 32, DEFAULT_NUM_SMS, ctas_per_sm(8))
     with pytest.raises(ValueError, match=r"^block_n must be a power of two in \[16, 256\], got 48$"):
         choose_config(1, 16, 64, block_n=48)
+    with pytest.raises(TypeError, match="'block_m' is not a launch knob"):  # a misspelt knob is not ignored
+        choose_config(1, 16, 64, block_m=32)
 
 
 @pytest.mark.parametrize(("name", "value"), [

@@ -19,6 +19,7 @@ which is for tests, not timing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
@@ -75,8 +76,7 @@ class TritonMLACore(LatentCore):
         cfg = self.config
         paged = {} if table is None else {"block_table": table}
         return mla_decode(step.q, kv, step.cache_seqlens, head_dim_v=step.d_c, softmax_scale=step.scale,
-                          num_splits=cfg.num_splits, block_h=cfg.block_h, block_n=cfg.block_n,
-                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, latent_heads=step.latent_heads,
+                          **dataclasses.asdict(cfg), latent_heads=step.latent_heads,
                           # only what this step uses: an FP8 format, dsa's top-k rows, a block table
                           **({"kv_dtype": step.kv_dtype} if step.kv_dtype else {}),
                           **({"indices": step.indices} if step.indices is not None else {}),

@@ -35,11 +35,13 @@ The module imports without triton; ``mla_decode`` then raises ``RuntimeError``.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 from torch import Tensor
 
 from mlabench.kernels.mla_decode_kernels import HAS_TRITON, INTERPRETED
-from mlabench.kernels.mla_decode_launch import LaunchConfig, check_inputs, mla_decode_config
+from mlabench.kernels.mla_decode_launch import LaunchConfig, LaunchKnobs, check_inputs, mla_decode_config
 
 if HAS_TRITON:
     import triton
@@ -78,14 +80,11 @@ def mla_decode(
     softmax_scale: float,
     num_splits: int | None = None,
     *,
-    block_h: int | None = None,
-    block_n: int | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
     block_table: Tensor | None = None,
     kv_dtype: str = "",
     latent_heads: int = 1,
     indices: Tensor | None = None,
+    **knobs: Unpack[LaunchKnobs],
 ) -> Tensor:
     """Absorbed-MLA decode attention with split-KV; returns ``[B, S, H, head_dim_v]`` in q's dtype.
 
@@ -95,8 +94,8 @@ def mla_decode(
         With ``block_table``: a page pool (num_pages, page_size, D) instead.
     cache_seqlens: (B,) int32 valid tokens per sequence, including the S new ones.
     softmax_scale: multiplies q . k; always explicit (DeepSeek: d_qk**-0.5 times the YaRN factor).
-    num_splits, block_h, block_n, num_warps, num_stages: launch knobs; None picks the default
-        (``mla_decode_config`` returns the resulting configuration; NOTES.md explains it).
+    num_splits and ``knobs`` (block_h, block_n, num_warps, num_stages): launch knobs; None picks the
+        default (``mla_decode_config`` returns the resulting configuration; NOTES.md explains it).
     block_table: (B, max pages) int32 page ids of a paged cache: token p of sequence b is
         kv_cache[block_table[b, p // page_size], p % page_size]. None: kv_cache is contiguous.
     kv_dtype: "" for a cache in q's dtype; "fp8_e4m3" or "fp8_e5m2" for a uint8 cache (B, T_max,
@@ -125,9 +124,8 @@ def mla_decode(
             indices = indices.contiguous()
     # The launch heuristics size splits by the longest sequence: a pool's is pages * page_size.
     kv_len = None if block_table is None else block_table.shape[1] * kv_cache.shape[1]
-    cfg = mla_decode_config(q, kv_cache, num_splits, block_h=block_h, block_n=block_n,
-                            num_warps=num_warps, num_stages=num_stages, kv_fp8=bool(kv_dtype), kv_len=kv_len,
-                            latent_heads=latent_heads)
+    cfg = mla_decode_config(q, kv_cache, num_splits, kv_fp8=bool(kv_dtype), kv_len=kv_len,
+                            latent_heads=latent_heads, **knobs)
 
     B, S, H, D = q.shape
     dv = head_dim_v

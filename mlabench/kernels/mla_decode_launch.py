@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import torch
 from torch import Tensor
@@ -19,6 +20,7 @@ from torch import Tensor
 __all__ = [
     "LAUNCH_KNOBS",
     "LaunchConfig",
+    "LaunchKnobs",
     "auto_configs",
     "auto_fp8_configs",
     "check_inputs",
@@ -111,6 +113,16 @@ _LAUNCH_RULES = {
 LAUNCH_KNOBS = tuple(_LAUNCH_RULES)
 
 
+class LaunchKnobs(TypedDict, total=False):
+    """The tile knobs a caller may fix, passed on as keywords from `mla_decode` to `choose_config`
+    (absent or None: the default). `num_splits`, chosen after them, is a parameter of its own."""
+
+    block_h: int | None
+    block_n: int | None
+    num_warps: int | None
+    num_stages: int | None
+
+
 def launch_value_error(name: str, value: object) -> str | None:
     """None if ``value`` is valid for launch knob ``name`` (None means auto); else what is wrong,
     as "must be ..., got ..." for the caller to prefix with the knob's name."""
@@ -186,26 +198,26 @@ def choose_config(
     elem_bytes: int = 2,
     num_sms: int = DEFAULT_NUM_SMS,
     *,
-    block_h: int | None = None,
-    block_n: int | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
     num_splits: int | None = None,
     kv_fp8: bool = False,
+    **knobs: Unpack[LaunchKnobs],
 ) -> LaunchConfig:
     """The launch for ``batch`` sequences of ``rows`` = S*H query rows over a ``max_seqlen`` cache
     of ``elem_bytes``-byte elements (2: bf16/fp16, 4: fp32).
 
     Every knob left as None gets its default; the split count is chosen after the block
     sizes (it depends on the number of row blocks and on block_n). Raises ValueError naming
-    the first invalid knob.
+    the first invalid knob, TypeError for a name that is not a knob.
     """
-    given = {"block_h": block_h, "block_n": block_n, "num_warps": num_warps,
-             "num_stages": num_stages, "num_splits": num_splits}
+    given = {**knobs, "num_splits": num_splits}
     for name, value in given.items():
+        if name not in _LAUNCH_RULES:
+            raise TypeError(f"choose_config: {name!r} is not a launch knob ({', '.join(LAUNCH_KNOBS)})")
         err = launch_value_error(name, value)
         if err is not None:
             raise ValueError(f"{name} {err}")
+    block_h, block_n = knobs.get("block_h"), knobs.get("block_n")
+    num_warps, num_stages = knobs.get("num_warps"), knobs.get("num_stages")
     bh = block_h if block_h is not None else (FP8_BLOCK_H if kv_fp8 else default_block_h(rows, elem_bytes))
     bn = block_n if block_n is not None else default_block_n(elem_bytes, kv_fp8)
     warps = num_warps if num_warps is not None else (FP8_NUM_WARPS if kv_fp8 else default_num_warps(bh))
@@ -227,22 +239,18 @@ def mla_decode_config(
     kv_cache: Tensor,
     num_splits: int | None = None,
     *,
-    block_h: int | None = None,
-    block_n: int | None = None,
-    num_warps: int | None = None,
-    num_stages: int | None = None,
     kv_fp8: bool = False,
     kv_len: int | None = None,
     latent_heads: int = 1,
+    **knobs: Unpack[LaunchKnobs],
 ) -> LaunchConfig:
     """The launch configuration ``mla_decode`` uses for these arguments (None = default); with G
     latent heads each sequence is G independent problems of S*H/G query rows. ``kv_len``: the
     longest sequence's slots, for a paged cache whose tensor is the pool."""
     B, S, H, _ = q.shape
     t_max = kv_cache.shape[1] if kv_len is None else kv_len
-    return choose_config(B * latent_heads, S * H // latent_heads, t_max, q.element_size(),
-                         num_sms(q.device), block_h=block_h, block_n=block_n, num_warps=num_warps,
-                         num_stages=num_stages, num_splits=num_splits, kv_fp8=kv_fp8)
+    return choose_config(B * latent_heads, S * H // latent_heads, t_max, q.element_size(), num_sms(q.device),
+                         num_splits=num_splits, kv_fp8=kv_fp8, **knobs)
 
 
 def auto_configs() -> dict[LaunchConfig, tuple[str, ...]]:
