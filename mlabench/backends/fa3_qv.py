@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mlabench.backends.latent import LatentCore, first_call_ms
-from mlabench.backends.library import accepts, gpu_unavailable, loading, optional_library, required
-from mlabench.backends.registry import Prepared, StepInputs, register_backend
+from mlabench.backends.latent import LatentCore, library_prepared, register_library_backend
+from mlabench.backends.library import gpu_unavailable, optional_library, require_keywords, required
+from mlabench.backends.registry import Prepared, StepInputs
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
@@ -76,6 +76,9 @@ class FA3QVCore(LatentCore):
 
 
 def check_qv_case(module: AttentionVariant) -> None:
+    """What FlashAttention-3's qv kernels take: gla-absorbed's 64-wide RoPE key and a 16-bit query."""
+    if not isinstance(module, GLAAbsorbed):
+        raise UnsupportedError(f"fa3-qv serves gla-absorbed only, not {module.name}")
     sh = module.shape
     if sh.rope_head_dim != QV_HEAD_DIM:
         raise UnsupportedError(f"fa3-qv: FlashAttention-3's qv kernels take a {QV_HEAD_DIM}-wide RoPE key "
@@ -84,33 +87,18 @@ def check_qv_case(module: AttentionVariant) -> None:
         raise UnsupportedError(f"fa3-qv takes bf16 or fp16, not {module.weight_dtype}")
 
 
-@register_backend(
-    "fa3-qv",
-    description="FlashAttention-3's qv decode (MLA's MQA mode) once per GLA latent head, on views of the cache "
-                "(SM90)",
-    variants=("gla-absorbed",),
-    modes=("decode",),
-    fused=True,
-    unavailable=fa3_unavailable,
-)
+@register_library_backend(FA3QVCore, unavailable=fa3_unavailable,
+                          description="FlashAttention-3's qv decode (MLA's MQA mode) once per GLA latent head, "
+                                      "on views of the cache (SM90)")
 def prepare_fa3_qv(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
-    if not isinstance(module, GLAAbsorbed):
-        raise UnsupportedError(f"fa3-qv serves gla-absorbed only, not {module.name}")
     check_qv_case(module)
     lib = required(_load_library)
-    if not accepts(lib.flash_attn_with_kvcache, "qv"):
-        raise UnsupportedError("this flash_attn_interface has no qv path (flash_attn_with_kvcache takes no qv)")
+    require_keywords(lib, "this flash_attn_interface has no qv path", flash_attn_with_kvcache="qv")
     core = FA3QVCore(module, inputs, lib)
     x, start = inputs.x, inputs.start_pos
 
     def fn() -> Tensor:
         return module.forward_fused(x, start, core)  # the core reads [c_j, k_pe] in place: no K to assemble
 
-    def first_call() -> None:
-        with loading("flash_attn_interface"):  # a build without SM90 kernels or without qv: `unsupported`
-            fn()
-
-    compile_ms = first_call_ms(first_call, x.device)
-    version = getattr(lib, "__version__", "?")
-    return Prepared(fn=fn, detail=f"fa3-qv:{version},latent_heads={module.shape.num_latent_heads}",
-                    compile_ms=compile_ms, core=core.alone)
+    # A build without SM90 kernels or without qv fails in the first call: `unsupported`.
+    return library_prepared("flash_attn_interface", lib, core, fn, f"latent_heads={module.shape.num_latent_heads}")

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mlabench.backends.latent import first_call_ms
-from mlabench.backends.library import gpu_unavailable, loading, optional_library, required
+from mlabench.backends.latent import library_prepared, register_library_backend
+from mlabench.backends.library import gpu_unavailable, optional_library, required
 from mlabench.backends.paged import BLOCK_SIZE, PagedCache, PagedLatentCore, check_deepseek_latent
-from mlabench.backends.registry import Prepared, StepInputs, register_backend
+from mlabench.backends.registry import Prepared, StepInputs
 from mlabench.case import Case
 from mlabench.errors import UsageError
 from mlabench.variants.base import AttentionVariant
@@ -102,49 +102,35 @@ def flashinfer_backend_option(case: Case) -> str:
     return value
 
 
-@register_backend(
-    "flashinfer",
-    description="FlashInfer paged MLA attention (BatchMLAPagedAttentionWrapper) on a paged copy of the latent cache",
-    variants=("mla-absorbed",),
-    modes=("decode",),
-    fused=True,
-    unavailable=flashinfer_unavailable,
-    options={"flashinfer_backend": flashinfer_backend_option},
-)
+@register_library_backend(FlashInferMLACore, unavailable=flashinfer_unavailable,
+                          options={"flashinfer_backend": flashinfer_backend_option},
+                          description="FlashInfer paged MLA attention (BatchMLAPagedAttentionWrapper) on a paged "
+                                      "copy of the latent cache")
 def prepare_flashinfer(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     check_deepseek_latent(module, "flashinfer")
     backend = flashinfer_backend_option(case)
     lib = required(_load_library)
     x, start = inputs.x, inputs.start_pos
-    s = x.shape[1]
     sh = module.shape
     dtype = module.weight_dtype
     scale = sh.mla_softmax_scale
     core = FlashInferMLACore(module, inputs, scale)
 
-    def fn() -> Tensor:
-        return module(x, start, core)
-
-    def plan_and_first_call() -> None:
+    def plan() -> None:
         # FlashInfer builds its kernels just in time in plan()/the first run: without nvcc, or
         # with an API other than this one, that is `unsupported` with the reason, not `error`.
-        with loading("flashinfer"):
-            workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=x.device)
-            wrapper = lib.mla.BatchMLAPagedAttentionWrapper(workspace, backend=backend)
-            args = plan_arguments(core.paged, s)
-            wrapper.plan(
-                args["qo_indptr"], args["kv_indptr"], args["kv_indices"], args["kv_len_arr"],
-                sh.num_heads, sh.kv_lora_rank, sh.rope_head_dim, core.block_size,
-                True,  # causal, bottom-right aligned
-                scale,
-                dtype,  # q_data_type
-                dtype,  # kv_data_type
-            )
-            core.wrapper = wrapper
-            fn()
+        workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=x.device)
+        wrapper = lib.mla.BatchMLAPagedAttentionWrapper(workspace, backend=backend)
+        args = plan_arguments(core.paged, x.shape[1])
+        wrapper.plan(
+            args["qo_indptr"], args["kv_indptr"], args["kv_indices"], args["kv_len_arr"],
+            sh.num_heads, sh.kv_lora_rank, sh.rope_head_dim, core.block_size,
+            True,  # causal, bottom-right aligned
+            scale,
+            dtype,  # q_data_type
+            dtype,  # kv_data_type
+        )
+        core.wrapper = wrapper
 
-    compile_ms = first_call_ms(plan_and_first_call, x.device)
-    version = getattr(lib, "__version__", "?")
-    return Prepared(fn=fn, detail=f"flashinfer:{version},{backend},page={core.block_size}"
-                    + (",native" if core.native else ""), compile_ms=compile_ms,
-                    core=core.alone, extra_cache_bytes=core.extra_cache_bytes)
+    return library_prepared("flashinfer", lib, core, lambda: module(x, start, core),
+                            f"{backend},page={core.block_size}" + (",native" if core.native else ""), plan)

@@ -26,18 +26,16 @@ a FlashMLA format (`unsupported`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mlabench.backends.latent import first_call_ms
-from mlabench.backends.library import accepts, gpu_unavailable, loading, optional_library, required
+from mlabench.backends.latent import library_prepared, register_library_backend
+from mlabench.backends.library import gpu_unavailable, optional_library, require_keywords, required
 from mlabench.backends.paged import BLOCK_SIZE, PagedLatentCore, check_deepseek_latent
-from mlabench.backends.registry import Prepared, StepInputs, register_backend
+from mlabench.backends.registry import Prepared, StepInputs
 from mlabench.case import Case
-from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.latent_step import LatentStep
 
@@ -52,11 +50,13 @@ def flashmla_unavailable(device: torch.device) -> str | None:
 
 
 class FlashMLACore(PagedLatentCore):
-    """A LatentStep -> o_lat through flash_mla_with_kvcache on the page pool."""
+    """A LatentStep -> o_lat through flash_mla_with_kvcache on the page pool, on the schedule
+    `get_mla_metadata` planned in prepare. FlashMLA's sparse decode subclasses it."""
 
     library = "flashmla"
     page_sizes = (BLOCK_SIZE,)  # FlashMLA's kernels read 64-token pages only
     fp8_kv = ("fp8_e4m3",)  # FlashMLA's FP8 cache: 656-byte e4m3 rows
+    causal = True  # bottom-right aligned, as ours
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs, lib: Any):
         super().__init__(module, inputs, BLOCK_SIZE)
@@ -65,6 +65,14 @@ class FlashMLACore(PagedLatentCore):
         pool = self.paged.pool.view(torch.float8_e4m3fn) if self.fp8 else self.paged.pool  # FP8: uint8 rows
         self.k_cache = pool.unsqueeze(2)  # (num_pages, 64, 1, D or 656 bytes): FlashMLA's layout, a view
         self.schedule: tuple[Any, Any] | None = None  # (tile_scheduler_metadata, num_splits), once per case
+
+    def plan(self, s: int, h: int) -> None:
+        """FlashMLA's schedule for S new tokens of H query heads, once per case."""
+        self.schedule = self.lib.get_mla_metadata(self.cache_seqlens, s * h // 1, 1)  # one KV head
+
+    def call_options(self, step: LatentStep) -> dict[str, Any]:
+        """Keywords beyond the dense call's: the FP8 flag when the pool holds FP8 rows."""
+        return {"is_fp8_kvcache": True} if self.fp8 else {}
 
     def attend(self, step: LatentStep) -> Tensor:
         assert self.schedule is not None, "get_mla_metadata runs in prepare"
@@ -78,49 +86,26 @@ class FlashMLACore(PagedLatentCore):
             tile_scheduler_metadata,
             num_splits,
             softmax_scale=step.scale,
-            causal=True,
-            **({"is_fp8_kvcache": True} if self.fp8 else {}),
+            causal=self.causal,
+            **self.call_options(step),
         )
         return o  # (B, S, H, d_c)
 
 
-def scheduled_step(module: AttentionVariant, inputs: StepInputs, core: Any,
-                   schedule: Callable[[int, int], Any]) -> tuple[Callable[[], Tensor], float]:
-    """The step through a FlashMLA `core`, and the milliseconds of its first call after
-    `schedule(S, H)` (FlashMLA's get_mla_metadata for S new tokens of H heads) planned it. Both run
-    inside `loading`: a build without the kernels or with another API fails there, `unsupported`
-    rather than `error` (newer releases schedule lazily, in the first call)."""
+def flashmla_prepared(module: AttentionVariant, inputs: StepInputs, core: FlashMLACore, detail: str) -> Prepared:
+    """The step through a FlashMLA `core`, whose first call (timed as compile_ms) comes after the
+    core planned its schedule (newer releases schedule lazily, in that first call)."""
     x, start = inputs.x, inputs.start_pos
-
-    def fn() -> Tensor:
-        return module(x, start, core)
-
-    def schedule_and_first_call() -> None:
-        with loading("flash_mla"):
-            core.schedule = schedule(x.shape[1], module.shape.num_heads)
-            fn()
-
-    return fn, first_call_ms(schedule_and_first_call, x.device)
+    return library_prepared("flash_mla", core.lib, core, lambda: module(x, start, core), detail,
+                            plan=lambda: core.plan(x.shape[1], module.shape.num_heads))
 
 
-@register_backend(
-    "flashmla",
-    description="DeepSeek FlashMLA dense decode on a paged copy of the latent cache (SM90, bf16)",
-    variants=("mla-absorbed",),
-    modes=("decode",),
-    fused=True,
-    unavailable=flashmla_unavailable,
-)
+@register_library_backend(FlashMLACore, unavailable=flashmla_unavailable,
+                          description="DeepSeek FlashMLA dense decode on a paged copy of the latent cache (SM90, bf16)")
 def prepare_flashmla(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     check_deepseek_latent(module, "flashmla")
     lib = required(_load_library)
-    if module.shape.kv_dtype == "fp8_e4m3" and not accepts(lib.flash_mla_with_kvcache, "is_fp8_kvcache"):
-        raise UnsupportedError("this flash_mla has no FP8 KV cache (flash_mla_with_kvcache takes no is_fp8_kvcache)")
+    if module.shape.kv_dtype == "fp8_e4m3":
+        require_keywords(lib, "this flash_mla has no FP8 KV cache", flash_mla_with_kvcache="is_fp8_kvcache")
     core = FlashMLACore(module, inputs, lib)
-    fn, compile_ms = scheduled_step(module, inputs, core, lambda s, h: lib.get_mla_metadata(
-        core.cache_seqlens, s * h // 1, 1))  # one KV head
-    version = getattr(lib, "__version__", "?")
-    native = ",native" if core.native else ""
-    return Prepared(fn=fn, detail=f"flashmla:{version},block={BLOCK_SIZE}{native}", compile_ms=compile_ms,
-                    core=core.alone,
-                    extra_cache_bytes=core.extra_cache_bytes)
+    return flashmla_prepared(module, inputs, core, f"block={BLOCK_SIZE}" + (",native" if core.native else ""))

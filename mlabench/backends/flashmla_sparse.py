@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mlabench.backends.flashmla import INSTALL_HINT, scheduled_step
-from mlabench.backends.library import accepts, gpu_unavailable, optional_library, required
-from mlabench.backends.paged import BLOCK_SIZE, PagedLatentCore
-from mlabench.backends.registry import Prepared, StepInputs, register_backend
+from mlabench.backends.flashmla import INSTALL_HINT, FlashMLACore, flashmla_prepared
+from mlabench.backends.latent import register_library_backend
+from mlabench.backends.library import gpu_unavailable, optional_library, require_keywords, required
+from mlabench.backends.paged import BLOCK_SIZE
+from mlabench.backends.registry import Prepared, StepInputs
 from mlabench.case import Case
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
@@ -70,26 +71,26 @@ def pool_slots(indices: Tensor, block_table: Tensor, block_size: int, width: int
     return F.pad(slots, (0, width - slots.shape[-1]), value=-1)
 
 
-class FlashMLASparseCore(PagedLatentCore):
+class FlashMLASparseCore(FlashMLACore):
     """A dsa LatentStep (with indices) -> o_lat through FlashMLA's sparse FP8 decode."""
 
     library = "flashmla-sparse"
-    page_sizes = (BLOCK_SIZE,)
-    fp8_kv = ("fp8_e4m3",)
     serves = (DSA,)
     reads_latent_beside_others = True  # the kernel reads the latent rows, never the indexer key
+    causal = False  # FlashMLA refuses a causal mask with indices; dsa's rows already exclude hidden keys
 
     def __init__(self, module: AttentionVariant, inputs: StepInputs, lib: Any):
-        super().__init__(module, inputs, BLOCK_SIZE)
-        self.lib = lib
+        super().__init__(module, inputs, lib)
         pool = self.paged.pool
         if pool.dtype != torch.uint8 or pool.shape[-1] != ROW_BYTES:
             raise UnsupportedError(f"flashmla-sparse reads {ROW_BYTES}-byte FP8 latent rows, not a cache of "
                                    f"{pool.shape[-1]} {pool.dtype} per token")
-        self.k_cache = pool.view(torch.float8_e4m3fn).unsqueeze(2)  # (num_pages, 64, 1, 656): a view
         k = min(module.shape.topk, int(self.cache_seqlens.max()))  # dsa's K this step
         self.topk = math.ceil(k / INDEX_BLOCK) * INDEX_BLOCK
-        self.schedule: tuple[Any, Any] | None = None  # (tile_scheduler_metadata, num_splits), once per case
+
+    def plan(self, s: int, h: int) -> None:
+        self.schedule = self.lib.get_mla_metadata(self.cache_seqlens, s * h, 1, h, is_fp8_kvcache=True,
+                                                  topk=self.topk)
 
     def check(self, step: LatentStep) -> None:
         if step.indices is None or step.kv_dtype != "fp8_e4m3":
@@ -97,28 +98,16 @@ class FlashMLASparseCore(PagedLatentCore):
         if step.indices.shape[-1] > self.topk:
             raise RuntimeError(f"dsa chose {step.indices.shape[-1]} rows, more than the {self.topk} planned")
 
-    def attend(self, step: LatentStep) -> Tensor:
-        assert self.schedule is not None and step.indices is not None, "get_mla_metadata runs in prepare"
-        tile_scheduler_metadata, num_splits = self.schedule
+    def call_options(self, step: LatentStep) -> dict[str, Any]:
+        assert step.indices is not None, "checked on the first step"
         slots = pool_slots(step.indices, self.paged.block_table, self.block_size, self.topk)
-        o, _lse = self.lib.flash_mla_with_kvcache(
-            step.q,  # (B, S, H, 576) bf16
-            self.k_cache,
-            self.paged.block_table,
-            step.cache_seqlens,
-            step.d_c,  # head_dim_v
-            tile_scheduler_metadata,
-            num_splits,
-            softmax_scale=step.scale,
-            causal=False,
-            is_fp8_kvcache=True,
-            indices=slots,
-        )
-        return o  # (B, S, H, d_c)
+        return {"is_fp8_kvcache": True, "indices": slots}
 
 
 def check_sparse_case(module: AttentionVariant) -> None:
-    """What FlashMLA's sparse decode reads: DeepSeek's FP8 e4m3 latent rows and a bf16 query."""
+    """What FlashMLA's sparse decode reads: dsa's DeepSeek FP8 e4m3 latent rows and a bf16 query."""
+    if not isinstance(module, DSA):
+        raise UnsupportedError(f"flashmla-sparse serves dsa only, not {module.name}")
     sh = module.shape
     if (sh.kv_lora_rank, sh.rope_head_dim) != (512, 64):
         raise UnsupportedError("flashmla-sparse reads kv_lora_rank 512 and rope_head_dim 64 (656-byte FP8 rows); "
@@ -130,24 +119,13 @@ def check_sparse_case(module: AttentionVariant) -> None:
         raise UnsupportedError(f"flashmla-sparse takes a bf16 query, not {module.weight_dtype}")
 
 
-@register_backend(
-    "flashmla-sparse",
-    description="DeepSeek FlashMLA token-sparse decode for dsa on its FP8 latent rows (SM90/SM100)",
-    variants=("dsa",),
-    modes=("decode",),
-    fused=True,
-    unavailable=sparse_unavailable,
-)
+@register_library_backend(FlashMLASparseCore, unavailable=sparse_unavailable,
+                          description="DeepSeek FlashMLA token-sparse decode for dsa on its FP8 latent rows "
+                                      "(SM90/SM100)")
 def prepare_flashmla_sparse(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
-    if not isinstance(module, DSA):
-        raise UnsupportedError(f"flashmla-sparse serves dsa only, not {module.name}")
     check_sparse_case(module)
     lib = required(_load_library)
-    if not (accepts(lib.flash_mla_with_kvcache, "indices") and accepts(lib.get_mla_metadata, "topk")):
-        raise UnsupportedError("this flash_mla has no sparse decode (flash_mla_with_kvcache takes no indices)")
+    require_keywords(lib, "this flash_mla has no sparse decode", flash_mla_with_kvcache="indices",
+                     get_mla_metadata="topk")
     core = FlashMLASparseCore(module, inputs, lib)
-    fn, compile_ms = scheduled_step(module, inputs, core, lambda s, h: lib.get_mla_metadata(
-        core.cache_seqlens, s * h, 1, h, is_fp8_kvcache=True, topk=core.topk))
-    version = getattr(lib, "__version__", "?")
-    return Prepared(fn=fn, detail=f"flashmla-sparse:{version},block={BLOCK_SIZE},topk={core.topk}",
-                    compile_ms=compile_ms, core=core.alone, extra_cache_bytes=core.extra_cache_bytes)
+    return flashmla_prepared(module, inputs, core, f"block={BLOCK_SIZE},topk={core.topk}")

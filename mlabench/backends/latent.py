@@ -14,18 +14,21 @@ a dequantized copy (`MLAAbsorbed.reads_stored_cache`), and the LatentStep says t
 Any other core refuses the case as `unsupported` with `fp8_unsupported`.
 
 `first_call_ms` times a backend's first call (kernel JIT compile or load, lazy scheduling):
-that is the row's `compile_ms`, never latency.
+that is the row's `compile_ms`, never latency. A third-party library's core registers its
+backend with `register_library_backend` (the name and variants are the core's) and ends its
+`prepare` with `library_prepared`: the plan and first call inside `loading`, timed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from mlabench.backends.registry import StepInputs
+from mlabench.backends.library import loading
+from mlabench.backends.registry import OptionCheck, Prepare, Prepared, StepInputs, register_backend
 from mlabench.errors import UnsupportedError
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.kvquant import LatentFP8, PerCacheFP8, latent_rows
@@ -112,3 +115,36 @@ class LatentCore:
     def attend(self, step: LatentStep) -> Tensor:
         """The kernel: o_lat (B, S, H, d_c)."""
         raise NotImplementedError
+
+    @property
+    def extra_cache_bytes(self) -> int | None:
+        """Bytes of a second copy of the cache the core keeps (None: it reads the module's own)."""
+        return None
+
+
+def register_library_backend(core: type[LatentCore], *, description: str,
+                             unavailable: Callable[[torch.device], str | None],
+                             options: Mapping[str, OptionCheck] | None = None) -> Callable[[Prepare], Prepare]:
+    """Register the `prepare` of a fused decode backend built on a library's `core`: named after the
+    core's `library`, serving the variants in its `serves`, decode steps only."""
+    return register_backend(core.library, description=description, variants=tuple(cls.name for cls in core.serves),
+                            modes=("decode",), fused=True, unavailable=unavailable, options=options)
+
+
+def library_prepared(library: str, lib: object, core: LatentCore, fn: Callable[[], Tensor], detail: str,
+                     plan: Callable[[], object] = lambda: None) -> Prepared:
+    """The Prepared of a backend whose `core` calls the third-party library `lib` (imported as
+    `library`): `plan` (a schedule, a wrapper's plan) and the first call of the step `fn` run inside
+    `loading(library)`, so a build without this GPU's kernels or with another API is `unsupported`
+    rather than `error`, and are timed as compile_ms (just-in-time builds, lazy scheduling). The
+    detail is `<backend>:<library version>,<detail>`."""
+
+    def plan_and_first_call() -> None:
+        with loading(library):
+            plan()
+            fn()
+
+    compile_ms = first_call_ms(plan_and_first_call, core.cache_seqlens.device)
+    version = getattr(lib, "__version__", "?")
+    return Prepared(fn=fn, detail=f"{core.library}:{version},{detail}", compile_ms=compile_ms, core=core.alone,
+                    extra_cache_bytes=core.extra_cache_bytes)

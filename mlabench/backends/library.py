@@ -3,7 +3,8 @@
 `optional_library` is each library backend's loader: imported once per process, a library
 that is not installed is a reason to skip (`skipped`), one that is installed but fails to
 import is a LoadFailure (`unsupported`). `gpu_unavailable` is the `unavailable` check of a
-backend that needs such a library and a CUDA GPU of given compute capabilities.
+backend that needs such a library and a CUDA GPU of given compute capabilities; `required`
+and `require_keywords` start its `prepare`: the library, with the arguments the backend calls.
 
 FlashMLA and FlashInfer can be installed yet unusable: a wheel built without SM90 kernels,
 FlashInfer's just-in-time build without nvcc, an older or newer API than the one called.
@@ -107,6 +108,15 @@ def accepts(fn: object, name: str) -> bool:
     except (TypeError, ValueError):
         return True
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def require_keywords(lib: object, lacking: str, **keywords: str) -> None:
+    """UnsupportedError saying what this build of a library lacks (`lacking`, e.g. "this flash_mla has
+    no sparse decode") when one of its functions takes no keyword the backend calls (`function=keyword`):
+    an older release, where a newer one would serve the case."""
+    for function, keyword in keywords.items():
+        if not accepts(getattr(lib, function), keyword):
+            raise UnsupportedError(f"{lacking} ({function} takes no {keyword})")
 
 
 def _first_line(exc: BaseException) -> str:
