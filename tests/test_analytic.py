@@ -132,6 +132,8 @@ def test_invalid_shapes_name_the_field(overrides: dict, field: str) -> None:
         ("mla-latent", {"rope_head_dim": 0}, "rope_head_dim"),
         ("lowrank-kv", {"kv_lora_rank": 32}, "kv_lora_rank"),
         ("gqa", {"head_dim": 31}, "head_dim"),
+        ("mha", {"head_dim": 31}, "head_dim"),
+        ("lowrank-kv", {"head_dim": 31, "kv_lora_rank": 16}, "head_dim"),  # rotate-half RoPE turns pairs
         ("warp-attention", {}, "variant"),
     ],
 )

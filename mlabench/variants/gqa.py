@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from mlabench.config import AttentionShape, ShapeError
+from mlabench.config import AttentionShape
 from mlabench.variants.registry import register_variant
 from mlabench.variants.rope import apply_rotate_half
 from mlabench.variants.rotary_heads import SplitKV
@@ -35,9 +35,7 @@ class GroupedQueryAttention(SplitKV):
         g = cls._kv_heads(shape)
         if g is not None or shape.num_kv_heads is None:
             shape = shape.replace(num_kv_heads=g if g is not None else shape.num_heads)
-        if shape.head_dim % 2:
-            raise ShapeError("head_dim", f"must be even for rotate-half RoPE, got {shape.head_dim}")
-        return shape
+        return super().normalize_shape(shape)
 
     @classmethod
     def kv_elements_per_token(cls, sh: AttentionShape) -> int:

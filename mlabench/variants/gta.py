@@ -41,6 +41,7 @@ class GroupedTiedAttention(RotaryHeads):
     family = "gqa"
     caches = "tied K/V state per KV group + one shared RoPE key"
     cache_formula = "G*D+d_r"
+    rotary_field = "rope_head_dim"  # only the key's and queries' last d_r columns carry position
 
     @classmethod
     def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
@@ -51,7 +52,7 @@ class GroupedTiedAttention(RotaryHeads):
         if not 0 < shape.rope_head_dim < shape.head_dim:
             raise ShapeError("rope_head_dim", f"gta needs 0 < rope_head_dim < head_dim ({shape.head_dim}), "
                                               f"got {shape.rope_head_dim}")
-        return shape
+        return super().normalize_shape(shape)
 
     @classmethod
     def kv_elements_per_token(cls, sh: AttentionShape) -> int:
@@ -90,10 +91,6 @@ class GroupedTiedAttention(RotaryHeads):
         # The per-group K assembled each step for the generic core (a fused kernel would not need it,
         # so the bytes lower bound leaves it out).
         return step.batch * step.total * sh.kv_heads * sh.head_dim
-
-    @classmethod
-    def rotary_dim(cls, sh: AttentionShape) -> int:
-        return sh.rope_head_dim
 
     def _build_kv_weights(self, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         sh = self.shape

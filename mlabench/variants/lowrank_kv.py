@@ -37,9 +37,7 @@ class LowRankKV(SplitKV):
         if not 0 < shape.kv_lora_rank < shape.head_dim:
             raise ShapeError("kv_lora_rank", f"lowrank-kv needs 0 < kv_lora_rank < head_dim ({shape.head_dim}), "
                                              f"got {shape.kv_lora_rank}")
-        if shape.head_dim % 2:
-            raise ShapeError("head_dim", f"must be even for rotate-half RoPE, got {shape.head_dim}")
-        return shape.replace(num_kv_heads=shape.num_heads)  # every head keeps its own latents
+        return super().normalize_shape(shape.replace(num_kv_heads=shape.num_heads))  # every head: its own latents
 
     @classmethod
     def kv_elements_per_token(cls, sh: AttentionShape) -> int:

@@ -2,7 +2,8 @@
 a RoPE'd query, and, for gqa and lowrank-kv, K and V cached as two tensors.
 
 `RotaryHeads`: `q_proj` [H*D, d] makes H query heads of D whose last `rotary_dim` columns (all
-of them; gta's d_r) turn with rotate-half RoPE at the tokens' positions, and `o_proj` [d, H*D]
+of them; gta's d_r) turn with rotate-half RoPE at the tokens' positions (an even width, which
+`normalize_shape` checks after the subclass's own), and `o_proj` [d, H*D]
 takes the heads' outputs back (`AttentionVariant.core_output`). A variant adds its key and value
 weights in `_build_kv_weights`, which runs between the two: the checkpoints' order, so one seed
 draws the same weights whatever the variant adds. Its `core_inputs` starts with `_queries`.
@@ -14,10 +15,12 @@ draws the same weights whatever the variant adds. Its `core_inputs` starts with 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
-from mlabench.config import AttentionShape
+from mlabench.config import AttentionShape, ShapeError
 from mlabench.variants.base import AttentionVariant
 from mlabench.variants.layers import linear
 from mlabench.variants.rope import apply_rotate_half, rope_table
@@ -26,10 +29,19 @@ from mlabench.variants.rope import apply_rotate_half, rope_table
 class RotaryHeads(AttentionVariant):
     """H query heads of D from `q_proj`, RoPE on their last `rotary_dim` columns, out through `o_proj`."""
 
+    rotary_field: ClassVar[str] = "head_dim"  # the shape field that is the rotated width: the whole head
+
     @classmethod
     def rotary_dim(cls, sh: AttentionShape) -> int:
-        """Columns of each query head that carry position (rotate-half RoPE): the whole head by default."""
-        return sh.head_dim
+        """Columns of each query head that carry position (rotate-half RoPE)."""
+        return getattr(sh, cls.rotary_field)
+
+    @classmethod
+    def normalize_shape(cls, shape: AttentionShape) -> AttentionShape:
+        """The subclass's shape, checked for what RoPE needs: rotate-half turns column pairs."""
+        if cls.rotary_dim(shape) % 2:
+            raise ShapeError(cls.rotary_field, f"must be even for rotate-half RoPE, got {cls.rotary_dim(shape)}")
+        return shape
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
