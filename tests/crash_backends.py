@@ -7,8 +7,8 @@ module that registered the variant or backend), so the child knows the same ones
 - variant `test-abort`: multi-head attention whose step calls `os.abort()`, as a crashing
   native kernel would.
 - backend `test-hang`: sleeps while preparing, as a kernel that never returns would.
-- backend `test-kill-worker`: kills the Ray worker that runs the case's child process, as a lost node
-  would; it refuses to run anywhere but under a Ray worker.
+- backend `test-kill-worker`: kills the Ray worker that holds the case's devices, as a lost node
+  would; it refuses to run anywhere but in a case of a Ray worker.
 
 With `MLABENCH_TEST_IMPORT_LOG` set, each process that imports this module appends its pid and
 its parent's to that file: the witness that an orphaned process went on to load a case's code.
@@ -16,7 +16,6 @@ its parent's to that file: the witness that an orphaned process went on to load 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import time
@@ -24,6 +23,7 @@ import time
 from torch import Tensor
 
 from mlabench.backends.registry import BACKENDS, register_backend
+from mlabench.executors.ray_task import WORKER_PID_ENV
 from mlabench.variants import VARIANT_CLASSES, register_variant
 from mlabench.variants.gqa import MultiHeadAttention
 
@@ -50,15 +50,15 @@ def _hang(module, case, inputs):  # type: ignore[no-untyped-def]
 
 @register_backend("test-kill-worker", description="test only: kills its Ray worker", variants=("mha",))
 def _kill_worker(module, case, inputs):  # type: ignore[no-untyped-def]
-    worker = multiprocessing.parent_process()  # the process that asked the fork server for this child
-    if worker is None or worker.pid is None:
-        raise RuntimeError("test-kill-worker runs only in an isolated child")
-    with open(f"/proc/{worker.pid}/cmdline", "rb") as f:
+    pid = os.environ.get(WORKER_PID_ENV)  # the worker that holds this case's devices
+    if pid is None:
+        raise RuntimeError("test-kill-worker runs only in a case of a Ray worker")
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
         cmdline = f.read()
     if b"ray" not in cmdline:  # never the sweep's driver (or the test runner) by mistake
         raise RuntimeError("test-kill-worker runs only under a Ray worker")
-    os.kill(worker.pid, signal.SIGKILL)
-    time.sleep(60)  # the fork server dies with the worker, and this child with the server
+    os.kill(int(pid), signal.SIGKILL)
+    time.sleep(60)  # the driver (or the worker's fork server, dying with it) ends this child
 
 
 def unregister() -> None:

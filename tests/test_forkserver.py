@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from suite_text import FAST_SETTINGS
@@ -84,6 +85,45 @@ def test_the_child_sees_the_environment_of_the_call(monkeypatch: pytest.MonkeyPa
     run_isolated(reads_env, "X")  # the server is running before the variable exists
     monkeypatch.setenv("MLABENCH_TEST_ASSIGNED", "3")
     assert run_isolated(reads_env, "MLABENCH_TEST_ASSIGNED").value == "3"
+
+
+def test_a_call_may_give_the_child_another_environment() -> None:
+    """A driver runs a case with the environment of the Ray lease that holds its GPUs."""
+    assert run_isolated(reads_env, "MLABENCH_TEST_LEASED", env={"MLABENCH_TEST_LEASED": "cuda 5"}).value == "cuda 5"
+    assert run_isolated(reads_env, "MLABENCH_TEST_LEASED").value is None  # only that call's
+
+
+def sleeps_and_says_where(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(3600)
+
+
+def test_a_stop_from_another_thread_kills_the_child(tmp_path: Path) -> None:
+    """Several calls run at once from threads; setting one's stop ends that child only."""
+    import threading
+
+    stop, outcomes = threading.Event(), {}
+    where = tmp_path / "pid"
+
+    def call(name: str, fn: Any, *args: Any, **how: Any) -> None:
+        outcomes[name] = run_isolated(fn, *args, **how)
+
+    threads = [threading.Thread(target=call, args=("stopped", sleeps_and_says_where, str(where)),
+                                kwargs={"stop": stop}),
+               threading.Thread(target=call, args=("other", where_am_i, 5))]
+    for thread in threads:
+        thread.start()
+    deadline = time.time() + 60
+    while not where.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    pid = int(where.read_text())
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes["stopped"].status == "error" and outcomes["stopped"].error == "stopped by the caller"
+    assert outcomes["other"].ok and outcomes["other"].value[0] == 10
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
 
 
 def test_without_a_fork_server_each_call_spawns_and_says_so_once(monkeypatch: pytest.MonkeyPatch,

@@ -126,8 +126,34 @@ def test_smoke_slice_on_ray_after_a_killed_driver_matches_in_process(local_ray: 
     assert list(meta["devices"]) == [meta["device"]["name"]]
 
 
-def test_a_worker_lost_mid_case_is_one_error_row(crash_backends: None, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def on_this_machine(monkeypatch: pytest.MonkeyPatch, here: bool) -> None:
+    """This instance is one node on this machine: the driver forks the cases under Ray's leases.
+    `here` False runs them as on a cluster of several machines, each forked by its worker."""
+    from mlabench.executors import ray_exec
+
+    monkeypatch.setattr(ray_exec, "one_node_here", lambda: here)
+
+
+def test_cases_forked_by_their_workers_measure_what_the_drivers_do(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = {}
+    for here in (True, False):
+        on_this_machine(monkeypatch, here)
+        runs[here] = tmp_path / f"here-{here}"
+        code, _, err = run_cli(["sweep", *SMOKE_SLICE, "--executor", "ray", "--out", str(runs[here])], capsys)
+        assert code == 0, err
+    by_driver, by_workers = read(runs[True]), read(runs[False])
+    assert facts(by_driver) == facts(by_workers) and len(by_driver) == 4
+    assert all(r["status"] == "ok" and r["host"] for r in by_driver + by_workers)
+    assert errors(by_driver) == pytest.approx(errors(by_workers), abs=1e-6)
+
+
+@pytest.mark.parametrize("here", [True, False], ids=["driver-forks", "workers-fork"])
+def test_a_worker_lost_mid_case_is_one_error_row(here: bool, crash_backends: None, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killing the worker that holds the case's devices ends that case alone, whoever forked it."""
+    on_this_machine(monkeypatch, here)
     suite = tmp_path / "lost.toml"
     suite.write_text(LOST_SUITE)
     out = tmp_path / "run"

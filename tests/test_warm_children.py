@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mlabench import schema
+from mlabench.cli.flags import COMPILE_PRELOAD, SERVER_PRELOAD
 from mlabench.executors.forkserver import run_pickled
 from mlabench.executors.isolate import CASE_MODULES, DESCRIBE_IN_CHILD, case_modules
 from mlabench.measure.envinfo import device_info
@@ -76,6 +77,9 @@ def test_a_backends_preload_reaches_the_server_only_with_its_cases() -> None:
     assert len(compiled) >= 2 and eager
     assert case_modules(eager) == CASE_MODULES
     assert case_modules(eager + compiled) == (*CASE_MODULES, WARMUP)
+    # A local Ray instance's server starts before the plan exists, with the same lists named ahead.
+    assert SERVER_PRELOAD == case_modules(eager)
+    assert SERVER_PRELOAD + COMPILE_PRELOAD == case_modules(compiled)
 
 
 def test_the_compile_warmup_leaves_a_server_that_may_fork() -> None:

@@ -139,6 +139,10 @@ class ProfileFlags:
 
 # What a sweep or a frontier imports before its first case (torch among them).
 RUN_IMPORTS = ("mlabench.sweep", "mlabench.cli.sweep_view", "mlabench.executors.ray_exec")
+# What a local Ray instance's fork server preloads, chosen before the plan exists: what every
+# case needs, and the `compiled` backend's preload (tests hold both to isolate.case_modules).
+SERVER_PRELOAD = ("mlabench.executors.isolate", "torch.utils.benchmark")
+COMPILE_PRELOAD = ("mlabench.backends.inductor_warmup",)
 
 
 @dataclass
@@ -160,14 +164,16 @@ class ExecutorFlags:
 
         return choose_executor(self.executor, self.isolate, self.ray_address, self.ray_accelerator)
 
-    def start_ray_early(self) -> None:
+    def start_ray_early(self, compiles: bool) -> None:
         """With --executor ray, join or start Ray before the command's own imports, a thread
         importing them meanwhile: the seconds a local instance takes to start (mostly waiting
-        for its processes) and the seconds torch takes to import overlap."""
+        for its processes) and the seconds torch takes to import overlap. A local instance also
+        starts this process's fork server first, which will run its cases; `compiles`: the
+        command's cases may include `compiled` ones, so it preloads torch.compile's warm-up."""
         if self.chosen() == "ray":
             from mlabench.executors.ray_cluster import join
 
-            join(self.ray_address, RUN_IMPORTS)
+            join(self.ray_address, RUN_IMPORTS, SERVER_PRELOAD + (COMPILE_PRELOAD if compiles else ()))
 
 
 def close_executor(runner: Any) -> None:

@@ -117,8 +117,8 @@ def frontier(request: FrontierRequest, target: FrontierTarget, measure: MeasureF
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
     runner = None  # until made: close_executor then stops a Ray instance started early
     try:
-        if not target.dry_run:
-            where.start_ray_early()
+        if not target.dry_run:  # frontier's backends leave `compiled` out unless named
+            where.start_ray_early(compiles="compiled" in [b.strip() for b in (request.backend or "").split(",")])
         from mlabench import sweep as sweep_lib
         from mlabench.cli import sweep_view
         from mlabench.cli.frontier_view import print_plan, summary_printer

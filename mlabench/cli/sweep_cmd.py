@@ -102,7 +102,8 @@ def sweep(target: SweepTarget, axes: SweepAxes, measure: MeasureFlags, backend_o
     runner = None  # until made: close_executor then stops a Ray instance started early
     try:
         if not target.dry_run:
-            where.start_ray_early()
+            named = [b.strip() for b in (axes.backend or "").split(",")]
+            where.start_ray_early(compiles=axes.backend is None or "compiled" in named)
         from mlabench import sweep as sweep_lib
         from mlabench.cli import sweep_view
         from mlabench.executors.local import LocalExecutor

@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,13 +253,17 @@ def _last_line(path: str) -> str:
 
 def run_isolated(fn: Callable[..., Any], *args: Any, timeout: float | None = None,
                  imports: Sequence[tuple[str, str | None]] = (), preload: Sequence[str] = (),
-                 start_limit: float = STARTUP_LIMIT_S) -> Outcome:
+                 start_limit: float = STARTUP_LIMIT_S, env: Mapping[str, str] | None = None,
+                 stop: threading.Event | None = None) -> Outcome:
     """`fn(*args)` in a fresh child forked from the warm server; how it ended, never an exception
     from the child. `timeout`: seconds from the child's "ready" (its `imports` done) to its answer,
     after which it is killed (None: no limit). `imports`: (module, the sys.path entry it lives
     under or None) imported in the child before `fn`, e.g. plugins that register things.
-    `preload`: modules for the server to import, if this call starts it (see `warm`).
+    `preload`: modules for the server to import, if this call starts it (see `warm`). `env`: the
+    child's environment (default: the caller's, as it is now). `stop`: once another thread sets
+    it, the child is killed and the outcome is an error saying so.
 
+    Several threads may call at once, the server started (`warm`, from a long-lived thread).
     KeyboardInterrupt (Ctrl-C in the caller) kills the child and propagates."""
     ctx = _context(preload)
     forked = ctx.get_start_method() == "forkserver"
@@ -268,7 +272,8 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout: float | None = Non
     os.close(fd)
     started = time.perf_counter()
     proc = ctx.Process(target=_child, name=getattr(fn, "__name__", "isolated"), daemon=False,
-                       args=(fn, args, writer, dict(os.environ), log_path, tuple(imports), os.getpid(), forked))
+                       args=(fn, args, writer, dict(os.environ if env is None else env), log_path, tuple(imports),
+                             os.getpid(), forked))
     try:
         try:
             proc.start()
@@ -278,7 +283,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout: float | None = Non
         finally:
             writer.close()  # the child holds its end; EOF on ours then means the child is gone
         try:
-            return _await(proc, reader, timeout, start_limit, log_path, started)
+            return _await(proc, reader, timeout, start_limit, log_path, started, stop)
         except BaseException:
             _kill(proc)
             raise
@@ -287,12 +292,23 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout: float | None = Non
         os.unlink(log_path)
 
 
+# How often a call with a `stop` event looks at it while its child runs.
+STOP_POLL_S = 0.1
+
+
 def _await(proc: multiprocessing.process.BaseProcess, reader: multiprocessing.connection.Connection,
-           timeout: float | None, start_limit: float, log_path: str, started: float) -> Outcome:
+           timeout: float | None, start_limit: float, log_path: str, started: float,
+           stop: threading.Event | None) -> Outcome:
     ready = False
     deadline = time.monotonic() + start_limit
     while True:
         left = deadline - time.monotonic() if deadline is not None else None
+        if stop is not None:
+            if stop.is_set():
+                _kill(proc)
+                return Outcome("error", error="stopped by the caller", exitcode=proc.exitcode,
+                               output=_last_line(log_path), wall_s=time.perf_counter() - started)
+            left = STOP_POLL_S if left is None else min(left, STOP_POLL_S)
         if left is not None and left <= 0:
             _kill(proc)
             wall = time.perf_counter() - started

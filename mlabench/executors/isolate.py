@@ -24,6 +24,7 @@ import os
 import pickle
 import socket
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -184,13 +185,15 @@ def answer(outcome: Outcome, case: Case, ctx: RunContext) -> Isolated:
 
 
 def isolate_case(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | None], ...] = (),
-                 peaks_for: str | None = None) -> Isolated:
-    """Run `case` in a fresh child process; every way it can end becomes a row.
+                 peaks_for: str | None = None, env: dict[str, str] | None = None,
+                 stop: threading.Event | None = None) -> Isolated:
+    """Run `case` in a fresh child process; every way it can end becomes a row. `env`: the
+    child's environment (default: this process's); `stop`: once set, the child is killed.
 
     KeyboardInterrupt (a second Ctrl-C in the driver) kills the child and propagates."""
     outcome = run_pickled(CASE_IN_CHILD, case_payload(case, ctx, plugins, peaks_for),
                           timeout=kill_after(ctx.timeout_s), imports=child_imports(plugins),
-                          preload=case_modules([case]))
+                          preload=case_modules([case]), env=env, stop=stop)
     return answer(outcome, case, ctx)
 
 

@@ -65,13 +65,19 @@ _started_here = False  # whether this process started the Ray instance it is joi
 _stopping: threading.Thread | None = None  # `leave`'s thread, while it stops the local instance
 
 
-def join(address: str | None, importing: Sequence[str] = ()) -> bool:
+def join(address: str | None, importing: Sequence[str] = (), preload: Sequence[str] | None = None) -> bool:
     """Join the cluster at `address` or start a local instance over this machine's CPUs and GPUs
     (nothing to do if this process is already joined: a second call, or a test's own instance).
     True when this process started the instance, so it stops it at the end. `importing`: modules
-    a thread imports while Ray starts."""
+    a thread imports while Ray starts. `preload`: for a local instance, start this process's fork
+    server first, importing these (its cases run there, executors/ray_lease.py): its imports too
+    overlap Ray's start."""
     global _started_here
     ray = ray_module()
+    if preload is not None and not address and not ray.is_initialized():
+        from mlabench.executors.forkserver import warm
+
+        warm(preload)
     if _stopping is not None:
         _stopping.join()  # an instance this process is stopping: let it go before starting anew
     if ray.is_initialized():
@@ -99,6 +105,13 @@ def join(address: str | None, importing: Sequence[str] = ()) -> bool:
     return _started_here
 
 
+def one_node_here() -> bool:
+    """Whether the cluster is this machine alone: a local instance, or one node started here."""
+    ray = ray_module()
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    return len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
+
+
 def leave() -> None:
     """Stop the local instance this process started, in a thread (a joined cluster is left running).
     Nothing of Ray is used after this; the thread is not a daemon, so the process exits after it."""
@@ -119,4 +132,4 @@ def _import_all(modules: Sequence[str], errors: list[BaseException]) -> None:
         errors.append(exc)
 
 
-__all__ = ["check_accelerator", "check_reachable", "join", "leave", "ray_module"]
+__all__ = ["check_accelerator", "check_reachable", "join", "leave", "one_node_here", "ray_module"]

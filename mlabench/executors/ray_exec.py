@@ -1,29 +1,32 @@
 """`--executor ray`, the driver's side: each case a Ray task holding one GPU (CPU cases:
-`threads` CPUs), whose worker runs it in a fresh child process (executors/ray_task.py, the
-worker's side); rows come back to the driver.
+`threads` CPUs), the case itself run in a fresh child process; rows come back to the driver.
 
-Each worker keeps its own warm fork server (executors/forkserver.py) across tasks: the server
-imports torch, mlabench and what the plan's backends preload once, and every case after that
-costs a fork. The worker itself imports none of them (a case crosses it as pickled bytes) and
-never touches the device (its children do, each with the GPU Ray assigned to that task), so it
-may run any number of tasks, GPU ones included. The device's fingerprint and peaks are taken in
-such a child too, on a worker that then stays for the cases.
+Who forks the case's process depends on the cluster:
+- A cluster that is this machine alone (a local instance, or one node started here): the
+  driver, from its own warm fork server, under a lease task that holds the case's devices
+  (executors/ray_lease.py). One server for the node imports torch, mlabench and the plan's
+  backend preloads once; a local instance starts it before Ray itself, so the two starts
+  overlap. The driver takes the device's fingerprint and peaks, as in-process.
+- A cluster of several machines: the worker, from a warm fork server of its own
+  (executors/ray_task.py, the worker's side), a case crossing it as pickled bytes, so the
+  worker imports no torch and never touches the device. The device's fingerprint and peaks are
+  taken in such a child too, on a worker that then stays for the cases.
 
 Ray (the optional extra `mlabench[ray]`) schedules the tasks over a cluster (`--ray-address`)
 or over this machine's GPUs or CPUs (a local instance started here and stopped at the end).
-Each task is a streaming generator that first says where it runs (host, node) and then
-returns the case's result: the driver counts a case as started when it actually starts, and
-a worker lost mid-case (node gone, worker killed) becomes that case's `error` row naming the
-node. Tasks are not retried: a case that kills its worker would kill the next one too.
+Each task is a streaming generator that first says where it runs (host, node): the driver
+counts a case as started when it actually starts, and a worker lost mid-case (node gone,
+worker killed) becomes that case's `error` row naming the node. Tasks are not retried: a case
+that kills its worker would kill the next one too.
 
 A tensor-parallel case (tp = N) holds N GPUs (CPU cases: N times the threads) in one Ray
-placement group of one bundle, packed on one node, so its ranks (started by its worker's
-child, mlabench.tp) meet over NCCL within a node; one group per degree serves its cases in
-turn. A degree no node can hold is a `skipped` row with the reason, not a wait without end.
+placement group of one bundle, packed on one node, so its ranks (started by the case's child,
+mlabench.tp) meet over NCCL within a node; one group per degree serves its cases in turn. A
+degree no node can hold is a `skipped` row with the reason, not a wait without end.
 
 Stopping: once `should_stop()` is true, tasks not yet started are cancelled and the cases in
-flight finish; closing the iterator (a second Ctrl-C) cancels those as well, killing their
-workers and with them the cases' child processes.
+flight finish; closing the iterator (a second Ctrl-C) cancels those as well, killing the
+cases' child processes.
 """
 
 from __future__ import annotations
@@ -50,10 +53,12 @@ from mlabench.executors.isolate import (
     failed_row,
     kill_after,
     plugin_modules,
+    warm_server,
 )
 from mlabench.executors.protocol import OnStart
-from mlabench.executors.ray_cluster import check_accelerator, join, leave
+from mlabench.executors.ray_cluster import check_accelerator, join, leave, one_node_here
 from mlabench.executors.ray_cluster import ray_module as _ray
+from mlabench.executors.ray_lease import run_leased
 from mlabench.measure.peaks import Peaks
 from mlabench.runner import CaseResult, RunContext
 
@@ -72,7 +77,8 @@ class RayExecutor:
     def __init__(self, accelerator: str | None = None) -> None:
         self.accelerator = accelerator  # the GPU kind every case is pinned to (Ray's accelerator type)
         self.device_meta: dict[str, Any] | None = None
-        self._peaks = Peaks()
+        self._peaks: Peaks | None = Peaks()
+        self._on_this_machine = False  # set by `describe`: the driver's fork server runs the cases
         self._warming: list[Any] = []  # the warm-up tasks' refs, kept until the run
         self._device = torch.device("cpu")
         self._groups: dict[int, Any] = {}  # tp degree -> its placement group (None: no node can hold it)
@@ -146,11 +152,18 @@ class RayExecutor:
             placement_group=group, placement_group_bundle_index=0)}
 
     def describe(self, plan: Any, probe: bool) -> None:
-        """Fingerprint and peaks from a child of one worker of the kind the cases ask for; beside
-        it, the other workers start their fork servers (fire and forget)."""
+        """On a cluster that is this machine alone, nothing to ask a worker: the driver's fork server
+        (started already with a local instance) will run the cases, and the driver takes the device's
+        fingerprint and peaks. Otherwise they come from a child of one worker of the kind the cases
+        ask for; beside it, the other workers start their fork servers (fire and forget)."""
         ray = _ray()
         self._device = plan.device
         self._preload = case_modules(plan.cases)
+        self._on_this_machine = one_node_here()
+        if self._on_this_machine:
+            warm_server(plan.cases)
+            self.device_meta, self._peaks = None, None
+            return
         dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
         resources = self._resources(plan.device, plan.settings.threads)
         payload = pickle.dumps((plan.device, dtypes, probe, plan.settings.threads))
@@ -164,7 +177,7 @@ class RayExecutor:
                              + (f": {outcome.output})" if outcome.output else ")"))
         self.device_meta, self._peaks = pickle.loads(outcome.value)
 
-    def peaks(self, _dtypes: list[str], _probe: bool) -> Peaks:
+    def peaks(self, _dtypes: list[str], _probe: bool) -> Peaks | None:
         return self._peaks
 
     def _capacity(self, resources: dict[str, Any]) -> int:
@@ -173,11 +186,42 @@ class RayExecutor:
             return max(1, int(total.get("GPU", 0)))
         return max(1, int(total.get("CPU", 0) // resources["num_cpus"]))
 
+    def _placement(self, case: Case, resources: dict[str, Any]) -> dict[str, Any] | CaseResult:
+        """Task options for `case` beyond `resources` (a tp > 1 case's placement group), or the
+        `skipped` row of a tp degree no node frees."""
+        if case.tp == 1:
+            return {}
+        options = self._tp_options(case.tp, resources)
+        if options is not None:
+            return options
+        kind = "GPUs" if "num_gpus" in resources else "CPUs"
+        return CaseResult(failed_row(case, "skipped", f"tp = {case.tp}: no Ray node frees {case.tp} x one case's "
+                                     f"{kind} at once", 0.0), [])
+
     def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
             should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]:
         ray = _ray()
         ctx = replace(ctx, nvml=None)  # the child opens its own
         resources = self._resources(ctx.device, ctx.timing.threads)
+        window = self._capacity(resources) + QUEUE_AHEAD
+        if not self._on_this_machine:
+            yield from self._run_on_workers(cases, ctx, on_start, should_stop, resources, window)
+            return
+        lease = ray.remote(num_returns="streaming", max_retries=0, max_calls=0, **resources)(ray_task.lease_task)
+
+        def submit(case: Case) -> Any:
+            options = self._placement(case, resources)
+            if isinstance(options, CaseResult):
+                return options
+            return (lease.options(**options) if options else lease).remote()
+
+        yield from run_leased(cases, ctx, on_start, should_stop, submit, window, self._lost)
+
+    def _run_on_workers(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
+                        should_stop: Callable[[], bool], resources: dict[str, Any],
+                        window: int) -> Generator[CaseResult, None, None]:
+        """Each case forked by its worker's own fork server (a cluster of several machines)."""
+        ray = _ray()
         # max_calls=0: the worker stays, and with it its warm fork server (Ray would otherwise end a
         # GPU task's worker after one call, which matters only to a worker holding a CUDA context).
         task = ray.remote(num_returns="streaming", max_retries=0, max_calls=0, **resources)(ray_task.case_task)
@@ -185,13 +229,6 @@ class RayExecutor:
         imports = child_imports(plugins)
         preload = self._preload or case_modules(cases)
         peaks_for = (self.device_meta or {}).get("name")
-
-        def submit(case: Case, options: dict[str, Any] | None = None) -> Any:
-            runner = task.options(**options) if options else task
-            return runner.remote(CASE_IN_CHILD, case_payload(case, ctx, plugins, peaks_for), imports, preload,
-                                 kill_after(ctx.timeout_s))
-
-        window = self._capacity(resources) + QUEUE_AHEAD
         waiting = deque(cases)
         flight: dict[Any, Case] = {}  # generator -> its case
         where: dict[Any, dict[str, str]] = {}  # generator -> host and node, once started
@@ -205,17 +242,14 @@ class RayExecutor:
                         del flight[gen]
                 while waiting and len(flight) < window:
                     case = waiting.popleft()
-                    if case.tp == 1:
-                        flight[submit(case)] = case
-                        continue
-                    options = self._tp_options(case.tp, resources)
-                    if options is None:
+                    options = self._placement(case, resources)
+                    if isinstance(options, CaseResult):
                         done += 1
-                        kind = "GPUs" if "num_gpus" in resources else "CPUs"
-                        yield CaseResult(failed_row(case, "skipped", f"tp = {case.tp}: no Ray node frees "
-                                                    f"{case.tp} x one case's {kind} at once", 0.0), [])
+                        yield options
                         continue
-                    flight[submit(case, options)] = case
+                    flight[(task.options(**options) if options else task).remote(
+                        CASE_IN_CHILD, case_payload(case, ctx, plugins, peaks_for), imports, preload,
+                        kill_after(ctx.timeout_s))] = case
                 if not flight:
                     break
                 ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.5)
