@@ -12,6 +12,6 @@ Modules: `protocol` (the `Executor` protocol and the `OnStart` callback type), `
 in-process and isolate executors, which inherit `OnThisMachine`'s answers to the driver's
 questions), `choice` (which executor the flags ask for, and making it), `isolate` and
 `forkserver` (a case in a fresh child process), `ray_cluster` (joining or starting Ray),
-`ray_exec` and `ray_lease` (the driver's side of Ray) and `ray_task` (what a Ray worker runs). This package file imports nothing: a Ray worker imports
-`ray_task` without torch.
+`ray_exec` and `ray_lease` (the driver's side of Ray) and `ray_task` (what a Ray worker
+runs). This package file imports nothing: a Ray worker imports `ray_task` without torch.
 """
