@@ -7,6 +7,8 @@ name says, or a test fails.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -24,6 +26,7 @@ from mlabench.variants import build_variant, shape_for_variant, variant_names
 
 CPU = torch.device("cpu")
 TINY = from_name("tiny")
+TINY_FP64 = dataclasses.replace(TINY, dtype="float64")
 FAST = TimingSettings(budget_s=0.005, warmup_s=0.0, min_samples=3, max_samples=5)
 
 
@@ -102,6 +105,55 @@ def test_runner_marks_a_backend_wrong_in_the_last_sequence_inaccurate() -> None:
         del BACKENDS["test-corrupt-last"]
     assert row["status"] == "inaccurate", row
     assert "sequence 3" in row["error"]
+
+
+@pytest.mark.parametrize(("variant", "mode", "seed"), [("mha", "decode", 1), ("gqa", "prefill", 0),
+                                                  ("mla-latent", "decode", 0)])
+def test_float64_row_summed_in_another_order_is_ok(variant: str, mode: str, seed: int) -> None:
+    """SDPA sums in another order than the eager reference: a float64 row differs from it by a
+    few units of rounding (rel_err ~1e-15) and is `ok`, its cosine difference resolved far below
+    float64's eps rather than read as 0 or eps off `1 - ratio` (these seeds read eps = 2.2e-16,
+    past the tolerance, and were `inaccurate`)."""
+    row = run_case(make_case(variant, "sdpa", mode, batch=2, seq_len=64, shape=TINY_FP64),
+                   RunContext(CPU, timing=FAST, seed=seed)).row
+    assert row["dtype"] == "float64" and row["status"] == "ok", row
+    assert 0 < row["rel_err"] < 1e3 * torch.finfo(torch.float64).eps
+    assert 0 < row["cos_diff"] < 1e-26  # ~ rel_err^2: no floor at eps
+
+
+def test_float64_cosine_difference_is_half_the_squared_relative_error() -> None:
+    """A float64 output off by 1e-13 relative: its cosine difference is ~ (norm-wise relative
+    error)^2 / 2 ~ 5e-27, which `1 - 2<o, r> / (|o|^2 + |r|^2)` in float64 reads as 0 or 1.1e-16."""
+    g = torch.Generator().manual_seed(16)
+    for trial in range(8):
+        ref = torch.randn(2, 16, 512, generator=g, dtype=torch.float64)
+        out = ref * (1 + 1e-13 * torch.randn(ref.shape, generator=g, dtype=torch.float64))
+        rel_norm = float((out - ref).norm() / ref.norm())
+        result = acc.compare(out, ref, "float64", rows=[0, 1])
+        assert result.cos_diff == pytest.approx(rel_norm**2 / 2, rel=1e-6, abs=0), trial
+        assert result.ok, (trial, result)
+
+
+def test_float64_output_wrong_by_1e6_relative_is_inaccurate() -> None:
+    """End to end: a float64 backend whose every output element is off by 1e-6 relative (far
+    inside float32's tolerance, ~1e10 units of float64 rounding) is `inaccurate`, on both measures."""
+
+    @register_backend("test-off-1e-6", description="test only: eager, off by 1e-6", modes=("decode",))
+    def prepare(module, case, inputs):
+        g = torch.Generator().manual_seed(17)
+
+        def fn():
+            out = module(inputs.x, inputs.start_pos)
+            return out * (1 + 1e-6 * torch.randn(out.shape, generator=g, dtype=out.dtype))
+
+        return Prepared(fn=fn)
+
+    try:
+        row = run_case(make_case("mla-absorbed", "test-off-1e-6", shape=TINY_FP64), RunContext(CPU, timing=FAST)).row
+    finally:
+        del BACKENDS["test-off-1e-6"]
+    assert row["dtype"] == "float64" and row["status"] == "inaccurate", row
+    assert row["rel_err"] > acc.REL_TOLERANCE["float64"] and row["cos_diff"] > acc.COS_TOLERANCE["float64"]
 
 
 # --- memory and parameters -----------------------------------------------------------------
