@@ -4,7 +4,9 @@ Whole runs (the default): each executor runs the same cases in its own `mlabench
 timed whole, back to back; `--repeat N` alternates them N times. Printed: each run's wall time,
 and per executor the median ratio to the in-process run of the same round and the overhead per
 case ((wall - in-process wall) / cases). The ratio is what to read on a busy machine: the runs
-of a round share whatever else loads it.
+of a round share whatever else loads it. With `ray` among the executors, each round also times
+a bare local Ray instance started, given one task and stopped (what any Ray run pays before and
+after its cases, mlabench or not), and prints the Ray ratio without it.
 
 `--per-case`: in this one process, each case runs in-process and then isolated, alternately,
 after the fork server has started (its start is timed on its own): the cost of isolation per
@@ -46,8 +48,26 @@ def timed_sweep(executor: str, cases: list[str], out: Path) -> tuple[float, int]
     return wall, sum(counts.values())
 
 
+# A local Ray instance over this machine's CPUs, one trivial task, stopped: Ray's own fixed cost.
+BARE_RAY = """
+import logging, os, ray
+ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+ray.get(ray.remote(lambda: 0).remote())
+ray.shutdown()
+"""
+
+
+def timed_bare_ray() -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BARE_RAY], check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    print(f"  {'bare ray':8s} {wall:7.1f} s  (start, one task, stop)", flush=True)
+    return wall
+
+
 def whole_runs(executors: list[str], cases: list[str], repeat: int) -> None:
     walls: dict[str, list[float]] = {e: [] for e in executors}
+    bare: list[float] = []
     n = 0
     with tempfile.TemporaryDirectory(prefix="mlabench-isolation-") as tmp:
         for round_ in range(repeat):
@@ -55,6 +75,8 @@ def whole_runs(executors: list[str], cases: list[str], repeat: int) -> None:
             for executor in executors:
                 wall, n = timed_sweep(executor, cases, Path(tmp) / f"{executor}-{round_}")
                 walls[executor].append(wall)
+            if "ray" in executors:
+                bare.append(timed_bare_ray())
     base = executors[0]
     print(f"\n{n} cases; base {base}: median {statistics.median(walls[base]):.1f} s")
     for executor in executors[1:]:
@@ -62,6 +84,10 @@ def whole_runs(executors: list[str], cases: list[str], repeat: int) -> None:
         overheads = [(w - b) / n for w, b in zip(walls[executor], walls[base], strict=True)]
         print(f"{executor:8s} ratio median {statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)})"
               f"   overhead per case median {statistics.median(overheads):+.2f} s")
+    if bare:
+        beyond = [(w - r) / b for w, r, b in zip(walls["ray"], bare, walls[base], strict=True)]
+        print(f"bare Ray start and stop median {statistics.median(bare):.1f} s; ray without it, ratio median "
+              f"{statistics.median(beyond):.2f} ({', '.join(f'{r:.2f}' for r in beyond)})")
 
 
 def _ready() -> int:

@@ -39,7 +39,8 @@ from mlabench.backends import apply_options, served_variants
 from mlabench.case import Case
 from mlabench.config import ShapeError
 from mlabench.errors import NotComparableError, UsageError
-from mlabench.executors import Executor, LocalExecutor
+from mlabench.executors.local import LocalExecutor
+from mlabench.executors.protocol import Executor
 from mlabench.measure.envinfo import device_label, fingerprint
 from mlabench.measure.memory import open_nvml
 from mlabench.measure.peaks import Peaks, measure_peaks

@@ -106,7 +106,8 @@ def test_the_sweep_and_kv_commands_stay_thin() -> None:
 
 def test_every_executor_has_what_the_driver_calls() -> None:
     """The sweep driver calls these on any executor, so none may be reached through getattr."""
-    from mlabench.executors import Executor, IsolateExecutor, LocalExecutor
+    from mlabench.executors.local import IsolateExecutor, LocalExecutor
+    from mlabench.executors.protocol import Executor
     from mlabench.executors.ray_exec import RayExecutor
 
     needed = {"name", "device_meta", "resolve_device", "describe", "peaks", "run", "close"}

@@ -136,7 +136,7 @@ def test_shard_auto_refuses_an_array_with_gaps() -> None:
 
 def test_ray_accelerator_must_be_a_kind_the_cluster_has() -> None:
     from mlabench.errors import UsageError
-    from mlabench.executors.ray_exec import check_accelerator
+    from mlabench.executors.ray_cluster import check_accelerator
 
     cluster = {"CPU": 64.0, "GPU": 16.0, "accelerator_type:H100": 1.0, "accelerator_type:H200": 1.0}
     check_accelerator("H200", cluster)

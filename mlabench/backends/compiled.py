@@ -119,6 +119,7 @@ def warm_up(fn: Callable[[], Tensor], device: torch.device, min_calls: int) -> f
     "compiled",
     description="torch.compile (inductor) of the whole step; static shapes, one graph, compile time apart",
     options={"compile_mode": compile_mode, "cpp_min_chunk_size": cpp_min_chunk_size},
+    preload=("mlabench.backends.inductor_warmup",),
 )
 def prepare_compiled(module: AttentionVariant, case: Case, inputs: StepInputs) -> Prepared:
     mode = compile_mode(case)

@@ -66,6 +66,9 @@ class BackendSpec:
     prepare: Prepare
     unavailable: Callable[[torch.device], str | None]  # None when usable on that device, else why not
     options: Mapping[str, OptionCheck] = field(default_factory=dict, hash=False)  # option name -> its check
+    # Modules a fork server imports once for every isolated case of this backend: what its first
+    # case in a fresh process would otherwise import and set up itself (executors/isolate.py).
+    preload: tuple[str, ...] = ()
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -89,13 +92,14 @@ def register_backend(
     fused: bool = False,
     unavailable: Callable[[torch.device], str | None] = _always_available,
     options: Mapping[str, OptionCheck] | None = None,
+    preload: tuple[str, ...] = (),
 ) -> Callable[[Prepare], Prepare]:
     def deco(prepare: Prepare) -> Prepare:
         if name in BACKENDS:
             raise ValueError(f"backend {name!r} registered twice")
         served = tuple(variants) if variants is not None else None
         BACKENDS[name] = BackendSpec(name, description, served, tuple(modes), fused, prepare, unavailable,
-                                     MappingProxyType(dict(options or {})))
+                                     MappingProxyType(dict(options or {})), tuple(preload))
         return prepare
 
     return deco

@@ -137,6 +137,10 @@ class ProfileFlags:
         return build_request(self.profile, self.profile_match, self.memory_snapshot, self.nvtx)
 
 
+# What a sweep or a frontier imports before its first case (torch among them).
+RUN_IMPORTS = ("mlabench.sweep", "mlabench.cli.sweep_view", "mlabench.executors.ray_exec")
+
+
 @dataclass
 class ExecutorFlags:
     """Where a sweep's cases run."""
@@ -152,6 +156,25 @@ class ExecutorFlags:
                                                 "Ray names it (e.g. H100, H200).", metavar="KIND")] = None
 
     def chosen(self) -> str:
-        from mlabench.executors import choose_executor
+        from mlabench.executors.choice import choose_executor
 
         return choose_executor(self.executor, self.isolate, self.ray_address, self.ray_accelerator)
+
+    def start_ray_early(self) -> None:
+        """With --executor ray, join or start Ray before the command's own imports, a thread
+        importing them meanwhile: the seconds a local instance takes to start (mostly waiting
+        for its processes) and the seconds torch takes to import overlap."""
+        if self.chosen() == "ray":
+            from mlabench.executors.ray_cluster import join
+
+            join(self.ray_address, RUN_IMPORTS)
+
+
+def close_executor(runner: Any) -> None:
+    """Close the executor made so far; none yet, stop the Ray instance `start_ray_early` started."""
+    if runner is not None:
+        runner.close()
+    else:
+        from mlabench.executors.ray_cluster import leave
+
+        leave()

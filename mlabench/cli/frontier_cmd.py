@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from mlabench.cli.common import JsonOpt, parse_bytes, split_list
-from mlabench.cli.flags import ExecutorFlags, MeasureFlags, with_flag_groups
+from mlabench.cli.flags import ExecutorFlags, MeasureFlags, close_executor, with_flag_groups
 from mlabench.errors import UsageError
 
 # (model, memory, contexts, max batch) when the flags leave them out, by device type.
@@ -111,18 +111,23 @@ def _plan(request: FrontierRequest, dev: Any) -> Any:
 def frontier(request: FrontierRequest, target: FrontierTarget, measure: MeasureFlags, where: ExecutorFlags) -> None:
     """Attention tokens per second per GPU against context, at the largest batch whose KV cache fits a memory
     budget: the capacity plan (as `mlabench kv`) measured one decode step of one layer at a time."""
-    from mlabench import sweep as sweep_lib
-    from mlabench.cli import sweep_view
-    from mlabench.cli.frontier_view import print_plan, summary_printer
-    from mlabench.executors import LocalExecutor, make_executor
-    from mlabench.frontier.plan import frontier_suite
+    from mlabench.executors.choice import make_executor
 
     if target.resume and target.out is None:
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
-    settings = measure.settings(rounds=target.rounds)
-    runner = LocalExecutor() if target.dry_run else \
-        make_executor(where.chosen(), where.ray_address, where.ray_accelerator, sweep_lib.run_case)
+    runner = None  # until made: close_executor then stops a Ray instance started early
     try:
+        if not target.dry_run:
+            where.start_ray_early()
+        from mlabench import sweep as sweep_lib
+        from mlabench.cli import sweep_view
+        from mlabench.cli.frontier_view import print_plan, summary_printer
+        from mlabench.executors.local import LocalExecutor
+        from mlabench.frontier.plan import frontier_suite
+
+        settings = measure.settings(rounds=target.rounds)
+        runner = LocalExecutor() if target.dry_run else \
+            make_executor(where.chosen(), where.ray_address, where.ray_accelerator, sweep_lib.run_case)
         dev = sweep_view.dry_run_device(target.device) if target.dry_run else runner.resolve_device(target.device)
         plan = _plan(request, dev)
         swept = sweep_lib.plan_sweep(frontier_suite(plan), dev, sweep_lib.Overrides(settings=settings), target.out)
@@ -133,7 +138,7 @@ def frontier(request: FrontierRequest, target: FrontierTarget, measure: MeasureF
         opened = sweep_lib.open_run(swept, target.resume, runner.device_meta)
         plan.write(swept.out_dir)  # beside the rows, before any case, so a cut run's report still draws
     except BaseException:
-        runner.close()
+        close_executor(runner)
         raise
     print_plan(plan, False, None)
     sweep_view.announce_plan(swept, dev, None)

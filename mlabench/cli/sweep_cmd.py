@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from mlabench.cli.common import JsonOpt, SetOpt, check_set_fields, parse_assignments, split_list, split_seq_lens
-from mlabench.cli.flags import BackendFlags, ExecutorFlags, MeasureFlags, ProfileFlags, with_flag_groups
+from mlabench.cli.flags import BackendFlags, ExecutorFlags, MeasureFlags, ProfileFlags, close_executor, with_flag_groups
 from mlabench.errors import UsageError
 
 
@@ -94,25 +94,30 @@ class SweepAxes:
 def sweep(target: SweepTarget, axes: SweepAxes, measure: MeasureFlags, backend_options: BackendFlags,
           profiling: ProfileFlags, where: ExecutorFlags) -> None:
     """Sweep a suite's grid (sequence length, batch, latent rank, ...) and record every case."""
-    from mlabench import sweep as sweep_lib
-    from mlabench.cli import sweep_view
-    from mlabench.executors import LocalExecutor, make_executor
-    from mlabench.executors.slurm import slurm_shard
-    from mlabench.profiling.request import check_request
-    from mlabench.suites import load_suite, parse_shard
+    from mlabench.executors.choice import make_executor
 
     if target.resume and target.out is None:
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
-    settings = measure.settings(rounds=target.rounds)
     executor = where.chosen()
-    shard = (slurm_shard() if target.shard == "auto" else parse_shard(target.shard)) if target.shard else None
-    suite = load_suite(target.suite)
-    overrides = sweep_lib.Overrides(axes.overrides(), settings, backend_options.options())
-    request = profiling.request()
-    # A dry run connects to nothing: it plans for the named device kind here.
-    runner = LocalExecutor() if target.dry_run else \
-        make_executor(executor, where.ray_address, where.ray_accelerator, sweep_lib.run_case)
+    runner = None  # until made: close_executor then stops a Ray instance started early
     try:
+        if not target.dry_run:
+            where.start_ray_early()
+        from mlabench import sweep as sweep_lib
+        from mlabench.cli import sweep_view
+        from mlabench.executors.local import LocalExecutor
+        from mlabench.executors.slurm import slurm_shard
+        from mlabench.profiling.request import check_request
+        from mlabench.suites import load_suite, parse_shard
+
+        settings = measure.settings(rounds=target.rounds)
+        shard = (slurm_shard() if target.shard == "auto" else parse_shard(target.shard)) if target.shard else None
+        suite = load_suite(target.suite)
+        overrides = sweep_lib.Overrides(axes.overrides(), settings, backend_options.options())
+        request = profiling.request()
+        # A dry run connects to nothing: it plans for the named device kind here.
+        runner = LocalExecutor() if target.dry_run else \
+            make_executor(executor, where.ray_address, where.ray_accelerator, sweep_lib.run_case)
         dev = sweep_view.dry_run_device(target.device) if target.dry_run else runner.resolve_device(target.device)
         plan = sweep_lib.plan_sweep(suite, dev, overrides, target.out, shard)
         check_request(request, plan.cases)
@@ -123,7 +128,7 @@ def sweep(target: SweepTarget, axes: SweepAxes, measure: MeasureFlags, backend_o
         # Locks and checks the directory: the last refusal comes before any output.
         opened = sweep_lib.open_run(plan, target.resume, runner.device_meta)
     except BaseException:
-        runner.close()  # a local Ray instance started for this run
+        close_executor(runner)  # a local Ray instance started for this run
         raise
     sweep_view.announce_plan(plan, dev, request)
     sweep_view.run_and_finish(plan, opened, runner, request, target.resume, measure.probe, target.report,

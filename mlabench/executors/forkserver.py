@@ -40,6 +40,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import sys
 import tempfile
@@ -207,6 +208,22 @@ def _child(fn: Callable[..., Any], args: tuple[Any, ...], conn: multiprocessing.
         conn.send(("raised", f"its result could not be sent back ({type(exc).__name__}: {exc})"))
 
 
+def call_pickled(target: str, payload: bytes) -> bytes:
+    """In a child: `target` ("module:function") applied to the pickled argument tuple `payload`,
+    its value pickled. See `run_pickled`."""
+    module, _, name = target.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    return pickle.dumps(fn(*pickle.loads(payload)))
+
+
+def run_pickled(target: str, payload: bytes, **how: Any) -> Outcome:
+    """`run_isolated` of `target` ("module:function") on pickled arguments, the value coming back
+    pickled (`Outcome.value` is bytes): the caller passes both through without unpickling them, so
+    it need not import what they need. A Ray worker runs cases this way without importing torch;
+    only the fork server and its children do. `how`: `run_isolated`'s keywords."""
+    return run_isolated(call_pickled, target, payload, **how)
+
+
 def _kill(proc: multiprocessing.process.BaseProcess) -> None:
     """The child and whatever it started (torch.compile's workers) share its process group."""
     try:
@@ -306,6 +323,6 @@ def _await(proc: multiprocessing.process.BaseProcess, reader: multiprocessing.co
                    wall_s=time.perf_counter() - started)
 
 
-__all__ = ["Outcome", "run_isolated", "warm"]
+__all__ = ["Outcome", "call_pickled", "run_isolated", "run_pickled", "warm"]
 
 _arm_server()  # last: a main script it imports may import this module's names

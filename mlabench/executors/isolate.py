@@ -21,8 +21,10 @@ child before the case runs, from the path entry the driver found them under.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,7 +32,7 @@ import torch
 
 from mlabench import schema
 from mlabench.case import Case
-from mlabench.executors.forkserver import run_isolated, warm
+from mlabench.executors.forkserver import Outcome, run_pickled, warm
 from mlabench.measure.envinfo import cpu_model
 from mlabench.runner import CaseResult, RunContext, analytic_columns
 
@@ -133,24 +135,44 @@ def _case_in_child(job: Job) -> Isolated:
 # timer imports on first use (torch.utils.benchmark, half a second). A server started without
 # them (by another caller in this process) leaves them to each child, before its wall limit starts.
 CASE_MODULES = (__name__, "torch.utils.benchmark")
+# The child's side of a case and of a device description, for `forkserver.run_pickled`.
+CASE_IN_CHILD = f"{__name__}:_case_in_child"
+DESCRIBE_IN_CHILD = f"{__name__}:describe_device"
 
 
-def warm_server() -> None:
-    """Start the fork server with what every case needs imported, so no case pays for it."""
-    warm(CASE_MODULES)
+def case_modules(cases: Iterable[Case] = ()) -> tuple[str, ...]:
+    """What a fork server preloads for `cases`: CASE_MODULES, and what their backends ask for
+    (`register_backend(preload=...)`: torch.compile's start-up for `compiled`), so that each
+    child does not pay for it again."""
+    from mlabench.backends import BACKENDS
+
+    asked = [m for case in cases if case.backend in BACKENDS for m in BACKENDS[case.backend].preload]
+    return tuple(dict.fromkeys((*CASE_MODULES, *asked)))
 
 
-def isolate_case(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | None], ...] = (),
-                 peaks_for: str | None = None) -> Isolated:
-    """Run `case` in a fresh child process; every way it can end becomes a row.
+def warm_server(cases: Iterable[Case] = ()) -> None:
+    """Start the fork server with what `cases` need imported, so no case pays for it."""
+    warm(case_modules(cases))
 
-    KeyboardInterrupt (a second Ctrl-C in the driver) kills the child and propagates."""
-    job = Job(case, replace(ctx, nvml=None), plugins, peaks_for)
-    imports = tuple((module, None) for module in CASE_MODULES) + plugins
-    outcome = run_isolated(_case_in_child, job, timeout=kill_after(ctx.timeout_s), imports=imports,
-                           preload=CASE_MODULES)
+
+def child_imports(plugins: tuple[tuple[str, str | None], ...]) -> tuple[tuple[str, str | None], ...]:
+    """What a case's child imports before its wall limit starts: what a server started by another
+    caller may lack, and the plugins."""
+    return tuple((module, None) for module in CASE_MODULES) + plugins
+
+
+def case_payload(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | None], ...] = (),
+                 peaks_for: str | None = None) -> bytes:
+    """The pickled job for CASE_IN_CHILD (the driver's NVML handle left out: the child opens its own)."""
+    return pickle.dumps((Job(case, replace(ctx, nvml=None), plugins, peaks_for),))
+
+
+def answer(outcome: Outcome, case: Case, ctx: RunContext) -> Isolated:
+    """The child's answer to CASE_IN_CHILD, or the row of how it ended without one."""
     if outcome.ok:
-        return outcome.value
+        value = pickle.loads(outcome.value)
+        assert isinstance(value, Isolated)
+        return value
     if outcome.status == "timeout":
         error = (f"killed: no answer {kill_after(ctx.timeout_s):g} s into a case with a wall limit of "
                  f"{ctx.timeout_s:g} s (a call that never returned)")
@@ -159,3 +181,25 @@ def isolate_case(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | No
                                                                             if outcome.output else "")
     row = failed_row(case, outcome.status, error, outcome.wall_s, device=ctx.device)
     return Isolated(CaseResult(row, []))
+
+
+def isolate_case(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | None], ...] = (),
+                 peaks_for: str | None = None) -> Isolated:
+    """Run `case` in a fresh child process; every way it can end becomes a row.
+
+    KeyboardInterrupt (a second Ctrl-C in the driver) kills the child and propagates."""
+    outcome = run_pickled(CASE_IN_CHILD, case_payload(case, ctx, plugins, peaks_for),
+                          timeout=kill_after(ctx.timeout_s), imports=child_imports(plugins),
+                          preload=case_modules([case]))
+    return answer(outcome, case, ctx)
+
+
+def describe_device(device: torch.device, dtypes: list[str], probe: bool, threads: int) -> tuple[dict[str, Any], Any]:
+    """In a child: the fingerprint and roofline peaks of the device cases get there (CPU peaks with
+    the cases' thread count). A GPU's context dies with the child, as a case's does."""
+    from mlabench.measure.envinfo import device_info
+    from mlabench.measure.peaks import measure_peaks
+
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(int(threads))
+    return device_info(device), measure_peaks(device, dtypes, probe)

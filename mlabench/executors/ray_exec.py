@@ -1,10 +1,13 @@
-"""`--executor ray`: each case a Ray task holding one GPU (CPU cases: `threads` CPUs), whose
-worker runs it in a fresh child process (executors/isolate.py); rows come back to the driver.
+"""`--executor ray`, the driver's side: each case a Ray task holding one GPU (CPU cases:
+`threads` CPUs), whose worker runs it in a fresh child process (executors/ray_task.py, the
+worker's side); rows come back to the driver.
 
-Each worker keeps its own warm fork server (executors/forkserver.py) across tasks: its first
-case pays for importing torch and mlabench once, every later one only for a fork. The worker
-never touches the device itself (its children do, each with the GPU Ray assigned to that task),
-so it may run any number of tasks, GPU ones included.
+Each worker keeps its own warm fork server (executors/forkserver.py) across tasks: the server
+imports torch, mlabench and what the plan's backends preload once, and every case after that
+costs a fork. The worker itself imports none of them (a case crosses it as pickled bytes) and
+never touches the device (its children do, each with the GPU Ray assigned to that task), so it
+may run any number of tasks, GPU ones included. The device's fingerprint and peaks are taken in
+such a child too, on a worker that then stays for the cases.
 
 Ray (the optional extra `mlabench[ray]`) schedules the tasks over a cluster (`--ray-address`)
 or over this machine's GPUs or CPUs (a local instance started here and stopped at the end).
@@ -25,11 +28,9 @@ workers and with them the cases' child processes.
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
+import pickle
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import replace
 from typing import Any
 
@@ -37,9 +38,23 @@ import torch
 
 from mlabench.case import Case
 from mlabench.errors import UsageError
-from mlabench.executors.isolate import Isolated, failed_row, isolate_case, plugin_modules, warm_server
+from mlabench.executors import ray_task
+from mlabench.executors.forkserver import Outcome
+from mlabench.executors.isolate import (
+    CASE_IN_CHILD,
+    DESCRIBE_IN_CHILD,
+    answer,
+    case_modules,
+    case_payload,
+    child_imports,
+    failed_row,
+    kill_after,
+    plugin_modules,
+)
 from mlabench.executors.protocol import OnStart
-from mlabench.measure.peaks import Peaks, measure_peaks
+from mlabench.executors.ray_cluster import check_accelerator, join, leave
+from mlabench.executors.ray_cluster import ray_module as _ray
+from mlabench.measure.peaks import Peaks
 from mlabench.runner import CaseResult, RunContext
 
 # Cases submitted beyond what the cluster can run at once: enough to keep workers busy between
@@ -48,119 +63,35 @@ QUEUE_AHEAD = 2
 PLACEMENT_WAIT_S = 60.0  # for a tensor-parallel case's devices to be free on one node
 
 
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("--executor ray needs Ray: pip install 'mlabench[ray]'") from None
-    return ray
-
-
-def _case_task(case: Case, ctx: RunContext, plugins: tuple[tuple[str, str | None], ...],
-               peaks_for: str | None) -> Iterator[Any]:
-    """On a Ray worker: where this is, then the isolated case's answer."""
-    ray = _ray()
-    yield {"host": socket.gethostname(), "node": ray.util.get_node_ip_address()}
-    yield isolate_case(case, ctx, plugins, peaks_for)
-
-
-def _describe_task(device: torch.device, dtypes: list[str], probe: bool, threads: int) -> tuple[dict[str, Any], Peaks]:
-    """On a Ray worker (for a GPU, one that exits afterwards, so no CUDA context lingers in a
-    worker that later starts cases): the fingerprint and roofline peaks of the device cases will
-    get, CPU peaks with the cases' thread count."""
-    from mlabench.measure.envinfo import device_info
-
-    if device.type == "cpu" and threads:
-        torch.set_num_threads(int(threads))
-    described = device_info(device), measure_peaks(device, dtypes, probe)
-    if device.type == "cpu":  # this worker stays for the cases: its fork server starts while the driver sets up
-        warm_server()
-    return described
-
-
-def _warm_task() -> None:
-    """On a Ray worker that will run cases: its fork server starts now, not with its first case."""
-    warm_server()
-
-
-ACCELERATOR_PREFIX = "accelerator_type:"  # how Ray names a node's GPU kind among its resources
-
-
-def check_accelerator(kind: str, resources: dict[str, float]) -> None:
-    """Refuse a GPU kind no node of the cluster has (its tasks would wait forever), naming those it has."""
-    kinds = sorted(k[len(ACCELERATOR_PREFIX):] for k in resources if k.startswith(ACCELERATOR_PREFIX))
-    if kind not in kinds:
-        raise UsageError(f"--ray-accelerator {kind}: no node of the Ray cluster has that GPU kind "
-                         f"(it has: {', '.join(kinds) or 'none'})")
-
-
-REACH_TIMEOUT_S = 5.0
-
-
-def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
-    """Refuse within seconds a cluster address nothing answers at (a closed port, an unknown host):
-    ray.init would wait for it forever. `auto` and `local` are Ray's to find."""
-    if address in ("auto", "local"):
-        return
-    target = address.removeprefix("ray://")
-    host, colon, port = target.rpartition(":")
-    if not colon and address.startswith("ray://"):
-        host, port = target, "10001"  # the Ray Client server's default port
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--ray-address: expected HOST:PORT, ray://HOST[:PORT] or auto, got {address!r}")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise UsageError(f"--ray-address {address}: no Ray cluster answers there ({why})") from None
-
-
 class RayExecutor:
-    """Cases as Ray tasks; `connect` first, `describe` before the run directory is opened."""
+    """Cases as Ray tasks; `connect` first (executors/ray_cluster.py), `describe` before the run
+    directory is opened."""
 
     name = "ray"
 
-    def __init__(self, started_here: bool, accelerator: str | None = None) -> None:
-        self.started_here = started_here
+    def __init__(self, accelerator: str | None = None) -> None:
         self.accelerator = accelerator  # the GPU kind every case is pinned to (Ray's accelerator type)
         self.device_meta: dict[str, Any] | None = None
         self._peaks = Peaks()
         self._warming: list[Any] = []  # the warm-up tasks' refs, kept until the run
         self._device = torch.device("cpu")
         self._groups: dict[int, Any] = {}  # tp degree -> its placement group (None: no node can hold it)
+        self._preload: tuple[str, ...] = ()  # what the workers' fork servers import (set by `describe`)
 
     @classmethod
     def connect(cls, address: str | None, accelerator: str | None = None) -> RayExecutor:
         """Join the cluster at `address`, or start a local instance over this machine's devices
         (or use the one this process already runs, as tests do). `accelerator`: run every case on
         GPUs of that kind only (`--ray-accelerator`)."""
-        ray = _ray()
-        if ray.is_initialized():
-            return cls(started_here=False, accelerator=accelerator)
-        quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
-                                 "log_to_driver": False}
-        if address:
-            check_reachable(address)
-        try:
-            if address:
-                ray.init(address=address, **quiet)
-            else:
-                ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(), **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"at {address}" if address else "locally"
-            raise UsageError(f"--executor ray: cannot start or reach Ray {where} ({str(exc).splitlines()[0]})") \
-                from None
-        return cls(started_here=True, accelerator=accelerator)
+        join(address)
+        return cls(accelerator)
 
     def close(self) -> None:
         for group in self._groups.values():
             if group is not None:
                 _ray().util.remove_placement_group(group)
         self._groups.clear()
-        if self.started_here:
-            _ray().shutdown()
-            self.started_here = False
+        leave()  # a local instance started for this run; a cluster joined stays up
 
     def resolve_device(self, name: str) -> torch.device:
         """The device kind every case asks the cluster for; each task sees its own GPU as cuda:0."""
@@ -215,18 +146,23 @@ class RayExecutor:
             placement_group=group, placement_group_bundle_index=0)}
 
     def describe(self, plan: Any, probe: bool) -> None:
-        """Fingerprint and peaks from one worker of the kind the cases ask for."""
+        """Fingerprint and peaks from a child of one worker of the kind the cases ask for; beside
+        it, the other workers start their fork servers (fire and forget)."""
         ray = _ray()
         self._device = plan.device
+        self._preload = case_modules(plan.cases)
         dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
         resources = self._resources(plan.device, plan.settings.threads)
-        # A CPU worker may stay: its imported torch saves the next case's worker that import.
-        task = ray.remote(max_calls=1 if plan.device.type == "cuda" else 0, max_retries=0, **resources)(_describe_task)
-        described = task.remote(plan.device, dtypes, probe, plan.settings.threads)
-        # Beside it, the other workers that will run cases start their fork servers (fire and forget).
-        warm = ray.remote(max_calls=0, max_retries=0, **resources)(_warm_task)
-        self._warming = [warm.remote() for _ in range(self._capacity(resources) - (plan.device.type == "cpu"))]
-        self.device_meta, self._peaks = ray.get(described)
+        payload = pickle.dumps((plan.device, dtypes, probe, plan.settings.threads))
+        described = ray.remote(max_calls=0, max_retries=0, **resources)(ray_task.call_task).remote(
+            DESCRIBE_IN_CHILD, payload, self._preload)
+        warm = ray.remote(max_calls=0, max_retries=0, **resources)(ray_task.warm_task)
+        self._warming = [warm.remote(self._preload) for _ in range(self._capacity(resources) - 1)]
+        outcome: Outcome = ray.get(described)
+        if not outcome.ok:
+            raise UsageError(f"--executor ray: could not describe the device on a worker ({outcome.error}"
+                             + (f": {outcome.output})" if outcome.output else ")"))
+        self.device_meta, self._peaks = pickle.loads(outcome.value)
 
     def peaks(self, _dtypes: list[str], _probe: bool) -> Peaks:
         return self._peaks
@@ -244,9 +180,17 @@ class RayExecutor:
         resources = self._resources(ctx.device, ctx.timing.threads)
         # max_calls=0: the worker stays, and with it its warm fork server (Ray would otherwise end a
         # GPU task's worker after one call, which matters only to a worker holding a CUDA context).
-        task = ray.remote(num_returns="streaming", max_retries=0, max_calls=0, **resources)(_case_task)
+        task = ray.remote(num_returns="streaming", max_retries=0, max_calls=0, **resources)(ray_task.case_task)
         plugins = plugin_modules(cases)
+        imports = child_imports(plugins)
+        preload = self._preload or case_modules(cases)
         peaks_for = (self.device_meta or {}).get("name")
+
+        def submit(case: Case, options: dict[str, Any] | None = None) -> Any:
+            runner = task.options(**options) if options else task
+            return runner.remote(CASE_IN_CHILD, case_payload(case, ctx, plugins, peaks_for), imports, preload,
+                                 kill_after(ctx.timeout_s))
+
         window = self._capacity(resources) + QUEUE_AHEAD
         waiting = deque(cases)
         flight: dict[Any, Case] = {}  # generator -> its case
@@ -262,7 +206,7 @@ class RayExecutor:
                 while waiting and len(flight) < window:
                     case = waiting.popleft()
                     if case.tp == 1:
-                        flight[task.remote(case, ctx, plugins, peaks_for)] = case
+                        flight[submit(case)] = case
                         continue
                     options = self._tp_options(case.tp, resources)
                     if options is None:
@@ -271,7 +215,7 @@ class RayExecutor:
                         yield CaseResult(failed_row(case, "skipped", f"tp = {case.tp}: no Ray node frees "
                                                     f"{case.tp} x one case's {kind} at once", 0.0), [])
                         continue
-                    flight[task.options(**options).remote(case, ctx, plugins, peaks_for)] = case
+                    flight[submit(case, options)] = case
                 if not flight:
                     break
                 ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.5)
@@ -298,9 +242,9 @@ class RayExecutor:
                     del flight[gen]
                     where.pop(gen, None)
                     done += 1
-                    assert isinstance(message, Isolated)
-                    message.result.device = message.device or None
-                    yield message.result
+                    isolated = answer(message, case, ctx)
+                    isolated.result.device = isolated.device or None
+                    yield isolated.result
         finally:
             for gen in flight:  # abandoned: kill the workers, and with them the cases' processes
                 ray.cancel(gen, force=True)
