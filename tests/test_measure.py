@@ -22,7 +22,7 @@ from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.timing import TimingSettings
 from mlabench.runner import RunContext, run_case, summarize_samples
 from mlabench.step import decode_step, prefill_step
-from mlabench.variants import build_variant, shape_for_variant, variant_names
+from mlabench.variants import build_variant, shape_for_variant, variant_class, variant_names
 
 CPU = torch.device("cpu")
 TINY = from_name("tiny")
@@ -171,6 +171,28 @@ class CountAllocations(TorchDispatchMode):
         if func.overloadpacket.__name__ in self.FACTORIES and isinstance(out, torch.Tensor):
             self.nbytes += out.nbytes
         return out
+
+
+@pytest.mark.parametrize("mode", ["decode", "prefill"])
+def test_mla_latent_transient_elements_are_what_its_step_holds(mode: str) -> None:
+    """mla-latent re-expands its whole cache every call. What the CPU pre-flight adds for that is
+    what `core_inputs` hands the core beyond the cache: kv_b_proj's output (B, T, H*(d_n+d_v)),
+    of which V and K's no-RoPE half are views, and K with the RoPE key, (B, T, H, d_n+d_r)."""
+    b, t = 2, 40
+    q_len = t if mode == "prefill" else 1
+    module = build_variant("mla-latent", TINY, CPU, torch.float32)
+    sh = module.shape
+    module.allocate_cache(b, t)
+    module.fill_cache_random(t - q_len, seed=1)
+    x = torch.randn(b, q_len, sh.hidden_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, k, v, _, _ = module.core_inputs(x, t - q_len)
+    storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes() for tensor in (k, v)}
+    h, d_n, d_v, d_r = sh.num_heads, sh.head_dim, sh.value_dim, sh.rope_head_dim
+    by_hand = {b * t * h * (d_n + d_v) * 4, b * t * h * (d_n + d_r) * 4}  # kv_b_proj's output, K
+    assert set(storages.values()) == by_hand and len(storages) == 2
+    step = prefill_step(b, t) if mode == "prefill" else decode_step(b, t, 1)
+    assert variant_class("mla-latent").transient_elements(sh, step) * 4 == sum(storages.values())
 
 
 @pytest.mark.parametrize("variant", variant_names())
