@@ -6,6 +6,12 @@ cell or a torn last row is refused with one line. The set must also make one
 run: the same suite and case list (`--allow-mixed` to join different ones), every
 shard of a K/N split and every input finished (`--allow-partial` to join what is
 there), one device (exit 3 otherwise).
+
+A merged run is the run the shards would have written as one: rows, samples with their
+round, and each case's journalled rounds (rounds.jsonl, with `--rounds`), so `compare`,
+`report` and `sweep --resume` find the rounds where a whole run keeps them. Only cases
+with a row are carried, samples and journal alike (an unfinished case's rounds have no
+row to join).
 """
 
 from __future__ import annotations
@@ -14,10 +20,20 @@ import csv
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlabench import schema
 from mlabench.errors import NotComparableError, UsageError
-from mlabench.rundir import RunMeta, RunWriter, check_out_dir, read_meta, read_results, read_rows, read_samples
+from mlabench.rundir import (
+    RunMeta,
+    RunWriter,
+    check_out_dir,
+    read_journal,
+    read_meta,
+    read_results,
+    read_rows,
+    read_samples,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,7 @@ class _Input:
     rows: list[dict[str, str]]  # the text of each row, copied as written
     samples: dict[str, dict[int, list[float]]]  # case id -> round -> samples
     meta: RunMeta | None
+    journal: dict[str, dict[int, dict[str, Any]]]  # case id -> round -> that round's row (rounds.jsonl)
 
     @property
     def suites(self) -> set[str]:
@@ -56,7 +73,10 @@ def _read_input(run: Path) -> _Input:
         for cid, latency, r in zip(samples_frame["case_id"], samples_frame["latency_ms"], samples_frame["round"],
                                    strict=True):
             samples.setdefault(cid, {}).setdefault(int(r), []).append(float(latency))
-    return _Input(run, read_rows(results), samples, read_meta(run / schema.META_JSON))
+    journal: dict[str, dict[int, dict[str, Any]]] = {}
+    for cid, r, row in read_journal(run / schema.ROUNDS_JSONL):
+        journal.setdefault(cid, {})[r] = row
+    return _Input(run, read_rows(results), samples, read_meta(run / schema.META_JSON), journal)
 
 
 def _check_one_run(inputs: list[_Input], allow_partial: bool, allow_mixed: bool) -> None:
@@ -121,10 +141,13 @@ def merge_runs(run_dirs: list[Path], out: Path, allow_partial: bool = False,
     with RunWriter(out, resume=False) as writer:
         for i in inputs:
             for row in i.rows:
-                # Samples keep their round; samples of a case without a row are dropped.
+                # Samples keep their round, then each journalled round its line (its samples are on
+                # disk); the samples and rounds of a case without a row are dropped.
                 for r, draws in sorted(i.samples.get(row["case_id"], {}).items()):
                     writer.append_samples(row["case_id"], draws, r)
                     total_samples += len(draws)
+                for r, journalled in sorted(i.journal.get(row["case_id"], {}).items()):
+                    writer.append_journal(journalled, r)
                 writer.append({k: (v if v != "" else None) for k, v in row.items()}, [])
         first = metas[0] if metas else RunMeta()
         meta = dataclasses.replace(first, merged_from=[str(r) for r in run_dirs], shards=[m.shard for m in metas],

@@ -7,6 +7,8 @@ name says, or a test fails.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -20,10 +22,11 @@ from mlabench.measure.peaks import Peaks, roofline_pct
 from mlabench.measure.timing import TimingSettings
 from mlabench.runner import RunContext, run_case, summarize_samples
 from mlabench.step import decode_step, prefill_step
-from mlabench.variants import build_variant, shape_for_variant, variant_names
+from mlabench.variants import build_variant, shape_for_variant, variant_class, variant_names
 
 CPU = torch.device("cpu")
 TINY = from_name("tiny")
+TINY_FP64 = dataclasses.replace(TINY, dtype="float64")
 FAST = TimingSettings(budget_s=0.005, warmup_s=0.0, min_samples=3, max_samples=5)
 
 
@@ -104,6 +107,55 @@ def test_runner_marks_a_backend_wrong_in_the_last_sequence_inaccurate() -> None:
     assert "sequence 3" in row["error"]
 
 
+@pytest.mark.parametrize(("variant", "mode", "seed"), [("mha", "decode", 1), ("gqa", "prefill", 0),
+                                                  ("mla-latent", "decode", 0)])
+def test_float64_row_summed_in_another_order_is_ok(variant: str, mode: str, seed: int) -> None:
+    """SDPA sums in another order than the eager reference: a float64 row differs from it by a
+    few units of rounding (rel_err ~1e-15) and is `ok`, its cosine difference resolved far below
+    float64's eps rather than read as 0 or eps off `1 - ratio` (these seeds read eps = 2.2e-16,
+    past the tolerance, and were `inaccurate`)."""
+    row = run_case(make_case(variant, "sdpa", mode, batch=2, seq_len=64, shape=TINY_FP64),
+                   RunContext(CPU, timing=FAST, seed=seed)).row
+    assert row["dtype"] == "float64" and row["status"] == "ok", row
+    assert 0 < row["rel_err"] < 1e3 * torch.finfo(torch.float64).eps
+    assert 0 < row["cos_diff"] < 1e-26  # ~ rel_err^2: no floor at eps
+
+
+def test_float64_cosine_difference_is_half_the_squared_relative_error() -> None:
+    """A float64 output off by 1e-13 relative: its cosine difference is ~ (norm-wise relative
+    error)^2 / 2 ~ 5e-27, which `1 - 2<o, r> / (|o|^2 + |r|^2)` in float64 reads as 0 or 1.1e-16."""
+    g = torch.Generator().manual_seed(16)
+    for trial in range(8):
+        ref = torch.randn(2, 16, 512, generator=g, dtype=torch.float64)
+        out = ref * (1 + 1e-13 * torch.randn(ref.shape, generator=g, dtype=torch.float64))
+        rel_norm = float((out - ref).norm() / ref.norm())
+        result = acc.compare(out, ref, "float64", rows=[0, 1])
+        assert result.cos_diff == pytest.approx(rel_norm**2 / 2, rel=1e-6, abs=0), trial
+        assert result.ok, (trial, result)
+
+
+def test_float64_output_wrong_by_1e6_relative_is_inaccurate() -> None:
+    """End to end: a float64 backend whose every output element is off by 1e-6 relative (far
+    inside float32's tolerance, ~1e10 units of float64 rounding) is `inaccurate`, on both measures."""
+
+    @register_backend("test-off-1e-6", description="test only: eager, off by 1e-6", modes=("decode",))
+    def prepare(module, case, inputs):
+        g = torch.Generator().manual_seed(17)
+
+        def fn():
+            out = module(inputs.x, inputs.start_pos)
+            return out * (1 + 1e-6 * torch.randn(out.shape, generator=g, dtype=out.dtype))
+
+        return Prepared(fn=fn)
+
+    try:
+        row = run_case(make_case("mla-absorbed", "test-off-1e-6", shape=TINY_FP64), RunContext(CPU, timing=FAST)).row
+    finally:
+        del BACKENDS["test-off-1e-6"]
+    assert row["dtype"] == "float64" and row["status"] == "inaccurate", row
+    assert row["rel_err"] > acc.REL_TOLERANCE["float64"] and row["cos_diff"] > acc.COS_TOLERANCE["float64"]
+
+
 # --- memory and parameters -----------------------------------------------------------------
 class CountAllocations(TorchDispatchMode):
     """Bytes of every tensor created by a factory op (what an allocator would hand out)."""
@@ -119,6 +171,28 @@ class CountAllocations(TorchDispatchMode):
         if func.overloadpacket.__name__ in self.FACTORIES and isinstance(out, torch.Tensor):
             self.nbytes += out.nbytes
         return out
+
+
+@pytest.mark.parametrize("mode", ["decode", "prefill"])
+def test_mla_latent_transient_elements_are_what_its_step_holds(mode: str) -> None:
+    """mla-latent re-expands its whole cache every call. What the CPU pre-flight adds for that is
+    what `core_inputs` hands the core beyond the cache: kv_b_proj's output (B, T, H*(d_n+d_v)),
+    of which V and K's no-RoPE half are views, and K with the RoPE key, (B, T, H, d_n+d_r)."""
+    b, t = 2, 40
+    q_len = t if mode == "prefill" else 1
+    module = build_variant("mla-latent", TINY, CPU, torch.float32)
+    sh = module.shape
+    module.allocate_cache(b, t)
+    module.fill_cache_random(t - q_len, seed=1)
+    x = torch.randn(b, q_len, sh.hidden_size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, k, v, _, _ = module.core_inputs(x, t - q_len)
+    storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes() for tensor in (k, v)}
+    h, d_n, d_v, d_r = sh.num_heads, sh.head_dim, sh.value_dim, sh.rope_head_dim
+    by_hand = {b * t * h * (d_n + d_v) * 4, b * t * h * (d_n + d_r) * 4}  # kv_b_proj's output, K
+    assert set(storages.values()) == by_hand and len(storages) == 2
+    step = prefill_step(b, t) if mode == "prefill" else decode_step(b, t, 1)
+    assert variant_class("mla-latent").transient_elements(sh, step) * 4 == sum(storages.values())
 
 
 @pytest.mark.parametrize("variant", variant_names())

@@ -133,6 +133,47 @@ def test_shards_then_merge_equal_the_whole(tmp_path: Path, suite: Path, capsys: 
     assert run_cli(["merge", str(dirs[0]), str(dirs[0]), "--out", str(tmp_path / "dup"), "--no-report"], capsys)[0] == 2
 
 
+def test_merge_of_round_shards_keeps_every_round(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two shards of a `--rounds 2` sweep, merged: each case's journalled rounds (rounds.jsonl)
+    and its samples by round are the shard's, so `compare` counts the same rounds in the merged
+    run as in the shard, and a resume of the merged run finds every round done."""
+    suite = tmp_path / "rounds.toml"
+    suite.write_text(SUITE.replace('["mha", "gqa", "mla-absorbed", "linformer"]', '"mha"')
+                     .replace('["prefill", "decode"]', '"decode"').replace("threads = 1", "threads = 1\nrounds = 2"))
+    shards = [tmp_path / "shard1", tmp_path / "shard2"]
+    for k, out in enumerate(shards, start=1):
+        code, _, err = run_cli(["sweep", "--suite", str(suite), "--out", str(out), "--shard", f"{k}/2", "--no-report",
+                                "--no-probe"], capsys)
+        assert code == 0, err
+    merged = tmp_path / "merged"
+    assert run_cli(["merge", *map(str, shards), "--out", str(merged), "--no-report"], capsys)[0] == 0
+
+    def journal(run: Path) -> list[tuple[str, int, str]]:
+        lines = [json.loads(line) for line in (run / schema.ROUNDS_JSONL).read_text().splitlines()]
+        return sorted((e["row"]["case_id"], e["round"], json.dumps(e["row"], sort_keys=True)) for e in lines)
+
+    def by_round(run: Path) -> set[tuple[str, str, str, str]]:
+        return {(s["case_id"], s["round"], s["sample"], s["latency_ms"]) for s in read(run / schema.SAMPLES_CSV)}
+
+    rows = read(merged / schema.RESULTS_CSV)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert journal(merged) == sorted(journal(shards[0]) + journal(shards[1]))
+    assert sorted((cid, k) for cid, k, _ in journal(merged)) == sorted((r["case_id"], k) for r in rows for k in (0, 1))
+    assert by_round(merged) == by_round(shards[0]) | by_round(shards[1])
+    for shard in shards:
+        code, stdout, _ = run_cli(["compare", str(shard), str(merged), "--json"], capsys)
+        assert code == 0
+        (case,) = [c for c in json.loads(stdout)["cases"] if c["verdict"] != "only-candidate"]
+        # the same samples in the same rounds on both sides
+        assert case["n_base"] == case["n_cand"] > 0 and case["ratio"] == 1.0, case
+        assert any("2 rounds per side" in note for note in case["notes"]), case
+    code, stdout, err = run_cli(["sweep", "--suite", str(suite), "--out", str(merged), "--resume", "--no-report",
+                                 "--no-probe"], capsys)
+    assert code == 0 and "nothing new" in stdout + err, err
+    assert len(read(merged / schema.RESULTS_CSV)) == 2
+    assert journal(merged) == sorted(journal(shards[0]) + journal(shards[1]))
+
+
 def test_cpu_preflight_skips_cases_that_cannot_fit(tmp_path: Path, suite: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"

@@ -80,12 +80,11 @@ def test_gloo_ranks_give_the_unsharded_output_in_float64(ranks: RunContext, tp: 
         for mode in ("decode", "prefill"):
             case = _case(variant, tp, mode)
             row = pool.run_tensor_parallel(case, ranks).row
-            # float64's own tolerance on cos_diff (1e-18) is below what a sum in another order resolves:
-            # the element-wise errors are what this test holds to 1e-12
-            assert row.status in ("ok", "inaccurate"), (variant, mode, row.error)
+            # The ranks' partial outputs summed by all_reduce are a sum in another order: ok in float64
+            assert row.status == "ok", (variant, mode, row.error)
             assert row.tp == tp and row.dist_backend == "gloo"
             assert row.max_abs_err is not None and row.max_abs_err <= 1e-12, (variant, mode, row.max_abs_err)
-            assert row.rel_err <= 1e-12 and row.cos_diff <= 1e-15
+            assert row.rel_err <= 1e-12 and row.cos_diff <= 1e-21
             assert row.kv_cache_bytes_per_gpu_measured == row.kv_cache_bytes_per_gpu > 0
             assert row.comm_ms > 0 and 0 < row.comm_share and row.latency_ms > 0
 

@@ -2,7 +2,8 @@
 
 A run directory holds `results.csv` (one row per case; the columns are
 `schema.ResultRow`), `samples.csv` (every timed sample), `meta.json` (the
-environment fingerprint and the sweep's settings) and `report.html`.
+environment fingerprint and the sweep's settings), `rounds.jsonl` (with rounds: each
+finished round's row, the journal a resume reads) and `report.html`.
 
 - `write`: the crash-safe writer a sweep appends to (`RunWriter`), and the cell format.
 - `meta`: meta.json as a typed record (`RunMeta`), its one reader (`read_meta`); its one
@@ -27,7 +28,7 @@ from mlabench.rundir.read import (
     read_results,
     read_samples,
 )
-from mlabench.rundir.write import RunWriter, check_out_dir, format_cell, read_rows
+from mlabench.rundir.write import RunWriter, check_out_dir, format_cell, read_journal, read_rows
 
 __all__ = [
     "RunData",
@@ -39,6 +40,7 @@ __all__ = [
     "join_ids",
     "key_frame",
     "load_run",
+    "read_journal",
     "read_meta",
     "read_results",
     "read_rows",

@@ -112,6 +112,22 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def read_journal(path: Path) -> list[tuple[str, int, dict[str, Any]]]:
+    """(case id, round, row) of each whole line of a rounds.jsonl; a torn or foreign line is left out."""
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
+        try:
+            entry = json.loads(line)
+            row, r = entry["row"], int(entry["round"])
+            if isinstance(row, dict) and set(row) <= set(schema.COLUMNS) and r >= 0:
+                entries.append((str(row["case_id"]), r, row))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return entries
+
+
 # Called on resume, before anything in the directory changes, with the run's meta.json (None
 # when absent) and whether results.csv holds rows; raises to refuse the resume.
 ResumeCheck = Callable[[RunMeta | None, bool], None]
@@ -199,7 +215,7 @@ class RunWriter:
             _cut_torn_tail(self.samples_path)
             with self.samples_path.open(newline="") as f:
                 samples = [r for r in csv.reader(f)][1:]
-        journal = self._read_journal()
+        journal = read_journal(self.rounds_path)
         kept_rounds = self._restore_rounds(journal, samples)
         kept = [r for r in samples if r and (r[0] in self.finished or (r[0], _sample_round(r)) in kept_rounds)]
         tmp = self.samples_path.with_suffix(".tmp")
@@ -213,21 +229,6 @@ class RunWriter:
             tmp.write_text("".join(json.dumps({"round": r, "row": row}) + "\n" for cid, r, row in journal
                                    if cid in self.finished or (cid, r) in kept_rounds), encoding="utf-8")
             os.replace(tmp, self.rounds_path)
-
-    def _read_journal(self) -> list[tuple[str, int, dict[str, Any]]]:
-        """(case id, round, row) of each whole line of rounds.jsonl; a torn or foreign line is left out."""
-        if not self.rounds_path.exists():
-            return []
-        entries = []
-        for line in self.rounds_path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
-            try:
-                entry = json.loads(line)
-                row, r = entry["row"], int(entry["round"])
-                if isinstance(row, dict) and set(row) <= set(schema.COLUMNS) and r >= 0:
-                    entries.append((str(row["case_id"]), r, row))
-            except (ValueError, KeyError, TypeError):
-                continue
-        return entries
 
     def _restore_rounds(self, journal: list[tuple[str, int, dict[str, Any]]],
                         samples: list[list[str]]) -> set[tuple[str, int]]:
@@ -269,8 +270,12 @@ class RunWriter:
         """One finished round of a case whose results row comes later: its samples, then its row
         in the journal, so a journalled round always has its samples on disk."""
         self.append_samples(row.case_id, samples_ms, round_index)
+        self.append_journal(row.as_dict(), round_index)
+
+    def append_journal(self, row: Mapping[str, Any], round_index: int) -> None:
+        """A round's row as one line of rounds.jsonl; its samples must be on disk already."""
         with self.rounds_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"round": round_index, "row": row.as_dict()}, default=str) + "\n")
+            f.write(json.dumps({"round": round_index, "row": dict(row)}, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

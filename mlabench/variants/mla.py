@@ -224,8 +224,9 @@ class MLALatent(ReExpandedLatentCore, _LatentCacheMLA):
 
     @classmethod
     def transient_elements(cls, sh: AttentionShape, step: Step) -> int:
-        # kv_b_proj's output (H*(d_n+d_v)) and K with the RoPE key concatenated (H*d_qk), per cached token
-        return step.batch * step.total * sh.num_heads * (sh.qk_head_dim + sh.value_dim + 2 * sh.head_dim)
+        # Per cached token: kv_b_proj's output (H*(d_n+d_v)), which V and K's no-RoPE part are views of,
+        # and K with the RoPE key concatenated (H*d_qk), a new tensor; both live until the core returns.
+        return step.batch * step.total * sh.num_heads * (sh.head_dim + sh.value_dim + sh.qk_head_dim)
 
     def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         self._check_step(x, start_pos)
