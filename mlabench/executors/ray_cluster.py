@@ -112,6 +112,20 @@ def one_node_here() -> bool:
     return len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
 
 
+def next_message(task: Any) -> tuple[str, Any]:
+    """What a streaming task said next: ("message", value), ("ended", None), ("cancelled", None)
+    when stopped on request, or ("failed", the RayError) when it raised or its worker was lost."""
+    ray = ray_module()
+    try:
+        return "message", ray.get(next(task))
+    except StopIteration:
+        return "ended", None
+    except ray.exceptions.TaskCancelledError:
+        return "cancelled", None
+    except ray.exceptions.RayError as exc:
+        return "failed", exc
+
+
 def leave() -> None:
     """Stop the local instance this process started, in a thread (a joined cluster is left running).
     Nothing of Ray is used after this; the thread is not a daemon, so the process exits after it."""
@@ -132,4 +146,4 @@ def _import_all(modules: Sequence[str], errors: list[BaseException]) -> None:
         errors.append(exc)
 
 
-__all__ = ["check_accelerator", "check_reachable", "join", "leave", "one_node_here", "ray_module"]
+__all__ = ["check_accelerator", "check_reachable", "join", "leave", "next_message", "one_node_here", "ray_module"]

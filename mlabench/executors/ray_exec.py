@@ -56,7 +56,7 @@ from mlabench.executors.isolate import (
     warm_server,
 )
 from mlabench.executors.protocol import OnStart
-from mlabench.executors.ray_cluster import check_accelerator, join, leave, one_node_here
+from mlabench.executors.ray_cluster import check_accelerator, join, leave, next_message, one_node_here
 from mlabench.executors.ray_cluster import ray_module as _ray
 from mlabench.executors.ray_lease import run_leased
 from mlabench.measure.peaks import Peaks
@@ -255,18 +255,12 @@ class RayExecutor:
                 ready, _ = ray.wait(list(flight), num_returns=1, timeout=0.5)
                 for gen in ready:
                     case = flight[gen]
-                    try:
-                        message = ray.get(next(gen))
-                    except StopIteration:
+                    said, message = next_message(gen)
+                    if said != "message":  # cancelled on request: no row, --resume runs it
                         del flight[gen]
-                        continue
-                    except ray.exceptions.TaskCancelledError:
-                        del flight[gen]  # stopped on request: no row, --resume runs it
-                        continue
-                    except ray.exceptions.RayError as exc:
-                        del flight[gen]
-                        done += 1
-                        yield self._lost(case, where.pop(gen, None), exc)
+                        if said == "failed":
+                            done += 1
+                            yield self._lost(case, where.pop(gen, None), message)
                         continue
                     if isinstance(message, dict):
                         where[gen] = message

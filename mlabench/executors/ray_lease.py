@@ -27,7 +27,7 @@ from typing import Any
 from mlabench.case import Case
 from mlabench.executors.isolate import Isolated, failed_row, isolate_case, plugin_modules
 from mlabench.executors.protocol import OnStart
-from mlabench.executors.ray_cluster import ray_module
+from mlabench.executors.ray_cluster import next_message, ray_module
 from mlabench.runner import CaseResult, RunContext
 
 # Submit returns a lease (a Ray generator) or, for a case no node can hold, its row.
@@ -96,16 +96,11 @@ def run_leased(cases: list[Case], ctx: RunContext, on_start: OnStart | None, sho
             ready, _ = ray.wait(list(leases), num_returns=1, timeout=0.05)
             for lease in ready:
                 case = leases[lease]
-                try:
-                    message = ray.get(next(lease))
-                except StopIteration:
-                    message = None
-                except ray.exceptions.TaskCancelledError:
+                said, message = next_message(lease)
+                if said == "cancelled":
                     del leases[lease]  # stopped on request: no row, --resume runs it
                     continue
-                except ray.exceptions.RayError as exc:
-                    message = exc
-                if lease in running or not isinstance(message, dict):  # a lease that ended: its worker is gone
+                if lease in running or said != "message":  # a lease that ended: its worker is gone
                     del leases[lease]
                     run = running.pop(lease, None)
                     if run is not None:
@@ -113,7 +108,7 @@ def run_leased(cases: list[Case], ctx: RunContext, on_start: OnStart | None, sho
                         assert run.thread is not None
                         run.thread.join()
                     done += 1
-                    error = message if isinstance(message, Exception) else RuntimeError("the lease ended")
+                    error = message if said == "failed" else RuntimeError("the lease ended")
                     yield lost(case, run.where if run else None, error)
                     continue
                 run = _Running(case, {"host": message["host"], "node": message["node"]})
