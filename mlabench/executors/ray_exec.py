@@ -6,7 +6,7 @@ Who forks the case's process depends on the cluster:
   driver, from its own warm fork server, under a lease task that holds the case's devices
   (executors/ray_lease.py). One server for the node imports torch, mlabench and the plan's
   backend preloads once; a local instance starts it before Ray itself, so the two starts
-  overlap. The driver takes the device's fingerprint and peaks, as in-process.
+  overlap. The device's fingerprint and peaks are taken in a child of that server.
 - A cluster of several machines: the worker, from a warm fork server of its own
   (executors/ray_task.py, the worker's side), a case crossing it as pickled bytes, so the
   worker imports no torch and never touches the device. The device's fingerprint and peaks are
@@ -42,7 +42,7 @@ import torch
 from mlabench.case import Case
 from mlabench.errors import UsageError
 from mlabench.executors import ray_task
-from mlabench.executors.forkserver import Outcome
+from mlabench.executors.forkserver import run_pickled
 from mlabench.executors.isolate import (
     CASE_IN_CHILD,
     DESCRIBE_IN_CHILD,
@@ -77,7 +77,7 @@ class RayExecutor:
     def __init__(self, accelerator: str | None = None) -> None:
         self.accelerator = accelerator  # the GPU kind every case is pinned to (Ray's accelerator type)
         self.device_meta: dict[str, Any] | None = None
-        self._peaks: Peaks | None = Peaks()
+        self._peaks = Peaks()
         self._on_this_machine = False  # set by `describe`: the driver's fork server runs the cases
         self._warming: list[Any] = []  # the warm-up tasks' refs, kept until the run
         self._device = torch.device("cpu")
@@ -152,32 +152,34 @@ class RayExecutor:
             placement_group=group, placement_group_bundle_index=0)}
 
     def describe(self, plan: Any, probe: bool) -> None:
-        """On a cluster that is this machine alone, nothing to ask a worker: the driver's fork server
-        (started already with a local instance) will run the cases, and the driver takes the device's
-        fingerprint and peaks. Otherwise they come from a child of one worker of the kind the cases
-        ask for; beside it, the other workers start their fork servers (fire and forget)."""
+        """The fingerprint and peaks of the cases' device, taken in a child process where a case
+        would run (so no CUDA context stays behind in the process that forks the cases): on a
+        cluster that is this machine alone, a child of the driver's own fork server (started
+        already with a local instance), which will run the cases; otherwise a child of one
+        worker of the kind the cases ask for, while the other workers start their fork servers
+        (fire and forget)."""
         ray = _ray()
         self._device = plan.device
         self._preload = case_modules(plan.cases)
         self._on_this_machine = one_node_here()
+        dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
+        payload = pickle.dumps((plan.device, dtypes, probe, plan.settings.threads))
         if self._on_this_machine:
             warm_server(plan.cases)
-            self.device_meta, self._peaks = None, None
-            return
-        dtypes = sorted({c.dtype for c in plan.cases}, key=lambda d: -sum(c.dtype == d for c in plan.cases))
-        resources = self._resources(plan.device, plan.settings.threads)
-        payload = pickle.dumps((plan.device, dtypes, probe, plan.settings.threads))
-        described = ray.remote(max_calls=0, max_retries=0, **resources)(ray_task.call_task).remote(
-            DESCRIBE_IN_CHILD, payload, self._preload)
-        warm = ray.remote(max_calls=0, max_retries=0, **resources)(ray_task.warm_task)
-        self._warming = [warm.remote(self._preload) for _ in range(self._capacity(resources) - 1)]
-        outcome: Outcome = ray.get(described)
+            outcome = run_pickled(DESCRIBE_IN_CHILD, payload)
+        else:
+            resources = self._resources(plan.device, plan.settings.threads)
+            described = ray.remote(max_calls=0, max_retries=0, **resources)(ray_task.call_task).remote(
+                DESCRIBE_IN_CHILD, payload, self._preload)
+            warm = ray.remote(max_calls=0, max_retries=0, **resources)(ray_task.warm_task)
+            self._warming = [warm.remote(self._preload) for _ in range(self._capacity(resources) - 1)]
+            outcome = ray.get(described)
         if not outcome.ok:
-            raise UsageError(f"--executor ray: could not describe the device on a worker ({outcome.error}"
+            raise UsageError(f"--executor ray: could not describe the device in a child process ({outcome.error}"
                              + (f": {outcome.output})" if outcome.output else ")"))
         self.device_meta, self._peaks = pickle.loads(outcome.value)
 
-    def peaks(self, _dtypes: list[str], _probe: bool) -> Peaks | None:
+    def peaks(self, _dtypes: list[str], _probe: bool) -> Peaks:
         return self._peaks
 
     def _capacity(self, resources: dict[str, Any]) -> int:

@@ -30,6 +30,9 @@ from mlabench.executors.protocol import OnStart
 from mlabench.executors.ray_cluster import next_message, ray_module
 from mlabench.runner import CaseResult, RunContext
 
+# How long the driver waits on the leases before it looks at the cases that finished: a case's
+# answer waits at most this long to be recorded and to free its lease for the next case.
+WAIT_S = 0.01
 # Submit returns a lease (a Ray generator) or, for a case no node can hold, its row.
 Submit = Callable[[Case], Any]
 Lost = Callable[[Case, "dict[str, str] | None", Exception], CaseResult]
@@ -93,7 +96,7 @@ def run_leased(cases: list[Case], ctx: RunContext, on_start: OnStart | None, sho
                 yield _result(run.answer[0])
             if not leases:
                 continue
-            ready, _ = ray.wait(list(leases), num_returns=1, timeout=0.05)
+            ready, _ = ray.wait(list(leases), num_returns=1, timeout=WAIT_S)
             for lease in ready:
                 case = leases[lease]
                 said, message = next_message(lease)
