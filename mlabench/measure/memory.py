@@ -120,25 +120,39 @@ def available_ram_bytes() -> int | None:
     return room if host is None else min(host, room)
 
 
-def estimate_case_bytes(case: Case, accuracy: bool) -> int:
-    """A generous upper bound of what a case allocates: weights, cache, activations, the eager
-    score matrix (fp32, with softmax's copies) and, when checked, the float64 reference."""
+def step_transient_bytes(case: Case) -> int:
+    """What one step allocates beyond weights and cache: its activations (the new tokens'
+    projections), the score matrix (fp32, with softmax's copies) over the keys the plain cores
+    score, the working copies of the attended K and V (`context_working_bytes`), and the variant's own
+    re-expanded K/V or other context-sized buffers (`transient_elements`)."""
     sh, step = case.shape, case.step
     eb = sh.element_bytes
     cls = variant_class(case.variant)
-    weights = cls.param_count(sh, seq_len=case.seq_len) * eb
-    cache = analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len)
     heads = sh.num_heads
-    scores = case.batch * heads * step.new_tokens * cls.attended_keys(sh, step) * 4 * 3
+    scores = case.batch * heads * step.new_tokens * cls.scored_keys(sh, step) * 4 * 3
     head_width = max(sh.qk_head_dim, sh.head_dim, sh.value_dim, sh.kv_lora_rank + sh.rope_head_dim)
     width = max(sh.hidden_size, heads * head_width)
     activations = case.batch * step.new_tokens * width * eb * 6
-    expanded = cls.transient_elements(sh, step) * eb  # re-expanded K/V of the whole context, where it happens
+    # Only the variant's own PyTorch core is known never to repeat KV heads per query head; any
+    # other core may hand K and V to a kernel that does (SDPA picks its kernel at run time).
+    working = cls.context_working_bytes(sh, step, expands_kv=case.backend != "eager")
+    expanded = cls.transient_elements(sh, step) * eb
     if sh.kv_quantized:  # an FP8 cache is read dequantized: an fp32 copy of the context, then the compute dtype
         expanded += cls.kv_cache_elements(sh, case.batch, case.seq_len) * (4 + eb)
-    total = weights + cache + scores + activations + expanded
+    return scores + activations + working + expanded
+
+
+def estimate_case_bytes(case: Case, accuracy: bool) -> int:
+    """A generous upper bound of what a case allocates: weights, cache and one step's transient
+    bytes (`step_transient_bytes`) and, when checked, the float64 reference."""
+    sh = case.shape
+    eb = sh.element_bytes
+    weights = variant_class(case.variant).param_count(sh, seq_len=case.seq_len) * eb
+    cache = analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len)
+    transient = step_transient_bytes(case)
+    total = weights + cache + transient
     if accuracy:  # float64 copy of weights, of the reference batch's cache, and its scores
         ref_batch = min(case.batch, 2)
         scale = 8 / eb
-        total += int((weights + (cache + scores + activations + expanded) * ref_batch / case.batch) * scale)
+        total += int((weights + (cache + transient) * ref_batch / case.batch) * scale)
     return total

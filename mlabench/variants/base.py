@@ -237,6 +237,29 @@ class AttentionVariant(CacheStore):
         CPU memory pre-flight."""
         return 0
 
+    @classmethod
+    def scored_keys(cls, sh: AttentionShape, step: Step) -> int:
+        """Keys the plain PyTorch cores (eager, SDPA) score per query: their score matrix's width.
+        `attended_keys` unless the variant's plain core masks a wider context than a sparse kernel reads."""
+        return cls.attended_keys(sh, step)
+
+    @classmethod
+    def context_working_bytes(cls, sh: AttentionShape, step: Step, expands_kv: bool) -> int:
+        """Bytes the step's plain PyTorch path holds in working copies of the context it attends,
+        beside the score matrix, for the CPU memory pre-flight: a contiguous copy of the K and V the
+        core reads (eager's einsum copies strided cache views; a V that is a slice of K is copied on
+        its own) and, with `expands_kv` (SDPA's math kernel), K and V repeated to every query head at
+        the query's and output's head widths plus the scaled K it multiplies by, all in fp32 for a
+        reduced-precision input (the math kernel upcasts)."""
+        k_w, v_w = cls.core_kv_widths(sh)
+        per_key = k_w + (v_w or k_w)
+        element = sh.element_bytes
+        if expands_kv:
+            q_w, o_w = cls.qo_widths(sh)
+            per_key += 2 * q_w + o_w
+            element = max(element, 4)
+        return step.batch * cls.scored_keys(sh, step) * per_key * element
+
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
         super().__init__()

@@ -179,6 +179,22 @@ class DSA(MLAAbsorbed):
         return min(step.total, step.new_tokens * sh.topk)
 
     @classmethod
+    def scored_keys(cls, sh: AttentionShape, step: Step) -> int:
+        """The plain cores score every key of the context and mask all but the top-k."""
+        return step.total
+
+    @classmethod
+    def context_working_bytes(cls, sh: AttentionShape, step: Step, expands_kv: bool) -> int:
+        """The core's copies (base class) and the indexer's fp32 working set: every index key
+        dequantized (its scales repeated over 128-wide tiles, the values, their product, the RoPE
+        concatenation and the fp32 copy) and per query its per-head logits, their ReLU, the summed
+        scores, their masked copy and the top-k mask."""
+        tiles = kvquant.TILE * -(-sh.index_head_dim // kvquant.TILE)
+        keys = step.batch * step.total * (tiles + 4 * sh.index_head_dim)
+        scores = step.batch * step.new_tokens * step.total * (2 * sh.index_heads + 4)
+        return super().context_working_bytes(sh, step, expands_kv) + 4 * (keys + scores)
+
+    @classmethod
     def cache_traffic_elements(cls, sh: AttentionShape, step: Step) -> int:
         """Every indexer key read, only the selected latent rows (at most T), this step's rows written."""
         latent = sh.kv_lora_rank + sh.rope_head_dim

@@ -179,6 +179,15 @@ class TPAFactorized(_TPABase):
         width = sh.num_heads + sh.head_dim
         return sh.k_rank * width, sh.v_rank * width
 
+    @classmethod
+    def context_working_bytes(cls, sh: AttentionShape, step: Step, expands_kv: bool) -> int:
+        """Beside the factor copies (base class), the native core's products per (query, key):
+        B_q . B_k for every rank pair, and the rank loops' (B, H, S, T) partial scores, product and
+        weighted probabilities, in fp32 or wider."""
+        pairs = step.batch * step.new_tokens * step.total
+        per_pair = sh.q_rank * sh.k_rank + 3 * sh.num_heads
+        return super().context_working_bytes(sh, step, expands_kv) + pairs * per_pair * max(sh.element_bytes, 4)
+
     def core_inputs(self, x: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor, Tensor, float, bool]:
         """q the query factors [A_q | B_q] (B, S, 1, R_q*(H+D)); k, v the factor caches' views
         (B, T, 1, R*(H+D)); scale D^-0.5. `native_core` reads them."""
