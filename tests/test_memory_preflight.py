@@ -5,7 +5,8 @@ OOM killer never takes the sweep. That only works if the estimate is an upper bo
 variant, on the CPU backends that serve it, in prefill and decode, runs one warmed step while a
 dispatch mode records the storage of every tensor an operator creates and when it is freed, and
 the peak of those bytes must stay within the estimate's part beyond weights and cache
-(`step_transient_bytes`). Contexts of 512 and 2048 tokens make the terms that grow with the
+(`step_transient_bytes`); the float64 reference's peak (its weights and cache copies included)
+within `reference_bytes`. Contexts of 512 and 2048 tokens make the terms that grow with the
 context dominate the ones that do not.
 """
 
@@ -19,7 +20,8 @@ from torch.utils._pytree import tree_flatten
 
 from mlabench.backends import BACKENDS, StepInputs
 from mlabench.case import Case
-from mlabench.measure.memory import step_transient_bytes
+from mlabench.measure.memory import reference_bytes, step_transient_bytes
+from mlabench.measure.scope import scoped_call
 from mlabench.suites import load_suite
 from mlabench.sweep import Overrides, plan_sweep
 from mlabench.variants import build_variant
@@ -69,8 +71,9 @@ def grid_cases() -> list[Case]:
             and (c.backend == "eager" or variant_class(c.variant).generic_core)]
 
 
-def measured_step_peak(case: Case) -> int:
-    """Peak bytes created during one step of `case`, after one warm-up step, set up as the runner does."""
+def measured_peaks(case: Case) -> tuple[int, int]:
+    """Peak bytes created during one step of `case` (after one warm-up step) and during its float64
+    reference, set up as the runner does."""
     sh, step = case.shape, case.step
     module = build_variant(case.variant, sh, CPU, torch_dtype(case.dtype), seed=0)
     module.prepare_length(case.seq_len)
@@ -83,10 +86,14 @@ def measured_step_peak(case: Case) -> int:
     module.cache_map.prepare_step(case.batch, step.context, step.new_tokens)
     prepared = BACKENDS[case.backend].prepare(module, case, inputs)
     prepared.fn()  # warmed: lazily built state (masks, kernel choices) is not the step's
-    with PeakNewStorage() as tracker:
-        out = prepared.fn()
+    timed = scoped_call(case, module, prepared, inputs)
+    with PeakNewStorage() as step_tracker:
+        out = timed.fn()
     del out
-    return tracker.peak
+    with PeakNewStorage() as reference_tracker:
+        ref = timed.reference()
+    del ref
+    return step_tracker.peak, reference_tracker.peak
 
 
 CASES = grid_cases()
@@ -111,7 +118,9 @@ def test_the_tracker_sees_a_temporary_and_its_release() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.variant}-{c.backend}-{c.mode}-T{c.seq_len}")
 def test_the_preflight_estimate_bounds_the_steps_peak(case: Case) -> None:
-    measured = measured_step_peak(case)
+    step, reference = measured_peaks(case)
+    assert step > 0 and reference > 0
     estimate = step_transient_bytes(case)
-    assert measured > 0
-    assert estimate >= measured, f"estimate {estimate} B < measured {measured} B ({measured / estimate:.2f}x)"
+    assert estimate >= step, f"step: estimate {estimate} B < measured {step} B"
+    estimate = reference_bytes(case)
+    assert estimate >= reference, f"reference: estimate {estimate} B < measured {reference} B"

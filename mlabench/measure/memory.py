@@ -120,11 +120,25 @@ def available_ram_bytes() -> int | None:
     return room if host is None else min(host, room)
 
 
-def step_transient_bytes(case: Case) -> int:
+def sdpa_expands_kv(case: Case) -> bool:
+    """Whether the case's core repeats K and V to every query head: SDPA's math kernel does, and on
+    the CPU it serves SDPA whenever K's and V's head widths differ (the fused CPU kernel takes one
+    width) or the case asks for it. The variants' own cores read grouped views and never do, nor
+    does the compiled step (it compiles them)."""
+    if case.backend != "sdpa":
+        return False
+    sh = case.shape
+    q_w, o_w = variant_class(case.variant).qo_widths(sh)  # a query head is as wide as K's, an output head as V's
+    return q_w != o_w or case.option("sdpa_kernel", "auto") == "math"
+
+
+def step_transient_bytes(case: Case, expands_kv: bool | None = None) -> int:
     """What one step allocates beyond weights and cache: its activations (the new tokens'
     projections), the score matrix (fp32, with softmax's copies) over the keys the plain cores
     score, the working copies of the attended K and V (`context_working_bytes`), and the variant's own
-    re-expanded K/V or other context-sized buffers (`transient_elements`)."""
+    re-expanded K/V or other context-sized buffers (`transient_elements`).
+
+    `expands_kv`: whether the core repeats K and V per query head; by default `sdpa_expands_kv`."""
     sh, step = case.shape, case.step
     eb = sh.element_bytes
     cls = variant_class(case.variant)
@@ -133,26 +147,33 @@ def step_transient_bytes(case: Case) -> int:
     head_width = max(sh.qk_head_dim, sh.head_dim, sh.value_dim, sh.kv_lora_rank + sh.rope_head_dim)
     width = max(sh.hidden_size, heads * head_width)
     activations = case.batch * step.new_tokens * width * eb * 6
-    # Only the variant's own PyTorch core is known never to repeat KV heads per query head; any
-    # other core may hand K and V to a kernel that does (SDPA picks its kernel at run time).
-    working = cls.context_working_bytes(sh, step, expands_kv=case.backend != "eager")
+    expands = sdpa_expands_kv(case) if expands_kv is None else expands_kv
+    working = cls.context_working_bytes(sh, step, expands)
     expanded = cls.transient_elements(sh, step) * eb
     if sh.kv_quantized:  # an FP8 cache is read dequantized: an fp32 copy of the context, then the compute dtype
         expanded += cls.kv_cache_elements(sh, case.batch, case.seq_len) * (4 + eb)
     return scores + activations + working + expanded
 
 
-def estimate_case_bytes(case: Case, accuracy: bool) -> int:
-    """A generous upper bound of what a case allocates: weights, cache and one step's transient
-    bytes (`step_transient_bytes`) and, when checked, the float64 reference."""
+def reference_bytes(case: Case) -> int:
+    """What the float64 reference allocates: a float64 copy of the weights and of the reference
+    sequences' cache (accuracy.reference_rows: at most two), and its eager step's transient bytes."""
     sh = case.shape
-    eb = sh.element_bytes
-    weights = variant_class(case.variant).param_count(sh, seq_len=case.seq_len) * eb
+    weights = variant_class(case.variant).param_count(sh, seq_len=case.seq_len) * sh.element_bytes
+    cache = analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len)
+    share = min(case.batch, 2) / case.batch
+    return int((weights + (cache + step_transient_bytes(case, expands_kv=False)) * share) * 8 / sh.element_bytes)
+
+
+def estimate_case_bytes(case: Case, accuracy: bool) -> int:
+    """A generous upper bound of what a case allocates: weights, cache and the larger of one
+    step's transient bytes (`step_transient_bytes`) and, when checked, the float64 reference's
+    (`reference_bytes`). The two never coexist: the step's buffers are freed before the reference
+    runs, and the reference's before the timed steps."""
+    sh = case.shape
+    weights = variant_class(case.variant).param_count(sh, seq_len=case.seq_len) * sh.element_bytes
     cache = analytic.kv_cache_bytes(case.variant, sh, case.batch, case.seq_len)
     transient = step_transient_bytes(case)
-    total = weights + cache + transient
-    if accuracy:  # float64 copy of weights, of the reference batch's cache, and its scores
-        ref_batch = min(case.batch, 2)
-        scale = 8 / eb
-        total += int((weights + (cache + transient) * ref_batch / case.batch) * scale)
-    return total
+    if accuracy:
+        transient = max(transient, reference_bytes(case))
+    return weights + cache + transient

@@ -246,19 +246,20 @@ class AttentionVariant(CacheStore):
     @classmethod
     def context_working_bytes(cls, sh: AttentionShape, step: Step, expands_kv: bool) -> int:
         """Bytes the step's plain PyTorch path holds in working copies of the context it attends,
-        beside the score matrix, for the CPU memory pre-flight: a contiguous copy of the K and V the
-        core reads (eager's einsum copies strided cache views; a V that is a slice of K is copied on
-        its own) and, with `expands_kv` (SDPA's math kernel), K and V repeated to every query head at
-        the query's and output's head widths plus the scaled K it multiplies by, all in fp32 for a
-        reduced-precision input (the math kernel upcasts)."""
+        beside the score matrix, for the CPU memory pre-flight. Eager's einsums copy K into a
+        contiguous layout, and V too where several KV heads stride it. With `expands_kv` (SDPA's
+        math kernel): K and V repeated to every query head at the query's and output's head widths
+        and the scaled K it multiplies, in fp32 or wider (a reduced-precision input is first
+        upcast: one more copy of K and V, a V that is a slice of K copied on its own)."""
         k_w, v_w = cls.core_kv_widths(sh)
-        per_key = k_w + (v_w or k_w)
-        element = sh.element_bytes
-        if expands_kv:
-            q_w, o_w = cls.qo_widths(sh)
-            per_key += 2 * q_w + o_w
-            element = max(element, 4)
-        return step.batch * cls.scored_keys(sh, step) * per_key * element
+        q_w, o_w = cls.qo_widths(sh)
+        keys = step.batch * cls.scored_keys(sh, step)
+        eb = sh.element_bytes
+        if not expands_kv:
+            kv_heads = k_w * sh.num_heads // q_w  # the KV heads the core reads (a query head is as wide as K's)
+            return keys * (k_w + (v_w if kv_heads > 1 else 0)) * eb
+        upcast = k_w + (v_w or k_w) if eb < 4 else 0
+        return keys * (2 * q_w + o_w + upcast) * max(eb, 4)
 
     def __init__(self, shape: AttentionShape, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
