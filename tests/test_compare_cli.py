@@ -83,21 +83,6 @@ def test_slowdown_without_rounds_is_indicative_and_says_what_to_run(
     assert "gqa:eager" in out and "indicative" in out  # listed, past the threshold
 
 
-def test_params_change_fails_without_rounds(
-    runs: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    def bigger(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-        row = next(r for r in rows if r["status"] == "ok" and r["variant"] == "gqa")
-        row["params"] = str(int(row["params"]) * 2)
-        return rows
-
-    code, out, _ = run_cli(["compare", str(runs["base"]), str(rewrite(runs["base"], tmp_path / "c", bigger)),
-                            "--json"], capsys)
-    assert code == 1
-    changed = [c for c in json.loads(out)["cases"] if c["verdict"] == "changed"]
-    assert len(changed) == 1 and "params" in changed[0]["notes"][-1]
-
-
 def test_slowdown_fails_and_names_the_case(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["compare", str(runs["base"]), str(runs["slow"]), "--sample-test"], capsys)
     assert code == 1
@@ -176,19 +161,22 @@ def test_inaccurate_candidate_fails(runs: dict[str, Path], capsys: pytest.Captur
     assert "status ok -> inaccurate" in out
 
 
-def test_kv_bytes_change_fails_exactly(
-    runs: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    def fatter(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-        row = next(r for r in rows if r["status"] == "ok" and r["variant"] == "mla-absorbed")
-        row["kv_cache_bytes_measured"] = str(int(row["kv_cache_bytes_measured"]) + 2)
+@pytest.mark.parametrize(("variant", "column", "change"), [
+    ("gqa", "params", lambda n: n * 2),  # a params change fails without rounds
+    ("mla-absorbed", "kv_cache_bytes_measured", lambda n: n + 2),  # KV bytes fail on an exact change
+], ids=["params", "kv-bytes"])
+def test_a_size_change_fails_without_rounds(variant: str, column: str, change: Any, runs: dict[str, Path],
+                                            capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    def edited(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        row = next(r for r in rows if r["status"] == "ok" and r["variant"] == variant)
+        row[column] = str(change(int(row[column])))
         return rows
 
-    code, out, _ = run_cli(["compare", str(runs["base"]), str(rewrite(runs["base"], tmp_path / "c", fatter)),
+    code, out, _ = run_cli(["compare", str(runs["base"]), str(rewrite(runs["base"], tmp_path / "c", edited)),
                             "--json"], capsys)
     assert code == 1
     changed = [c for c in json.loads(out)["cases"] if c["verdict"] == "changed"]
-    assert len(changed) == 1 and "kv_cache_bytes_measured" in changed[0]["notes"][-1]
+    assert len(changed) == 1 and column in changed[0]["notes"][-1]
 
 
 def test_different_dtype_is_not_comparable(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

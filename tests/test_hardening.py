@@ -23,21 +23,13 @@ from pathlib import Path
 
 import pytest
 from cli_run import answers_in_child, assert_one_error_line, run_cli
-from suite_text import QUICK_SETTINGS
+from suite_text import two_decode_cases
 from synthetic_runs import make_meta, make_run
 
 from mlabench import schema
 from mlabench.rundir import RunWriter
 
-SUITE = """
-name = "hard"
-""" + QUICK_SETTINGS + """[[grid]]
-model = "tiny"
-variant = ["mha"]
-backend = "eager"
-mode = "decode"
-seq_len = [16, 32]
-"""
+SUITE = two_decode_cases("hard")
 GRID = dict(variants=("mha", "mqa"), backends=("eager",), modes=("decode",), seq_lens=(512, 1024), batches=(1,),
             ranks=(128,), failures=False, claims=False)
 

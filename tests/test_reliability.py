@@ -10,20 +10,12 @@ from pathlib import Path
 
 import pytest
 from cli_run import answers_in_child, assert_one_error_line, run_cli
-from suite_text import QUICK_SETTINGS
+from suite_text import two_decode_cases
 
 from mlabench.errors import UsageError
 from mlabench.executors.slurm import slurm_shard
 
-SUITE = """
-name = "rel"
-""" + QUICK_SETTINGS + """[[grid]]
-model = "tiny"
-variant = ["mha"]
-backend = "eager"
-mode = "decode"
-seq_len = [16, 32]
-"""
+SUITE = two_decode_cases("rel")
 
 
 @pytest.fixture
