@@ -34,7 +34,6 @@ from __future__ import annotations
 import pickle
 from collections import deque
 from collections.abc import Callable, Generator
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -203,7 +202,6 @@ class RayExecutor:
     def run(self, cases: list[Case], ctx: RunContext, on_start: OnStart | None,
             should_stop: Callable[[], bool]) -> Generator[CaseResult, None, None]:
         ray = _ray()
-        ctx = replace(ctx, nvml=None)  # the child opens its own
         resources = self._resources(ctx.device, ctx.timing.threads)
         window = self._capacity(resources) + QUEUE_AHEAD
         if not self._on_this_machine:
